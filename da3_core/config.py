@@ -1,0 +1,153 @@
+"""Every setting, read once from the environment and validated.
+
+A bad value raises `ConfigError` naming the variable, the value and what is allowed.
+The table of variables is in README.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's configuration.
+
+    Attributes:
+        model: Default model: a DA3 preset name (``da3-small``), a hub id
+            (``depth-anything/DA3-SMALL``), ``demo:<preset>`` for untrained weights, or
+            ``auto`` (a default per device). Env ``DA3_MODEL``.
+        model_dir: Local folder with weights (``config.json`` + ``model.safetensors``),
+            as in the official DA3 app; when set it is the default model. Env ``DA3_MODEL_DIR``.
+        workspace: Folder for runs, uploads and demo weights. Env ``DA3_WORKSPACE``.
+        device: ``auto``, ``cuda``, ``mps`` or ``cpu``. Env ``DA3_DEVICE``.
+        isolation: ``isolated`` (default: the worker process) or ``inprocess`` (debugging
+            only: runs tasks in the server process and imports torch there). Env ``DA3_ISOLATION``.
+        duration_base_s: Fixed part of a reconstruction's time budget. Env ``DA3_DURATION_S``.
+        duration_per_frame_s: Budget added per frame. Env ``DA3_DURATION_PER_FRAME_S``.
+        max_frames: Most frames one run takes (video frames included). Env ``DA3_MAX_FRAMES``.
+        max_upload_mb: Largest single upload accepted. Env ``DA3_MAX_UPLOAD_MB``.
+        max_pixels: Largest image (width x height) decoded. Env ``DA3_MAX_PIXELS``.
+        workspace_max_age_h: Runs and uploads older than this are removed. Env
+            ``DA3_WORKSPACE_MAX_AGE_H``.
+        workspace_max_gb: The workspace is trimmed (oldest first) to this size. Env
+            ``DA3_WORKSPACE_MAX_GB``.
+        cpu_threads: Torch threads in the worker on CPU; 0 means all cores. Env ``DA3_CPU_THREADS``.
+        cancel_grace_s: After a cancel, how long the worker may finish its current stage
+            before it is killed. Env ``DA3_CANCEL_GRACE_S``.
+    """
+
+    model: str = "auto"
+    model_dir: Path | None = None
+    workspace: Path = Path("workspace")
+    device: str = "auto"
+    isolation: str = "isolated"
+    duration_base_s: float = 120.0
+    duration_per_frame_s: float = 10.0
+    max_frames: int = 64
+    max_upload_mb: int = 200
+    max_pixels: int = 40_000_000
+    workspace_max_age_h: float = 72.0
+    workspace_max_gb: float = 5.0
+    cpu_threads: int = 0
+    cancel_grace_s: float = 10.0
+
+    @property
+    def demo_weights_dir(self) -> Path:
+        """Where untrained demo weights are built, one folder per preset."""
+        return self.workspace / "demo-weights"
+
+
+_ENV = {
+    "model": "DA3_MODEL",
+    "model_dir": "DA3_MODEL_DIR",
+    "workspace": "DA3_WORKSPACE",
+    "device": "DA3_DEVICE",
+    "isolation": "DA3_ISOLATION",
+    "duration_base_s": "DA3_DURATION_S",
+    "duration_per_frame_s": "DA3_DURATION_PER_FRAME_S",
+    "max_frames": "DA3_MAX_FRAMES",
+    "max_upload_mb": "DA3_MAX_UPLOAD_MB",
+    "max_pixels": "DA3_MAX_PIXELS",
+    "workspace_max_age_h": "DA3_WORKSPACE_MAX_AGE_H",
+    "workspace_max_gb": "DA3_WORKSPACE_MAX_GB",
+    "cpu_threads": "DA3_CPU_THREADS",
+    "cancel_grace_s": "DA3_CANCEL_GRACE_S",
+}
+
+# (minimum, maximum) for numeric settings.
+_RANGES: dict[str, tuple[float, float]] = {
+    "duration_base_s": (1, 24 * 3600),
+    "duration_per_frame_s": (0, 3600),
+    "max_frames": (1, 2000),
+    "max_upload_mb": (1, 20_000),
+    "max_pixels": (64 * 64, 500_000_000),
+    "workspace_max_age_h": (0.01, 24 * 365),
+    "workspace_max_gb": (0.01, 10_000),
+    "cpu_threads": (0, 1024),
+    "cancel_grace_s": (0, 600),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cuda", "mps", "cpu"),
+    "isolation": ("isolated", "inprocess"),
+}
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting.
+
+    Args:
+        env: The environment to read; ``os.environ`` when None.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: A variable's value is not allowed; the message names it.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    defaults = Settings()
+    for f in fields(Settings):
+        var = _ENV[f.name]
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        raw = raw.strip()
+        default = getattr(defaults, f.name)
+        if f.name in _CHOICES:
+            if raw.lower() not in _CHOICES[f.name]:
+                raise ConfigError(f"{var}={raw!r} is not allowed; use one of {', '.join(_CHOICES[f.name])}")
+            values[f.name] = raw.lower()
+        elif f.name == "model_dir":
+            path = Path(raw).expanduser()
+            if not path.is_dir():
+                raise ConfigError(
+                    f"{var}={raw!r} is not a folder; point it at a folder holding config.json and "
+                    "model.safetensors (e.g. a download of depth-anything/DA3-SMALL), or unset it"
+                )
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"{var}={raw!r} has no config.json; it must hold a DA3 checkpoint saved with save_pretrained")
+            values[f.name] = path.resolve()
+        elif f.name == "workspace":
+            values[f.name] = Path(raw).expanduser()
+        elif isinstance(default, (int, float)):
+            kind = int if isinstance(default, int) else float
+            try:
+                number = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a{'n integer' if kind is int else ' number'}") from None
+            lo, hi = _RANGES[f.name]
+            if not lo <= number <= hi:
+                raise ConfigError(f"{var}={raw!r} is outside {lo:g}..{hi:g}")
+            values[f.name] = number
+        else:
+            values[f.name] = raw
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,416 @@
+"""Everything that crosses the process boundary between the Streamlit parent and the worker.
+
+Three groups, all frozen dataclasses of plain Python and numpy (never torch):
+
+* the DA3 request and its CPU-only result (`ModelSpec`, `ReconstructRequest`,
+  `Reconstruction`, `Gaussians`);
+* the wire messages of the runner (`CallRequest`, `CancelRequest`, `WorkerReady`,
+  `ProgressMsg`, `OkResult`, `ExceptionResult`), see ``docs/ISOLATION.md``;
+* the errors a caller can receive (`GPUError` and its subclasses).
+
+Camera conventions (see ``docs/CONVENTIONS.md``): OpenCV camera frame (x right, y down,
+z forward); ``extrinsics`` are world-to-camera; ``intrinsics`` are in processed-image pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------
+# The DA3 request and result
+# --------------------------------------------------------------------------------------
+
+ModelKind = Literal["hub", "local", "demo"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which weights the worker loads.
+
+    Attributes:
+        kind: ``"hub"`` (``ref`` is a hub id such as ``depth-anything/DA3-SMALL``),
+            ``"local"`` (``ref`` is a folder holding ``config.json`` and
+            ``model.safetensors``), or ``"demo"`` (``ref`` is a DA3 preset name; untrained
+            weights are built once under the workspace and loaded through the real
+            ``from_pretrained`` path; their geometry is meaningless).
+        ref: The hub id, folder path or preset name.
+    """
+
+    kind: ModelKind
+    ref: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hub", "local", "demo"):
+            raise ValueError(f"ModelSpec.kind must be 'hub', 'local' or 'demo', got {self.kind!r}")
+        if not isinstance(self.ref, str) or not self.ref.strip():
+            raise ValueError("ModelSpec.ref must be a non-empty string (hub id, folder or preset name)")
+
+    @property
+    def untrained(self) -> bool:
+        """True when these are demo weights with no training."""
+        return self.kind == "demo"
+
+    def describe(self) -> str:
+        """One line for the UI, e.g. ``hub depth-anything/DA3-SMALL``."""
+        return {"hub": "hub", "local": "folder", "demo": "untrained demo weights"}[self.kind] + f" {self.ref}"
+
+
+@dataclass(frozen=True)
+class ReconstructRequest:
+    """One DA3 run: frames plus parameters (DA3 API names).
+
+    Attributes:
+        images: Frames, each (H, W, 3) uint8 RGB; sizes may differ.
+        names: One display name per frame (already sanitised; never used as a path).
+        model: The weights to use.
+        process_res: DA3 ``process_res`` (pixels of the long or short side, see method).
+        process_res_method: DA3 ``process_res_method``.
+        ref_view_strategy: DA3 ``ref_view_strategy`` (acts with >= 3 views, multi-view presets).
+        reference_view: Index of a frame the user forces as reference (world frame = that
+            camera); None leaves the choice to ``ref_view_strategy``.
+        infer_gs: Ask for the Gaussian-splatting head (only presets with one, and CUDA).
+        device: ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+    """
+
+    images: tuple[np.ndarray, ...]
+    names: tuple[str, ...]
+    model: ModelSpec
+    process_res: int = 504
+    process_res_method: str = "upper_bound_resize"
+    ref_view_strategy: str = "saddle_balanced"
+    reference_view: int | None = None
+    infer_gs: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from da3_core.presets import PROCESS_RES_METHODS, REF_VIEW_STRATEGIES
+
+        object.__setattr__(self, "images", tuple(self.images))
+        object.__setattr__(self, "names", tuple(self.names))
+        if not self.images:
+            raise ValueError("ReconstructRequest.images is empty: give at least one frame")
+        if len(self.names) != len(self.images):
+            raise ValueError(f"ReconstructRequest.names has {len(self.names)} entries for {len(self.images)} images")
+        for i, img in enumerate(self.images):
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                shape = getattr(img, "shape", None)
+                dtype = getattr(img, "dtype", type(img).__name__)
+                raise ValueError(
+                    f"ReconstructRequest.images[{i}] ({self.names[i] if i < len(self.names) else i}) must be "
+                    f"(H, W, 3) uint8 RGB, got shape {shape} dtype {dtype}"
+                )
+        if not 14 <= int(self.process_res) <= 4096:
+            raise ValueError(f"ReconstructRequest.process_res must be in 14..4096, got {self.process_res}")
+        if self.process_res_method not in PROCESS_RES_METHODS:
+            raise ValueError(f"ReconstructRequest.process_res_method must be one of {PROCESS_RES_METHODS}")
+        if self.ref_view_strategy not in REF_VIEW_STRATEGIES:
+            raise ValueError(f"ReconstructRequest.ref_view_strategy must be one of {REF_VIEW_STRATEGIES}")
+        if self.reference_view is not None and not 0 <= self.reference_view < len(self.images):
+            raise ValueError(
+                f"ReconstructRequest.reference_view {self.reference_view} is outside 0..{len(self.images) - 1}"
+            )
+        if self.device not in ("auto", "cuda", "mps", "cpu"):
+            raise ValueError(f"ReconstructRequest.device must be auto, cuda, mps or cpu, got {self.device!r}")
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class Gaussians:
+    """3D Gaussians from DA3's GS head, in world space, as CPU numpy.
+
+    Attributes:
+        means: (G, 3) float32 world points.
+        scales: (G, 3) float32 standard deviations.
+        rotations: (G, 4) float32 world quaternions, wxyz.
+        harmonics: (G, 3, D) float32 spherical-harmonic colour coefficients.
+        opacities: (G,) or (G, 1, D) float32.
+    """
+
+    means: np.ndarray
+    scales: np.ndarray
+    rotations: np.ndarray
+    harmonics: np.ndarray
+    opacities: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("means", "scales", "rotations", "harmonics", "opacities"):
+            if not isinstance(getattr(self, name), np.ndarray):
+                raise TypeError(f"Gaussians.{name} must be a numpy array, got {type(getattr(self, name)).__name__}")
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The CPU-only result of one DA3 run. Nothing here references torch.
+
+    Attributes:
+        depth: (N, H, W) float32 depth along the camera z axis; metres if ``is_metric``,
+            otherwise relative units.
+        conf: (N, H, W) float32 confidence (higher is better, >= 1 for DA3), or None
+            (mono and metric presets predict none).
+        extrinsics: (N, 3, 4) float32 world-to-camera [R|t], OpenCV axes, or None when the
+            preset predicts no poses (mono presets): see ``geometry`` for the assumed ones.
+        intrinsics: (N, 3, 3) float32 pinhole K in processed-image pixels, or None.
+        images: (N, H, W, 3) uint8 RGB frames as the model saw them (processed size).
+        sky: (N, H, W) bool, True where DA3 predicts sky, or None.
+        is_metric: Depth is in metres.
+        scale_factor: DA3's metric scale factor, or None.
+        gaussians: 3D Gaussians, or None.
+        names: One display name per frame, input order.
+        model: The weights that produced this.
+        preset: DA3 preset name of the model (e.g. ``"da3-small"``).
+        device: Device it ran on (``"cuda"``, ``"mps"``, ``"cpu"``).
+        timings: Seconds per stage (``load_model``, ``preprocess``, ``inference``,
+            ``postprocess``, ``total``).
+        params: The run parameters, for display and export metadata.
+    """
+
+    depth: np.ndarray
+    conf: np.ndarray | None
+    extrinsics: np.ndarray | None
+    intrinsics: np.ndarray | None
+    images: np.ndarray
+    sky: np.ndarray | None
+    is_metric: bool
+    scale_factor: float | None
+    gaussians: Gaussians | None
+    names: tuple[str, ...]
+    model: ModelSpec
+    preset: str
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        d = self.depth
+        if not isinstance(d, np.ndarray) or d.ndim != 3:
+            raise ValueError(f"Reconstruction.depth must be (N, H, W), got {getattr(d, 'shape', type(d))}")
+        n, h, w = d.shape
+        _check(self.conf, "conf", (n, h, w))
+        _check(self.extrinsics, "extrinsics", (n, 3, 4))
+        _check(self.intrinsics, "intrinsics", (n, 3, 3))
+        _check(self.images, "images", (n, h, w, 3), np.uint8, required=True)
+        _check(self.sky, "sky", (n, h, w), np.bool_)
+        if (self.extrinsics is None) != (self.intrinsics is None):
+            raise ValueError("Reconstruction.extrinsics and .intrinsics must both be given or both be None")
+        if len(self.names) != n:
+            raise ValueError(f"Reconstruction.names has {len(self.names)} entries for {n} views")
+
+    @property
+    def n_views(self) -> int:
+        return int(self.depth.shape[0])
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.depth.shape[1]), int(self.depth.shape[2])
+
+    @property
+    def has_poses(self) -> bool:
+        """True when the model predicted cameras (multi-view presets)."""
+        return self.extrinsics is not None
+
+    @property
+    def untrained(self) -> bool:
+        """True when produced by untrained demo weights: the geometry means nothing."""
+        return self.model.untrained
+
+    @property
+    def depth_unit(self) -> str:
+        """``"m"`` for metric presets, ``"relative units"`` otherwise."""
+        return "m" if self.is_metric else "relative units"
+
+
+def _check(arr: Any, name: str, shape: tuple[int, ...], dtype: Any = None, required: bool = False) -> None:
+    if arr is None:
+        if required:
+            raise ValueError(f"Reconstruction.{name} is required")
+        return
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"Reconstruction.{name} must be a numpy array, got {type(arr).__name__}")
+    if arr.shape != shape:
+        raise ValueError(f"Reconstruction.{name} must have shape {shape}, got {arr.shape}")
+    if dtype is not None and arr.dtype != dtype:
+        raise ValueError(f"Reconstruction.{name} must be {np.dtype(dtype).name}, got {arr.dtype}")
+
+
+# --------------------------------------------------------------------------------------
+# Wire messages of the runner (parent <-> worker). Pickled; one class per message kind.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """Parent -> worker: run one task.
+
+    Attributes:
+        call_id: Unique per runner; every reply carries it back.
+        task: Import path ``"package.module:qualname"``; never a closure.
+        payload: ``pickle.dumps((args, kwargs))``, made and checked in the caller.
+    """
+
+    call_id: int
+    task: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """Parent -> worker: the caller gave up on ``call_id``; stop at the next checkpoint."""
+
+    call_id: int
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """Worker -> parent, once after start. ``pid`` of the worker, its Python ``executable``."""
+
+    pid: int
+    executable: str
+
+
+@dataclass(frozen=True)
+class ProgressMsg:
+    """Worker -> parent: progress of ``call_id``.
+
+    Attributes:
+        stage: Short stage name, e.g. ``"loading model"``, ``"inference"``.
+        fraction: Overall progress in [0, 1], or None when unknown.
+        detail: Optional free text.
+    """
+
+    call_id: int
+    stage: str
+    fraction: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class OkResult:
+    """Worker -> parent: the task returned. ``payload`` is the pickled CPU-only value."""
+
+    call_id: int
+    payload: bytes
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExceptionResult:
+    """Worker -> parent: the task raised (or its result was refused).
+
+    Attributes:
+        type_name: The exception's class name, e.g. ``"ValueError"``.
+        module: The class's module, e.g. ``"builtins"``.
+        message: ``str(exc)``.
+        traceback: The worker-side formatted traceback.
+        recycle: The worker should be replaced after this (e.g. ``MemoryError``).
+    """
+
+    call_id: int
+    type_name: str
+    module: str
+    message: str
+    traceback: str
+    recycle: bool = False
+
+
+@dataclass(frozen=True)
+class CallDone:
+    """Worker -> parent: the last message of a call.
+
+    Attributes:
+        reply: The outcome.
+        worker_state: A snapshot of the worker after the call (pid, memory, cached models,
+            device), shown on the Runner page without queuing a call.
+    """
+
+    reply: OkResult | ExceptionResult
+    worker_state: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------
+# Errors a caller can receive
+# --------------------------------------------------------------------------------------
+
+
+class GPUError(RuntimeError):
+    """Base of every error the runner raises to a caller."""
+
+
+class ArgumentNotPicklableError(GPUError, TypeError):
+    """An argument cannot be pickled; raised in the caller before any work is queued."""
+
+    def __init__(self, task: str, argument: str, reason: str) -> None:
+        self.task, self.argument, self.reason = task, argument, reason
+        super().__init__(f"{task}: argument {argument!r} cannot be pickled ({reason}); pass plain data instead")
+
+
+class TaskError(GPUError):
+    """The task raised in the worker. Keeps the original type name, message and traceback."""
+
+    def __init__(self, type_name: str, module: str, message: str, remote_traceback: str) -> None:
+        self.type_name, self.module, self.message, self.remote_traceback = type_name, module, message, remote_traceback
+        super().__init__(f"{type_name}: {message}")
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}\n\nWorker traceback:\n{self.remote_traceback}"
+
+
+class ResultNotCPUError(TaskError):
+    """The task's result held something that could not be turned into CPU data."""
+
+
+class TaskTimeoutError(GPUError, TimeoutError):
+    """The call ran past its ``duration`` budget; the worker was killed."""
+
+    def __init__(self, task: str, budget_s: float, elapsed_s: float) -> None:
+        self.task, self.budget_s, self.elapsed_s = task, budget_s, elapsed_s
+        super().__init__(
+            f"{task} ran past its budget of {budget_s:.1f} s (killed after {elapsed_s:.1f} s); "
+            "the worker was restarted. Use fewer frames, a lower process_res, or a larger duration."
+        )
+
+
+class WorkerCrashedError(GPUError):
+    """The worker process died during the call (signal, segfault, os._exit, out of memory)."""
+
+    def __init__(self, task: str, exitcode: int | None) -> None:
+        self.task, self.exitcode = task, exitcode
+        if exitcode is not None and exitcode < 0:
+            import signal
+
+            try:
+                how = f"signal {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"signal {-exitcode}"
+        else:
+            how = f"exit code {exitcode}"
+        self.how = how
+        super().__init__(
+            f"The GPU worker died during {task} ({how}); a fresh worker starts on the next call. "
+            "If this repeats, the input may be too large for the memory available."
+        )
+
+
+class TaskCancelledError(GPUError):
+    """The caller cancelled the call (or gave up waiting)."""
+
+
+class RunnerClosedError(GPUError):
+    """The runner was shut down."""
+
+
+class WorkerStartError(GPUError):
+    """A worker process could not be started (or did not report ready in time)."""
+
+
+class ModelUnavailableError(Exception):
+    """Raised in the worker when weights cannot be found; the message names the ways on.
+
+    The caller receives it as a `TaskError` whose ``type_name`` is this class's name (and
+    which is also an instance of this class), so the page can offer demo weights.
+    """

@@ -1,0 +1,86 @@
+"""The Depth Anything 3 model presets, as plain data the parent may read without torch.
+
+Facts from `depth_anything_3/configs` (0.1.1) and the hub org `depth-anything`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One DA3 model preset.
+
+    Attributes:
+        name: DA3's preset (config) name, e.g. ``"da3-small"``; the key of ``MODEL_REGISTRY``.
+        hub_id: Hugging Face hub repository holding trained weights.
+        label: Human-readable name for the UI.
+        params: Approximate parameter count, for the UI.
+        multi_view: Predicts camera poses and confidence from several views.
+        metric: Depth is in metres (after DA3's own scaling).
+        sky: Predicts a sky mask.
+        gs_head: Has a Gaussian-splatting head (``infer_gs`` possible).
+    """
+
+    name: str
+    hub_id: str
+    label: str
+    params: str
+    multi_view: bool
+    metric: bool
+    sky: bool
+    gs_head: bool
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("da3-small", "depth-anything/DA3-SMALL", "DA3 Small", "0.08B", True, False, False, False),
+    Preset("da3-base", "depth-anything/DA3-BASE", "DA3 Base", "0.12B", True, False, False, False),
+    Preset("da3-large", "depth-anything/DA3-LARGE-1.1", "DA3 Large 1.1", "0.35B", True, False, False, False),
+    Preset("da3-giant", "depth-anything/DA3-GIANT-1.1", "DA3 Giant 1.1", "1.15B", True, False, False, True),
+    Preset(
+        "da3nested-giant-large",
+        "depth-anything/DA3NESTED-GIANT-LARGE-1.1",
+        "DA3 Nested Giant-Large 1.1 (metric)",
+        "1.40B",
+        True,
+        True,
+        True,
+        True,
+    ),
+    Preset("da3metric-large", "depth-anything/DA3METRIC-LARGE", "DA3 Metric Large (mono)", "0.35B", False, True, True, False),
+    Preset("da3mono-large", "depth-anything/DA3MONO-LARGE", "DA3 Mono Large (mono)", "0.35B", False, False, True, False),
+)
+
+PRESETS_BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}
+PRESETS_BY_HUB_ID: dict[str, Preset] = {p.hub_id.lower(): p for p in PRESETS}
+# Older hub ids (before the 1.1 refresh) still name the same architecture.
+PRESETS_BY_HUB_ID.update(
+    {
+        "depth-anything/da3-large": PRESETS_BY_NAME["da3-large"],
+        "depth-anything/da3-giant": PRESETS_BY_NAME["da3-giant"],
+        "depth-anything/da3nested-giant-large": PRESETS_BY_NAME["da3nested-giant-large"],
+    }
+)
+
+CPU_DEFAULT = "da3-small"
+GPU_DEFAULT = "da3nested-giant-large"
+
+PROCESS_RES_METHODS: tuple[str, ...] = (
+    "upper_bound_resize",
+    "lower_bound_resize",
+    "upper_bound_crop",
+    "lower_bound_crop",
+)
+REF_VIEW_STRATEGIES: tuple[str, ...] = ("saddle_balanced", "saddle_sim_range", "first", "middle")
+
+
+def preset_for(name_or_hub_id: str) -> Preset | None:
+    """Find a preset by DA3 preset name or hub id (case-insensitive); None if unknown."""
+    key = name_or_hub_id.strip()
+    return PRESETS_BY_NAME.get(key.lower()) or PRESETS_BY_HUB_ID.get(key.lower())
+
+
+def default_preset(device: str) -> Preset:
+    """The preset a user gets by default on ``device`` (``"cuda"``, ``"mps"`` or ``"cpu"``)."""
+    return PRESETS_BY_NAME[GPU_DEFAULT if device == "cuda" else CPU_DEFAULT]

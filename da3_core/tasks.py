@@ -1,0 +1,67 @@
+"""The tasks the app runs in the worker, each a `gpu`-decorated function.
+
+This module is imported by the parent, so it imports nothing heavy at the top: each task
+imports its worker-side module (which imports torch and DA3) inside its body, which runs
+only in the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from da3_core.config import load_settings
+from da3_core.contract import ReconstructRequest, Reconstruction
+from da3_core.gpu import gpu
+
+
+def reconstruct_budget(request: ReconstructRequest, *args: Any, **kwargs: Any) -> float:
+    """Seconds a reconstruction may run: ``DA3_DURATION_S + DA3_DURATION_PER_FRAME_S * frames``."""
+    settings = load_settings()
+    return settings.duration_base_s + settings.duration_per_frame_s * request.n_frames
+
+
+@gpu(duration=reconstruct_budget)
+def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0) -> Reconstruction:
+    """Run DA3 on ``request`` in the worker. See `da3_core.worker.reconstruct.reconstruct`."""
+    from da3_core.worker.reconstruct import reconstruct as run
+
+    return run(request, demo_root, cpu_threads)
+
+
+@gpu(duration=600)
+def build_demo_weights(preset: str, demo_root: str) -> str:
+    """Build untrained weights for ``preset`` under ``demo_root`` (once); return the folder."""
+    from pathlib import Path
+
+    from da3_core.worker.context import report_progress
+    from da3_core.worker.model import ensure_demo_weights
+
+    report_progress("building demo weights", 0.1, preset)
+    return str(ensure_demo_weights(preset, Path(demo_root)))
+
+
+@gpu(duration=120)
+def worker_info() -> dict[str, Any]:
+    """Device, torch version, cached models and memory of the worker."""
+    from da3_core.worker.loop import worker_state
+    from da3_core.worker.model import resolve_device
+
+    state = worker_state()
+    state["device"] = resolve_device("auto")
+    return state
+
+
+@gpu(duration=600)
+def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0) -> list[str]:
+    """Write a COLMAP sparse model with DA3's exporter; return the files written."""
+    from da3_core.worker.exports import export_colmap as run
+
+    return run(rec, image_paths, out_dir, conf_percentile)
+
+
+@gpu(duration=600)
+def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
+    """Write the Gaussians as a 3DGS PLY with DA3's writer; return the file path."""
+    from da3_core.worker.exports import export_gs_ply as run
+
+    return run(rec, out_dir)

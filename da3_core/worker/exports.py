@@ -1,0 +1,91 @@
+"""Exports that need DA3's own code (COLMAP, 3DGS PLY), so they run in the worker.
+
+Both DA3 exporters take a ``Prediction`` and edit some of its arrays in place; they get a
+fresh Prediction built from copies, so the caller's `Reconstruction` is never touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from da3_core.contract import Reconstruction
+from da3_core.worker.context import report_progress
+
+
+def _prediction(rec: Reconstruction):  # -> depth_anything_3.specs.Prediction
+    from depth_anything_3.specs import Gaussians as DAGaussians
+    from depth_anything_3.specs import Prediction
+
+    gaussians = None
+    if rec.gaussians is not None:
+        g = rec.gaussians
+        t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32, copy=True))[None]  # noqa: E731 - batch of 1
+        gaussians = DAGaussians(t(g.means), t(g.scales), t(g.rotations), t(g.harmonics), t(g.opacities))
+    return Prediction(
+        depth=rec.depth.copy(),
+        is_metric=int(rec.is_metric),
+        sky=None if rec.sky is None else rec.sky.copy(),
+        conf=None if rec.conf is None else rec.conf.copy(),
+        extrinsics=None if rec.extrinsics is None else rec.extrinsics.copy(),
+        intrinsics=None if rec.intrinsics is None else rec.intrinsics.copy(),
+        processed_images=rec.images.copy(),
+        gaussians=gaussians,
+        scale_factor=rec.scale_factor,
+    )
+
+
+def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0) -> list[str]:
+    """Write a COLMAP sparse model (cameras.bin, images.bin, points3D.bin...) with DA3's exporter.
+
+    Args:
+        rec: The reconstruction (needs poses and confidence: multi-view presets).
+        image_paths: The original frames saved on disk, input order (COLMAP stores their
+            names and sizes; intrinsics are rescaled to them).
+        out_dir: Folder to write into (created).
+        conf_percentile: Points below this confidence percentile are left out.
+
+    Returns:
+        The files written.
+
+    Raises:
+        ValueError: The run used a crop resize method (DA3's exporter cannot map crops back
+            to the original images), or the preset predicted no poses or confidence.
+    """
+    method = rec.params.get("process_res_method", "upper_bound_resize")
+    if not str(method).endswith("resize"):
+        raise ValueError(
+            f"COLMAP export needs a resize method, but this run used process_res_method={method!r} "
+            "(DA3's exporter cannot map crops back to the original images). Re-run with "
+            "upper_bound_resize or lower_bound_resize to export COLMAP."
+        )
+    if rec.extrinsics is None or rec.conf is None:
+        raise ValueError(f"COLMAP export needs predicted camera poses and confidence; preset {rec.preset} predicts none")
+    if len(image_paths) != rec.n_views:
+        raise ValueError(f"COLMAP export got {len(image_paths)} image paths for {rec.n_views} views")
+    from depth_anything_3.utils.export.colmap import export_to_colmap
+
+    report_progress("writing COLMAP", 0.2)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    export_to_colmap(_prediction(rec), str(out), list(image_paths), conf_percentile, method)
+    return sorted(str(p) for p in out.iterdir() if p.is_file())
+
+
+def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
+    """Write the 3D Gaussians as a standard 3DGS PLY with DA3's writer; return its path.
+
+    Raises:
+        ValueError: The run has no Gaussians (only presets with a GS head, on CUDA).
+    """
+    if rec.gaussians is None:
+        raise ValueError("This run has no 3D Gaussians: run a preset with a GS head (giant, nested) on a CUDA GPU with 'Infer Gaussians' on")
+    from depth_anything_3.utils.export.gs import export_to_gs_ply
+
+    report_progress("writing 3DGS PLY", 0.2)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    export_to_gs_ply(_prediction(rec), str(out))
+    return str(out / "gs_ply" / "0000.ply")

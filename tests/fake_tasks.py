@@ -1,0 +1,179 @@
+"""Tiny tasks that drive the runner in tests. The worker imports them by name.
+
+Each stands in for one behaviour of a real GPU task: a result, an exception, a crash of
+each kind, an overrun, progress, a cached "model", tensors that must come back as numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import signal
+import sys
+import time
+from typing import Any, NamedTuple
+
+from da3_core.gpu import gpu
+from da3_core.worker.context import check_cancelled, report_progress
+
+_FAKE_MODEL: dict[str, Any] = {}
+_LOADS = 0
+
+
+@gpu(duration=30)
+def square(x: float) -> float:
+    return x * x
+
+
+@gpu(duration=lambda seconds, **_: seconds + 5)
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@gpu(duration=1)
+def overrun(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def tagged(tag: str, seconds: float = 0.0) -> tuple[str, int]:
+    time.sleep(seconds)
+    return tag, os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+class CustomFailure(Exception):
+    pass
+
+
+def fail_custom(message: str) -> None:
+    raise CustomFailure(message)
+
+
+def die_by_sigkill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def die_by_segfault() -> None:
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def die_by_exit(code: int = 7) -> None:
+    os._exit(code)
+
+
+def exhaust_memory() -> None:
+    """Cap the address space just above what is in use, then allocate past it."""
+    import resource
+
+    with open("/proc/self/statm") as f:
+        vm_pages = int(f.read().split()[0])
+    in_use = vm_pages * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + 256 * 2**20, resource.RLIM_INFINITY))
+    blocks = []
+    for _ in range(64):
+        blocks.append(bytearray(64 * 2**20))
+
+
+def progress_steps(n: int, delay: float = 0.05) -> int:
+    for i in range(n):
+        report_progress("step", i / n, f"{i + 1}/{n}")
+        time.sleep(delay)
+    return n
+
+
+def cancellable(seconds: float) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        check_cancelled()
+        time.sleep(0.02)
+    return "finished"
+
+
+def stubborn(seconds: float) -> str:
+    time.sleep(seconds)  # never reaches a checkpoint
+    return "finished"
+
+
+def cached_model_loads() -> int:
+    """Loads a fake model into a module-global once per worker life; returns the load count."""
+    global _LOADS
+    if "model" not in _FAKE_MODEL:
+        _LOADS += 1
+        _FAKE_MODEL["model"] = object()
+    return _LOADS
+
+
+def heavy_modules_imported() -> list[str]:
+    return sorted({m.split(".")[0] for m in sys.modules} & {"torch", "depth_anything_3"})
+
+
+def big_result(n_mb: int) -> Any:
+    import numpy as np
+
+    return np.ones(n_mb * 2**20 // 8, dtype=np.float64)
+
+
+@dataclasses.dataclass
+class Holder:
+    name: str
+    tensors: Any
+
+
+class Pair(NamedTuple):
+    left: Any
+    right: Any
+
+
+def cpu_tensors() -> Any:
+    """Tensors at every depth of every container kind, including a torch-module dataclass."""
+    import torch
+    from addict import Dict as AddictDict
+    from depth_anything_3.specs import Gaussians
+
+    aux = AddictDict()
+    aux.feat = torch.ones(2, 2)
+    return {
+        "plain": torch.arange(3),
+        "list": [torch.zeros(1), {"deep": (torch.ones(2, dtype=torch.bfloat16),)}],
+        "pair": Pair(torch.ones(1), 5),
+        "holder": Holder("h", [torch.full((2,), 3.0)]),
+        "aux": aux,
+        "gaussians": Gaussians(*(torch.ones(1, 4, 3) for _ in range(5))),
+        "dtype": torch.float32,
+        "grad": torch.ones(2, requires_grad=True) * 2,
+    }
+
+
+def meta_tensor_at(path: str) -> Any:
+    """A CPU-looking structure with one meta tensor (the stand-in for CUDA) at ``path``."""
+    import torch
+
+    if path == "gaussians.means":
+        return {"depth": torch.ones(2), "gaussians": {"means": torch.empty(4, 3, device="meta"), "scales": torch.ones(4)}}
+    if path == "frames[1]":
+        return {"frames": [torch.ones(1), torch.empty(1, device="meta")]}
+    return torch.empty(1, device="meta")
+
+
+def torch_object_in_result() -> Any:
+    import torch
+
+    return {"ok": 1, "generator": torch.Generator()}
+
+
+def unpicklable_result() -> Any:
+    return {"f": lambda: 1}
