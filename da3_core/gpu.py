@@ -19,11 +19,13 @@ from __future__ import annotations
 import atexit
 import builtins
 import collections
+import contextlib
 import datetime as _dt
 import functools
 import inspect
 import itertools
 import multiprocessing as mp
+import multiprocessing.spawn as mp_spawn
 import os
 import pickle
 import queue
@@ -141,6 +143,15 @@ class Job:
             except queue.Empty:
                 if self._done.is_set() and self._events.empty():
                     return
+
+    def poll_events(self) -> list[Event]:
+        """The events that arrived since the last look, without waiting."""
+        out: list[Event] = []
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                return out
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the call and return its value (CPU data), or raise its error.
@@ -411,11 +422,28 @@ class Runner:
             self._closed = True
             pending = list(self._queue)
             self._queue.clear()
+            idle = self._current is None
             self._cv.notify_all()
         for job in pending:
             job._finish(error=RunnerClosedError("the runner was closed before this call ran"))
+        if idle:
+            self._let_worker_exit()
         self._kill_worker("close")
         self._dispatcher.join(timeout=5)
+
+    def _let_worker_exit(self, timeout_s: float = 3.0) -> None:
+        # Closing our end of the pipe tells an idle worker to exit normally (its exit
+        # handlers run); whatever is left after the timeout is killed by the caller.
+        with self._worker_lock:
+            proc, conn = self._proc, self._conn
+            if proc is None or conn is None:
+                return
+            try:
+                conn.close()
+            except OSError:
+                pass
+            self._conn = None
+            proc.join(timeout_s)
 
     # -- cancel ----------------------------------------------------------------------
     def _cancel(self, job: Job) -> None:
@@ -459,7 +487,8 @@ class Runner:
                     name=self.name,
                     daemon=True,  # multiprocessing ends it at a normal exit of the parent
                 )
-                proc.start()
+                with _spawn_without_main_module():
+                    proc.start()
                 child_conn.close()
                 ready = wait([parent_conn, proc.sentinel], timeout=self.start_timeout_s)
                 msg = parent_conn.recv() if parent_conn in ready else None
@@ -638,6 +667,34 @@ class Runner:
         reply = run_call(CallRequest(job.call_id, job.task, job.payload), cancelled, send)
         self._handle_message(job, CallDone(reply, {"pid": os.getpid(), "inprocess": True}))
         _ = context  # run_call installs and clears the context itself
+
+
+_SPAWN_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _spawn_without_main_module() -> Iterator[None]:
+    """Start spawn children without re-running the parent's ``__main__`` in them.
+
+    The worker needs nothing from ``__main__`` (tasks are named by import path). Re-running
+    it costs a Streamlit import in every worker and breaks scripts without a main guard.
+    multiprocessing has no option for this, so its preparation data is trimmed while our
+    worker starts (the lock keeps the swap to our own starts).
+    """
+    original = mp_spawn.get_preparation_data
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _SPAWN_PATCH_LOCK:
+        mp_spawn.get_preparation_data = preparation_data
+        try:
+            yield
+        finally:
+            mp_spawn.get_preparation_data = original
 
 
 def wait_for(job: Job, on_event: Callable[[Event], None] | None = None) -> Any:

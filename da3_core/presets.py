@@ -6,6 +6,12 @@ Facts from `depth_anything_3/configs` (0.1.1) and the hub org `depth-anything`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from da3_core.contract import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,36 @@ def preset_for(name_or_hub_id: str) -> Preset | None:
     """Find a preset by DA3 preset name or hub id (case-insensitive); None if unknown."""
     key = name_or_hub_id.strip()
     return PRESETS_BY_NAME.get(key.lower()) or PRESETS_BY_HUB_ID.get(key.lower())
+
+
+def model_from_setting(value: str, model_dir: "Path | None", device: str | None) -> "ModelSpec":
+    """The default model: ``DA3_MODEL_DIR`` if set, else ``DA3_MODEL`` read as below.
+
+    ``DA3_MODEL`` may be ``auto`` (a default per device), a preset name (its hub id), a hub
+    id, ``demo:<preset>`` (untrained demo weights), or an existing folder.
+
+    Raises:
+        ValueError: ``value`` names an unknown preset after ``demo:``.
+    """
+    from pathlib import Path
+
+    from da3_core.contract import ModelSpec
+
+    if model_dir is not None:
+        return ModelSpec("local", str(model_dir))
+    value = (value or "auto").strip()
+    if value == "auto":
+        return ModelSpec("hub", default_preset(device or "cpu").hub_id)
+    if value.startswith("demo:"):
+        name = value[len("demo:") :]
+        if name not in PRESETS_BY_NAME:
+            raise ValueError(f"DA3_MODEL={value!r}: unknown preset {name!r}; use one of {', '.join(PRESETS_BY_NAME)}")
+        return ModelSpec("demo", name)
+    if value.lower() in PRESETS_BY_NAME:
+        return ModelSpec("hub", PRESETS_BY_NAME[value.lower()].hub_id)
+    if Path(value).expanduser().is_dir():
+        return ModelSpec("local", str(Path(value).expanduser().resolve()))
+    return ModelSpec("hub", value)
 
 
 def default_preset(device: str) -> Preset:

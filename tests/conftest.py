@@ -25,3 +25,38 @@ def runner():
     r = Runner(cancel_grace_s=1.0)
     yield r
     r.close()
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """One workspace for the session, so untrained demo weights are built once (about 1 s, 137 MB)."""
+    return tmp_path_factory.mktemp("workspace")
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
+    """A small textured RGB PNG (deterministic)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // w), (yy * 255 // h), rng.integers(0, 255, (h, w))], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_python(code: str, env_extra: dict | None = None, timeout: float = 600) -> str:
+    """Run ``code`` in a fresh interpreter at the repo root; return stdout; fail with stderr."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"exit {out.returncode}\nSTDOUT:\n{out.stdout[-4000:]}\nSTDERR:\n{out.stderr[-6000:]}"
+    return out.stdout

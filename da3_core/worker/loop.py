@@ -15,6 +15,7 @@ Threads in the worker:
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 import queue
@@ -51,7 +52,8 @@ def worker_state() -> dict[str, Any]:
             state.update(provider())
         except Exception as exc:  # noqa: BLE001 - state is informative; never fail a call over it
             state.setdefault("state_errors", []).append(repr(exc))
-    return state
+    # Through JSON and back: only plain data may ride along (a torch.__version__ would not).
+    return json.loads(json.dumps(state, default=str))
 
 
 def resolve_task(path: str) -> Callable[..., Any]:
@@ -120,7 +122,8 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
         preload: Modules to import in the background right after start (e.g. the DA3 task
             module), so the first real call does not pay for the import.
     """
-    inbox: queue.Queue[CallRequest] = queue.Queue()
+    inbox: queue.Queue[CallRequest | None] = queue.Queue()
+    busy = threading.Event()
     cancelled: dict[int, threading.Event] = {}
     cancelled_lock = threading.Lock()
 
@@ -137,7 +140,13 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
-                os._exit(0)  # the parent is gone: never outlive it
+                # The parent closed the pipe or died: never outlive it. When idle, leave
+                # through the main thread so exit handlers run; when busy, at once.
+                if busy.is_set():
+                    os._exit(0)
+                inbox.put(None)
+                time.sleep(2)
+                os._exit(0)
             if isinstance(msg, CallRequest):
                 inbox.put(msg)
             elif isinstance(msg, CancelRequest):
@@ -166,7 +175,11 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
 
     while True:
         request = inbox.get()
+        if request is None:
+            return
+        busy.set()
         reply = run_call(request, cancel_event(request.call_id), send)
+        busy.clear()
         with cancelled_lock:
             cancelled.pop(request.call_id, None)
         try:

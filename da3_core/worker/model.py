@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import tqdm
 
 from da3_core.contract import ModelSpec, ModelUnavailableError
 from da3_core.presets import PRESETS_BY_NAME, preset_for
 from da3_core.worker import loop
+
+# DA3's preprocessing draws tqdm bars; tqdm's default lock is a multiprocessing semaphore in
+# /dev/shm, leaked whenever the worker is killed. A thread lock does the same job here.
+tqdm.tqdm.set_lock(threading.RLock())
 
 # (model key, device) -> loaded DepthAnything3. Module-global on purpose (see module doc).
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
@@ -235,7 +240,7 @@ def cache_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "models_loaded": [f"{k} on {d}" for (k, d) in _MODEL_CACHE],
         "model_loads": LOAD_COUNT,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -1,0 +1,77 @@
+"""The one place that ties Streamlit to the runner: `st.cache_resource` holders.
+
+One runner (so one worker process) per server, shared by every session. Nothing here
+holds a model or a tensor: the model lives in the worker's `_MODEL_CACHE`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from da3_core.config import ConfigError, Settings, load_settings
+from da3_core.gpu import Job, Runner, set_default_runner
+
+
+@st.cache_resource(show_spinner=False)
+def get_settings() -> Settings:
+    """The validated settings, read once per server."""
+    return load_settings()
+
+
+def settings_or_stop() -> Settings:
+    """The settings, or a clear error on the page and a stop when a variable is bad."""
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        st.error(f"Configuration error: {exc}")
+        st.stop()
+        raise  # unreachable: st.stop raises
+
+
+@dataclass
+class RunnerHolder:
+    """The server's runner and the warm-up call that reports the worker's device."""
+
+    runner: Runner
+    probe: Job | None
+
+    def device_info(self) -> dict[str, Any] | None:
+        """The worker's device report (device, torch version, ...) once the probe returned."""
+        if self.probe is None or not self.probe.done():
+            return None
+        try:
+            return self.probe.result(0)
+        except Exception as exc:  # noqa: BLE001 - shown on the page, a later probe may work
+            return {"error": str(exc)}
+
+    def refresh_probe(self) -> None:
+        """Ask the worker again (after a restart, or a failed probe)."""
+        from da3_core import tasks
+
+        try:
+            self.probe = tasks.worker_info.submit(runner=self.runner)
+        except Exception:  # noqa: BLE001 - the runner may be closed during shutdown
+            self.probe = None
+
+
+@st.cache_resource(show_spinner=False)
+def get_holder() -> RunnerHolder:
+    """Start the server's runner once; its worker starts and imports DA3 in the background."""
+    settings = get_settings()
+    runner = Runner(
+        isolation=settings.isolation,
+        preload=("da3_core.worker.reconstruct",),
+        cancel_grace_s=settings.cancel_grace_s,
+    )
+    set_default_runner(runner)
+    holder = RunnerHolder(runner, None)
+    holder.refresh_probe()  # starts the worker now, not at the first user's click
+    return holder
+
+
+def get_runner() -> Runner:
+    """The server's runner."""
+    return get_holder().runner
