@@ -42,6 +42,10 @@ class Settings:
         cpu_threads: Torch threads in the worker on CPU; 0 means all cores. Env ``DA3_CPU_THREADS``.
         cancel_grace_s: After a cancel, how long the worker may finish its current stage
             before it is killed. Env ``DA3_CANCEL_GRACE_S``.
+        abandon_after_s: A run whose page has stopped asking about it (tab closed) this long
+            is cancelled. Env ``DA3_ABANDON_AFTER_S``.
+        max_side: Frames are downscaled on upload so their long side is at most this (the
+            model sees process_res anyway; this bounds memory). Env ``DA3_MAX_SIDE``.
     """
 
     model: str = "auto"
@@ -58,6 +62,8 @@ class Settings:
     workspace_max_gb: float = 5.0
     cpu_threads: int = 0
     cancel_grace_s: float = 10.0
+    abandon_after_s: float = 30.0
+    max_side: int = 2048
 
     @property
     def demo_weights_dir(self) -> Path:
@@ -80,6 +86,8 @@ _ENV = {
     "workspace_max_gb": "DA3_WORKSPACE_MAX_GB",
     "cpu_threads": "DA3_CPU_THREADS",
     "cancel_grace_s": "DA3_CANCEL_GRACE_S",
+    "abandon_after_s": "DA3_ABANDON_AFTER_S",
+    "max_side": "DA3_MAX_SIDE",
 }
 
 # (minimum, maximum) for numeric settings.
@@ -93,6 +101,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "workspace_max_gb": (0.01, 10_000),
     "cpu_threads": (0, 1024),
     "cancel_grace_s": (0, 600),
+    "abandon_after_s": (2, 24 * 3600),
+    "max_side": (64, 16384),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cuda", "mps", "cpu"),

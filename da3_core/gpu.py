@@ -118,6 +118,7 @@ class Job:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.cancel_requested = False
+        self.last_seen: float | None = None  # set by `touch`; None: nobody promised to watch
         self.position = 0
         self.last_progress: Progress | None = None
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -129,6 +130,16 @@ class Job:
     def done(self) -> bool:
         """True once the call has finished (with a result or an error)."""
         return self._done.is_set()
+
+    def touch(self) -> None:
+        """Say that someone still waits for this call. Once touched, a call whose watcher
+        stays silent longer than the runner's ``abandon_after_s`` is cancelled (a closed
+        browser tab stops touching)."""
+        self.last_seen = time.monotonic()
+
+    def abandoned(self, after_s: float | None) -> bool:
+        """True when the call was watched and its watcher has been silent for ``after_s``."""
+        return after_s is not None and self.last_seen is not None and time.monotonic() - self.last_seen > after_s
 
     def cancel(self) -> None:
         """Give up on the call: removed if queued; if running, the worker is asked to stop at
@@ -266,6 +277,8 @@ class Runner:
         start_timeout_s: How long a new worker may take to report ready.
         cancel_grace_s: After a cancel, how long a running task may take to reach a
             checkpoint before the worker is killed.
+        abandon_after_s: A call whose watcher (see `Job.touch`) is silent this long is
+            cancelled, queued or running; None turns this off.
         name: Process name of the worker.
     """
 
@@ -276,6 +289,7 @@ class Runner:
         preload: tuple[str, ...] = (),
         start_timeout_s: float = 60.0,
         cancel_grace_s: float = 10.0,
+        abandon_after_s: float | None = 30.0,
         name: str = "da3-worker",
     ) -> None:
         if isolation not in ("isolated", "inprocess"):
@@ -284,6 +298,7 @@ class Runner:
         self.preload = tuple(preload)
         self.start_timeout_s = start_timeout_s
         self.cancel_grace_s = cancel_grace_s
+        self.abandon_after_s = abandon_after_s
         self.name = name
         self._ctx = mp.get_context("spawn")
         self._cv = threading.Condition()
@@ -570,8 +585,8 @@ class Runner:
         self.recent_errors.append(ErrorRecord(time.time(), job.task, kind, message))
 
     def _run_isolated(self, job: Job) -> None:
-        if job.cancel_requested:
-            job._finish(error=TaskCancelledError(f"{job.task} was cancelled before it started"))
+        if job.cancel_requested or job.abandoned(self.abandon_after_s):
+            job._finish(error=TaskCancelledError(f"{job.task} was cancelled before it started (its caller left)"))
             return
         proc, conn = self._ensure_worker()
         job.started_at = time.monotonic()
@@ -617,6 +632,8 @@ class Runner:
                 self._reap_worker()
                 job._finish(error=TaskTimeoutError(job.task, job.budget_s, now - job.started_at))
                 return
+            if not job.cancel_requested and job.abandoned(self.abandon_after_s):
+                job.cancel_requested = True  # nobody is waiting any more: free the worker
             if job.cancel_requested:
                 if cancel_deadline is None:
                     cancel_deadline = now + self.cancel_grace_s

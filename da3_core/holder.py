@@ -65,6 +65,7 @@ def get_holder() -> RunnerHolder:
         isolation=settings.isolation,
         preload=("da3_core.worker.reconstruct",),
         cancel_grace_s=settings.cancel_grace_s,
+        abandon_after_s=settings.abandon_after_s,
     )
     set_default_runner(runner)
     holder = RunnerHolder(runner, None)

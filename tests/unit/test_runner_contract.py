@@ -307,6 +307,28 @@ def test_caller_giving_up_cancels_the_call(runner):
     assert runner.worker_pid == pid
 
 
+def test_abandoned_calls_are_cancelled():
+    """A watched call whose watcher goes silent (a closed tab) is cancelled, queued or running."""
+    r = Runner(cancel_grace_s=0.5, abandon_after_s=0.5)
+    try:
+        pid = r.call(f"{FT}:worker_pid")
+        running = r.submit(f"{FT}:cancellable", (30,), duration=60)
+        queued = r.submit(f"{FT}:square", (3,))
+        running.touch()
+        queued.touch()
+        t0 = time.monotonic()
+        with pytest.raises(TaskCancelledError):
+            running.result(10)
+        with pytest.raises(TaskCancelledError, match="left"):
+            queued.result(10)
+        assert time.monotonic() - t0 < 3.0
+        unwatched = r.submit(f"{FT}:tagged", ("kept", 1.0))  # never touched: never abandoned
+        assert unwatched.result(10)[0] == "kept"
+        assert r.call(f"{FT}:worker_pid") == pid
+    finally:
+        r.close()
+
+
 # 11. The worker never outlives the server.
 @pytest.mark.parametrize("how", ["SIGKILL", "exit"])
 def test_worker_exits_when_parent_dies(how):
