@@ -569,6 +569,10 @@ def load_image(name: str, data: bytes, settings: Settings | None = None) -> Fram
             n_frames = 1
         if n_frames > 1 and fmt != "MPO":
             notes.append(f"{fmt} with {n_frames} frames: the first frame is used")
+        if fmt == "JPEG" and max(width, height) > settings.max_side:
+            # Decode at 1/2, 1/4 or 1/8 scale right away: faster and far less memory.
+            scale = settings.max_side / max(width, height)
+            im.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
         try:
             im.seek(0)
             im.load()
@@ -595,8 +599,29 @@ def load_image(name: str, data: bytes, settings: Settings | None = None) -> Fram
         array, convert_note = _to_rgb(im)
         if convert_note:
             notes.append(convert_note)
+    array, size_note = limit_side(array, settings.max_side, (width, height))
+    if size_note:
+        notes.append(size_note)
     array.setflags(write=False)  # one contract for every frame: read-only (most already are)
     return Frame(name=name, image=array, source=name, note="; ".join(notes))
+
+
+def limit_side(image: np.ndarray, max_side: int, original_wh: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
+    """Downscale (H, W, 3) uint8 so its long side is at most ``max_side`` (DA3_MAX_SIDE).
+
+    The model sees ``process_res`` pixels anyway; this bounds the memory of many frames.
+
+    Returns:
+        The image (unchanged when small enough) and a note ("" when unchanged).
+    """
+    h, w = image.shape[:2]
+    ow, oh = original_wh or (w, h)
+    if max(h, w) <= max_side:
+        return image, ("" if (ow, oh) == (w, h) else f"downscaled from {ow}x{oh} to {w}x{h} (DA3_MAX_SIDE={max_side})")
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0))
+    return small, f"downscaled from {ow}x{oh} to {size[0]}x{size[1]} (DA3_MAX_SIDE={max_side})"
 
 
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
@@ -902,13 +927,13 @@ def _extract(name: str, data: bytes, target_fps: float, max_frames: int,
             fps = plan.fps
             for k, raw in enumerate(reader):
                 idx = wanted[k] if k < len(wanted) else wanted[-1]
-                image = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+                image, size_note = limit_side(np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3), settings.max_side)
                 t = idx / fps if fps > 0 else None
                 frames.append(Frame(
                     name=f"{name} #{idx:0{width}d}",
                     image=image,
                     source=name,
-                    note=f"video frame {idx}" + (f" at {t:.2f} s" if t is not None else ""),
+                    note=f"video frame {idx}" + (f" at {t:.2f} s" if t is not None else "") + (f"; {size_note}" if size_note else ""),
                     frame_index=idx,
                     time_s=t,
                 ))

@@ -614,3 +614,25 @@ def test_frame_validates_its_image() -> None:
         Frame("x", np.zeros((4, 4), np.uint8), "x")
     with pytest.raises(ValueError):
         Frame("x", np.zeros((4, 4, 3), np.float32), "x")
+
+
+def test_large_images_are_downscaled_to_max_side():
+    import io as _io
+
+    import numpy as _np
+    from PIL import Image as _Image
+
+    from da3_core.config import Settings
+    from da3_core.inputs import load_image
+
+    big = _np.zeros((1200, 1600, 3), _np.uint8)
+    big[:, :800] = (255, 0, 0)
+    for fmt in ("JPEG", "PNG"):
+        buf = _io.BytesIO()
+        _Image.fromarray(big).save(buf, format=fmt)
+        frame = load_image(f"big.{fmt.lower()}", buf.getvalue(), Settings(max_side=400))
+        assert frame.image.shape == (300, 400, 3), fmt
+        assert "downscaled from 1600x1200 to 400x300" in frame.note
+        assert frame.image[150, 50, 0] > 200 and frame.image[150, 350, 0] < 60  # left red, right black
+    small = load_image("small.png", buf.getvalue(), Settings(max_side=4000))
+    assert small.image.shape == (1200, 1600, 3) and "downscaled" not in small.note
