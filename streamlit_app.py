@@ -1,54 +1,53 @@
-"""Home: what the dashboard does, runner and model status, and a quick two-image run."""
+"""Home: what the dashboard does, the runner and model status, how to start, this session's runs."""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import streamlit as st
-from PIL import Image
 
-from da3_core import tasks
-from da3_core.contract import ModelSpec, ReconstructRequest
-from da3_core.holder import get_holder, settings_or_stop
-from da3_core.presets import model_from_setting
-from da3_core.ui import run_with_status, runner_caption, show_run_error, untrained_banner
+from da3_core import presets, session, ui
 
-st.set_page_config(page_title="Depth Anything 3 dashboard", page_icon="🛰️", layout="wide")
-settings = settings_or_stop()
-holder = get_holder()
-runner = holder.runner
-info = holder.device_info()
-
+ctx = ui.page_setup("Home", "🛰️")
 st.title("Depth Anything 3 dashboard")
-st.caption(runner_caption(runner, info))
 st.markdown(
-    "Upload photos or a video, run Depth Anything 3 in an isolated worker process, and explore "
-    "depth maps, camera poses and a 3D point cloud."
+    "Upload photos or a video, run **Depth Anything 3** in an isolated worker process, and explore "
+    "depth maps, camera poses and a 3D point cloud, with downloads in the formats your tools read "
+    "(GLB, PLY, NPZ, 16-bit PNG, COLMAP)."
 )
 
-device = (info or {}).get("device")
-default = model_from_setting(settings.model, settings.model_dir, device)
-use_demo = st.toggle("Use untrained demo weights (works offline; geometry is meaningless)", key="home_demo")
-model = ModelSpec("demo", "da3-small") if use_demo else default
-st.write(f"Model: `{model.describe()}`")
+status = ctx.runner.status()
+info = ctx.worker_info
+default = presets.model_from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
+c = st.columns(4)
+c[0].metric("Worker", status.state, help="A separate process that alone imports torch; it is replaced if it crashes.")
+c[1].metric("Device", info.get("device", "starting…"))
+c[2].metric("Default model", (presets.preset_for(default.ref).label if default.kind == "hub" and presets.preset_for(default.ref) else default.describe()))
+loaded = status.worker_state.get("models_loaded") or info.get("models_loaded") or []
+c[3].metric("Loaded in the worker", loaded[0].split(" on ")[0] if loaded else "none yet")
+if "error" in info:
+    st.error(f"The worker did not answer: {info['error']}")
 
-files = st.file_uploader("Two or more images", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True, key="home_files")
-if st.button("Run", type="primary", disabled=not files, key="home_run"):
-    frames = [np.asarray(Image.open(io.BytesIO(f.getvalue())).convert("RGB")) for f in files]
-    request = ReconstructRequest(tuple(frames), tuple(f.name for f in files), model, process_res=252)
-    try:
-        job = tasks.reconstruct.submit(request, str(settings.demo_weights_dir), settings.cpu_threads, runner=runner)
-        st.session_state["home_rec"] = run_with_status(job)
-    except Exception as exc:  # noqa: BLE001 - every failure is shown, the app keeps working
-        show_run_error(exc)
+st.subheader("How to start")
+st.markdown(
+    "1. **Reconstruct**: upload photos (or a video), or pick a bundled example; choose the weights; run.\n"
+    "2. **Depth maps**: step through the views; click two points to measure.\n"
+    "3. **Point cloud**: filter by confidence, background and sky, show cameras; open the full-density viewer.\n"
+    "4. **Exports**: download GLB, PLY, NPZ, depth PNGs or a COLMAP model; everything is also in the run folder.\n\n"
+    "No internet? Choose *Untrained demo weights* (meaningless geometry, every feature works), or point "
+    "`DA3_MODEL_DIR` at a downloaded checkpoint."
+)
+cols = st.columns(5)
+for col, (key, label, icon) in zip(cols, [("reconstruct", "Reconstruct", "▶️"), ("depth", "Depth maps", "🗺️"), ("cloud", "Point cloud", "☁️"),
+                                           ("exports", "Exports", "📦"), ("runner", "Runner", "⚙️")]):
+    col.page_link(ui.PAGES[key], label=label, icon=icon)
 
-rec = st.session_state.get("home_rec")
-if rec is not None:
-    untrained_banner(rec)
-    cols = st.columns(min(4, rec.n_views))
-    for i in range(rec.n_views):
-        d = rec.depth[i]
-        lo, hi = np.percentile(d, [2, 98])
-        grey = (np.clip((d - lo) / max(hi - lo, 1e-9), 0, 1) * 255).astype(np.uint8)
-        cols[i % len(cols)].image(grey, caption=f"{rec.names[i]} depth ({rec.depth_unit})", use_container_width=True)
+ui.pending_status()
+metas = session.list_runs(ctx.settings)
+if metas:
+    st.subheader("Runs in this session")
+    st.dataframe(
+        [{"run": m.run_id, "frames": len(m.names), "model": m.preset or m.model_ref, "untrained": m.model_kind == "demo",
+          "status": m.status, "seconds": round(m.timings.get("total", 0.0), 1), "error": m.error[:120]} for m in metas],
+        width="stretch",
+        hide_index=True,
+    )
+    st.caption("Pick the run to explore in the sidebar. The page address keeps this session: reload it and your runs are still here.")

@@ -46,8 +46,11 @@ def worker_info() -> dict[str, Any]:
     from da3_core.worker.loop import worker_state
     from da3_core.worker.model import resolve_device
 
+    import importlib.util
+
     state = worker_state()
     state["device"] = resolve_device("auto")
+    state["gsplat"] = importlib.util.find_spec("gsplat") is not None
     return state
 
 

@@ -1,0 +1,153 @@
+"""Reconstruct: frames in (photos, a video, or a bundled example), model and parameters, run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from da3_core import inputs, runs, session, ui
+
+ctx = ui.page_setup("Reconstruct", "▶️")
+settings = ctx.settings
+EXAMPLES_ROOT = Path(inputs.__file__).resolve().parents[1] / "examples"
+
+st.title("Reconstruct")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def probe(name: str, data: bytes) -> inputs.VideoInfo:
+    return inputs.probe_video(name, data, settings)
+
+
+def image_preview(files: list) -> inputs.Batch:
+    """Decoded photos (videos only counted), cached per upload set for this session."""
+    key = tuple((f.file_id, f.size) for f in files)
+    cached = st.session_state.get("rc_preview")
+    if cached and cached[0] == key:
+        return cached[1]
+    images = [f for f in files if inputs.sniff(f.getvalue()).kind != "video"]
+    batch = inputs.load_batch(images, settings, max_frames=settings.max_frames)
+    st.session_state["rc_preview"] = (key, batch)
+    return batch
+
+
+source = st.radio("Frames from", ("Upload photos or a video", "Example scene"), horizontal=True, key="rc_source")
+frames: list[inputs.Frame] = []
+videos: list = []
+files: list = []
+if source.startswith("Upload"):
+    files = st.file_uploader(
+        "Photos (jpg, png, bmp, tiff, webp, HEIC/HEIF, AVIF) and/or a video (mp4, mov, avi, mkv, webm)",
+        type=list(inputs.UPLOAD_EXTENSIONS),
+        accept_multiple_files=True,
+        key="rc_files",
+    ) or []
+    videos = [f for f in files if inputs.sniff(f.getvalue()).kind == "video"]
+    if videos:
+        c1, c2 = st.columns(2)
+        fps = c1.slider("Frames per second to take from the video", *inputs.TARGET_FPS_RANGE, value=inputs.DEFAULT_TARGET_FPS, step=0.1, key="rc_fps",
+                        help="DA3's rule: one frame every max(1, int(video fps / this)).")
+        cap = c2.number_input("Frame cap (whole run)", 1, settings.max_frames, min(32, settings.max_frames), key="rc_cap",
+                              help=f"At most DA3_MAX_FRAMES={settings.max_frames}.")
+    preview = image_preview(files) if files else inputs.Batch([], [], [])
+    frames = list(preview.frames)
+    for rejected in preview.rejected:
+        st.warning(rejected.reason, icon="🚫")
+    budget = (int(cap) if videos else settings.max_frames) - len(frames)
+    for video in videos:
+        try:
+            info = probe(video.name, video.getvalue())
+            plan = inputs.plan_video(info, float(fps), max(0, budget))
+            st.info(f"**{inputs.display_name(video.name)}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {plan.summary}")
+            budget -= plan.n_frames
+        except inputs.InputError as exc:
+            st.warning(str(exc), icon="🚫")
+else:
+    examples = inputs.list_examples(EXAMPLES_ROOT)
+    if not examples:
+        st.error(f"No example scenes found under {EXAMPLES_ROOT}.")
+    else:
+        by_key = {e.key: e for e in examples}
+        key = st.selectbox("Example", list(by_key), format_func=lambda k: f"{by_key[k].title} ({len(by_key[k].files)} views)", key="rc_example")
+        st.caption(by_key[key].description)
+        frames = inputs.load_example(by_key[key], settings)
+
+if frames:
+    shown = frames[:12]
+    st.image([f.image for f in shown], caption=[f.name for f in shown], width=140)
+    if len(frames) > len(shown):
+        st.caption(f"+ {len(frames) - len(shown)} more")
+    notes = [f"{f.name}: {f.note}" for f in frames if f.note]
+    if notes:
+        with st.expander(f"Notes on {len(notes)} frame(s)"):
+            st.markdown("\n".join(f"- {n}" for n in notes))
+
+names = [f.name for f in frames]
+left, right = st.columns([3, 2])
+with left, st.container(border=True):
+    st.subheader("Model")
+    model, preset = ui.model_picker(ctx)
+with right, st.container(border=True):
+    st.subheader("Run")
+    busy = session.pending() is not None
+    ready = bool(frames or videos) and model is not None and not busy
+    run_clicked = st.button("Run reconstruction", type="primary", disabled=not ready, key="rc_run", width="stretch")
+    if busy:
+        st.caption("A run of yours is in progress; its status is below and in the sidebar.")
+    elif not (frames or videos):
+        st.caption("Add photos, a video, or pick an example.")
+with st.expander("Parameters", expanded=False):
+    params = ui.params_picker(ctx, preset, names)
+
+
+def start(frames_to_run: list[inputs.Frame], source_label: str) -> None:
+    if not frames_to_run:
+        st.error("No usable frame: see the messages above.")
+        return
+    ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params)
+    st.rerun()
+
+
+if run_clicked and model is not None:
+    if source.startswith("Upload"):
+        with st.spinner("Reading frames…"):
+            batch = inputs.load_batch(files, settings, target_fps=float(fps) if videos else inputs.DEFAULT_TARGET_FPS,
+                                      max_frames=int(cap) if videos else settings.max_frames)
+        for rejected in batch.rejected:
+            st.warning(rejected.reason, icon="🚫")
+        start(list(batch.frames), "video" if videos else "upload")
+    else:
+        start(frames, f"example:{st.session_state.get('rc_example')}")
+
+# A retry of a run whose weights were missing, with demo weights and the same saved frames.
+retry = st.session_state.pop("rc_retry", None)
+if retry and model is not None and session.pending() is None:
+    run_dir = session.run_dir(settings, retry)
+    meta = runs.read_meta(run_dir)
+    saved = [inputs.load_image(n, Path(p).read_bytes(), settings) for n, p in zip(meta.names, runs.input_paths(run_dir, meta))]
+    start([inputs.Frame(n, f.image, meta.source) for n, f in zip(meta.names, saved)], meta.source)
+
+ui.pending_status()
+
+outcome: session.Outcome | None = st.session_state.get(session.OUTCOME)
+if outcome is not None and session.pending() is None:
+    if outcome.ok:
+        meta = runs.read_meta(session.run_dir(settings, outcome.run_id))
+        total = meta.timings.get("total", 0.0)
+        st.success(f"Done: {len(meta.names)} view(s) with {meta.preset} on {meta.device} in {total:.1f} s (run {meta.run_id}).")
+        c1, c2, c3 = st.columns(3)
+        c1.page_link(ui.PAGES["depth"], label="Depth maps", icon="🗺️")
+        c2.page_link(ui.PAGES["cloud"], label="Point cloud", icon="☁️")
+        c3.page_link(ui.PAGES["exports"], label="Exports", icon="📦")
+    else:
+        ui.show_error(f"Run {outcome.run_id} failed. {outcome.message}", getattr(outcome.error, "remote_traceback", ""))
+        st.caption("Its frames are kept in the run folder.")
+        if outcome.model_unavailable:
+            st.button(
+                "Use untrained demo weights and run again",
+                type="primary",
+                key="rc_use_demo",
+                on_click=lambda rid=outcome.run_id: (ui.use_demo_weights(), st.session_state.__setitem__("rc_retry", rid)),
+                help="Builds untrained weights from the preset once (about a second for DA3 Small) and re-runs these frames.",
+            )

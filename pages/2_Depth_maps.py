@@ -1,0 +1,85 @@
+"""Depth maps: one view at a time, depth and confidence, colour maps, and measuring by clicking."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from da3_core import figures, geometry, session, ui
+
+ctx = ui.page_setup("Depth maps", "🗺️")
+run_dir, meta, rec = ui.require_active_run(ctx)
+st.title("Depth maps")
+
+n = rec.n_views
+view = min(int(ui.kept("dm_view", 0)), n - 1)
+
+
+def step(delta: int) -> None:
+    ui.keep("dm_view", (int(ui.kept("dm_view", 0)) + delta) % n)
+    st.session_state.pop("dm_view_w", None)
+
+
+c_prev, c_view, c_next, c_map, c_rev = st.columns([1, 5, 1, 2, 1])
+c_prev.button("◀ Prev", key="dm_prev", on_click=step, args=(-1,), disabled=n < 2, width="stretch")
+view = c_view.selectbox("View", list(range(n)), index=view, key="dm_view_w", format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
+                        label_visibility="collapsed")
+ui.keep("dm_view", view)
+c_next.button("Next ▶", key="dm_next", on_click=step, args=(1,), disabled=n < 2, width="stretch")
+cmap = c_map.selectbox("Colour map", figures.COLORMAPS, index=figures.COLORMAPS.index(ui.kept("dm_cmap", "Turbo")), key="dm_cmap_w",
+                       label_visibility="collapsed")
+ui.keep("dm_cmap", cmap)
+reverse = c_rev.toggle("Reverse", ui.kept("dm_rev", False), key="dm_rev_w")
+ui.keep("dm_rev", reverse)
+
+depth = rec.depth[view]
+rng = geometry.depth_range(depth, rec.depth_unit)
+unit = rec.depth_unit
+m = st.columns(5)
+m[0].metric("Min depth", f"{rng.min:.4g} {unit}")
+m[1].metric(f"P{rng.percentiles[0]:g}", f"{rng.p_low:.4g}")
+m[2].metric(f"P{rng.percentiles[1]:g}", f"{rng.p_high:.4g}")
+m[3].metric("Max depth", f"{rng.max:.4g} {unit}")
+m[4].metric("Valid pixels", f"{rng.n_valid / max(rng.n_total, 1):.0%}")
+
+# Measuring: clicks on the depth map, two points per measurement, kept per run and view.
+marks_all: dict = st.session_state.setdefault("dm_marks", {})
+marks: list[tuple[int, int]] = marks_all.setdefault((meta.run_id, view), [])
+left, right = st.columns([3, 2] if rec.conf is not None else [1, 0.0001])
+with left:
+    st.caption("Click two points on the depth map to measure their depths and 3D distance.")
+    fig = figures.depth_figure(depth, unit, colormap=cmap, reverse=reverse, marks=tuple(marks), title=f"Depth ({unit})")
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"dm_fig_{meta.run_id}_{view}", width="stretch")
+    pixel = figures.pixel_from_selection(event)
+    last_key = (meta.run_id, view, "last")
+    if pixel is not None and marks_all.get(last_key) != pixel:
+        marks_all[last_key] = pixel
+        marks[:] = ([pixel] if len(marks) >= 2 else marks + [pixel])
+        st.rerun()
+if rec.conf is not None:
+    with right:
+        st.plotly_chart(figures.confidence_figure(rec.conf[view], title="Confidence"), key=f"dm_conf_{meta.run_id}_{view}", width="stretch")
+        st.image(rec.images[view], caption=f"Input as processed ({rec.hw[1]}x{rec.hw[0]})", width="stretch")
+else:
+    st.image(rec.images[view], caption=f"Input as processed ({rec.hw[1]}x{rec.hw[0]})", width=360)
+
+if marks:
+    fov = float(ui.kept("pc_fov", geometry.DEFAULT_FOV_DEG))
+    cameras, _ = session.world_points(meta.run_id, rec, fov)
+    if len(marks) == 1:
+        try:
+            d, p = geometry.pixel_to_world(rec, cameras, view, marks[0])
+            st.info(f"Point A at pixel {marks[0]}: depth {d:.4g} {unit}. Click a second point.")
+        except geometry.MeasureError as exc:
+            st.warning(str(exc))
+    else:
+        try:
+            result = geometry.measure(rec, cameras, view, marks[0], marks[1])
+            st.success(result.describe())
+        except geometry.MeasureError as exc:
+            st.warning(str(exc))
+    if not rec.has_poses:
+        st.caption(f"This preset predicts no cameras: distances use an assumed {fov:.0f}° field of view (set on the Point cloud page).")
+    if st.button("Clear points", key="dm_clear"):
+        marks.clear()
+        marks_all.pop((meta.run_id, view, "last"), None)
+        st.rerun()

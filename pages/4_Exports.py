@@ -1,0 +1,99 @@
+"""Exports: every format as a download, made when asked and kept in the run folder."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+
+from da3_core import export, geometry, runs, session, tasks, ui
+from da3_core.contract import GPUError
+
+ctx = ui.page_setup("Exports", "📦")
+run_dir, meta, rec = ui.require_active_run(ctx)
+st.title("Exports")
+out_dir = runs.exports_dir(run_dir)
+cs = ui.cloud_settings(rec, widgets=False)
+st.caption(f"Point formats use the Point cloud page's filters: {cs.filters.conf_percentile:g}% confidence percentile, "
+           f"max {cs.filters.max_points:,} points, cameras {'on' if cs.show_cameras else 'off'}. Files are also written to the run folder.")
+
+
+def made(fmt: str, colorized: bool = False):
+    """A deferred download: the file is built (and saved in the run folder) only when clicked."""
+
+    def build() -> bytes:
+        cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)
+        cloud = geometry.apply_filters(world, cs.filters) if fmt in ("glb", "ply") else None
+        data = export.export_bytes(fmt, rec, cloud, cameras, show_cameras=cs.show_cameras, colorized_depth=colorized)
+        export.write_bytes(out_dir, export.FILENAMES[fmt], data)
+        return data
+
+    return build
+
+
+DESCRIPTIONS = {
+    "glb": ("GLB scene", "points in true colour + camera wireframes (Blender, three.js, any glTF viewer)", "model/gltf-binary"),
+    "ply": ("PLY point cloud", "binary, with colours (MeshLab, CloudCompare, Open3D)", "application/octet-stream"),
+    "npz": ("NPZ arrays", "depth, conf, extrinsics (N,3,4 world-to-camera), intrinsics, image, sky: DA3's field names", "application/octet-stream"),
+    "depth_png": ("16-bit depth PNGs", "one PNG per view in a zip, with depth_scale.json to recover values", "application/zip"),
+}
+for fmt in export.EXPORT_FORMATS:
+    title, what, mime = DESCRIPTIONS[fmt]
+    c1, c2 = st.columns([3, 2])
+    c1.markdown(f"**{title}** — {what}")
+    c2.download_button(f"Download {export.FILENAMES[fmt]}", data=made(fmt), file_name=f"{meta.run_id}-{export.FILENAMES[fmt]}",
+                       mime=mime, key=f"ex_{fmt}", width="stretch", on_click="ignore")
+
+st.divider()
+st.markdown("**Made by DA3's own exporters in the worker**")
+c1, c2 = st.columns([3, 2])
+colmap_reason = None
+if not str(rec.params.get("process_res_method", "upper_bound_resize")).endswith("resize"):
+    colmap_reason = "this run used a crop method; DA3's COLMAP exporter needs upper_bound_resize or lower_bound_resize"
+elif not rec.has_poses or rec.conf is None:
+    colmap_reason = f"{rec.preset} predicts no camera poses or confidence"
+c1.markdown("**COLMAP sparse model** — cameras, images and points (binary), for COLMAP, gsplat and nerfstudio")
+if colmap_reason:
+    c2.caption(f"Unavailable: {colmap_reason}.")
+elif c2.button("Make COLMAP model", key="ex_colmap", width="stretch"):
+    try:
+        with st.spinner("Writing COLMAP in the worker…"):
+            tasks.export_colmap.call(rec, runs.input_paths(run_dir, meta), str(out_dir / "colmap"), float(cs.filters.conf_percentile), runner=ctx.runner)
+    except GPUError as exc:
+        ui.show_error(f"COLMAP export failed: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
+c1, c2 = st.columns([3, 2])
+c1.markdown("**3D Gaussians (3DGS PLY)**")
+if rec.gaussians is None:
+    c2.caption("Unavailable: this run has no Gaussians (presets with a GS head, on CUDA, with 'Infer 3D Gaussians').")
+elif c2.button("Make 3DGS PLY", key="ex_gs", width="stretch"):
+    try:
+        with st.spinner("Writing the 3DGS PLY in the worker…"):
+            tasks.export_gs_ply.call(rec, str(out_dir), runner=ctx.runner)
+    except GPUError as exc:
+        ui.show_error(f"3DGS export failed: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
+
+st.divider()
+st.subheader("The run folder")
+st.caption(f"`{run_dir}`")
+files = sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+for path in files:
+    rel = path.relative_to(run_dir)
+    c1, c2 = st.columns([4, 1])
+    c1.markdown(f"`{rel}` · {path.stat().st_size / 1024:,.0f} KiB")
+    c2.download_button("Download", data=lambda p=path: p.read_bytes(), file_name=f"{meta.run_id}-{str(rel).replace('/', '-')}",
+                       key=f"ex_file_{rel}", width="stretch", on_click="ignore")
+
+
+def zip_folder(folder: Path = run_dir) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and not p.name.startswith("."):
+                zf.write(p, f"{meta.run_id}/{p.relative_to(folder)}")
+    return buf.getvalue()
+
+
+st.download_button("Download the whole run folder (zip)", data=zip_folder, file_name=f"{meta.run_id}.zip", mime="application/zip",
+                   key="ex_zip", type="primary", on_click="ignore")
