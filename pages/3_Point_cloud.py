@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from da3_core import export, figures, geometry, session, ui, viewer
 
@@ -40,4 +39,4 @@ if st.button(f"Show all {n_full:,} points", key="pc_full", disabled=n_full == 0)
             cache = viewer.glb_viewer_html(glb, height=620, point_size=max(1.0, cs.point_size), show_cameras=cs.show_cameras)
         st.session_state["pc_full_key"] = key
         st.session_state["pc_full_html"] = cache
-    components.html(cache, height=640)
+    st.iframe(cache, height=640)
