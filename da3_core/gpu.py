@@ -661,6 +661,11 @@ class Runner:
             if isinstance(reply, OkResult):
                 job._finish(reply=reply)
             else:
+                if reply.recycle and self.isolation == "isolated":
+                    # The worker exits after this reply (its state may be damaged); retire it
+                    # now so the next call cannot be handed to a dying process.
+                    self._kill_worker("recycle")
+                    self._reap_worker()
                 job._finish(error=_task_error(reply, cancelled=job.cancel_requested))
             return True
         return False
