@@ -26,6 +26,9 @@ class Settings:
             ``auto`` (a default per device). Env ``DA3_MODEL``.
         model_dir: Local folder with weights (``config.json`` + ``model.safetensors``),
             as in the official DA3 app; when set it is the default model. Env ``DA3_MODEL_DIR``.
+        models_root: A folder whose sub-folders holding ``config.json`` are offered as local
+            checkpoints in the app (users pick among them; they never type a path). Env
+            ``DA3_MODELS_ROOT``.
         workspace: Folder for runs, uploads and demo weights. Env ``DA3_WORKSPACE``.
         device: ``auto``, ``cuda``, ``mps`` or ``cpu``. Env ``DA3_DEVICE``.
         isolation: ``isolated`` (default: the worker process) or ``inprocess`` (debugging
@@ -50,6 +53,7 @@ class Settings:
 
     model: str = "auto"
     model_dir: Path | None = None
+    models_root: Path | None = None
     workspace: Path = Path("workspace")
     device: str = "auto"
     isolation: str = "isolated"
@@ -65,6 +69,20 @@ class Settings:
     abandon_after_s: float = 30.0
     max_side: int = 2048
 
+    def local_checkpoints(self) -> list[Path]:
+        """Checkpoint folders users may pick: ``model_dir`` and the sub-folders of
+        ``models_root`` that hold a ``config.json`` (symlinks leading outside are skipped)."""
+        found: list[Path] = [self.model_dir] if self.model_dir else []
+        if self.model not in ("", "auto") and Path(self.model).expanduser().is_dir():
+            found.append(Path(self.model).expanduser().resolve())  # DA3_MODEL given as a folder
+        if self.models_root is not None and self.models_root.is_dir():
+            root = self.models_root.resolve()
+            for sub in sorted(self.models_root.iterdir()):
+                real = sub.resolve()
+                if real.parent == root and (real / "config.json").is_file() and real not in found:
+                    found.append(real)
+        return found
+
     @property
     def demo_weights_dir(self) -> Path:
         """Where untrained demo weights are built, one folder per preset."""
@@ -74,6 +92,7 @@ class Settings:
 _ENV = {
     "model": "DA3_MODEL",
     "model_dir": "DA3_MODEL_DIR",
+    "models_root": "DA3_MODELS_ROOT",
     "workspace": "DA3_WORKSPACE",
     "device": "DA3_DEVICE",
     "isolation": "DA3_ISOLATION",
@@ -145,6 +164,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 )
             if not (path / "config.json").is_file():
                 raise ConfigError(f"{var}={raw!r} has no config.json; it must hold a DA3 checkpoint saved with save_pretrained")
+            values[f.name] = path.resolve()
+        elif f.name == "models_root":
+            path = Path(raw).expanduser()
+            if not path.is_dir():
+                raise ConfigError(f"{var}={raw!r} is not a folder; point it at a folder of DA3 checkpoint folders, or unset it")
             values[f.name] = path.resolve()
         elif f.name == "workspace":
             values[f.name] = Path(raw).expanduser()

@@ -6,7 +6,10 @@ holds a model or a tensor: the model lives in the worker's `_MODEL_CACHE`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -32,11 +35,40 @@ def settings_or_stop() -> Settings:
 
 
 @dataclass
+class Janitor:
+    """Applies the workspace clean-up policy (age and total size) at start and then at most
+    every ``every_s`` seconds, in a background thread, never touching the sessions in use."""
+
+    settings: Settings
+    every_s: float = 600.0
+    last: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_report: Any = None
+
+    def maybe_clean(self, keep: tuple[Path, ...] = ()) -> None:
+        with self.lock:
+            if time.monotonic() - self.last < self.every_s and self.last:
+                return
+            self.last = time.monotonic()
+        threading.Thread(target=self._clean, args=(keep,), name="da3-janitor", daemon=True).start()
+
+    def _clean(self, keep: tuple[Path, ...]) -> None:
+        from da3_core import workspace
+
+        try:
+            self.last_report = workspace.cleanup(self.settings.workspace, self.settings.workspace_max_age_h,
+                                                 self.settings.workspace_max_gb, keep=keep)
+        except Exception as exc:  # noqa: BLE001 - clean-up must never take the app down
+            self.last_report = exc
+
+
+@dataclass
 class RunnerHolder:
-    """The server's runner and the warm-up call that reports the worker's device."""
+    """The server's runner, the warm-up call that reports the worker's device, the janitor."""
 
     runner: Runner
     probe: Job | None
+    janitor: Janitor | None = None
 
     def device_info(self) -> dict[str, Any] | None:
         """The worker's device report (device, torch version, ...) once the probe returned."""
@@ -68,8 +100,9 @@ def get_holder() -> RunnerHolder:
         abandon_after_s=settings.abandon_after_s,
     )
     set_default_runner(runner)
-    holder = RunnerHolder(runner, None)
+    holder = RunnerHolder(runner, None, Janitor(settings))
     holder.refresh_probe()  # starts the worker now, not at the first user's click
+    holder.janitor.maybe_clean()
     return holder
 
 

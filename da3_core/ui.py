@@ -60,8 +60,9 @@ def page_setup(title: str, icon: str = "🛰️") -> PageContext:
     settings = settings_or_stop()
     holder = get_holder()
     ctx = PageContext(settings, holder, holder.runner, session.session_dir(settings))
-    if session.collect_pending():
-        pass  # a run ended since the last rerun: this rerun already shows it
+    session.collect_pending()  # a run that ended since the last rerun is saved and shown now
+    if holder.janitor is not None:
+        holder.janitor.maybe_clean(keep=(ctx.session_dir,))
     sidebar(ctx)
     return ctx
 
@@ -148,7 +149,9 @@ def _init_model_state(ctx: PageContext) -> None:
     ss["model_kind"] = kind
     hub_preset = presets.preset_for(spec.ref) if spec.kind == "hub" else None
     ss["model_preset"] = (hub_preset or presets.default_preset(ctx.device or "cpu")).name
-    ss["model_dir"] = spec.ref if spec.kind == "local" else str(ctx.settings.model_dir or "")
+    local = [str(p) for p in ctx.settings.local_checkpoints()]
+    if local:
+        ss["model_dir"] = spec.ref if spec.kind == "local" and spec.ref in local else local[0]
     ss["model_demo"] = spec.ref if spec.kind == "demo" else presets.default_preset(ctx.device or "cpu").name
 
 
@@ -168,15 +171,15 @@ def model_picker(ctx: PageContext) -> tuple[ModelSpec | None, Preset | None]:
         preset = PRESETS_BY_NAME[name]
         return ModelSpec("hub", preset.hub_id), preset
     if kind == MODEL_KINDS[1]:
-        folder = st.text_input("Folder with config.json and model.safetensors", key="model_dir",
-                               help="A hub download or a save_pretrained folder; DA3_MODEL_DIR sets the default.")
-        if not folder.strip():
-            st.info("Enter the folder of a DA3 checkpoint.")
+        folders = [str(p) for p in ctx.settings.local_checkpoints()]
+        if not folders:
+            st.info("No local checkpoint is configured. Set DA3_MODEL_DIR to a checkpoint folder, or DA3_MODELS_ROOT "
+                    "to a folder of checkpoint folders (a hub download of depth-anything/DA3-* or a save_pretrained folder).")
             return None, None
-        preset = preset_of_folder(folder)
-        if preset is None:
-            st.warning(f"No readable config.json in {folder}: the run will report what is missing.")
-        return ModelSpec("local", folder.strip()), preset
+        # A choice among configured folders, never a typed path: users cannot make the server read arbitrary paths.
+        folder = st.selectbox("Checkpoint folder", folders, key="model_dir",
+                              format_func=lambda f: f"{Path(f).name} ({preset_of_folder(f).label if preset_of_folder(f) else 'unknown preset'})")
+        return ModelSpec("local", folder), preset_of_folder(folder)
     name = st.selectbox("Preset to build untrained weights from", list(label), format_func=label.get, key="model_demo")
     st.caption("Untrained weights exercise every feature offline; the geometry they produce is meaningless.")
     return ModelSpec("demo", name), PRESETS_BY_NAME[name]

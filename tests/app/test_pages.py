@@ -4,6 +4,7 @@ never imported in that (Streamlit) process."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -186,3 +187,59 @@ def test_offline_hub_explains_and_retries_with_demo_weights(workspace):
     assert report["errors"] and "depth-anything/DA3-SMALL" in report["errors"][0] and "DA3_MODEL_DIR" in report["errors"][0]
     assert report["kind"] == "Untrained demo weights"
     assert report["done"] and report["done"][0].startswith("Done: 4 view(s)")
+
+
+def test_bad_and_hostile_uploads_are_listed_and_the_good_ones_run(tmp_path):
+    """A batch mixing good files, damaged files and hostile names: the good ones run, each bad
+    one is listed with a reason naming it, names never become paths, the app keeps working."""
+    ws = tmp_path / "ws"
+    report = run_scenario(
+        f"""
+        import io, os
+        from pathlib import Path
+        from PIL import Image
+        from tests.unit import inputs_corpus as corpus
+        good = png_bytes(3)
+        jpeg = corpus.encode(corpus.noise_rgb(), "JPEG")
+        files = [
+            ("../../evil.png", good, "image/png"),
+            ("/etc/passwd.png", png_bytes(4), "image/png"),
+            ("caf\\u00e9 photo 1.png", good, "image/png"),
+            ("caf\\u00e9 photo 1.png", png_bytes(5), "image/png"),
+            ("empty.jpg", b"", "image/jpeg"),
+            ("truncated.jpg", jpeg[: len(jpeg) // 2], "image/jpeg"),
+            ("notes.png", b"just some text, not an image", "image/png"),
+            ("dot.png", corpus.encode(Image.new("RGB", (1, 1)), "PNG"), "image/png"),
+            ("bomb.png", corpus.png_header_only(60000, 60000), "image/png"),
+            ("broken.mp4", b"\\x00\\x00\\x00\\x18ftypmp42" + b"garbage" * 100, "video/mp4"),
+        ]
+        at.query_params["s"] = "../../etc"
+        at.switch_page(PAGES[0]).run()
+        at.radio(key="model_kind").set_value("Untrained demo weights").run()
+        at.number_input(key="rc_res").set_value(112).run()
+        at.file_uploader(key="rc_files").set_value(files).run()
+        check(at, "bad batch uploaded")
+        warnings = [w.value for w in at.warning]
+        at.button(key="rc_run").click().run()
+        wait_done(at)
+        run_warnings = [w.value for w in at.warning]
+        sid = at.session_state["sid"]
+        root = Path({str(ws)!r})
+        written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "demo-weights" not in p.parts)
+        from da3_core import runs
+        metas = runs.list_session_runs(root / "sessions" / sid)
+        escaped = [str(p) for p in Path({str(tmp_path)!r}).rglob("evil.png")] + [str(p) for p in root.rglob("passwd*")]
+        print(json.dumps({{"warnings": warnings, "run_warnings": run_warnings, "done": [s.value for s in at.success], "sid": sid,
+                          "written": written, "names": metas[0].names if metas else [], "escaped": escaped, "heavy": heavy()}}))
+        """,
+        ws,
+    )
+    assert report["heavy"] == []
+    assert report["sid"] != "../../etc" and len(report["sid"]) == 32
+    for name in ("empty.jpg", "truncated.jpg", "notes.png", "dot.png", "bomb.png", "broken.mp4"):
+        assert any(name in w for w in report["warnings"] + report["run_warnings"]), name
+    assert report["done"] and report["done"][0].startswith("Done: 4 view(s)")
+    assert report["names"] == ["evil.png", "passwd.png", "café photo 1.png", "café photo 1 (2).png"]
+    assert report["escaped"] == []
+    inputs = [w for w in report["written"] if "/input/" in w]
+    assert len(inputs) == 4 and all(re.fullmatch(r"sessions/[0-9a-f]{32}/run-\d{8}-\d{6}-[0-9a-f]{6}/input/\d{4}\.jpg", w) for w in inputs), inputs
