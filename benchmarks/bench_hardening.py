@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 

@@ -329,8 +329,8 @@ def test_abandoned_calls_are_cancelled():
         r.close()
 
 
-# 11. The worker never outlives the server.
-@pytest.mark.parametrize("how", ["SIGKILL", "exit"])
+# 11. The worker never outlives the server (killed, terminated, interrupted or exiting).
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT", "exit"])
 def test_worker_exits_when_parent_dies(how):
     code = textwrap.dedent(
         f"""
@@ -347,8 +347,8 @@ def test_worker_exits_when_parent_dies(how):
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True)
     worker = int(parent.stdout.readline())
     assert psutil.pid_exists(worker)
-    if how == "SIGKILL":
-        parent.kill()
+    if how != "exit":
+        parent.send_signal(getattr(signal, how))
     parent.wait(30)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
