@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import tqdm
+# DA3 prints an INFO line per stage of every run; keep the server log to warnings unless asked.
+os.environ.setdefault("DA3_LOG_LEVEL", "WARN")
 
-from da3_core.contract import ModelSpec, ModelUnavailableError
-from da3_core.presets import PRESETS_BY_NAME, preset_for
-from da3_core.worker import loop
+import torch  # noqa: E402
+import tqdm  # noqa: E402
+
+from da3_core.contract import ModelSpec, ModelUnavailableError  # noqa: E402
+from da3_core.presets import PRESETS_BY_NAME, preset_for  # noqa: E402
+from da3_core.worker import loop  # noqa: E402
 
 # DA3's preprocessing draws tqdm bars; tqdm's default lock is a multiprocessing semaphore in
 # /dev/shm, leaked whenever the worker is killed. A thread lock does the same job here.
