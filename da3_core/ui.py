@@ -25,7 +25,6 @@ from da3_core.presets import PRESETS, PRESETS_BY_NAME, Preset
 
 MODEL_KINDS = ("Hub preset", "Local folder", "Untrained demo weights")
 PAGES = {
-    "home": "streamlit_app.py",
     "reconstruct": "pages/1_Reconstruct.py",
     "depth": "pages/2_Depth_maps.py",
     "cloud": "pages/3_Point_cloud.py",

@@ -34,11 +34,12 @@ ui.keep("dm_rev", reverse)
 depth = rec.depth[view]
 rng = geometry.depth_range(depth, rec.depth_unit)
 unit = rec.depth_unit
+st.caption(f"Depth of this view, in {unit}" + (" (metric preset)" if rec.is_metric else " (scale is arbitrary: not metres)"))
 m = st.columns(5)
-m[0].metric("Min depth", f"{rng.min:.4g} {unit}")
+m[0].metric("Min", f"{rng.min:.4g}")
 m[1].metric(f"P{rng.percentiles[0]:g}", f"{rng.p_low:.4g}")
 m[2].metric(f"P{rng.percentiles[1]:g}", f"{rng.p_high:.4g}")
-m[3].metric("Max depth", f"{rng.max:.4g} {unit}")
+m[3].metric("Max", f"{rng.max:.4g}")
 m[4].metric("Valid pixels", f"{rng.n_valid / max(rng.n_total, 1):.0%}")
 
 # Measuring: clicks on the depth map, two points per measurement, kept per run and view.

