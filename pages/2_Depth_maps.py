@@ -11,17 +11,20 @@ run_dir, meta, rec = ui.require_active_run(ctx)
 st.title("Depth maps")
 
 n = rec.n_views
-view = min(int(ui.kept("dm_view", 0)), n - 1)
+ss = st.session_state
+if ss.get("dm_view_w") not in range(n):
+    # First visit, back from another page (Streamlit dropped the widget), or a run with fewer views.
+    ss["dm_view_w"] = min(int(ui.kept("dm_view", 0)), n - 1)
 
 
 def step(delta: int) -> None:
-    ui.keep("dm_view", (int(ui.kept("dm_view", 0)) + delta) % n)
-    st.session_state.pop("dm_view_w", None)
+    # Set the selector itself, so what it shows and what is drawn never disagree.
+    ss["dm_view_w"] = (int(ss["dm_view_w"]) + delta) % n
 
 
 c_prev, c_view, c_next, c_map, c_rev = st.columns([1, 5, 1, 2, 1])
 c_prev.button("◀ Prev", key="dm_prev", on_click=step, args=(-1,), disabled=n < 2, width="stretch")
-view = c_view.selectbox("View", list(range(n)), index=view, key="dm_view_w", format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
+view = c_view.selectbox("View", list(range(n)), key="dm_view_w", format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
                         label_visibility="collapsed")
 ui.keep("dm_view", view)
 c_next.button("Next ▶", key="dm_next", on_click=step, args=(1,), disabled=n < 2, width="stretch")
