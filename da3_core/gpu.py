@@ -393,7 +393,7 @@ class Runner:
             current = self._current
             qlen = len(self._queue)
         proc = self._proc
-        alive = proc is not None and proc.is_alive()
+        alive = _alive(proc)
         rss = None
         if alive:
             rss = _rss_mb(proc.pid)
@@ -427,7 +427,7 @@ class Runner:
     def worker_pid(self) -> int | None:
         """The live worker's pid, or None."""
         proc = self._proc
-        return proc.pid if proc is not None and proc.is_alive() else None
+        return proc.pid if _alive(proc) else None
 
     def close(self) -> None:
         """Stop: queued calls fail with `RunnerClosedError`, the worker is ended."""
@@ -529,8 +529,8 @@ class Runner:
                 self._kill_reason = reason
                 proc.kill()
                 proc.join(5)
-            if reason == "close" or (self._current is None):
-                self._reap_worker()
+            if self._current is None:
+                self._reap_worker()  # with a call in flight the dispatcher sees the death and reaps
 
     def _reap_worker(self) -> None:
         # Close our end and collect the process so no zombie or fd is left behind.
@@ -608,7 +608,7 @@ class Runner:
                     if self._handle_message(job, msg):
                         return
                     continue
-            if proc.sentinel in ready or not proc.is_alive():
+            if proc.sentinel in ready or not _alive(proc):
                 # A reply may have arrived just before the death: read what is left first.
                 while conn.poll(0):
                     try:
@@ -800,6 +800,14 @@ def _pickle_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], 
             except Exception as inner:  # noqa: BLE001
                 raise ArgumentNotPicklableError(task, name, f"{type(value).__name__}: {inner}") from None
         raise ArgumentNotPicklableError(task, "<arguments>", str(exc)) from None
+
+
+def _alive(proc: Any) -> bool:
+    """``proc.is_alive()``, False for None or a process another thread just closed."""
+    try:
+        return proc is not None and proc.is_alive()
+    except ValueError:  # "process object is closed": reaped concurrently
+        return False
 
 
 def _rss_mb(pid: int) -> float | None:

@@ -397,6 +397,24 @@ def test_memory_exhaustion_in_worker_recovers(runner):
     assert runner.call(f"{FT}:square", 8) == 64
 
 
+def test_close_during_a_call_ends_it_cleanly():
+    from da3_core.contract import RunnerClosedError
+
+    r = Runner()
+    r.call(f"{FT}:worker_pid")
+    pid = r.worker_pid
+    running = r.submit(f"{FT}:stubborn", (30,), duration=60)
+    queued = r.submit(f"{FT}:square", (2,))
+    time.sleep(0.3)
+    r.close()
+    with pytest.raises(RunnerClosedError):
+        running.result(5)
+    with pytest.raises(RunnerClosedError):
+        queued.result(5)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert r.status().state == "closed"
+
+
 def test_status_reports_state_and_errors(runner):
     assert runner.status().state in ("stopped", "starting")
     runner.call(f"{FT}:worker_pid")
