@@ -24,13 +24,22 @@ from da3_core.holder import RunnerHolder, get_holder, settings_or_stop
 from da3_core.presets import PRESETS, PRESETS_BY_NAME, Preset
 
 MODEL_KINDS = ("Hub preset", "Local folder", "Untrained demo weights")
-PAGES = {
-    "reconstruct": "pages/1_Reconstruct.py",
-    "depth": "pages/2_Depth_maps.py",
-    "cloud": "pages/3_Point_cloud.py",
-    "exports": "pages/4_Exports.py",
-    "runner": "pages/5_Runner.py",
+# The app's pages, for the links this module draws. Streamlit's automatic page list is off
+# (.streamlit/config.toml) because it labels the entry page "streamlit app".
+NAV: dict[str, tuple[str, str, str]] = {
+    "home": ("streamlit_app.py", "Home", "🛰️"),
+    "reconstruct": ("pages/1_Reconstruct.py", "Reconstruct", "▶️"),
+    "depth": ("pages/2_Depth_maps.py", "Depth maps", "🗺️"),
+    "cloud": ("pages/3_Point_cloud.py", "Point cloud", "☁️"),
+    "exports": ("pages/4_Exports.py", "Exports", "📦"),
+    "runner": ("pages/5_Runner.py", "Runner", "⚙️"),
 }
+
+
+def link(key: str, label: str | None = None) -> None:
+    """A link to one of the app's pages (a key of `NAV`)."""
+    path, title, icon = NAV[key]
+    st.page_link(path, label=label or title, icon=icon)
 
 
 @dataclass
@@ -73,6 +82,9 @@ def page_setup(title: str, icon: str = "🛰️") -> PageContext:
 
 def sidebar(ctx: PageContext) -> None:
     with st.sidebar:
+        for key in NAV:
+            link(key)
+        st.divider()
         st.caption(runner_caption(ctx))
         pending_status(compact=True)
         metas = [m for m in session.list_runs(ctx.settings) if m.status == "done"]
@@ -113,6 +125,9 @@ def pending_status(compact: bool = False) -> None:
 
 
 def _pending_status_body(compact: bool) -> None:
+    # Always draw the container, even idle: the fragment then owns its slot, and a timer rerun
+    # that arrives after the run ended cannot clear whatever the page drew next (the "Done" banner).
+    box = st.container()
     job_state = session.pending()
     if job_state is None:
         return
@@ -121,10 +136,10 @@ def _pending_status_body(compact: bool) -> None:
     job_state.pump()
     label = f"Running {len(job_state.meta.names)} frame(s): {job_state.stage} · {job_state.elapsed_s:.1f} s"
     if compact:
-        st.caption(label)
-        st.progress(min(1.0, job_state.fraction))
+        box.caption(label)
+        box.progress(min(1.0, job_state.fraction))
         return
-    with st.container(border=True):
+    with box.container(border=True):
         st.markdown(f"**{label}**")
         st.progress(min(1.0, job_state.fraction))
         if st.button("Cancel run", key="rc_cancel", help="Stops the run; its inputs stay in the run folder."):
@@ -307,7 +322,7 @@ def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruc
     found = session.active_run(ctx.settings)
     if found is None:
         st.info("No reconstruction yet in this session.")
-        st.page_link(PAGES["reconstruct"], label="Reconstruct: upload photos, a video or pick an example", icon="▶️")
+        link("reconstruct", "Reconstruct: upload photos, a video or pick an example")
         st.stop()
         raise SystemExit  # unreachable: st.stop raises
     untrained_banner(found[2])
