@@ -70,7 +70,7 @@ class RunMeta:
         return ModelSpec(self.model_kind, self.model_ref)  # type: ignore[arg-type]
 
     def label(self) -> str:
-        """Short text for run pickers, e.g. ``run-... · 4 frames · da3-small · done``."""
+        """Short text for run pickers, e.g. ``14:02:11 · 4 frame(s) · da3-small · done``."""
         when = time.strftime("%H:%M:%S", time.localtime(self.created))
         what = self.preset or self.model_ref
         demo = " (untrained)" if self.model_kind == "demo" else ""

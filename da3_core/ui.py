@@ -121,12 +121,13 @@ def pending_status(compact: bool = False) -> None:
     server nothing (three idle tabs polling took two thirds of a core here).
     """
     every = 0.5 if session.pending() is not None else None
-    st.fragment(run_every=every)(_pending_status_body)(compact)
+    # The container gives the fragment a slot of its own in the page: a timer rerun that
+    # arrives after the run ended then cannot clear what the page drew next (the Done banner).
+    with st.container():
+        st.fragment(run_every=every)(_pending_status_body)(compact)
 
 
 def _pending_status_body(compact: bool) -> None:
-    # Always draw the container, even idle: the fragment then owns its slot, and a timer rerun
-    # that arrives after the run ended cannot clear whatever the page drew next (the "Done" banner).
     box = st.container()
     job_state = session.pending()
     if job_state is None:

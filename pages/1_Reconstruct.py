@@ -136,10 +136,9 @@ if outcome is not None and session.pending() is None:
         meta = runs.read_meta(session.run_dir(settings, outcome.run_id))
         total = meta.timings.get("total", 0.0)
         st.success(f"Done: {len(meta.names)} view(s) with {meta.preset} on {meta.device} in {total:.1f} s (run {meta.run_id}).")
-        c1, c2, c3 = st.columns(3)
-        c1.page_link(ui.PAGES["depth"], label="Depth maps", icon="🗺️")
-        c2.page_link(ui.PAGES["cloud"], label="Point cloud", icon="☁️")
-        c3.page_link(ui.PAGES["exports"], label="Exports", icon="📦")
+        for col, key in zip(st.columns(3), ("depth", "cloud", "exports")):
+            with col:
+                ui.link(key)
     else:
         ui.show_error(f"Run {outcome.run_id} failed. {outcome.message}", getattr(outcome.error, "remote_traceback", ""))
         st.caption("Its frames are kept in the run folder.")

@@ -20,11 +20,16 @@ st.caption(f"Point formats use the Point cloud page's filters: {cs.filters.conf_
            f"max {cs.filters.max_points:,} points, cameras {'on' if cs.show_cameras else 'off'}. Files are also written to the run folder.")
 
 
+cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)  # cached; the downloads below reuse it
+
+
 def made(fmt: str, colorized: bool = False):
-    """A deferred download: the file is built (and saved in the run folder) only when clicked."""
+    """A deferred download: the file is built (and saved in the run folder) only when clicked.
+
+    It runs in a thread of its own, outside the script run: it must not touch st.session_state.
+    """
 
     def build() -> bytes:
-        cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)
         cloud = geometry.apply_filters(world, cs.filters) if fmt in ("glb", "ply") else None
         data = export.export_bytes(fmt, rec, cloud, cameras, show_cameras=cs.show_cameras, colorized_depth=colorized)
         export.write_bytes(out_dir, export.FILENAMES[fmt], data)
