@@ -23,7 +23,8 @@ c[0].metric("Worker", status.state, help="A separate process that alone imports 
 c[1].metric("Device", info.get("device", "starting…"))
 c[2].metric("Default model", (presets.preset_for(default.ref).label if default.kind == "hub" and presets.preset_for(default.ref) else default.describe()))
 loaded = status.worker_state.get("models_loaded") or info.get("models_loaded") or []
-c[3].metric("Loaded in the worker", loaded[0].split(" on ")[0] if loaded else "none yet")
+c[3].metric("Loaded in the worker", loaded[0].split(" on ")[0].split(":", 1)[-1] if loaded else "none yet",
+            help=f"In the worker's cache: {', '.join(loaded)}" if loaded else "The model loads on the first run.")
 if "error" in info:
     st.error(f"The worker did not answer: {info['error']}")
 

@@ -70,11 +70,12 @@ class RunMeta:
         return ModelSpec(self.model_kind, self.model_ref)  # type: ignore[arg-type]
 
     def label(self) -> str:
-        """Short text for run pickers, e.g. ``14:02:11 · 4 frame(s) · da3-small · done``."""
+        """Short text for run pickers, e.g. ``14:02:11 · 4 views · da3-small`` (``· untrained``,
+        ``· failed`` when so)."""
         when = time.strftime("%H:%M:%S", time.localtime(self.created))
-        what = self.preset or self.model_ref
-        demo = " (untrained)" if self.model_kind == "demo" else ""
-        return f"{when} · {len(self.names)} frame(s) · {what}{demo} · {self.status}"
+        what = self.preset or self.model_ref.rsplit("/", 1)[-1]
+        extra = (" · untrained" if self.model_kind == "demo" else "") + ("" if self.status == "done" else f" · {self.status}")
+        return f"{when} · {len(self.names)} views · {what}{extra}"
 
 
 def write_meta(run_dir: Path, meta: RunMeta) -> None:

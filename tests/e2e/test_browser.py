@@ -317,7 +317,7 @@ def test_full_flow(app_server, browser, tmp_path):
         assert meta["status"] == "done" and meta["model_kind"] == "demo", meta
         assert meta["source"] == "upload" and meta["names"] == ["photo1.png", "photo2.png"], meta
         assert meta["params"]["process_res"] == 252, meta["params"]
-        expect(page.locator(RUN_PICKER)).to_have_value(re.compile(r"2 frame\(s\) · da3-small \(untrained\) · done$"))
+        expect(page.locator(RUN_PICKER)).to_have_value(re.compile(r"2 views · da3-small · untrained$"))
         label = page.locator(RUN_PICKER).input_value()
         assert picker_options(page) == [label]
         expect(page.get_by_text(DONE)).to_be_visible()  # still there
@@ -461,7 +461,7 @@ def test_three_pages_at_once(app_server, browser):
         for (key, sid, run_id), page in zip(results, pages):
             # Still done, and exactly its own run: in the sidebar and on disk.
             expect(page.get_by_text(DONE)).to_contain_text(run_id)
-            expect(page.locator(RUN_PICKER)).to_have_value(re.compile(r"4 frame\(s\) · da3-small \(untrained\) · done$"))
+            expect(page.locator(RUN_PICKER)).to_have_value(re.compile(r"4 views · da3-small · untrained$"))
             assert len(picker_options(page)) == 1, f"{key}: the run picker shows other sessions' runs"
             assert [p.name for p in run_folders(workspace, sid)] == [run_id], key
             meta = run_meta(workspace, sid, run_id)
