@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from da3_core.contract import ReconstructRequest
 
@@ -20,22 +19,17 @@ def time_inprocess(request: ReconstructRequest, demo_root: str, repeats: int = 1
     return out
 
 
-def time_stock_vs_ours(request: ReconstructRequest, demo_root: str, repeats: int = 2) -> dict[str, list[float]]:
-    """Interleaved wall seconds: stock ``DepthAnything3.inference()`` vs our CPU path, same model and frames."""
-    from da3_core.worker.model import configure_cpu_threads, get_model
-    from da3_core.worker.reconstruct import reconstruct
+_STOCK: dict = {}
 
-    configure_cpu_threads(0)
-    model, _ = get_model(request.model, "cpu", Path(demo_root))
-    images = list(request.images)
-    out: dict[str, list[float]] = {"stock": [], "ours": []}
-    reconstruct(request, demo_root)  # warm both paths' kernels once
-    model.inference(images, process_res=request.process_res, process_res_method=request.process_res_method)
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model.inference(images, process_res=request.process_res, process_res_method=request.process_res_method)
-        out["stock"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        reconstruct(request, demo_root)
-        out["ours"].append(time.perf_counter() - t)
-    return out
+
+def time_stock_once(folder: str, request: ReconstructRequest) -> float:
+    """One stock ``DepthAnything3.inference()`` call as shipped (its own CPU autocast, default
+    threads and allocator), timed in this worker; the model is cached here after the first."""
+    from depth_anything_3.api import DepthAnything3
+
+    if folder not in _STOCK:
+        _STOCK[folder] = DepthAnything3.from_pretrained(folder).eval()
+        _STOCK[folder].inference(list(request.images), process_res=request.process_res)  # warm-up
+    t = time.perf_counter()
+    _STOCK[folder].inference(list(request.images), process_res=request.process_res, process_res_method=request.process_res_method)
+    return time.perf_counter() - t

@@ -57,11 +57,33 @@ def resolve_device(preference: str = "auto") -> str:
     return preference
 
 
+_MALLOC_TUNED = False
+
+
 def configure_cpu_threads(threads: int = 0) -> int:
-    """Use ``threads`` torch threads (0: every core this process may use). Returns the count."""
+    """Set up the CPU path: ``threads`` torch threads (0: every core this process may use),
+    and glibc malloc tuned to keep large freed blocks. Returns the thread count.
+
+    Why the malloc tuning: a forward pass allocates and frees gigabytes; by default glibc
+    returns those blocks to the OS and faults them in again on the next call (about 240,000
+    page faults per 4-frame call at 504 here). Keeping them cuts that about 40x and the
+    forward time by 10-15 %, for about 150 MB more resident memory at peak.
+    """
+    global _MALLOC_TUNED
     if threads <= 0:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads)
+    if not _MALLOC_TUNED:
+        _MALLOC_TUNED = True
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
+            libc.mallopt(m_mmap_threshold, 1 << 30)
+            libc.mallopt(m_trim_threshold, 8 << 30)
+        except OSError:
+            pass  # not glibc (macOS, musl): the default allocator is used
     return threads
 
 
