@@ -671,8 +671,7 @@ class Runner:
         return False
 
     def _run_inprocess(self, job: Job) -> None:
-        from da3_core.worker import context
-        from da3_core.worker.loop import run_call
+        from da3_core.worker.loop import run_call  # installs and clears the task context itself
 
         if job.cancel_requested:
             job._finish(error=TaskCancelledError(f"{job.task} was cancelled before it started"))
@@ -688,7 +687,6 @@ class Runner:
 
         reply = run_call(CallRequest(job.call_id, job.task, job.payload), cancelled, send)
         self._handle_message(job, CallDone(reply, {"pid": os.getpid(), "inprocess": True}))
-        _ = context  # run_call installs and clears the context itself
 
 
 _SPAWN_PATCH_LOCK = threading.Lock()
