@@ -42,7 +42,7 @@ for col, key in zip(cols, ("reconstruct", "depth", "cloud", "exports", "runner")
     with col:
         ui.link(key)
 
-ui.pending_status()
+ui.pending_status(ctx)
 metas = session.list_runs(ctx.settings)
 if metas:
     st.subheader("Runs in this session")

@@ -21,9 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from da3_core.contract import Reconstruction
-
-DEFAULT_FOV_DEG = 60.0
-"""Horizontal field of view assumed when a preset predicts no cameras (mono presets)."""
+from da3_core.presets import DEFAULT_FOV_DEG  # noqa: F401 - re-exported: the assumed FOV of mono presets
 
 BLACK_BG_BELOW = 16
 """A pixel is black background when all of R, G, B are below this (DA3's rule)."""

@@ -6,6 +6,8 @@ holds a model or a tensor: the model lives in the worker's `_MODEL_CACHE`.
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,14 +16,23 @@ from typing import Any
 
 import streamlit as st
 
+from da3_core import logs
 from da3_core.config import ConfigError, Settings, load_settings
 from da3_core.gpu import Job, Runner, set_default_runner
+from da3_core.run_service import RunService
+
+log = logging.getLogger(__name__)
 
 
 @st.cache_resource(show_spinner=False)
 def get_settings() -> Settings:
     """The validated settings, read once per server."""
-    return load_settings()
+    logs.setup()
+    try:
+        return load_settings()
+    except ConfigError:
+        log.exception("bad configuration")
+        raise
 
 
 def settings_or_stop() -> Settings:
@@ -37,13 +48,17 @@ def settings_or_stop() -> Settings:
 @dataclass
 class Janitor:
     """Applies the workspace clean-up policy (age and total size) at start and then at most
-    every ``every_s`` seconds, in a background thread, never touching the sessions in use."""
+    every ``every_s`` seconds, in a background thread, never touching the sessions in use.
+
+    What it removed is logged; what it could not remove, or a clean-up that failed, is
+    logged as a warning and kept in ``problems`` for the Runner page.
+    """
 
     settings: Settings
     every_s: float = 600.0
     last: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    last_report: Any = None
+    problems: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
 
     def maybe_clean(self, keep: tuple[Path, ...] = ()) -> None:
         with self.lock:
@@ -56,10 +71,22 @@ class Janitor:
         from da3_core import workspace
 
         try:
-            self.last_report = workspace.cleanup(self.settings.workspace, self.settings.workspace_max_age_h,
-                                                 self.settings.workspace_max_gb, keep=keep)
+            report = workspace.cleanup(self.settings.workspace, self.settings.workspace_max_age_h,
+                                       self.settings.workspace_max_gb, keep=keep)
         except Exception as exc:  # noqa: BLE001 - clean-up must never take the app down
-            self.last_report = exc
+            log.exception("workspace clean-up failed")
+            self.problems.append(f"{time.strftime('%H:%M:%S')} clean-up failed: {type(exc).__name__}: {exc}")
+            return
+        if report.removed:
+            log.info("workspace clean-up removed %d item(s), freed %.1f MB", len(report.removed), report.freed_bytes / 2**20)
+        for error in report.errors:
+            log.warning("workspace clean-up: %s", error)
+            self.problems.append(f"{time.strftime('%H:%M:%S')} {error}")
+        if report.over_limit:
+            message = (f"the workspace is still over DA3_WORKSPACE_MAX_GB ({report.size_after / 2**30:.2f} GiB of "
+                       f"{report.limit_bytes / 2**30:.2f} GiB): what is left is in use or too recent to delete")
+            log.warning("workspace clean-up: %s", message)
+            self.problems.append(f"{time.strftime('%H:%M:%S')} {message}")
 
 
 @dataclass
@@ -69,6 +96,7 @@ class RunnerHolder:
     runner: Runner
     probe: Job | None
     janitor: Janitor | None = None
+    runs: RunService | None = None
 
     def device_info(self) -> dict[str, Any] | None:
         """The worker's device report (device, torch version, ...) once the probe returned."""
@@ -86,6 +114,7 @@ class RunnerHolder:
         try:
             self.probe = tasks.worker_info.submit(runner=self.runner)
         except Exception:  # noqa: BLE001 - the runner may be closed during shutdown
+            log.exception("the worker probe could not be queued")
             self.probe = None
 
 
@@ -100,7 +129,7 @@ def get_holder() -> RunnerHolder:
         abandon_after_s=settings.abandon_after_s,
     )
     set_default_runner(runner)
-    holder = RunnerHolder(runner, None, Janitor(settings))
+    holder = RunnerHolder(runner, None, Janitor(settings), RunService(runner, settings))
     holder.refresh_probe()  # starts the worker now, not at the first user's click
     holder.janitor.maybe_clean()
     return holder

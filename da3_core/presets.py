@@ -79,6 +79,28 @@ PROCESS_RES_METHODS: tuple[str, ...] = (
     "lower_bound_crop",
 )
 REF_VIEW_STRATEGIES: tuple[str, ...] = ("saddle_balanced", "saddle_sim_range", "first", "middle")
+# Where the worker may run: "auto" picks cuda, then mps, then cpu.
+DEVICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
+DEFAULT_FOV_DEG = 60.0  # assumed horizontal field of view for presets that predict no intrinsics
+PATCH_SIZE = 14  # DA3's ViT patch: processed sides are multiples of it
+PROCESS_RES_RANGE: tuple[int, int] = (14, 4096)
+
+
+def snap_process_res(value: int, method: str = "upper_bound_resize") -> int:
+    """The ``process_res`` DA3 actually runs at for a requested ``value``.
+
+    DA3 makes each processed side a multiple of 14: the ``*_resize`` methods round to the
+    nearest multiple (ties up), the ``*_crop`` methods floor (`InputProcessor` in
+    depth_anything_3/utils/io/input_processor.py). The result is clamped to 14..4096.
+    """
+    lo, hi = PROCESS_RES_RANGE
+    v = int(value)
+    if method.endswith("_crop"):
+        snapped = (v // PATCH_SIZE) * PATCH_SIZE
+    else:
+        down = (v // PATCH_SIZE) * PATCH_SIZE
+        snapped = down + PATCH_SIZE if v - down >= PATCH_SIZE - (v - down) else down
+    return max(lo, min(hi - hi % PATCH_SIZE, snapped))
 
 
 def preset_for(name_or_hub_id: str) -> Preset | None:
@@ -120,3 +142,26 @@ def model_from_setting(value: str, model_dir: "Path | None", device: str | None)
 def default_preset(device: str) -> Preset:
     """The preset a user gets by default on ``device`` (``"cuda"``, ``"mps"`` or ``"cpu"``)."""
     return PRESETS_BY_NAME[GPU_DEFAULT if device == "cuda" else CPU_DEFAULT]
+
+
+def preset_name_in_folder(folder: "str | Path") -> str | None:
+    """The DA3 preset name a checkpoint folder was saved from, or None.
+
+    Reads ``model_name`` from the folder's ``config.json`` (written by DA3's
+    ``save_pretrained``); no torch. The name is returned as written, known preset or not.
+
+    Args:
+        folder: A checkpoint folder (``config.json`` + ``model.safetensors``).
+
+    Returns:
+        The preset name (e.g. ``"da3-small"``), or None when ``config.json`` is missing,
+        unreadable, or has no string ``model_name``.
+    """
+    import json
+    from pathlib import Path
+
+    try:
+        name = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8"))["model_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) and name else None

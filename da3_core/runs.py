@@ -43,7 +43,7 @@ class RunMeta:
         source: Where the frames came from (``"upload"``, ``"video"``, ``"example:<key>"``).
         model_kind / model_ref: The `ModelSpec`.
         params: Run parameters (process_res, method, reference view, ...).
-        status: ``"pending"``, ``"done"`` or ``"failed"``.
+        status: ``"pending"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
         error: The error message when failed.
         preset / device / is_metric / scale_factor / timings: Copied from the result.
         input_files: Saved frames, relative to the run folder.
@@ -155,9 +155,11 @@ def finish_run(run_dir: Path, meta: RunMeta, rec: Reconstruction) -> RunMeta:
     return done
 
 
-def fail_run(run_dir: Path, meta: RunMeta, error: str) -> RunMeta:
-    """Mark the run failed with ``error`` (its inputs stay)."""
-    failed = RunMeta(**{**asdict(meta), "status": "failed", "error": error})
+def fail_run(run_dir: Path, meta: RunMeta, error: str, status: str = "failed") -> RunMeta:
+    """Mark the run ``failed`` (or ``cancelled``) with the reason ``error``; its inputs stay."""
+    if status not in ("failed", "cancelled"):
+        raise ValueError(f"a run that did not finish is 'failed' or 'cancelled', not {status!r}")
+    failed = RunMeta(**{**asdict(meta), "status": status, "error": error})
     write_meta(run_dir, failed)
     return failed
 

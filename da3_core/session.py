@@ -1,15 +1,18 @@
-"""Per-browser-session state: its folder, its runs, the active run, the run in progress.
+"""Per-browser-session state: its folder, its runs, the active run, the run it watches.
 
 Everything a session produces is on disk (`da3_core.runs`); ``st.session_state`` only
-caches it. The session id rides in the URL (``?s=<32 hex>``), so a browser reload finds
-the same runs again. Re-filtering and re-rendering read cached CPU arrays and never call
-the worker.
+caches it and remembers which run this browser watches. A run itself is owned by the
+server's `da3_core.run_service.RunService`: it saves the outcome whether or not a page is
+looking, and a reload finds a running job again. The session id rides in the URL
+(``?s=<32 hex>``); its folder is created by the first run, not by a page visit.
+Re-filtering and re-rendering read cached CPU arrays and never call the worker.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, MutableMapping
 
@@ -17,68 +20,33 @@ import streamlit as st
 
 from da3_core import geometry, runs, workspace
 from da3_core.config import Settings
-from da3_core.contract import GPUError, ModelUnavailableError, Reconstruction
-from da3_core.gpu import Job, Progress, Queued, Started
+from da3_core.contract import Reconstruction
+from da3_core.run_service import ActiveRun, RunOutcome, RunService
+
+log = logging.getLogger(__name__)
 
 SID = "sid"
 ACTIVE = "active_run"
 RECS = "recs"
 WORLD = "world_cache"
-PENDING = "pending_run"
+WATCHING = "watching_run"
 OUTCOME = "last_outcome"
+RECONCILED = "reconciled"
+PREFS_FILE = "prefs.json"
 _MAX_RECS = 3
 _MAX_WORLD = 2
 
 
-@dataclass
-class PendingRun:
-    """The session's run in progress: its job and the last state it reported.
-
-    Attributes:
-        job: The runner's job.
-        run_dir: Its folder (inputs already saved there).
-        meta: Its metadata (status ``"pending"``).
-        stage: Last stage text for display.
-        fraction: Last progress fraction.
-        position: Place in the queue while waiting, else None.
-    """
-
-    job: Job
-    run_dir: Path
-    meta: runs.RunMeta
-    stage: str = "queued"
-    fraction: float = 0.0
-    position: int | None = None
-    submitted: float = field(default_factory=time.monotonic)
-
-    def pump(self) -> None:
-        """Read new events into the display fields and tell the runner we still watch."""
-        self.job.touch()
-        for event in self.job.poll_events():
-            if isinstance(event, Queued):
-                self.position = event.position
-                self.stage = f"queued: position {event.position} ({event.ahead} ahead)"
-            elif isinstance(event, Started):
-                self.position, self.stage = None, "starting"
-            elif isinstance(event, Progress):
-                self.stage = event.stage + (f" ({event.detail})" if event.detail else "")
-                if event.fraction is not None:
-                    self.fraction = event.fraction
-
-    @property
-    def elapsed_s(self) -> float:
-        return self.job.elapsed_s if self.job.started_at else time.monotonic() - self.submitted
-
-
 @dataclass(frozen=True)
 class Outcome:
-    """How the last finished run ended, for the Reconstruct page to report once."""
+    """How the last run this browser watched ended, for the Reconstruct page to report."""
 
     run_id: str
-    ok: bool
-    message: str = ""
-    model_unavailable: bool = False
-    error: BaseException | None = None
+    outcome: RunOutcome
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
 
 
 def state() -> MutableMapping[str, Any]:
@@ -86,23 +54,26 @@ def state() -> MutableMapping[str, Any]:
 
 
 def session_dir(settings: Settings) -> Path:
-    """This browser session's folder, created on first use, found again after a reload."""
+    """This browser session's folder (not created here: the first run creates it).
+
+    The id comes from the URL when it is a well-formed session id, so a reload finds the
+    same runs; otherwise a new random id is made. A page visit writes nothing to disk, so
+    crawlers and bad links leave no folders behind.
+    """
     ss = state()
     if SID not in ss:
         wanted = st.query_params.get("s")
         sid = None
         if wanted:
             try:
-                if workspace.session_path(settings.workspace, wanted).is_dir():
-                    sid = wanted
+                workspace.session_path(settings.workspace, wanted)
+                sid = wanted
             except ValueError:
                 sid = None  # not a session id: ignore it, never build a path from it
-        ss[SID] = sid or workspace.new_session(settings.workspace).name
+        ss[SID] = sid or workspace.new_session_id()
     if st.query_params.get("s") != ss[SID]:
         st.query_params["s"] = ss[SID]
-    path = workspace.session_path(settings.workspace, ss[SID])
-    path.mkdir(parents=True, exist_ok=True)  # re-created if clean-up removed an idle session
-    return path
+    return workspace.session_path(settings.workspace, ss[SID])
 
 
 def list_runs(settings: Settings) -> list[runs.RunMeta]:
@@ -161,30 +132,82 @@ def world_points(run_id: str, rec: Reconstruction, fov_deg: float) -> tuple[geom
     return cache[key]
 
 
-def pending() -> PendingRun | None:
-    return state().get(PENDING)
+def watching(service: RunService) -> ActiveRun | None:
+    """The run this browser session watches (queued, running or just finished), or None."""
+    key = state().get(WATCHING)
+    return service.get(Path(key)) if key else None
 
 
-def collect_pending() -> bool:
-    """Finish the run in progress if its job is done: save, activate, report. True if it ended."""
+def watch(active: ActiveRun) -> None:
+    """Watch ``active`` from now on (it was just submitted, or found again after a reload)."""
     ss = state()
-    job_state: PendingRun | None = ss.get(PENDING)
-    if job_state is None:
-        return False
-    job_state.pump()
-    if not job_state.job.done():
-        return False
-    ss.pop(PENDING, None)
+    ss[WATCHING] = str(active.run_dir)
+    ss.pop(OUTCOME, None)
+
+
+def collect(service: RunService, settings: Settings) -> ActiveRun | None:
+    """Bring this session up to date with its runs; `da3_core.ui.page_setup` calls it first.
+
+    * No run watched: a run of this session that the server still holds (e.g. started
+      before a browser reload) is watched again; pending runs no job owns are marked
+      failed once per browser session (`RunService.reconcile`).
+    * The watched run finished: its outcome is kept for the Reconstruct page, and a
+      finished result becomes the active run.
+
+    Returns:
+        The run still in progress, or None.
+    """
+    ss = state()
+    folder = session_dir(settings)
+    active = watching(service)
+    if active is None:
+        ss.pop(WATCHING, None)
+        live = service.live_for_session(folder)
+        if live:
+            active = live[-1]
+            watch(active)
+            log.info("session %s re-attached to run %s", folder.name, active.run_id)
+        else:
+            if not ss.get(RECONCILED):
+                ss[RECONCILED] = True
+                service.reconcile(folder)
+            return None
+    active.pump()
+    if not active.finished:
+        return active
+    ss.pop(WATCHING, None)
+    assert active.outcome is not None
+    ss[OUTCOME] = Outcome(active.run_id, active.outcome)
+    if active.outcome.ok:
+        if active.result is not None:
+            remember(active.run_id, active.result)
+        set_active(active.run_id)
+    service.mark_collected(active)
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Preferences that outlive a reload (the model choice)
+# --------------------------------------------------------------------------------------
+
+
+def load_prefs(settings: Settings) -> dict[str, Any]:
+    """This session's saved preferences ({} when none or unreadable)."""
+    path = session_dir(settings) / PREFS_FILE
     try:
-        rec = job_state.job.result(0)
-    except GPUError as exc:
-        message = exc.message if hasattr(exc, "message") else str(exc)
-        kind = getattr(exc, "type_name", type(exc).__name__)
-        runs.fail_run(job_state.run_dir, job_state.meta, f"{kind}: {message}")
-        ss[OUTCOME] = Outcome(job_state.meta.run_id, False, f"{kind}: {message}", isinstance(exc, ModelUnavailableError), exc)
-        return True
-    runs.finish_run(job_state.run_dir, job_state.meta, rec)
-    remember(job_state.meta.run_id, rec)
-    set_active(job_state.meta.run_id)
-    ss[OUTCOME] = Outcome(job_state.meta.run_id, True)
-    return True
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_prefs(settings: Settings, prefs: dict[str, Any]) -> None:
+    """Save preferences (plain JSON values) in the session folder, creating it if needed."""
+    folder = session_dir(settings)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (PREFS_FILE + ".tmp")
+        tmp.write_text(json.dumps(prefs))
+        tmp.replace(folder / PREFS_FILE)
+    except OSError:
+        log.exception("could not save the preferences of session %s", folder.name)

@@ -10,18 +10,23 @@ stops, and the runner cancels the run after ``DA3_ABANDON_AFTER_S``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from da3_core import presets, runs, session, tasks
+from da3_core import presets, runs, session
 from da3_core.config import Settings
-from da3_core.contract import ModelSpec, Reconstruction, ReconstructRequest
+from da3_core.contract import ModelSpec, Reconstruction
 from da3_core.gpu import Runner
 from da3_core.holder import RunnerHolder, get_holder, settings_or_stop
 from da3_core.presets import PRESETS, PRESETS_BY_NAME, Preset
+from da3_core.run_service import ActiveRun, RunService
+from da3_core.text import md
+
+log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("Hub preset", "Local folder", "Untrained demo weights")
 # The app's pages, for the links this module draws. Streamlit's automatic page list is off
@@ -50,6 +55,7 @@ class PageContext:
     holder: RunnerHolder
     runner: Runner
     session_dir: Path
+    service: RunService
 
     @property
     def device(self) -> str | None:
@@ -67,8 +73,10 @@ def page_setup(title: str, icon: str = "🛰️") -> PageContext:
     st.set_page_config(page_title=f"{title} · DA3 dashboard", page_icon=icon, layout="wide")
     settings = settings_or_stop()
     holder = get_holder()
-    ctx = PageContext(settings, holder, holder.runner, session.session_dir(settings))
-    session.collect_pending()  # a run that ended since the last rerun is saved and shown now
+    assert holder.runs is not None
+    ctx = PageContext(settings, holder, holder.runner, session.session_dir(settings), holder.runs)
+    # First: re-attach to a run started before a reload, and take in a run that ended.
+    session.collect(ctx.service, settings)
     if holder.janitor is not None:
         holder.janitor.maybe_clean(keep=(ctx.session_dir,))
     sidebar(ctx)
@@ -86,7 +94,7 @@ def sidebar(ctx: PageContext) -> None:
             link(key)
         st.divider()
         st.caption(runner_caption(ctx))
-        pending_status(compact=True)
+        pending_status(ctx, compact=True)
         metas = [m for m in session.list_runs(ctx.settings) if m.status == "done"]
         if metas:
             ids = [m.run_id for m in metas]
@@ -95,16 +103,22 @@ def sidebar(ctx: PageContext) -> None:
             if active not in ids:
                 active = ids[0]
                 session.set_active(active)
-            if st.session_state.get("sb_run") != active:
-                st.session_state["sb_run"] = active  # follow runs activated elsewhere (a new run)
-            st.selectbox(
+            # The widget's key names the run it starts on, and its value is read, not
+            # reported through on_change: the browser re-sends stale values of such a picker
+            # (seen in the server log: its callback fired with run 1 right after run 2 and
+            # run 3 finished, and the pages then showed an older run than the sidebar named).
+            # A value that differs from the run the widget started on is a real pick.
+            chosen = st.selectbox(
                 "Run",
                 ids,
+                index=ids.index(active),
                 format_func=lambda rid: labels[rid],
-                key="sb_run",
-                on_change=lambda: session.set_active(st.session_state["sb_run"]),
+                key=f"sb_run_{active}_{len(ids)}",
                 help="Your runs in this session (kept on disk; the URL brings them back after a reload).",
             )
+            if chosen != active:
+                session.set_active(chosen)
+                st.rerun()
 
 
 def runner_caption(ctx: PageContext) -> str:
@@ -114,37 +128,39 @@ def runner_caption(ctx: PageContext) -> str:
     return f"Worker {status.state} · device {device} · queue {status.queue_length}"
 
 
-def pending_status(compact: bool = False) -> None:
+def pending_status(ctx: PageContext, compact: bool = False) -> None:
     """Live status of this session's run in progress (queue place, stage, progress, time, cancel).
 
     It re-runs itself twice a second only while a run is pending: an idle tab costs the
     server nothing (three idle tabs polling took two thirds of a core here).
     """
-    every = 0.5 if session.pending() is not None else None
+    every = 0.5 if session.watching(ctx.service) is not None else None
     # The container gives the fragment a slot of its own in the page: a timer rerun that
     # arrives after the run ended then cannot clear what the page drew next (the Done banner).
     with st.container():
-        st.fragment(run_every=every)(_pending_status_body)(compact)
+        st.fragment(run_every=every)(_pending_status_body)(ctx, compact)
 
 
-def _pending_status_body(compact: bool) -> None:
+def _pending_status_body(ctx: PageContext, compact: bool) -> None:
     box = st.container()
-    job_state = session.pending()
-    if job_state is None:
+    if session.watching(ctx.service) is None:
         return
-    if session.collect_pending():
+    active = session.collect(ctx.service, ctx.settings)
+    if active is None:  # it ended since the last look: redraw the whole page with the outcome
         st.rerun(scope="app")
-    job_state.pump()
-    label = f"Running {len(job_state.meta.names)} frame(s): {job_state.stage} · {job_state.elapsed_s:.1f} s"
+    label = active.status_line()
     if compact:
         box.caption(label)
-        box.progress(min(1.0, job_state.fraction))
+        box.progress(min(1.0, active.fraction))
         return
     with box.container(border=True):
-        st.markdown(f"**{label}**")
-        st.progress(min(1.0, job_state.fraction))
-        if st.button("Cancel run", key="rc_cancel", help="Stops the run; its inputs stay in the run folder."):
-            job_state.job.cancel()
+        st.markdown(f"**{md(label)}**")
+        st.progress(min(1.0, active.fraction))
+        if active.job.cancel_requested:
+            st.caption("Cancelling…")
+        elif st.button("Cancel run", key="rc_cancel", help="Stops the run; its inputs stay in the run folder."):
+            log.info("run %s: cancel asked by the user", active.run_id)
+            active.job.cancel()
 
 
 # --------------------------------------------------------------------------------------
@@ -154,16 +170,16 @@ def _pending_status_body(compact: bool) -> None:
 
 def preset_of_folder(folder: str) -> Preset | None:
     """The preset a local checkpoint folder was saved from (its config.json), or None."""
-    import json
+    name = presets.preset_name_in_folder(folder)
+    return PRESETS_BY_NAME.get(name) if name else None
 
-    try:
-        name = json.loads((Path(folder).expanduser() / "config.json").read_text())["model_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return PRESETS_BY_NAME.get(str(name))
+
+MODEL_KEYS = ("model_kind", "model_preset", "model_dir", "model_demo")
 
 
 def _init_model_state(ctx: PageContext) -> None:
+    """The model widgets' first values: this session's last choice (saved with its runs,
+    so a reload keeps it), else the configured default."""
     ss = st.session_state
     if "model_kind" in ss:
         return
@@ -176,6 +192,20 @@ def _init_model_state(ctx: PageContext) -> None:
     if local:
         ss["model_dir"] = spec.ref if spec.kind == "local" and spec.ref in local else local[0]
     ss["model_demo"] = spec.ref if spec.kind == "demo" else presets.default_preset(ctx.device or "cpu").name
+    saved = session.load_prefs(ctx.settings).get("model", {})
+    if isinstance(saved, dict):
+        allowed = {"model_kind": MODEL_KINDS, "model_preset": tuple(PRESETS_BY_NAME), "model_dir": tuple(local),
+                   "model_demo": tuple(PRESETS_BY_NAME)}
+        for key, options in allowed.items():
+            if saved.get(key) in options:  # only values the widgets offer (the file is data)
+                ss[key] = saved[key]
+
+
+def _save_model_choice(ctx: PageContext) -> None:
+    ss = st.session_state
+    prefs = session.load_prefs(ctx.settings)
+    prefs["model"] = {k: ss[k] for k in MODEL_KEYS if isinstance(ss.get(k), str)}
+    session.save_prefs(ctx.settings, prefs)
 
 
 def use_demo_weights() -> None:
@@ -235,15 +265,22 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str]) -> 
     """Run parameters with DA3's defaults; options a preset or device cannot use are disabled with the reason."""
     multi = preset is None or preset.multi_view
     cols = st.columns(3)
-    process_res = cols[0].number_input("process_res", min_value=112, max_value=2016, value=504, step=14, key="rc_res",
-                                       help="Processing resolution in pixels (a multiple of 14). DA3 default 504.")
+    lo, hi = presets.PROCESS_RES_RANGE
+    asked = cols[0].number_input("process_res", min_value=lo, max_value=2016, value=504, step=presets.PATCH_SIZE, key="rc_res",
+                                 help="Processing resolution in pixels. DA3 runs at a multiple of 14 (the value used is shown "
+                                      "when it differs). DA3 default 504.")
     method = cols[1].selectbox("process_res_method", presets.PROCESS_RES_METHODS, key="rc_method", format_func=lambda m: f"{m} — {_METHOD_HELP[m]}")
-    device = cols[2].selectbox("Device", ("auto", "cuda", "mps", "cpu"), key="rc_device",
-                               help="auto: CUDA, then Apple MPS, then CPU (float32 on CPU: 3-4x faster than DA3's CPU autocast).")
+    process_res = presets.snap_process_res(int(asked), method)
+    if process_res != int(asked):
+        cols[0].caption(f"DA3 runs at **{process_res}** (a multiple of 14).")
+    device = cols[2].selectbox("Device", presets.DEVICES, key="rc_device",
+                               help="auto: CUDA, then Apple MPS, then CPU (on CPU: float32, or bfloat16 where the processor has it).")
     cols = st.columns(3)
     strategy = cols[0].selectbox("ref_view_strategy", presets.REF_VIEW_STRATEGIES, key="rc_strategy", disabled=not multi,
                                  help="How DA3 picks the reference view; acts with 3 or more views on multi-view presets.")
     options = ["auto"] + list(range(len(names)))
+    if st.session_state.get("rc_ref") not in options:
+        st.session_state["rc_ref"] = "auto"  # fewer frames than before: the old choice is gone
     ref = cols[1].selectbox("Reference view", options, key="rc_ref", disabled=not multi or len(names) < 2,
                             format_func=lambda o: "auto (use the strategy)" if o == "auto" else f"{o}: {names[o]}",
                             help="Force one frame as the reference: the world frame follows that camera.")
@@ -251,16 +288,10 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str]) -> 
     infer_gs = cols[2].toggle("Infer 3D Gaussians", key="rc_gs", disabled=gs_reason is not None, help=gs_reason or "Adds a 3DGS PLY to the exports.")
     if gs_reason:
         cols[2].caption(f"Gaussians: {gs_reason}")
-    with st.expander("Gaussian video (trajectory and quality)"):
-        video_reason = gs_video_unavailable_reason(ctx, preset, device)
-        st.radio("Trajectory", ("extend", "smooth"), horizontal=True, key="rc_gs_traj", disabled=video_reason is not None)
-        st.select_slider("Video quality (crf)", options=(28, 23, 18), value=23, key="rc_gs_crf", disabled=video_reason is not None)
-        if video_reason:
-            st.caption(f"Unavailable: {video_reason}")
     if not multi:
         st.caption(f"{preset.label if preset else 'This preset'} is monocular: no camera poses and no confidence; "
                    "the point cloud uses identity poses and a stated field of view.")
-    return RunParams(int(process_res), method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device)
+    return RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device)
 
 
 def gs_unavailable_reason(ctx: PageContext, preset: Preset | None, device: str) -> str | None:
@@ -273,34 +304,13 @@ def gs_unavailable_reason(ctx: PageContext, preset: Preset | None, device: str) 
     return None
 
 
-def gs_video_unavailable_reason(ctx: PageContext, preset: Preset | None, device: str) -> str | None:
-    """Why a Gaussian video cannot be rendered, or None."""
-    reason = gs_unavailable_reason(ctx, preset, device)
-    if reason:
-        return reason
-    if not ctx.worker_info.get("gsplat"):
-        return "rendering needs the gsplat package on the worker (not installed)"
-    return "Gaussian video rendering is not part of this dashboard yet; export the 3DGS PLY instead"
-
-
-def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams) -> None:
-    """Save the inputs to a new run folder, then queue the reconstruction (returns at once)."""
-    request = ReconstructRequest(
-        images=tuple(images),
-        names=tuple(names),
-        model=model,
-        process_res=params.process_res,
-        process_res_method=params.process_res_method,
-        ref_view_strategy=params.ref_view_strategy,
-        reference_view=params.reference_view,
-        infer_gs=params.infer_gs,
-        device=params.device,
-    )
-    run_dir, meta = runs.start_run(ctx.session_dir, images, names, source, model, params.as_dict())
-    job = tasks.reconstruct.submit(request, str(ctx.settings.demo_weights_dir), ctx.settings.cpu_threads, runner=ctx.runner)
-    job.touch()
-    st.session_state[session.PENDING] = session.PendingRun(job, run_dir, meta)
-    st.session_state.pop(session.OUTCOME, None)
+def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams) -> ActiveRun:
+    """Submit a run through the server's `RunService` (inputs saved, job queued; returns at
+    once), watch it from this browser session, and remember the model choice."""
+    active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict())
+    session.watch(active)
+    _save_model_choice(ctx)
+    return active
 
 
 # --------------------------------------------------------------------------------------
@@ -319,19 +329,23 @@ def untrained_banner(rec: Reconstruction | None) -> None:
 
 
 def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruction]:
-    """The active run, or a pointer to the Reconstruct page and a stop."""
+    """The active run (named under the title's place), or a pointer to the Reconstruct page and a stop."""
     found = session.active_run(ctx.settings)
     if found is None:
         st.info("No reconstruction yet in this session.")
         link("reconstruct", "Reconstruct: upload photos, a video or pick an example")
         st.stop()
         raise SystemExit  # unreachable: st.stop raises
+    st.caption(f"Run {md(found[1].label())} · `{found[1].run_id}` (pick another in the sidebar)")
     untrained_banner(found[2])
     return found
 
 
 def show_error(message: str, trace: str = "") -> None:
-    st.error(message)
+    """An error box (``message`` is shown literally, never as Markdown) and the worker's
+    traceback in an expander. The error is also logged."""
+    log.error("shown to the user: %s%s", message, f"\n{trace}" if trace else "")
+    st.error(md(message))
     if trace:
         with st.expander("Worker traceback"):
             st.code(trace, language="text")

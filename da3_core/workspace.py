@@ -105,6 +105,11 @@ def safe_join(root: str | os.PathLike[str], *parts: str | os.PathLike[str]) -> P
     return candidate
 
 
+def new_session_id() -> str:
+    """A fresh random session id (32 lowercase hex digits); nothing is created on disk."""
+    return uuid.uuid4().hex
+
+
 def new_session(root: str | os.PathLike[str]) -> Path:
     """Create ``<root>/sessions/<uuid4 hex>`` and return it.
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from da3_core import inputs, runs, session, ui
+from da3_core.contract import GPUError
+from da3_core.text import md
 
 ctx = ui.page_setup("Reconstruct", "▶️")
 settings = ctx.settings
@@ -20,13 +22,12 @@ def probe(name: str, data: bytes) -> inputs.VideoInfo:
     return inputs.probe_video(name, data, settings)
 
 
-def image_preview(files: list) -> inputs.Batch:
-    """Decoded photos (videos only counted), cached per upload set for this session."""
-    key = tuple((f.file_id, f.size) for f in files)
+def image_preview(images: list) -> inputs.Batch:
+    """Decoded photos, cached per upload set for this session."""
+    key = tuple((f.file_id, f.size) for f in images)
     cached = st.session_state.get("rc_preview")
     if cached and cached[0] == key:
         return cached[1]
-    images = [f for f in files if inputs.sniff(f.getvalue()).kind != "video"]
     batch = inputs.load_batch(images, settings, max_frames=settings.max_frames)
     st.session_state["rc_preview"] = (key, batch)
     return batch
@@ -36,6 +37,16 @@ source = st.radio("Frames from", ("Upload photos or a video", "Example scene"), 
 frames: list[inputs.Frame] = []
 videos: list = []
 files: list = []
+shown_warnings: set[str] = set()
+
+
+def warn(reason: str) -> None:
+    """A rejection, shown once per page run (file names are data: never Markdown)."""
+    if reason not in shown_warnings:
+        shown_warnings.add(reason)
+        st.warning(md(reason), icon="🚫")
+
+
 if source.startswith("Upload"):
     files = st.file_uploader(
         "Photos (jpg, png, bmp, tiff, webp, HEIC/HEIF, AVIF) and/or a video (mp4, mov, avi, mkv, webm)",
@@ -43,30 +54,37 @@ if source.startswith("Upload"):
         accept_multiple_files=True,
         key="rc_files",
     ) or []
-    videos = [f for f in files if inputs.sniff(f.getvalue()).kind == "video"]
+    # Sniff each upload once per rerun, from its first bytes only (no copy of the whole file).
+    is_video = {f.file_id: inputs.sniff(bytes(f.getbuffer()[:64])).kind == "video" for f in files}
+    infos = {}
+    for video in (f for f in files if is_video[f.file_id]):
+        try:
+            infos[video.file_id] = probe(video.name, video.getvalue())
+        except inputs.InputError as exc:
+            warn(str(exc))
+    # Only videos that can be read count: an unreadable one gets its warning, no controls, no Run.
+    videos = [f for f in files if f.file_id in infos]
     if videos:
         c1, c2 = st.columns(2)
         fps = c1.slider("Frames per second to take from the video", *inputs.TARGET_FPS_RANGE, value=inputs.DEFAULT_TARGET_FPS, step=0.1, key="rc_fps",
                         help="DA3's rule: one frame every max(1, int(video fps / this)).")
         cap = c2.number_input("Frame cap (whole run)", 1, settings.max_frames, min(32, settings.max_frames), key="rc_cap",
                               help=f"At most DA3_MAX_FRAMES={settings.max_frames}.")
-    preview = image_preview(files) if files else inputs.Batch([], [], [])
+    photos = [f for f in files if not is_video[f.file_id]]
+    preview = image_preview(photos) if photos else inputs.Batch([], [], [])
     frames = list(preview.frames)
     for rejected in preview.rejected:
-        st.warning(rejected.reason, icon="🚫")
+        warn(rejected.reason)
     budget = (int(cap) if videos else settings.max_frames) - len(frames)
     for video in videos:
-        try:
-            info = probe(video.name, video.getvalue())
-            plan = inputs.plan_video(info, float(fps), max(0, budget))
-            st.info(f"**{inputs.display_name(video.name)}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {plan.summary}")
-            budget -= plan.n_frames
-        except inputs.InputError as exc:
-            st.warning(str(exc), icon="🚫")
+        info = infos[video.file_id]
+        plan = inputs.plan_video(info, float(fps), max(0, budget))
+        st.info(f"**{md(inputs.display_name(video.name))}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {md(plan.summary)}")
+        budget -= plan.n_frames
 else:
     examples = inputs.list_examples(EXAMPLES_ROOT)
     if not examples:
-        st.error(f"No example scenes found under {EXAMPLES_ROOT}.")
+        st.error(f"No example scenes found under {md(EXAMPLES_ROOT.name)}.")
     else:
         by_key = {e.key: e for e in examples}
         key = st.selectbox("Example", list(by_key), format_func=lambda k: f"{by_key[k].title} ({len(by_key[k].files)} views)", key="rc_example")
@@ -78,7 +96,7 @@ if frames:
     st.image([f.image for f in shown], caption=[f.name for f in shown], width=140)
     if len(frames) > len(shown):
         st.caption(f"+ {len(frames) - len(shown)} more")
-    notes = [f"{f.name}: {f.note}" for f in frames if f.note]
+    notes = [f"{md(f.name)}: {md(f.note)}" for f in frames if f.note]
     if notes:
         with st.expander(f"Notes on {len(notes)} frame(s)"):
             st.markdown("\n".join(f"- {n}" for n in notes))
@@ -90,7 +108,7 @@ with left, st.container(border=True):
     model, preset = ui.model_picker(ctx)
 with right, st.container(border=True):
     st.subheader("Run")
-    busy = session.pending() is not None
+    busy = session.watching(ctx.service) is not None
     ready = bool(frames or videos) and model is not None and not busy
     run_clicked = st.button("Run reconstruction", type="primary", disabled=not ready, key="rc_run", width="stretch")
     if busy:
@@ -105,33 +123,39 @@ def start(frames_to_run: list[inputs.Frame], source_label: str) -> None:
     if not frames_to_run:
         st.error("No usable frame: see the messages above.")
         return
-    ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params)
+    try:
+        ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params)
+    except (ValueError, GPUError) as exc:
+        ui.show_error(f"The run could not start: {exc}")
+        return
     st.rerun()
 
 
-if run_clicked and model is not None:
+if run_clicked and model is not None and not busy:
     if source.startswith("Upload"):
         with st.spinner("Reading frames…"):
-            batch = inputs.load_batch(files, settings, target_fps=float(fps) if videos else inputs.DEFAULT_TARGET_FPS,
+            batch = inputs.load_batch(photos + videos, settings, target_fps=float(fps) if videos else inputs.DEFAULT_TARGET_FPS,
                                       max_frames=int(cap) if videos else settings.max_frames)
         for rejected in batch.rejected:
-            st.warning(rejected.reason, icon="🚫")
+            warn(rejected.reason)
         start(list(batch.frames), "video" if videos else "upload")
     else:
         start(frames, f"example:{st.session_state.get('rc_example')}")
 
-# A retry of a run whose weights were missing, with demo weights and the same saved frames.
+# A retry of a run whose weights were missing, with demo weights and the same frames.
 retry = st.session_state.pop("rc_retry", None)
-if retry and model is not None and session.pending() is None:
+if retry and model is not None and session.watching(ctx.service) is None:
     run_dir = session.run_dir(settings, retry)
     meta = runs.read_meta(run_dir)
-    saved = [inputs.load_image(n, Path(p).read_bytes(), settings) for n, p in zip(meta.names, runs.input_paths(run_dir, meta))]
-    start([inputs.Frame(n, f.image, meta.source) for n, f in zip(meta.names, saved)], meta.source)
+    retry_frames, exact = ctx.service.frames_for_retry(run_dir)
+    if not exact:
+        st.caption("The frames are re-read from the run folder (saved as JPEG q95: close to, not exactly, the first run's).")
+    start([inputs.Frame(n, img, meta.source) for n, img in zip(meta.names, retry_frames)], meta.source)
 
-ui.pending_status()
+ui.pending_status(ctx)
 
 outcome: session.Outcome | None = st.session_state.get(session.OUTCOME)
-if outcome is not None and session.pending() is None:
+if outcome is not None and session.watching(ctx.service) is None:
     if outcome.ok:
         meta = runs.read_meta(session.run_dir(settings, outcome.run_id))
         total = meta.timings.get("total", 0.0)
@@ -139,14 +163,16 @@ if outcome is not None and session.pending() is None:
         for col, key in zip(st.columns(3), ("depth", "cloud", "exports")):
             with col:
                 ui.link(key)
+    elif outcome.outcome.status == "cancelled":
+        st.info(f"Cancelled: run {outcome.run_id} was stopped ({md(outcome.outcome.message)}). Its frames are kept in the run folder.", icon="⏹️")
     else:
-        ui.show_error(f"Run {outcome.run_id} failed. {outcome.message}", getattr(outcome.error, "remote_traceback", ""))
+        ui.show_error(f"Run {outcome.run_id} failed. {outcome.outcome.message}", outcome.outcome.traceback)
         st.caption("Its frames are kept in the run folder.")
-        if outcome.model_unavailable:
+        if outcome.outcome.model_unavailable:
             st.button(
                 "Use untrained demo weights and run again",
                 type="primary",
                 key="rc_use_demo",
                 on_click=lambda rid=outcome.run_id: (ui.use_demo_weights(), st.session_state.__setitem__("rc_retry", rid)),
-                help="Builds untrained weights from the preset once (about a second for DA3 Small) and re-runs these frames.",
+                help="Builds untrained weights from the preset once (about a second for DA3 Small) and re-runs the same frames.",
             )

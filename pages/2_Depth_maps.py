@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from da3_core import figures, geometry, session, ui
+from da3_core import figures, geometry, ui
 
 ctx = ui.page_setup("Depth maps", "🗺️")
 run_dir, meta, rec = ui.require_active_run(ctx)
@@ -22,7 +22,7 @@ def step(delta: int) -> None:
     ss["dm_view_w"] = (int(ss["dm_view_w"]) + delta) % n
 
 
-c_prev, c_view, c_next, c_map, c_rev = st.columns([1, 5, 1, 2, 1])
+c_prev, c_view, c_next, c_map, c_rev = st.columns([1, 4, 1, 2, 2], vertical_alignment="center")
 c_prev.button("◀ Prev", key="dm_prev", on_click=step, args=(-1,), disabled=n < 2, width="stretch")
 view = c_view.selectbox("View", list(range(n)), key="dm_view_w", format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
                         label_visibility="collapsed")
@@ -31,7 +31,7 @@ c_next.button("Next ▶", key="dm_next", on_click=step, args=(1,), disabled=n < 
 cmap = c_map.selectbox("Colour map", figures.COLORMAPS, index=figures.COLORMAPS.index(ui.kept("dm_cmap", "Turbo")), key="dm_cmap_w",
                        label_visibility="collapsed")
 ui.keep("dm_cmap", cmap)
-reverse = c_rev.toggle("Reverse", ui.kept("dm_rev", False), key="dm_rev_w")
+reverse = c_rev.toggle("Reverse colours", ui.kept("dm_rev", False), key="dm_rev_w", help="Flip the colour map (near and far swap colours).")
 ui.keep("dm_rev", reverse)
 
 depth = rec.depth[view]
@@ -68,7 +68,7 @@ else:
 
 if marks:
     fov = float(ui.kept("pc_fov", geometry.DEFAULT_FOV_DEG))
-    cameras, _ = session.world_points(meta.run_id, rec, fov)
+    cameras = geometry.resolve_cameras(rec, fov_deg=fov)  # cameras only: no need to unproject every pixel
     if len(marks) == 1:
         try:
             d, p = geometry.pixel_to_world(rec, cameras, view, marks[0])

@@ -23,6 +23,16 @@ st.caption(f"Point formats use the Point cloud page's filters: {cs.filters.conf_
 cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)  # cached; the downloads below reuse it
 
 
+def zip_folder(folder: Path, top: str) -> bytes:
+    """``folder`` as a zip whose entries sit under ``top/`` (hidden files left out)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and not p.name.startswith("."):
+                zf.write(p, f"{top}/{p.relative_to(folder)}")
+    return buf.getvalue()
+
+
 def made(fmt: str, colorized: bool = False):
     """A deferred download: the file is built (and saved in the run folder) only when clicked.
 
@@ -62,12 +72,23 @@ elif not rec.has_poses or rec.conf is None:
 c1.markdown("**COLMAP sparse model** — cameras, images and points (binary), for COLMAP, gsplat and nerfstudio")
 if colmap_reason:
     c2.caption(f"Unavailable: {colmap_reason}.")
-elif c2.button("Make COLMAP model", key="ex_colmap", width="stretch"):
-    try:
-        with st.spinner("Writing COLMAP in the worker…"):
-            tasks.export_colmap.call(rec, runs.input_paths(run_dir, meta), str(out_dir / "colmap"), float(cs.filters.conf_percentile), runner=ctx.runner)
-    except GPUError as exc:
-        ui.show_error(f"COLMAP export failed: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
+else:
+    if c2.button("Make COLMAP model", key="ex_colmap", width="stretch"):
+        try:
+            with st.spinner("Writing COLMAP in the worker…"):
+                written = tasks.export_colmap.call(rec, runs.input_paths(run_dir, meta), str(out_dir / "colmap"),
+                                                   float(cs.filters.conf_percentile), runner=ctx.runner)
+            st.session_state["ex_colmap_done"] = (meta.run_id, [Path(p).name for p in written])
+        except GPUError as exc:
+            ui.show_error(f"COLMAP export failed: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
+    colmap_dir = out_dir / "colmap"
+    done = st.session_state.get("ex_colmap_done")
+    if colmap_dir.is_dir() and any(colmap_dir.rglob("*")):
+        if done and done[0] == meta.run_id:
+            c1.success(f"COLMAP model written: {', '.join(done[1]) or 'no file'} (exports/colmap in the run folder).")
+        c2.download_button("Download COLMAP model (zip)", data=lambda: zip_folder(colmap_dir, f"{meta.run_id}-colmap"),
+                           file_name=f"{meta.run_id}-colmap.zip", mime="application/zip", key="ex_colmap_zip",
+                           width="stretch", on_click="ignore")
 c1, c2 = st.columns([3, 2])
 c1.markdown("**3D Gaussians (3DGS PLY)**")
 if rec.gaussians is None:
@@ -81,7 +102,7 @@ elif c2.button("Make 3DGS PLY", key="ex_gs", width="stretch"):
 
 st.divider()
 st.subheader("The run folder")
-st.caption(f"`{run_dir}`")
+st.caption(f"`{meta.run_id}` in this session's folder of the server's workspace (`DA3_WORKSPACE`).")
 files = sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
 for path in files:
     rel = path.relative_to(run_dir)
@@ -91,14 +112,5 @@ for path in files:
                        key=f"ex_file_{rel}", width="stretch", on_click="ignore")
 
 
-def zip_folder(folder: Path = run_dir) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and not p.name.startswith("."):
-                zf.write(p, f"{meta.run_id}/{p.relative_to(folder)}")
-    return buf.getvalue()
-
-
-st.download_button("Download the whole run folder (zip)", data=zip_folder, file_name=f"{meta.run_id}.zip", mime="application/zip",
+st.download_button("Download the whole run folder (zip)", data=lambda: zip_folder(run_dir, meta.run_id), file_name=f"{meta.run_id}.zip", mime="application/zip",
                    key="ex_zip", type="primary", on_click="ignore")

@@ -7,6 +7,7 @@ import time
 import streamlit as st
 
 from da3_core import ui
+from da3_core.text import md
 
 ctx = ui.page_setup("Runner", "⚙️")
 st.title("Runner")
@@ -48,6 +49,11 @@ def live() -> None:
 
 
 live()
+problems = list(ctx.holder.janitor.problems) if ctx.holder.janitor is not None else []
+if problems:
+    st.markdown("**Workspace clean-up problems** (also in the server log)")
+    for problem in reversed(problems):
+        st.caption(md(problem))
 st.divider()
 confirm = st.checkbox("I understand a restart stops the run in progress (its inputs stay on disk)", key="rn_confirm")
 if st.button("Restart the worker", key="rn_restart", disabled=not confirm):

@@ -1,0 +1,342 @@
+"""A run's life in the parent, owned in one place: submit, watch, collect, fail.
+
+One `RunService` per server (held by `da3_core.holder`), shared by every browser session:
+
+* `RunService.submit` validates the request, saves the frames and ``run.json`` (status
+  ``pending``), and queues the reconstruction on the runner;
+* a watcher thread per run waits for the job and saves its outcome to the run folder
+  (``done`` with ``result.npz``; ``failed`` or ``cancelled`` with the reason), whether or
+  not a page is looking. If saving the result fails, the run is marked failed with that
+  reason; it never stays ``pending``;
+* pages look runs up by id (`RunService.get`, `RunService.live_for_session`), so a browser
+  reload finds its running job again (the run folder names it, the service holds it);
+* `RunService.reconcile` marks ``pending`` runs that no job of this server owns (the
+  server restarted mid-run) as failed, saying so.
+
+Nothing here touches ``st.session_state``: `da3_core.session` keeps which run a browser
+session watches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from da3_core import runs, tasks
+from da3_core.config import Settings
+from da3_core.contract import (
+    GPUError,
+    ModelSpec,
+    ModelUnavailableError,
+    ReconstructRequest,
+    Reconstruction,
+    TaskCancelledError,
+    TaskError,
+)
+from da3_core.gpu import Job, Progress, Queued, Runner, Started
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted: the server stopped while this run was pending, so its result was lost (its frames are kept)"
+ABANDONED = "the page that started it was closed, so the run was stopped (its frames are kept)"
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended.
+
+    Attributes:
+        status: ``"done"``, ``"failed"`` or ``"cancelled"``.
+        message: The reason when not done ("" when done).
+        model_unavailable: The weights could not be found (the page offers demo weights).
+        traceback: The worker-side traceback, when there is one.
+    """
+
+    status: str
+    message: str = ""
+    model_unavailable: bool = False
+    traceback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+
+@dataclass
+class ActiveRun:
+    """A run this server submitted: its folder, its job and what it last reported.
+
+    Attributes:
+        run_dir: The run folder (inputs saved there before the job was queued).
+        meta: Its metadata as submitted.
+        job: The runner's job.
+        stage: Last stage text for display.
+        fraction: Last progress fraction in [0, 1].
+        position: Place in the queue while waiting, else None.
+        outcome: Set once the outcome is saved to the run folder.
+        result: The result while fresh (handed to the first page that collects it).
+    """
+
+    run_dir: Path
+    meta: runs.RunMeta
+    job: Job
+    stage: str = "queued"
+    fraction: float = 0.0
+    position: int | None = None
+    outcome: RunOutcome | None = None
+    result: Reconstruction | None = None
+    finished_at: float | None = None
+    images: tuple[np.ndarray, ...] = ()
+    collected: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.meta.run_id
+
+    @property
+    def session_id(self) -> str:
+        return self.run_dir.parent.name
+
+    @property
+    def finished(self) -> bool:
+        """True once the outcome is saved (the page may show it)."""
+        return self.outcome is not None
+
+    @property
+    def queued(self) -> bool:
+        return self.position is not None and self.job.started_at is None
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds running (or waiting, while queued)."""
+        if self.job.started_at is not None:
+            return self.job.elapsed_s
+        return time.monotonic() - self.job.submitted_at
+
+    def pump(self) -> None:
+        """Read the job's new events into the display fields, and tell the runner someone watches."""
+        self.job.touch()
+        with self._lock:
+            for event in self.job.poll_events():
+                if isinstance(event, Queued):
+                    self.position = event.position
+                    self.stage = f"position {event.position} in the queue ({event.ahead} ahead)"
+                elif isinstance(event, Started):
+                    self.position, self.stage = None, "starting"
+                elif isinstance(event, Progress):
+                    self.position = None
+                    self.stage = event.stage + (f" ({event.detail})" if event.detail else "")
+                    if event.fraction is not None:
+                        self.fraction = event.fraction
+
+    def status_line(self) -> str:
+        """One line for the page, e.g. ``Queued: position 1 in the queue … · 4 frames``."""
+        n = len(self.meta.names)
+        frames = f"{n} frame{'s' if n != 1 else ''}"
+        if self.job.started_at is None:
+            return f"Queued ({self.stage}) · {frames} · waiting {self.elapsed_s:.1f} s"
+        return f"Running {frames}: {self.stage} · {self.elapsed_s:.1f} s"
+
+
+class RunService:
+    """Owns every run this server starts (see the module doc).
+
+    Args:
+        runner: The server's runner.
+        settings: The validated settings (demo weights folder, CPU threads).
+        keep_finished_s: How long a finished run stays in memory for a page to collect.
+        task: The `gpu` task that runs a `ReconstructRequest` (tests pass a light stand-in
+            with the same signature).
+    """
+
+    def __init__(self, runner: Runner, settings: Settings, keep_finished_s: float = 600.0, task: Any = None) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.keep_finished_s = keep_finished_s
+        self.task = task or tasks.reconstruct
+        self._runs: dict[str, ActiveRun] = {}
+        self._lock = threading.Lock()
+
+    # -- submit ------------------------------------------------------------------------
+    def submit(
+        self,
+        session_dir: Path,
+        images: Sequence[np.ndarray],
+        names: Sequence[str],
+        source: str,
+        model: ModelSpec,
+        params: dict[str, Any],
+    ) -> ActiveRun:
+        """Validate, save the inputs to a new run folder, and queue the reconstruction.
+
+        Args:
+            session_dir: The browser session's folder (created if missing).
+            images: Frames, (H, W, 3) uint8 RGB each.
+            names: Their display names.
+            source: Where they came from (``"upload"``, ``"video"``, ``"example:<key>"``).
+            model: The weights.
+            params: DA3 parameters (``process_res``, ``process_res_method``,
+                ``ref_view_strategy``, ``reference_view``, ``infer_gs``, ``device``).
+
+        Returns:
+            The run, already queued.
+
+        Raises:
+            ValueError: The request is invalid (nothing is written then).
+            GPUError: The runner refused the call; the run is saved as failed.
+        """
+        request = ReconstructRequest(
+            images=tuple(images),
+            names=tuple(names),
+            model=model,
+            process_res=int(params["process_res"]),
+            process_res_method=params["process_res_method"],
+            ref_view_strategy=params["ref_view_strategy"],
+            reference_view=params.get("reference_view"),
+            infer_gs=bool(params.get("infer_gs", False)),
+            device=params.get("device", "auto"),
+        )
+        with self._lock:  # reconcile() must not see the folder before the run is registered
+            run_dir, meta = runs.start_run(session_dir, images, names, source, model, params)
+            try:
+                job = self.task.submit(
+                    request, str(self.settings.demo_weights_dir), self.settings.cpu_threads, runner=self.runner
+                )
+            except GPUError as exc:
+                log.exception("run %s could not be queued", meta.run_id)
+                runs.fail_run(run_dir, meta, f"{type(exc).__name__}: {exc}")
+                raise
+            job.touch()
+            # The exact frames stay in memory until the outcome is known: a run that failed for
+            # want of weights can be re-run on them (the saved JPEGs are close, not equal).
+            active = ActiveRun(run_dir, meta, job, images=tuple(images))
+            self._runs[str(run_dir)] = active
+        log.info("run %s queued: %d frame(s), %s, %s", meta.run_id, len(names), model.describe(), params)
+        threading.Thread(target=self._watch, args=(active,), name=f"da3-run-{meta.run_id}", daemon=True).start()
+        return active
+
+    # -- look-ups ----------------------------------------------------------------------
+    def get(self, run_dir: Path) -> ActiveRun | None:
+        """The run of this server in ``run_dir``, if it is running or finished recently."""
+        self._forget_old()
+        with self._lock:
+            return self._runs.get(str(run_dir))
+
+    def live_for_session(self, session_dir: Path) -> list[ActiveRun]:
+        """This session's runs that no page has collected yet (queued, running, or finished
+        while no page was looking, e.g. during a reload), oldest first."""
+        with self._lock:
+            found = [r for r in self._runs.values() if r.run_dir.parent == session_dir and not r.collected]
+        return sorted(found, key=lambda r: r.job.submitted_at)
+
+    def reconcile(self, session_dir: Path) -> list[str]:
+        """Mark this session's ``pending`` runs that no job of this server owns as failed.
+
+        Such a run was started by an earlier server process (or its outcome could not be
+        written): without this it would show "pending" forever.
+
+        Returns:
+            The run ids marked failed.
+        """
+        fixed = []
+        with self._lock:
+            owned = {key for key in self._runs}
+            for meta in runs.list_session_runs(session_dir):
+                run_dir = session_dir / meta.run_id
+                if meta.status == "pending" and str(run_dir) not in owned:
+                    try:
+                        runs.fail_run(run_dir, meta, INTERRUPTED)
+                        fixed.append(meta.run_id)
+                    except OSError:
+                        log.exception("could not mark the interrupted run %s as failed", meta.run_id)
+        for run_id in fixed:
+            log.warning("run %s was pending with no job in this server: marked failed (interrupted)", run_id)
+        return fixed
+
+    # -- the watcher ---------------------------------------------------------------------
+    def _watch(self, active: ActiveRun) -> None:
+        """Wait for the job, then save its outcome to the run folder (never leaves it pending)."""
+        job = active.job
+        try:
+            rec = job.result()
+        except TaskCancelledError as exc:
+            abandoned = job.abandoned(self.runner.abandon_after_s)
+            self._settle(active, RunOutcome("cancelled", ABANDONED if abandoned else "cancelled by the user"), exc)
+            return
+        except GPUError as exc:
+            kind = getattr(exc, "type_name", type(exc).__name__)
+            message = exc.message if isinstance(exc, TaskError) else str(exc)
+            outcome = RunOutcome("failed", f"{kind}: {message}", isinstance(exc, ModelUnavailableError),
+                                 getattr(exc, "remote_traceback", ""))
+            self._settle(active, outcome, exc)
+            return
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the run must not stay pending
+            log.exception("run %s: reading the result failed", active.run_id)
+            self._settle(active, RunOutcome("failed", f"the result could not be read: {type(exc).__name__}: {exc}"), exc)
+            return
+        try:
+            runs.finish_run(active.run_dir, active.meta, rec)
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions, a removed folder...
+            log.exception("run %s: saving the result failed", active.run_id)
+            self._settle(active, RunOutcome("failed", f"the result could not be saved: {type(exc).__name__}: {exc}"), exc)
+            return
+        active.result = rec
+        active.images = ()
+        active.finished_at = time.monotonic()
+        active.outcome = RunOutcome("done")
+        log.info("run %s done in %.1f s", active.run_id, float(rec.timings.get("total", 0.0)))
+
+    def _settle(self, active: ActiveRun, outcome: RunOutcome, exc: BaseException) -> None:
+        """Write a run that did not finish as ``failed`` or ``cancelled``, then publish it."""
+        if outcome.status == "failed":
+            log.error("run %s failed: %s%s", active.run_id, outcome.message,
+                      f"\nworker traceback:\n{outcome.traceback}" if outcome.traceback else "")
+        else:
+            log.info("run %s %s: %s", active.run_id, outcome.status, outcome.message)
+        try:
+            runs.fail_run(active.run_dir, active.meta, outcome.message, status=outcome.status)
+        except Exception:  # noqa: BLE001 - the page still learns the outcome from memory
+            log.exception("run %s: could not write its %s status", active.run_id, outcome.status)
+        if not outcome.model_unavailable:
+            active.images = ()
+        active.finished_at = time.monotonic()
+        active.outcome = outcome
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key, run in list(self._runs.items()):
+                if run.finished_at is not None and now - run.finished_at > self.keep_finished_s:
+                    del self._runs[key]
+
+    def mark_collected(self, active: ActiveRun) -> None:
+        """A page showed the outcome: the in-memory result is no longer needed."""
+        active.collected = True
+        active.result = None
+
+    def frames_for_retry(self, run_dir: Path) -> tuple[list[np.ndarray], bool]:
+        """The frames of an earlier run, to run them again (e.g. with demo weights).
+
+        Returns:
+            (frames, exact): the very arrays the run was submitted with while this server
+            still holds them (``exact`` True); otherwise the copies saved in the run folder
+            (JPEG q95, so close but not bit-equal; ``exact`` False).
+        """
+        active = self.get(run_dir)
+        if active is not None and active.images:
+            return list(active.images), True
+        from PIL import Image
+
+        meta = runs.read_meta(run_dir)
+        frames = []
+        for path in runs.input_paths(run_dir, meta):
+            with Image.open(path) as im:
+                frames.append(np.asarray(im.convert("RGB")))
+        return frames, False

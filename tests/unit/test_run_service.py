@@ -1,0 +1,189 @@
+"""One owner for a run in the parent (`da3_core.run_service`): submit, watch, collect, fail.
+
+A real isolated worker runs a light stand-in for the DA3 task (`tests.run_service_tasks`),
+so every path (done, failed, cancelled, a save that fails, a server restart) takes
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from da3_core import run_service, runs
+from da3_core.config import Settings
+from da3_core.contract import ModelSpec
+from da3_core.gpu import Runner
+from da3_core.run_service import INTERRUPTED, RunService
+from tests.run_service_tasks import fake_reconstruct
+
+PARAMS = {"process_res": 112, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
+          "reference_view": None, "infer_gs": False, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def module_runner():
+    r = Runner(cancel_grace_s=2.0)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def service(module_runner, tmp_path):
+    return RunService(module_runner, Settings(workspace=tmp_path / "ws"), task=fake_reconstruct)
+
+
+def frames(n: int = 2) -> list[np.ndarray]:
+    rng = np.random.default_rng(n)
+    return [rng.integers(0, 255, (40, 60, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def wait_finished(active: run_service.ActiveRun, timeout: float = 30.0) -> run_service.RunOutcome:
+    deadline = time.monotonic() + timeout
+    while not active.finished:
+        assert time.monotonic() < deadline, "the run's outcome was never saved"
+        time.sleep(0.02)
+    assert active.outcome is not None
+    return active.outcome
+
+
+def status_on_disk(active: run_service.ActiveRun) -> dict:
+    return json.loads((active.run_dir / runs.META_FILE).read_text())
+
+
+def test_done_run_is_saved_without_any_page(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("a" * 32)
+    active = service.submit(session, frames(), ["a.png", "b.png"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    assert status_on_disk(active)["status"] == "pending" and (active.run_dir / "input" / "0000.jpg").is_file()
+    outcome = wait_finished(active)
+    assert outcome.ok and outcome.message == ""
+    assert status_on_disk(active)["status"] == "done" and (active.run_dir / runs.RESULT_FILE).is_file()
+    assert active.result is not None and active.result.names == ("a.png", "b.png")
+    assert active.images == ()  # the frames are let go once the outcome is known
+    rec = runs.load_result(active.run_dir)
+    np.testing.assert_array_equal(rec.depth, active.result.depth)
+
+
+def test_a_failed_save_shows_a_failed_run_never_pending(service, tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs, "finish_run", disk_full)
+    session = tmp_path / "ws" / "sessions" / ("b" * 32)
+    active = service.submit(session, frames(), ["a.png", "b.png"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    outcome = wait_finished(active)
+    assert outcome.status == "failed" and "could not be saved" in outcome.message and "No space left" in outcome.message
+    assert status_on_disk(active)["status"] == "failed"
+    assert "could not be saved" in status_on_disk(active)["error"]
+
+
+def test_when_even_the_failure_cannot_be_written_the_page_still_learns_it(service, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(runs, "finish_run", broken)
+    monkeypatch.setattr(runs, "fail_run", broken)
+    session = tmp_path / "ws" / "sessions" / ("c" * 32)
+    active = service.submit(session, frames(), ["a.png", "b.png"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    outcome = wait_finished(active)
+    assert outcome.status == "failed" and "could not be saved" in outcome.message
+    monkeypatch.undo()
+    # run.json still says pending; once the server no longer holds the run (a restart), the
+    # next look at the session marks it failed instead of pending forever.
+    assert status_on_disk(active)["status"] == "pending"
+    fresh = RunService(service.runner, service.settings, task=fake_reconstruct)
+    assert fresh.reconcile(session) == [active.run_id]
+    meta = status_on_disk(active)
+    assert meta["status"] == "failed" and meta["error"] == INTERRUPTED
+
+
+def test_task_errors_keep_type_and_message(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("d" * 32)
+    failed = service.submit(session, frames(), ["fail", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    outcome = wait_finished(failed)
+    assert outcome.status == "failed" and outcome.message == "ValueError: the fake model refuses this frame"
+    assert "Traceback" in outcome.traceback and not outcome.model_unavailable
+    assert failed.images == ()
+    missing = service.submit(session, frames(), ["no-weights", "b"], "upload", ModelSpec("hub", "depth-anything/DA3-SMALL"), PARAMS)
+    outcome = wait_finished(missing)
+    assert outcome.model_unavailable and "ModelUnavailableError" in outcome.message
+    assert status_on_disk(missing)["status"] == "failed"
+
+
+def test_retry_gets_the_exact_frames_while_held_then_the_saved_copies(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("e" * 32)
+    submitted = frames(3)
+    active = service.submit(session, submitted, ["no-weights", "b", "c"], "upload", ModelSpec("hub", "x/y"), PARAMS)
+    wait_finished(active)
+    again, exact = service.frames_for_retry(active.run_dir)
+    assert exact and len(again) == 3
+    for a, b in zip(again, submitted):
+        np.testing.assert_array_equal(a, b)  # bit-equal: not JPEG-decoded copies
+    service.keep_finished_s = 0.0  # the server let go of it
+    time.sleep(0.01)
+    again, exact = service.frames_for_retry(active.run_dir)
+    assert not exact and [a.shape for a in again] == [b.shape for b in submitted]
+
+
+def test_cancel_reads_as_cancelled(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("f" * 32)
+    active = service.submit(session, frames(), ["slow", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    deadline = time.monotonic() + 20
+    while active.job.started_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    active.job.cancel()
+    outcome = wait_finished(active)
+    assert outcome.status == "cancelled" and outcome.message == "cancelled by the user"
+    meta = status_on_disk(active)
+    assert meta["status"] == "cancelled" and runs.read_meta(active.run_dir).label().endswith("· cancelled")
+
+
+def test_a_reload_finds_the_run_again_until_collected(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("1" * 32)
+    other = tmp_path / "ws" / "sessions" / ("2" * 32)
+    active = service.submit(session, frames(), ["slow", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    assert service.live_for_session(session) == [active]
+    assert service.live_for_session(other) == []
+    assert service.reconcile(session) == []  # a run this server owns is never marked interrupted
+    wait_finished(active)
+    assert service.live_for_session(session) == [active]  # finished while no page looked: still to show
+    service.mark_collected(active)
+    assert service.live_for_session(session) == [] and active.result is None
+    assert service.get(active.run_dir) is active
+
+
+def test_pending_runs_of_an_earlier_server_are_marked_interrupted(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("3" * 32)
+    run_dir, meta = runs.start_run(session, frames(), ["a", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    assert service.reconcile(session) == [meta.run_id]
+    after = runs.read_meta(run_dir)
+    assert after.status == "failed" and after.error == INTERRUPTED
+    assert service.reconcile(session) == []
+
+
+def test_an_invalid_request_writes_nothing(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("4" * 32)
+    with pytest.raises(ValueError, match="names has 1 entries for 2 images"):
+        service.submit(session, frames(), ["only one"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    assert not Path(session).exists()
+
+
+def test_status_line_says_queued_not_running(service, tmp_path):
+    session = tmp_path / "ws" / "sessions" / ("5" * 32)
+    first = service.submit(session, frames(), ["slow", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    second = service.submit(session, frames(4), ["x", "b", "c", "d"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    deadline = time.monotonic() + 20
+    while first.job.started_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second.pump()
+    line = second.status_line()
+    assert line.startswith("Queued (position 1 in the queue (1 ahead)) · 4 frames"), line
+    assert "Running" not in line
+    wait_finished(first)
+    wait_finished(second)
+    first.pump()
+    assert first.status_line().startswith("Running 2 frames: ")
