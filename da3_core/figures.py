@@ -156,9 +156,10 @@ def frustum_traces(
 def initial_scene_camera(cameras: Cameras | None, distance: float = 1.6) -> dict[str, dict[str, float]]:
     """Plotly ``scene.camera`` looking along the first camera's view direction, upright.
 
-    OpenCV cameras look along +z with +y down, so the view direction is the first row
-    ``R[2]`` and "up" on screen is ``-R[1]``. With ``aspectmode="data"`` the scene axes are
-    scaled uniformly, so world directions can be used as they are.
+    OpenCV cameras look along +z with +y down, so the view direction is the camera's z
+    axis in world coordinates (the third row ``R[2]`` of a rigid ``R``) and "up" on screen
+    is ``-R[1]``. With ``aspectmode="data"`` the scene axes are scaled uniformly, so world
+    directions can be used as they are.
 
     Args:
         cameras: The cameras, or None for plotly's default view (y-down world assumed).

@@ -74,7 +74,6 @@ __all__ = [
     "load_image",
     "probe_video",
     "plan_video",
-    "planned_frame_indices",
     "extract_frames",
     "load_batch",
     "list_examples",
@@ -590,16 +589,20 @@ def load_image(name: str, data: bytes, settings: Settings | None = None) -> Fram
         except Exception:  # noqa: BLE001 - unreadable EXIF: keep pixels as stored
             orientation = 1
             notes.append("EXIF data unreadable; orientation left as stored")
+        transposed = False
         if 2 <= orientation <= 8:
             try:
                 ImageOps.exif_transpose(im, in_place=True)
+                transposed = orientation >= 5  # 5-8 swap width and height
                 notes.append(f"EXIF orientation {orientation} applied")
             except Exception:  # noqa: BLE001 - keep the pixels as stored rather than fail
                 notes.append(f"EXIF orientation {orientation} could not be applied; left as stored")
         array, convert_note = _to_rgb(im)
         if convert_note:
             notes.append(convert_note)
-    array, size_note = limit_side(array, settings.max_side, (width, height))
+    # The size the user knows, in the orientation shown: EXIF orientations 5-8 swap the sides.
+    shown_wh = (height, width) if transposed else (width, height)
+    array, size_note = limit_side(array, settings.max_side, shown_wh)
     if size_note:
         notes.append(size_note)
     array.setflags(write=False)  # one contract for every frame: read-only (most already are)
@@ -876,11 +879,6 @@ def plan_video(info: VideoInfo, target_fps: float = DEFAULT_TARGET_FPS, max_fram
         indices = tuple(int(p) * step for p in picks)
     return VideoPlan(indices=indices, step=step, n_sampled=n_sampled, n_dropped=n_sampled - len(indices),
                      target_fps=target_fps, max_frames=max_frames, fps=fps, n_video_frames=n_video)
-
-
-def planned_frame_indices(info: VideoInfo, target_fps: float = DEFAULT_TARGET_FPS, max_frames: int = 64) -> list[int]:
-    """The frame indices `plan_video` picks (see there)."""
-    return list(plan_video(info, target_fps, max_frames).indices)
 
 
 def _select_filter(indices: Sequence[int]) -> str:

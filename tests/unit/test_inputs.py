@@ -221,6 +221,8 @@ def test_exif_orientation_6_comes_out_upright() -> None:
     assert top_right[0] > 200 and top_right[2] < 60, top_right
     assert top_left[2] > 200 and top_left[0] < 60, top_left
     assert "orientation 6" in frame.note
+    # Nothing was downscaled: the note must not say so (it compared 80x40 with 40x80).
+    assert "downscaled" not in frame.note, frame.note
 
 
 @pytest.mark.parametrize("orientation,shape,red_at", [(3, (40, 80), (35, 75)), (8, (80, 40), (75, 5)), (1, (40, 80), (5, 5))])
@@ -383,9 +385,9 @@ def test_probe_video(corpus_dir: Path) -> None:
     (10, 5, [0, 21, 45, 66, 87]),  # 30 sampled, thinned evenly to 5
     (10, 1, [0]),
 ])
-def test_planned_frame_indices(target_fps: float, cap: int, expected: list[int] | None) -> None:
+def test_plan_video_indices(target_fps: float, cap: int, expected: list[int] | None) -> None:
     info = inputs.VideoInfo(fps=30.0, n_frames=90, duration_s=3.0, width=64, height=48)
-    got = inputs.planned_frame_indices(info, target_fps, cap)
+    got = list(inputs.plan_video(info, target_fps, cap).indices)
     plan = inputs.plan_video(info, target_fps, cap)
     if expected is None:  # step 1, 90 frames capped to 64
         assert len(got) == 64 and got[0] == 0 and got[-1] == 89 and plan.n_dropped == 26
@@ -417,7 +419,7 @@ def test_plan_summary_mentions_drops() -> None:
 def test_extract_frames_are_the_planned_ones(corpus_dir: Path, target_fps: float, cap: int) -> None:
     data = read(corpus_dir, "index.mp4")
     info = inputs.probe_video("index.mp4", data)
-    expected = inputs.planned_frame_indices(info, target_fps, cap)
+    expected = list(inputs.plan_video(info, target_fps, cap).indices)
     frames = inputs.extract_frames("index.mp4", data, target_fps, cap)
     assert [f.frame_index for f in frames] == expected
     for f in frames:
