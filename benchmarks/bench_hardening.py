@@ -59,24 +59,36 @@ def fault_recovery_s(repeats: int = 5) -> float:
     return worst
 
 
-def rss_growth_pct(calls: int = 100, warmup: int = 10, workspace: Path | None = None) -> dict[str, float]:
-    """Percent growth of parent and worker RSS over ``calls`` real reconstructions after ``warmup``."""
+def rss_growth_pct(
+    calls: int = 100, warmup: int = 10, workspace: Path | None = None, runner: Runner | None = None
+) -> dict[str, float]:
+    """Percent growth of parent and worker RSS over ``calls`` real reconstructions after ``warmup``.
+
+    Args:
+        calls: Reconstructions measured.
+        warmup: Reconstructions before the first measurement.
+        workspace: Where the demo weights live (a temporary folder by default).
+        runner: A runner to use (and leave open); by default a fresh one, closed at the end.
+    """
     demo = str((workspace or Path(tempfile.mkdtemp(prefix="da3-rss-"))) / "demo-weights")
     frames = tuple(np.full((96, 128, 3), 30 * i + 20, np.uint8) for i in range(2))
     req = ReconstructRequest(frames, ("a", "b"), ModelSpec("demo", "da3-small"), process_res=112)
-    runner = Runner()
+    own = runner is None
+    runner = runner or Runner()
     me = psutil.Process()
     try:
         for _ in range(warmup):
             tasks.reconstruct.call(req, demo, runner=runner)
         worker = psutil.Process(runner.worker_pid)
+        starts = runner.worker_starts
         parent0, worker0 = me.memory_info().rss, worker.memory_info().rss
         for _ in range(calls):
             tasks.reconstruct.call(req, demo, runner=runner)
         parent1, worker1 = me.memory_info().rss, worker.memory_info().rss
-        assert runner.worker_starts == 1, "the worker restarted during the measurement"
+        assert runner.worker_starts == starts, "the worker restarted during the measurement"
     finally:
-        runner.close()
+        if own:
+            runner.close()
     return {
         "parent_rss_growth_pct": 100.0 * (parent1 - parent0) / parent0,
         "worker_rss_growth_pct": 100.0 * (worker1 - worker0) / worker0,

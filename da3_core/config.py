@@ -49,6 +49,9 @@ class Settings:
             is cancelled. Env ``DA3_ABANDON_AFTER_S``.
         max_side: Frames are downscaled on upload so their long side is at most this (the
             model sees process_res anyway; this bounds memory). Env ``DA3_MAX_SIDE``.
+        cpu_precision: Precision of the forward pass on CPU: ``auto`` (bfloat16 autocast
+            where the CPU has hardware bfloat16, flags ``avx512_bf16`` or ``amx_bf16``;
+            float32 otherwise), ``fp32`` or ``bf16``. Env ``DA3_CPU_PRECISION``.
     """
 
     model: str = "auto"
@@ -68,6 +71,7 @@ class Settings:
     cancel_grace_s: float = 10.0
     abandon_after_s: float = 30.0
     max_side: int = 2048
+    cpu_precision: str = "auto"
 
     def local_checkpoints(self) -> list[Path]:
         """Checkpoint folders users may pick: ``model_dir`` and the sub-folders of
@@ -107,6 +111,7 @@ _ENV = {
     "cancel_grace_s": "DA3_CANCEL_GRACE_S",
     "abandon_after_s": "DA3_ABANDON_AFTER_S",
     "max_side": "DA3_MAX_SIDE",
+    "cpu_precision": "DA3_CPU_PRECISION",
 }
 
 # (minimum, maximum) for numeric settings.
@@ -126,6 +131,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cuda", "mps", "cpu"),
     "isolation": ("isolated", "inprocess"),
+    "cpu_precision": ("auto", "fp32", "bf16"),
 }
 
 

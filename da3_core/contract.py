@@ -3,7 +3,7 @@
 Three groups, all frozen dataclasses of plain Python and numpy (never torch):
 
 * the DA3 request and its CPU-only result (`ModelSpec`, `ReconstructRequest`,
-  `Reconstruction`, `Gaussians`);
+  `Reconstruction`, `Gaussians`; the result's dicts are `ReadOnlyDict`s);
 * the wire messages of the runner (`CallRequest`, `CancelRequest`, `WorkerReady`,
   `ProgressMsg`, `OkResult`, `ExceptionResult`), see ``docs/ISOLATION.md``;
 * the errors a caller can receive (`GPUError` and its subclasses).
@@ -86,7 +86,7 @@ class ReconstructRequest:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        from da3_core.presets import PROCESS_RES_METHODS, REF_VIEW_STRATEGIES
+        from da3_core.presets import DEVICES, PROCESS_RES_METHODS, REF_VIEW_STRATEGIES
 
         object.__setattr__(self, "images", tuple(self.images))
         object.__setattr__(self, "names", tuple(self.names))
@@ -112,8 +112,8 @@ class ReconstructRequest:
             raise ValueError(
                 f"ReconstructRequest.reference_view {self.reference_view} is outside 0..{len(self.images) - 1}"
             )
-        if self.device not in ("auto", "cuda", "mps", "cpu"):
-            raise ValueError(f"ReconstructRequest.device must be auto, cuda, mps or cpu, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"ReconstructRequest.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
     @property
     def n_frames(self) -> int:
@@ -144,6 +144,42 @@ class Gaussians:
                 raise TypeError(f"Gaussians.{name} must be a numpy array, got {type(getattr(self, name)).__name__}")
 
 
+class ReadOnlyDict(dict):
+    """A `dict` that refuses changes after it is built; `Reconstruction` keeps its dicts in one.
+
+    A real ``dict`` subclass (not a `types.MappingProxyType`) so that it pickles, passes the
+    worker's CPU-only pickler, serialises with `json`, and reads like a dict everywhere
+    (``.get``, ``.items()``, ``**d``, ``dict(d)``). To change values, copy it: ``dict(d)``.
+
+    It is read-only through its own methods; ``dict.__setitem__(d, k, v)`` still works, as
+    with any frozen object a determined caller can change.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ReadOnlyDict:
+        # Filled here, not in __init__, so calling ``d.__init__(...)`` again cannot change it.
+        self = super().__new__(cls)
+        dict.update(self, *args, **kwargs)
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass  # already filled in __new__
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} is read-only; copy it first (dict(d)) to change values")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> Any:
+        # The default dict-subclass pickling refills through __setitem__, which refuses.
+        return (type(self), (dict(self),))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict.__repr__(self)})"
+
+
 @dataclass(frozen=True)
 class Reconstruction:
     """The CPU-only result of one DA3 run. Nothing here references torch.
@@ -166,8 +202,8 @@ class Reconstruction:
         preset: DA3 preset name of the model (e.g. ``"da3-small"``).
         device: Device it ran on (``"cuda"``, ``"mps"``, ``"cpu"``).
         timings: Seconds per stage (``load_model``, ``preprocess``, ``inference``,
-            ``postprocess``, ``total``).
-        params: The run parameters, for display and export metadata.
+            ``postprocess``, ``total``). Read-only (a `ReadOnlyDict` copy of what was given).
+        params: The run parameters, for display and export metadata. Read-only, likewise.
     """
 
     depth: np.ndarray
@@ -200,6 +236,9 @@ class Reconstruction:
             raise ValueError("Reconstruction.extrinsics and .intrinsics must both be given or both be None")
         if len(self.names) != n:
             raise ValueError(f"Reconstruction.names has {len(self.names)} entries for {n} views")
+        # Frozen means frozen: a copy the caller's dict cannot reach, which refuses changes.
+        object.__setattr__(self, "timings", ReadOnlyDict(self.timings))
+        object.__setattr__(self, "params", ReadOnlyDict(self.params))
 
     @property
     def n_views(self) -> int:

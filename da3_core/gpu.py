@@ -24,6 +24,7 @@ import datetime as _dt
 import functools
 import inspect
 import itertools
+import logging
 import multiprocessing as mp
 import multiprocessing.spawn as mp_spawn
 import os
@@ -54,6 +55,9 @@ from da3_core.contract import (
     WorkerReady,
     WorkerStartError,
 )
+from da3_core.taskpath import resolve_task_path
+
+log = logging.getLogger(__name__)
 
 Duration = Union[int, float, _dt.timedelta, Callable[..., Union[int, float, _dt.timedelta]]]
 
@@ -125,6 +129,12 @@ class Job:
         self._done = threading.Event()
         self._reply: OkResult | None = None
         self._error: BaseException | None = None
+        # Set by `cancel` at once. In-process mode hands it to the task's context, so its
+        # next `check_cancelled` / `report_progress` raises (the worker has its own copy,
+        # set when a `CancelRequest` arrives).
+        self._cancel_event = threading.Event()
+        self._lock = threading.Lock()  # makes finishing and adding callbacks atomic
+        self._callbacks: list[Callable[[Job], None]] = []
 
     # -- caller side -----------------------------------------------------------------
     def done(self) -> bool:
@@ -143,8 +153,36 @@ class Job:
 
     def cancel(self) -> None:
         """Give up on the call: removed if queued; if running, the worker is asked to stop at
-        its next checkpoint and is killed after the runner's grace period."""
+        its next checkpoint and is killed after the runner's grace period.
+
+        The caller then gets `TaskCancelledError`, unless the call finished first.
+        """
         self._runner._cancel(self)
+
+    def add_done_callback(self, fn: Callable[[Job], None]) -> None:
+        """Call ``fn(job)`` exactly once, when the call has finished (value or error).
+
+        ``fn`` runs in the thread that finished the call: the runner's dispatcher thread for
+        a call that was handed to the worker, the thread that called `cancel` for a call
+        cancelled while queued, the thread that called `Runner.close` for calls still
+        queued then. If the call has already finished, ``fn`` runs at once in this thread.
+        Callbacks run in the order they were added. An exception from ``fn`` is logged and
+        otherwise ignored.
+
+        Keep ``fn`` short, and never let it wait for another call of the same runner: while
+        it runs in the dispatcher thread, the next call cannot start.
+        """
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        self._run_callback(fn)
+
+    def _run_callback(self, fn: Callable[[Job], None]) -> None:
+        try:
+            fn(self)
+        except Exception:  # noqa: BLE001 - a callback must never break the dispatcher
+            log.exception("done-callback %r of call %d (%s) raised", fn, self.call_id, self.task)
 
     def events(self, poll_s: float = 0.1) -> Iterator[Event]:
         """Yield events (`Queued`, `Started`, `Progress`) until the call finishes."""
@@ -196,12 +234,17 @@ class Job:
         self._events.put(event)
 
     def _finish(self, reply: OkResult | None = None, error: BaseException | None = None) -> None:
-        if self._done.is_set():
-            return
-        self.finished_at = time.monotonic()
-        self._reply, self._error = reply, error
-        self.payload = b""  # the arguments are no longer needed; free them
-        self._done.set()
+        # Several threads may try (dispatcher, cancel, close): the first one wins, once.
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.finished_at = time.monotonic()
+            self._reply, self._error = reply, error
+            self.payload = b""  # the arguments are no longer needed; free them
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:  # outside the lock: a callback may add another callback
+            self._run_callback(fn)
 
 
 # --------------------------------------------------------------------------------------
@@ -316,6 +359,11 @@ class Runner:
         self.calls_failed = 0
         self.worker_state: dict[str, Any] = {}
         self.recent_errors: collections.deque[ErrorRecord] = collections.deque(maxlen=20)
+        # A self-pipe the dispatcher waits on beside the worker's pipe and sentinel, so a
+        # cancel from a caller's thread is acted on at once, not at the next tick.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already means "wake up"
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"{name}-dispatcher", daemon=True)
         self._dispatcher.start()
         _RUNNERS.add(self)
@@ -373,15 +421,6 @@ class Runner:
         """
         job = self.submit(task, args, kwargs, duration=duration)
         return wait_for(job, on_event)
-
-    def start(self, wait_ready: bool = False) -> None:
-        """Start the worker now instead of at the first call (warms it up)."""
-        if self.isolation == "inprocess":
-            return
-        if wait_ready:
-            self._ensure_worker()
-        else:
-            threading.Thread(target=self._start_quietly, name=f"{self.name}-starter", daemon=True).start()
 
     def restart(self) -> None:
         """Kill the worker (a running call fails with `TaskCancelledError`); the next call starts a fresh one."""
@@ -444,7 +483,21 @@ class Runner:
         if idle:
             self._let_worker_exit()
         self._kill_worker("close")
-        self._dispatcher.join(timeout=5)
+        if threading.current_thread() is not self._dispatcher:  # e.g. closed from a done-callback
+            self._dispatcher.join(timeout=5)
+        if self._dispatcher.is_alive():
+            # An in-process task that ignores cancellation, or close() from the dispatcher
+            # itself: leave the wake-up pipe open, that thread may still wait on it.
+            log.warning("runner %s: the dispatcher thread has not ended; its wake-up pipe stays open", self.name)
+        else:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        log.info(
+            "runner %s closed (%s, %d queued call(s) dropped; %d ok, %d failed, %d worker start(s))",
+            self.name, "idle" if idle else "a running call was stopped", len(pending),
+            self.calls_ok, self.calls_failed, self.worker_starts,
+        )
 
     def _let_worker_exit(self, timeout_s: float = 3.0) -> None:
         # Closing our end of the pipe tells an idle worker to exit normally (its exit
@@ -463,12 +516,32 @@ class Runner:
     # -- cancel ----------------------------------------------------------------------
     def _cancel(self, job: Job) -> None:
         with self._cv:
+            if job.done():
+                return
             job.cancel_requested = True
-            if job in self._queue:
+            job._cancel_event.set()  # in-process: the task's next checkpoint raises
+            queued = job in self._queue
+            if queued:
                 self._queue.remove(job)
                 self._publish_positions()
-                job._finish(error=TaskCancelledError(f"{job.task} was cancelled while queued"))
+            running = job is self._current
             self._cv.notify_all()
+        log.info("call %d (%s) cancelled by its caller while %s", job.call_id, job.task, "running" if running else "queued")
+        if queued:
+            # Outside the lock: done-callbacks run here and may call into the runner.
+            job._finish(error=TaskCancelledError(f"{job.task} was cancelled while queued"))
+        elif self.isolation == "isolated":
+            self._wake()  # the dispatcher sends the CancelRequest now
+
+    def _wake(self) -> None:
+        """Make the dispatcher's current wait return at once."""
+        with contextlib.suppress(OSError):  # full (already woken) or closed (runner closed)
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):  # empty (BlockingIOError) or closed
+            while os.read(self._wake_r, 512):
+                pass
 
     def _publish_positions(self) -> None:
         running = self._current is not None
@@ -478,12 +551,6 @@ class Runner:
                 queued._push(Queued(i + 1, i + running))
 
     # -- worker lifetime -------------------------------------------------------------
-    def _start_quietly(self) -> None:
-        try:
-            self._ensure_worker()
-        except GPUError:
-            pass  # the next call reports the failure
-
     def _ensure_worker(self) -> tuple[Any, Connection]:
         from da3_core.worker.loop import worker_main  # light: imports no torch
 
@@ -494,6 +561,7 @@ class Runner:
                 return self._proc, self._conn
             self._reap_worker()
             self._starting = True
+            t0 = time.monotonic()
             try:
                 parent_conn, child_conn = self._ctx.Pipe(duplex=True)
                 proc = self._ctx.Process(
@@ -512,21 +580,31 @@ class Runner:
                     proc.join(2)
                     parent_conn.close()
                     why = f"exit code {proc.exitcode}" if proc.exitcode is not None else f"no answer in {self.start_timeout_s:.0f} s"
+                    log.error("worker %s did not start (%s)", self.name, why)
                     raise WorkerStartError(f"the worker process did not start ({why}); see the server log")
             except OSError as exc:
+                log.exception("worker %s could not be started", self.name)
                 raise WorkerStartError(f"the worker process could not be started: {exc}") from exc
             finally:
                 self._starting = False
             self._proc, self._conn = proc, parent_conn
             self._kill_reason = None
             self.worker_starts += 1
+            log.info("worker %s started (pid %d, start #%d) in %.2f s", self.name, proc.pid, self.worker_starts, time.monotonic() - t0)
             return proc, parent_conn
 
     def _kill_worker(self, reason: str) -> None:
+        """SIGKILL the worker. ``reason``: timeout, cancel, restart, recycle or close."""
         with self._worker_lock:
             proc = self._proc
             if proc is not None and proc.is_alive():
                 self._kill_reason = reason
+                current = self._current
+                log.log(
+                    logging.INFO if reason in ("close", "restart", "recycle") else logging.WARNING,
+                    "killing worker pid %d (%s)%s", proc.pid, reason,
+                    f" during call {current.call_id} ({current.task})" if current is not None else "",
+                )
                 proc.kill()
                 proc.join(5)
             if self._current is None:
@@ -567,6 +645,8 @@ class Runner:
                 else:
                     self._run_isolated(job)
             except BaseException as exc:  # noqa: BLE001 - the dispatcher must survive anything
+                if not isinstance(exc, GPUError):
+                    log.exception("runner %s: call %d (%s) failed in the runner itself", self.name, job.call_id, job.task)
                 job._finish(error=exc if isinstance(exc, GPUError) else GPUError(f"{job.task}: runner error: {exc!r}"))
             finally:
                 self._record(job)
@@ -590,6 +670,7 @@ class Runner:
             return
         proc, conn = self._ensure_worker()
         job.started_at = time.monotonic()
+        log.debug("call %d (%s) started on worker pid %d after %.2f s queued", job.call_id, job.task, proc.pid, job.started_at - job.submitted_at)
         job._push(Started(proc.pid, job.started_at - job.submitted_at))
         try:
             conn.send(CallRequest(job.call_id, job.task, job.payload))
@@ -598,16 +679,18 @@ class Runner:
         deadline = job.started_at + job.budget_s
         cancel_deadline: float | None = None
         while True:
-            ready = wait([conn, proc.sentinel], timeout=_TICK_S)
+            ready = wait([conn, proc.sentinel, self._wake_r], timeout=_TICK_S)
+            if self._wake_r in ready:
+                self._drain_wake()  # a cancel: handled with the checks below
             if conn in ready:
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
                     msg = None
-                if msg is not None:
-                    if self._handle_message(job, msg):
-                        return
-                    continue
+                if msg is not None and self._handle_message(job, msg):
+                    return
+                # No `continue`: a task that reports progress faster than we read it must
+                # not starve the death, deadline and cancel checks below.
             if proc.sentinel in ready or not _alive(proc):
                 # A reply may have arrived just before the death: read what is left first.
                 while conn.poll(0):
@@ -617,22 +700,26 @@ class Runner:
                     except (EOFError, OSError):
                         break
                 proc.join(1)
-                reason, exitcode = self._kill_reason, proc.exitcode
-                self._reap_worker()
+                reason, exitcode, pid = self._kill_reason, proc.exitcode, proc.pid
+                self._reap_worker()  # closes `proc`: read what we need from it first
                 if reason == "restart":
                     job._finish(error=TaskCancelledError(f"{job.task} was stopped: the worker was restarted"))
                 elif reason == "close":
                     job._finish(error=RunnerClosedError(f"{job.task} was stopped: the runner was closed"))
                 else:
-                    job._finish(error=WorkerCrashedError(job.task, exitcode))
+                    err = WorkerCrashedError(job.task, exitcode)
+                    log.error("worker pid %d died during call %d (%s): %s", pid, job.call_id, job.task, err.how)
+                    job._finish(error=err)
                 return
             now = time.monotonic()
             if now > deadline:
+                log.warning("call %d (%s) ran past its budget of %.1f s", job.call_id, job.task, job.budget_s)
                 self._kill_worker("timeout")
                 self._reap_worker()
                 job._finish(error=TaskTimeoutError(job.task, job.budget_s, now - job.started_at))
                 return
             if not job.cancel_requested and job.abandoned(self.abandon_after_s):
+                log.info("call %d (%s) abandoned: its watcher is silent; cancelling", job.call_id, job.task)
                 job.cancel_requested = True  # nobody is waiting any more: free the worker
             if job.cancel_requested:
                 if cancel_deadline is None:
@@ -657,16 +744,25 @@ class Runner:
             self.worker_state = msg.worker_state
             reply = msg.reply
             if reply.call_id != job.call_id:
-                return False  # a late reply of an earlier call; cannot happen, ignore it
+                # A late reply of an earlier call; cannot happen, ignore it.
+                log.warning("ignored a reply for call %d while call %d runs", reply.call_id, job.call_id)
+                return False
             if isinstance(reply, OkResult):
+                log.debug("call %d (%s) finished in %.2f s", job.call_id, job.task, reply.seconds)
                 job._finish(reply=reply)
             else:
+                error = _task_error(reply, cancelled=job.cancel_requested)
+                if isinstance(error, TaskCancelledError):
+                    log.info("call %d (%s) stopped at a checkpoint after its cancel", job.call_id, job.task)
+                else:
+                    log.error("call %d (%s) failed in the worker: %s: %s\nWorker traceback:\n%s",
+                              job.call_id, job.task, reply.type_name, reply.message, reply.traceback)
                 if reply.recycle and self.isolation == "isolated":
                     # The worker exits after this reply (its state may be damaged); retire it
                     # now so the next call cannot be handed to a dying process.
                     self._kill_worker("recycle")
                     self._reap_worker()
-                job._finish(error=_task_error(reply, cancelled=job.cancel_requested))
+                job._finish(error=error)
             return True
         return False
 
@@ -678,14 +774,18 @@ class Runner:
             return
         job.started_at = time.monotonic()
         job._push(Started(os.getpid(), job.started_at - job.submitted_at))
-        cancelled = threading.Event()
 
         def send(msg: Any) -> None:
-            if job.cancel_requested:
-                cancelled.set()
+            # Nothing watches the clock while the task runs in this thread: its progress
+            # reports are where a silent watcher is noticed.
+            if not job.cancel_requested and job.abandoned(self.abandon_after_s):
+                job.cancel_requested = True
+                job._cancel_event.set()
             self._handle_message(job, msg)
 
-        reply = run_call(CallRequest(job.call_id, job.task, job.payload), cancelled, send)
+        # `Job.cancel` sets the job's event from the caller's thread, so the task's next
+        # `check_cancelled` or `report_progress` raises without waiting for anything here.
+        reply = run_call(CallRequest(job.call_id, job.task, job.payload), job._cancel_event, send)
         self._handle_message(job, CallDone(reply, {"pid": os.getpid(), "inprocess": True}))
 
 
@@ -876,18 +976,8 @@ class GPUFunction:
         return self.call(*args, **kwargs)
 
     def __reduce__(self) -> Any:
-        # Pickled by reference, like a plain function.
-        return (_resolve_gpu_function, (self.task,))
-
-
-def _resolve_gpu_function(task: str) -> Any:
-    import importlib
-
-    module_name, _, qualname = task.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+        # Pickled by reference, like a plain function (unpickles as this GPUFunction).
+        return (resolve_task_path, (self.task,))
 
 
 def gpu(func: Callable[..., Any] | None = None, *, duration: Duration = 60) -> Any:

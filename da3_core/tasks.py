@@ -21,11 +21,15 @@ def reconstruct_budget(request: ReconstructRequest, *args: Any, **kwargs: Any) -
 
 
 @gpu(duration=reconstruct_budget)
-def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0) -> Reconstruction:
-    """Run DA3 on ``request`` in the worker. See `da3_core.worker.reconstruct.reconstruct`."""
+def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> Reconstruction:
+    """Run DA3 on ``request`` in the worker. See `da3_core.worker.reconstruct.reconstruct`.
+
+    ``cpu_precision`` is ``auto`` (``DA3_CPU_PRECISION`` if set, else bfloat16 where the CPU
+    has it in hardware, else float32), ``fp32`` or ``bf16``; it matters only on CPU.
+    """
     from da3_core.worker.reconstruct import reconstruct as run
 
-    return run(request, demo_root, cpu_threads)
+    return run(request, demo_root, cpu_threads, cpu_precision)
 
 
 @gpu(duration=600)

@@ -103,6 +103,48 @@ def cancellable(seconds: float) -> str:
     return "finished"
 
 
+def progress_flood(seconds: float) -> int:
+    """Reports progress in a tight loop (no sleep) for ``seconds``: faster than the parent reads it."""
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        report_progress("flood", None, str(n))
+        n += 1
+    return n
+
+
+def raise_cancelled_unasked() -> None:
+    """Raises the checkpoint's exception although nobody cancelled the call."""
+    from da3_core.worker.context import CancelledInWorker
+
+    raise CancelledInWorker("raised by the task itself")
+
+
+def small_reconstruction() -> Any:
+    """A tiny `Reconstruction` (plain numpy), as the DA3 task returns one."""
+    import numpy as np
+
+    from da3_core.contract import ModelSpec, Reconstruction
+
+    return Reconstruction(
+        depth=np.ones((1, 2, 3), np.float32),
+        conf=None,
+        extrinsics=None,
+        intrinsics=None,
+        images=np.zeros((1, 2, 3, 3), np.uint8),
+        sky=None,
+        is_metric=False,
+        scale_factor=None,
+        gaussians=None,
+        names=("a.png",),
+        model=ModelSpec("demo", "da3-small"),
+        preset="da3-small",
+        device="cpu",
+        timings={"total": 0.5},
+        params={"process_res": 504, "nested": {"k": [1, 2]}},
+    )
+
+
 def stubborn(seconds: float) -> str:
     time.sleep(seconds)  # never reaches a checkpoint
     return "finished"

@@ -1,15 +1,19 @@
 """What a running task can ask of its runner: report progress, check for cancellation.
 
 Tasks call `report_progress` between stages. In the worker it sends a `ProgressMsg` to the
-parent; in in-process mode it calls the caller's callback. Each call is also a cancellation
-checkpoint: if the caller gave up, it raises `CancelledInWorker`.
+parent; in in-process mode it hands the message to the runner's dispatcher directly. Each
+call is also a cancellation checkpoint: if the caller gave up, it raises
+`CancelledInWorker`; a task with no progress to report calls `check_cancelled` instead.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 
 class CancelledInWorker(Exception):
@@ -23,7 +27,8 @@ class CallContext:
     Attributes:
         call_id: The runner's id of the call.
         send_progress: Delivers (stage, fraction, detail) to the caller.
-        cancelled: Set when the caller cancelled.
+        cancelled: Set when the caller cancelled: by the worker's reader thread when a
+            `CancelRequest` arrives, or (in-process mode) by `Job.cancel` itself.
     """
 
     call_id: int
@@ -43,8 +48,12 @@ def set_context(ctx: CallContext | None) -> None:
 
 
 def _context() -> CallContext | None:
-    # A thread-local context (in-process mode runs calls in several caller threads) wins
-    # over the process-wide one (the worker runs one call at a time).
+    # The thread that runs the call (the worker's main thread; in in-process mode, the
+    # runner's dispatcher thread, one per runner, so several calls may run at once in one
+    # process) finds its own call in the thread-local. The process-wide one is the fallback
+    # for threads the task starts itself; it is reliable only in the worker, which runs one
+    # call at a time (in in-process mode it is whichever call set it last, and the end of
+    # any call clears it).
     return getattr(_local, "ctx", None) or _current
 
 
@@ -72,4 +81,5 @@ def check_cancelled() -> None:
     """Raise `CancelledInWorker` if the caller of the current call gave up."""
     ctx = _context()
     if ctx is not None and ctx.cancelled.is_set():
+        log.debug("call %d: cancelled, stopping at a checkpoint", ctx.call_id)
         raise CancelledInWorker(f"call {ctx.call_id} was cancelled by its caller")

@@ -6,6 +6,7 @@ fresh Prediction built from copies, so the caller's `Reconstruction` is never to
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 
 from da3_core.contract import Reconstruction
 from da3_core.worker.context import report_progress
+
+log = logging.getLogger(__name__)
 
 
 def _prediction(rec: Reconstruction):  # -> depth_anything_3.specs.Prediction
@@ -70,7 +73,11 @@ def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, con
     report_progress("writing COLMAP", 0.2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    export_to_colmap(_prediction(rec), str(out), list(image_paths), conf_percentile, method)
+    try:
+        export_to_colmap(_prediction(rec), str(out), list(image_paths), conf_percentile, method)
+    except Exception:
+        log.exception("COLMAP export of %d view(s) to %s failed", rec.n_views, out)
+        raise
     return sorted(str(p) for p in out.iterdir() if p.is_file())
 
 
@@ -87,5 +94,9 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
     report_progress("writing 3DGS PLY", 0.2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    export_to_gs_ply(_prediction(rec), str(out))
+    try:
+        export_to_gs_ply(_prediction(rec), str(out))
+    except Exception:
+        log.exception("3DGS PLY export of %s to %s failed", rec.preset, out)
+        raise
     return str(out / "gs_ply" / "0000.ply")

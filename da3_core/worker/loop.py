@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import pickle
 import queue
@@ -27,8 +28,13 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from da3_core.contract import CallDone, CallRequest, CancelRequest, ExceptionResult, OkResult, ProgressMsg, WorkerReady
+from da3_core.taskpath import resolve_task_path
 from da3_core.worker import context
 from da3_core.worker.tocpu import NotCPUDataError, dumps_cpu_only, to_cpu
+
+# No handlers are configured here (`da3_core.logs` does that where it is set up); without
+# them, warnings and errors still reach stderr, which the worker shares with the server.
+log = logging.getLogger(__name__)
 
 # Functions that describe worker state (e.g. which models are cached); their dicts are merged
 # into `worker_state()` and sent to the parent after every call. Registered by task modules.
@@ -60,14 +66,10 @@ def resolve_task(path: str) -> Callable[..., Any]:
     """Import ``"package.module:qualname"`` and return the plain function behind it.
 
     A `da3_core.gpu.GPUFunction` is unwrapped (``__gpu_wrapped__``) so the worker runs the
-    function itself instead of dispatching again.
+    function itself instead of dispatching again. Parsing and importing are shared with the
+    parent (`da3_core.taskpath`).
     """
-    module_name, _, qualname = path.partition(":")
-    if not module_name or not qualname:
-        raise ValueError(f"task {path!r} must look like 'package.module:function'")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    obj = resolve_task_path(path)
     return getattr(obj, "__gpu_wrapped__", obj)
 
 
@@ -80,6 +82,7 @@ def run_call(request: CallRequest, cancelled: threading.Event, send: Callable[[A
         send: Sends a message to the parent (used for progress).
     """
     started = time.perf_counter()
+    log.debug("call %d (%s) starting", request.call_id, request.task)
 
     def send_progress(stage: str, fraction: float | None, detail: str) -> None:
         send(ProgressMsg(request.call_id, stage, fraction, detail))
@@ -122,6 +125,9 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
         preload: Modules to import in the background right after start (e.g. the DA3 task
             module), so the first real call does not pay for the import.
     """
+    from da3_core import logs
+
+    logs.setup()  # the worker's lines go where the server's go (stderr, DA3_LOG_FILE), marked with its process name
     inbox: queue.Queue[CallRequest | None] = queue.Queue()
     busy = threading.Event()
     cancelled: dict[int, threading.Event] = {}
@@ -143,6 +149,7 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
                 # The parent closed the pipe or died: never outlive it. When idle, leave
                 # through the main thread so exit handlers run; when busy, at once.
                 if busy.is_set():
+                    log.warning("worker pid %d: the parent closed the pipe or died during a call; exiting", os.getpid())
                     os._exit(0)
                 inbox.put(None)
                 time.sleep(2)
@@ -150,17 +157,20 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
             if isinstance(msg, CallRequest):
                 inbox.put(msg)
             elif isinstance(msg, CancelRequest):
+                log.debug("call %d: cancel received", msg.call_id)
                 cancel_event(msg.call_id).set()
 
     def watchdog() -> None:
         while True:
             if os.getppid() != parent_pid:
+                log.warning("worker pid %d: parent pid %d is gone; exiting", os.getpid(), parent_pid)
                 os._exit(0)
             time.sleep(0.5)
 
     threading.Thread(target=reader, name="da3-worker-reader", daemon=True).start()
     threading.Thread(target=watchdog, name="da3-worker-watchdog", daemon=True).start()
     send(WorkerReady(os.getpid(), sys.executable))
+    log.info("worker pid %d ready (parent pid %d, preload %s)", os.getpid(), parent_pid, ", ".join(preload) or "none")
 
     if preload:
 
@@ -169,7 +179,7 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
                 try:
                     importlib.import_module(name)
                 except Exception:  # noqa: BLE001 - the first call will raise the real error
-                    traceback.print_exc()
+                    log.exception("worker pid %d: preloading %s failed (the first call that needs it will fail too)", os.getpid(), name)
 
         threading.Thread(target=do_preload, name="da3-worker-preload", daemon=True).start()
 
@@ -185,6 +195,10 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
         try:
             send(CallDone(reply, worker_state()))
         except Exception as exc:  # noqa: BLE001 - e.g. a reply too large for the pipe
+            log.exception("worker pid %d: the reply to call %d could not be sent", os.getpid(), request.call_id)
             send(CallDone(_exception_reply(request.call_id, exc, type_name="ResultNotCPUError"), worker_state()))
         if isinstance(reply, ExceptionResult) and reply.recycle:
-            os._exit(3)  # memory or interpreter state may be damaged: the parent starts a fresh worker
+            try:
+                log.warning("worker pid %d: exiting after %s in call %d (state may be damaged)", os.getpid(), reply.type_name, request.call_id)
+            finally:
+                os._exit(3)  # memory or interpreter state may be damaged: the parent starts a fresh worker

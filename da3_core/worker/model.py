@@ -7,7 +7,7 @@ that is the ZeroGPU fix. One model is kept at a time; asking for another frees t
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,8 +23,11 @@ import torch  # noqa: E402
 import tqdm  # noqa: E402
 
 from da3_core.contract import ModelSpec, ModelUnavailableError  # noqa: E402
-from da3_core.presets import PRESETS_BY_NAME, preset_for  # noqa: E402
+from da3_core.presets import PRESETS_BY_NAME, preset_for, preset_name_in_folder  # noqa: E402
 from da3_core.worker import loop  # noqa: E402
+from da3_core.worker.context import check_cancelled  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 # DA3's preprocessing draws tqdm bars; tqdm's default lock is a multiprocessing semaphore in
 # /dev/shm, leaked whenever the worker is killed. A thread lock does the same job here.
@@ -123,9 +126,11 @@ def get_model(spec: ModelSpec, device: str, demo_root: Path) -> tuple[Any, str]:
         try:
             model = DepthAnything3.from_pretrained(folder_or_id, **load_kwargs)
         except Exception as exc:  # noqa: BLE001 - translated into a message with the ways on
+            log.exception("loading %s from %s failed", spec.describe(), folder_or_id)
             raise _unavailable(spec, exc) from exc
         model = model.to(device).eval()
         model.device = torch.device(device)
+        install_cancel_checks(model)
         LOAD_COUNT += 1
         preset = getattr(model, "model_name", None) or _preset_name(spec, folder_or_id)
         _MODEL_CACHE[key] = model
@@ -180,14 +185,132 @@ def _evict_all() -> None:
 
 
 def _preset_name(spec: ModelSpec, location: str) -> str:
-    cfg = Path(location) / "config.json"
-    if cfg.is_file():
-        try:
-            return str(json.loads(cfg.read_text())["model_name"])
-        except Exception:  # noqa: BLE001
-            pass
+    """The preset of the loaded weights: the folder's config.json, else the hub id's preset."""
+    name = preset_name_in_folder(location)
+    if name:
+        return name
     preset = preset_for(spec.ref)
     return preset.name if preset else "unknown"
+
+
+# --------------------------------------------------------------------------------------
+# Cancellation inside the forward pass
+# --------------------------------------------------------------------------------------
+
+
+def _cancel_pre_hook(module: torch.nn.Module, args: Any) -> None:
+    # Raises CancelledInWorker when the caller gave up; a no-op outside a call. Returning
+    # None leaves the block's inputs untouched.
+    check_cancelled()
+
+
+def install_cancel_checks(model: torch.nn.Module) -> int:
+    """Make a cancel stop the forward pass at the next network block; return the hook count.
+
+    DA3's forward has no checkpoint of its own, so without this a cancel waits for the whole
+    pass (then the runner's grace period kills the worker and the model is loaded again).
+    A forward pre-hook calls `check_cancelled` before every transformer block (each
+    ``blocks`` ModuleList: one backbone, or two in the nested preset) and before every
+    convolution (the DPT heads, run up to full resolution, take a third of the pass on CPU
+    and have no transformer block). A check costs about a microsecond when nothing is
+    cancelled. The hooks hold no state, so an exception raised from one leaves the model as
+    it was (``with`` blocks in DA3 close its autocast and inference mode on the way out);
+    they are registered once per loaded model.
+
+    Args:
+        model: A loaded ``DepthAnything3``.
+
+    Returns:
+        How many hooks the model carries.
+    """
+    existing = getattr(model, "_da3_cancel_hooks", None)
+    if existing is not None:
+        return len(existing)
+    handles = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, torch.nn.ModuleList):
+            handles.extend(block.register_forward_pre_hook(_cancel_pre_hook) for block in module)
+        elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            handles.append(module.register_forward_pre_hook(_cancel_pre_hook))
+    # A plain attribute (not a buffer or parameter): nothing of it reaches state_dict.
+    object.__setattr__(model, "_da3_cancel_hooks", handles)
+    if not any(name.endswith("blocks") for name, _ in model.named_modules()):
+        log.warning("no transformer blocks found in %s: a cancel waits for the convolutions", type(model).__name__)
+    return len(handles)
+
+
+# --------------------------------------------------------------------------------------
+# CPU precision
+# --------------------------------------------------------------------------------------
+
+CPU_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+# /proc/cpuinfo flags of hardware bfloat16 arithmetic (AVX512-BF16 on Cooper Lake, Zen 4 and
+# later; AMX-BF16 on Sapphire Rapids and later). Without them bf16 is emulated and slower.
+BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
+_auto_cpu_precision: tuple[str, str] | None = None
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The hardware bfloat16 flags this CPU reports (read from ``/proc/cpuinfo``).
+
+    Args:
+        cpuinfo: The text of ``/proc/cpuinfo``; read from the file when None.
+
+    Returns:
+        The flags of `BF16_CPU_FLAGS` present, sorted; empty when there are none or when
+        ``/proc/cpuinfo`` cannot be read (not Linux).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+    found: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            found.update(flag for flag in value.split() if flag in BF16_CPU_FLAGS)
+    return sorted(found)
+
+
+def resolve_cpu_precision(requested: str = "auto") -> tuple[str, str]:
+    """The precision of the CPU forward pass: ``"fp32"`` or ``"bf16"``, and why.
+
+    ``auto`` defers to ``DA3_CPU_PRECISION`` when that is ``fp32`` or ``bf16``; otherwise it
+    picks bfloat16 autocast when the CPU has hardware bfloat16 (`cpu_bf16_flags`) and
+    float32 when not. The hardware answer is read once per worker.
+
+    Args:
+        requested: ``"auto"``, ``"fp32"`` or ``"bf16"`` (case-insensitive).
+
+    Returns:
+        (precision, reason), e.g. ``("fp32", "auto: no avx512_bf16/amx_bf16 in /proc/cpuinfo")``.
+
+    Raises:
+        ValueError: ``requested`` (or ``DA3_CPU_PRECISION``) is not one of `CPU_PRECISIONS`.
+    """
+    global _auto_cpu_precision
+    choice = (requested or "auto").strip().lower()
+    if choice not in CPU_PRECISIONS:
+        raise ValueError(f"cpu_precision={requested!r} is not allowed; use one of {', '.join(CPU_PRECISIONS)}")
+    if choice != "auto":
+        return choice, "asked for"
+    from da3_core.config import ConfigError, load_settings
+
+    try:
+        # Only this variable: a bad value elsewhere is not this function's business.
+        setting = load_settings({"DA3_CPU_PRECISION": os.environ.get("DA3_CPU_PRECISION", "")}).cpu_precision
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if setting != "auto":
+        return setting, f"DA3_CPU_PRECISION={setting}"
+    if _auto_cpu_precision is None:
+        flags = cpu_bf16_flags()
+        if flags:
+            _auto_cpu_precision = ("bf16", f"auto: CPU has {', '.join(flags)}")
+        else:
+            _auto_cpu_precision = ("fp32", f"auto: no {'/'.join(BF16_CPU_FLAGS)} in /proc/cpuinfo")
+    return _auto_cpu_precision
 
 
 def _weights_location(spec: ModelSpec, demo_root: Path) -> str:
@@ -268,6 +391,7 @@ def cache_state() -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_precision_auto": resolve_cpu_precision("auto")[0],
     }
     if torch.cuda.is_available():
         state["cuda_device"] = torch.cuda.get_device_name(0)

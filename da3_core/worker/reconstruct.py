@@ -4,59 +4,106 @@ It follows `DepthAnything3.inference()` stage by stage (its private steps, pinne
 depth-anything-3==0.1.1) so that each stage reports progress and its time, with two
 changes:
 
-* on CPU the network runs in float32 with no autocast: the stock ``forward`` autocasts to
+* on CPU the network runs in float32 with no autocast, or under bfloat16 autocast where the
+  CPU has hardware bfloat16 (`resolve_cpu_precision`); the stock ``forward`` autocasts to
   float16 on CPU (it asks ``torch.cuda.is_bf16_supported()``), which is 3-4x slower there;
 * the result is assembled from CPU numpy (gaussians included), and GPU memory is freed
-  after every call.
+  after every call, failed or cancelled ones included.
+
+Everything else equals the stock call; ``tests/integration/test_parity.py`` compares the two.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from da3_core.contract import Gaussians, ReconstructRequest, Reconstruction
-from da3_core.presets import PRESETS_BY_NAME
-from da3_core.worker.context import report_progress
-from da3_core.worker.model import configure_cpu_threads, get_model, resolve_device
+from da3_core.contract import Gaussians, ModelUnavailableError, ReconstructRequest, Reconstruction
+from da3_core.presets import DEFAULT_FOV_DEG, PRESETS_BY_NAME
+from da3_core.worker.context import CancelledInWorker, report_progress
+from da3_core.worker.model import configure_cpu_threads, get_model, resolve_cpu_precision, resolve_device
+
+log = logging.getLogger(__name__)
 
 # The metric preset's raw output becomes metres as depth * focal_px / 300 (DA3 README).
 METRIC_FOCAL_DIVISOR = 300.0
 # Mono presets predict no intrinsics; metric scaling then uses this assumed horizontal FOV.
-ASSUMED_FOV_DEG = 60.0
+ASSUMED_FOV_DEG = DEFAULT_FOV_DEG
 
 
-def run_forward(model: Any, imgs: torch.Tensor, device: str, *, infer_gs: bool, ref_view_strategy: str) -> Any:
-    """Run the network on ``imgs`` (1, N, 3, H, W) and return DA3's raw output dict.
+def run_forward(
+    model: Any,
+    imgs: torch.Tensor,
+    device: str,
+    *,
+    infer_gs: bool,
+    ref_view_strategy: str,
+    cpu_precision: str = "fp32",
+) -> Any:
+    """Run the network on ``imgs`` and return DA3's raw output (an addict ``Dict`` of tensors).
 
-    CPU: float32, no autocast, ``inference_mode``. Elsewhere: DA3's own ``forward``
-    (bfloat16/float16 autocast on CUDA, as the authors ship it).
+    Args:
+        model: A loaded ``DepthAnything3``.
+        imgs: (1, N, 3, H, W) float32 ImageNet-normalised frames on ``device``.
+        device: ``cpu``, ``cuda`` or ``mps``.
+        infer_gs: Run the Gaussian head.
+        ref_view_strategy: DA3's reference-view strategy (used when N >= 3).
+        cpu_precision: On CPU, ``fp32`` (no autocast) or ``bf16`` (bfloat16 autocast; DA3's
+            heads switch autocast off themselves, as on CUDA). Ignored elsewhere: DA3's own
+            ``forward`` runs, with its bfloat16/float16 autocast, as the authors ship it.
     """
     if device == "cpu":
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_precision == "bf16"):
             return model.model(imgs, None, None, [], infer_gs, False, ref_view_strategy)
     return model.forward(imgs, None, None, [], infer_gs, False, ref_view_strategy)
 
 
-def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0) -> Reconstruction:
+def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> Reconstruction:
     """Run DA3 on the request's frames.
 
     Args:
         request: Frames and parameters.
         demo_root: Folder for untrained demo weights (``<workspace>/demo-weights``).
         cpu_threads: Torch threads on CPU (0: all cores).
+        cpu_precision: ``auto``, ``fp32`` or ``bf16``; see `resolve_cpu_precision`. The one
+            used is in ``params["cpu_precision"]`` (None off CPU).
 
     Returns:
         A CPU-only `Reconstruction` in the input frame order.
+
+    Raises:
+        ModelUnavailableError: The weights cannot be loaded.
+        CancelledInWorker: The caller cancelled (checked between stages and before every
+            network block).
+        ValueError: ``cpu_precision`` or the device is not allowed.
     """
+    try:
+        return _reconstruct(request, demo_root, cpu_threads, cpu_precision)
+    except CancelledInWorker:
+        log.info("reconstruction of %d frame(s) cancelled by its caller", request.n_frames)
+        raise
+    except ModelUnavailableError:
+        log.warning("reconstruction not run: the weights are unavailable (%s)", request.model.describe())
+        raise
+    except Exception:
+        log.exception("reconstruction of %d frame(s) with %s failed", request.n_frames, request.model.describe())
+        raise
+
+
+def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, cpu_precision: str) -> Reconstruction:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     device = resolve_device(request.device)
+    precision: str | None = None
+    precision_reason = ""
     if device == "cpu":
+        precision, precision_reason = resolve_cpu_precision(cpu_precision)
         configure_cpu_threads(cpu_threads)
 
     report_progress("loading model", 0.02, request.model.describe())
@@ -65,7 +112,9 @@ def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 
     timings["load_model"] = time.perf_counter() - t
     preset = PRESETS_BY_NAME.get(preset_name)
 
-    # A forced reference view goes first and DA3 is told to take the first view.
+    # A forced reference view goes first and DA3 is told to take the first view. DA3's own
+    # choice reorders the same way inside the backbone (reference first, the others in
+    # order), so "view k forced" equals "strategy picked k".
     n = request.n_frames
     order = list(range(n))
     strategy = request.ref_view_strategy
@@ -74,36 +123,62 @@ def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 
         strategy = "first"
     images = [request.images[i] for i in order]
 
-    report_progress("preprocessing", 0.15, f"{n} frame(s) at process_res {request.process_res}")
-    t = time.perf_counter()
-    imgs_cpu, _, _ = model._preprocess_inputs(images, None, None, request.process_res, request.process_res_method)
-    imgs, _, _ = model._prepare_model_inputs(imgs_cpu, None, None)
-    timings["preprocess"] = time.perf_counter() - t
+    imgs: torch.Tensor | None = None
+    raw: Any = None
+    try:
+        report_progress("preprocessing", 0.15, f"{n} frame(s) at process_res {request.process_res}")
+        t = time.perf_counter()
+        imgs_cpu, _, _ = model._preprocess_inputs(images, None, None, request.process_res, request.process_res_method)
+        imgs, _, _ = model._prepare_model_inputs(imgs_cpu, None, None)
+        timings["preprocess"] = time.perf_counter() - t
 
-    infer_gs = bool(request.infer_gs and preset is not None and preset.gs_head and device == "cuda")
-    report_progress("inference", 0.25, f"{preset_name} on {device}")
-    t = time.perf_counter()
-    raw = run_forward(model, imgs, device, infer_gs=infer_gs, ref_view_strategy=strategy)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    timings["inference"] = time.perf_counter() - t
+        infer_gs = bool(request.infer_gs and preset is not None and preset.gs_head and device == "cuda")
+        detail = f"{preset_name} on {device}" + (f" ({precision})" if precision else "")
+        report_progress("inference", 0.25, detail)
+        t = time.perf_counter()
+        raw = run_forward(model, imgs, device, infer_gs=infer_gs, ref_view_strategy=strategy, cpu_precision=precision or "fp32")
+        if device == "cuda":
+            torch.cuda.synchronize()
+        timings["inference"] = time.perf_counter() - t
 
-    report_progress("post-processing", 0.9)
-    t = time.perf_counter()
-    prediction = model._convert_to_prediction(raw)
-    prediction = model._add_processed_images(prediction, imgs_cpu)
-    gaussians = _gaussians_to_numpy(raw.get("gaussians")) if infer_gs else None
-    del raw, imgs
-    result = _assemble(request, prediction, gaussians, order, preset_name, device, timings)
-    if device == "cuda":
-        torch.cuda.empty_cache()
+        report_progress("post-processing", 0.9)
+        t = time.perf_counter()
+        prediction = model._convert_to_prediction(raw)
+        prediction = model._add_processed_images(prediction, imgs_cpu)
+        gaussians = _gaussians_to_numpy(raw.get("gaussians")) if infer_gs else None
+    except BaseException as exc:
+        # The traceback's finished frames (the network's forward) still hold activations;
+        # clear them so the memory is freed below, not when the error is finally dropped.
+        # Their file and line numbers stay, so the caller still gets the full traceback.
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        imgs = raw = None
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    fields, params = _assemble(request, prediction, gaussians, order, preset_name)
+    params["cpu_precision"] = precision
+    if precision is not None:
+        params["cpu_precision_reason"] = precision_reason
+    # Every timing is in place before the (frozen) result is built.
     timings["postprocess"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
+    result = Reconstruction(
+        **fields,
+        names=request.names,
+        model=request.model,
+        preset=preset_name,
+        device=device,
+        timings=timings,
+        params=params,
+    )
     report_progress("done", 1.0)
     return result
 
 
 def _gaussians_to_numpy(g: Any) -> Gaussians | None:
+    """DA3's Gaussians (tensors with a batch dimension of 1) as CPU float32 numpy."""
     if g is None:
         return None
 
@@ -120,9 +195,22 @@ def _assemble(
     gaussians: Gaussians | None,
     order: list[int],
     preset_name: str,
-    device: str,
-    timings: dict[str, float],
-) -> Reconstruction:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The arrays of the result, back in input order, and the run parameters.
+
+    Args:
+        request: The request.
+        prediction: DA3's ``Prediction`` (numpy fields, model order).
+        gaussians: Gaussians already on the CPU, or None.
+        order: ``order[j]`` is the input index of the model's view ``j``.
+        preset_name: DA3 preset of the weights.
+
+    Returns:
+        (fields, params): ``fields`` are `Reconstruction` keyword arguments (depth (N, H, W)
+        float32, conf (N, H, W) float32 or None, extrinsics (N, 3, 4) float32 world-to-camera
+        or None, intrinsics (N, 3, 3) float32 or None, images (N, H, W, 3) uint8, sky (N, H, W)
+        bool or None, is_metric, scale_factor, gaussians); ``params`` is a new dict.
+    """
     inverse = np.argsort(order)  # back to the input order
 
     def take(a: Any, dtype: Any) -> np.ndarray | None:
@@ -155,20 +243,15 @@ def _assemble(
         params["metric_focal_px"] = float(focal)
         params["metric_assumed_fov_deg"] = ASSUMED_FOV_DEG
     scale = prediction.scale_factor
-    return Reconstruction(
-        depth=depth,
-        conf=take(prediction.conf, np.float32),
-        extrinsics=extrinsics,
-        intrinsics=intrinsics,
-        images=take(prediction.processed_images, np.uint8),
-        sky=take(prediction.sky, np.bool_),
-        is_metric=is_metric,
-        scale_factor=float(scale) if isinstance(scale, (int, float)) else None,
-        gaussians=gaussians,
-        names=request.names,
-        model=request.model,
-        preset=preset_name,
-        device=device,
-        timings=timings,
-        params=params,
-    )
+    fields: dict[str, Any] = {
+        "depth": depth,
+        "conf": take(prediction.conf, np.float32),
+        "extrinsics": extrinsics,
+        "intrinsics": intrinsics,
+        "images": take(prediction.processed_images, np.uint8),
+        "sky": take(prediction.sky, np.bool_),
+        "is_metric": is_metric,
+        "scale_factor": float(scale) if isinstance(scale, (int, float)) else None,
+        "gaussians": gaussians,
+    }
+    return fields, params

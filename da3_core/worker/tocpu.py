@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import pickle
 import sys
 import types
 from typing import Any
 
 import numpy as np
+
+from da3_core.contract import ReadOnlyDict
+
+log = logging.getLogger(__name__)
 
 # Packages the parent must never import (importing them there is the ZeroGPU bug class).
 FORBIDDEN_PREFIXES: tuple[str, ...] = (
@@ -41,6 +46,8 @@ class NotCPUDataError(TypeError):
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         super().__init__(f"result field {path or '<result>'} cannot be sent to the caller: {reason}")
+        # The caller gets this as an error (logged in the parent with the traceback).
+        log.debug("refused result field %s: %s", path or "<result>", reason)
 
 
 def _is_forbidden_module(module: str | None) -> bool:
@@ -141,6 +148,8 @@ def _convert_dataclass(value: Any, path: str, torch: Any, memo: dict[int, Any]) 
 
 
 def _rebuild(value: dict, items: dict) -> dict:
+    if isinstance(value, ReadOnlyDict):
+        return type(value)(items)  # refuses update(): built from its items in one go
     try:
         out = type(value)()
         out.update(items)

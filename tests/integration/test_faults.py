@@ -16,6 +16,9 @@ import pytest
 from da3_core.contract import TaskError, TaskTimeoutError, WorkerCrashedError
 from da3_core.gpu import Runner
 
+# Sixty crash cycles, each with a fresh worker: tens of seconds. Run with `-m slow` or a plain `pytest`.
+pytestmark = pytest.mark.slow
+
 FT = "tests.fake_tasks"
 REPEATS = 10
 

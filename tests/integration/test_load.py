@@ -19,19 +19,26 @@ SESSIONS = 8
 JOBS = 3
 
 
-@pytest.fixture
-def holder(workspace, monkeypatch):
-    """The app's own st.cache_resource holder (one runner, one worker), fresh for this test."""
-    monkeypatch.setenv("DA3_WORKSPACE", str(workspace))
-    from da3_core import holder as holder_module
+@pytest.fixture(scope="module")
+def holder(workspace):
+    """The app's own st.cache_resource holder (one runner, one worker), shared by this module.
 
-    holder_module.get_settings.clear()
-    holder_module.get_holder.clear()
-    h = holder_module.get_holder()
-    yield h
-    h.runner.close()
-    holder_module.get_holder.clear()
-    holder_module.get_settings.clear()
+    Both tests only run reconstructions, which leave the worker warm, so they share it: the
+    DA3 import and the model load are paid once.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DA3_WORKSPACE", str(workspace))
+        from da3_core import holder as holder_module
+
+        holder_module.get_settings.clear()
+        holder_module.get_holder.clear()
+        h = holder_module.get_holder()
+        try:
+            yield h
+        finally:
+            h.runner.close()
+            holder_module.get_holder.clear()
+            holder_module.get_settings.clear()
 
 
 def colour(session: int, job: int) -> tuple[int, int, int]:
@@ -82,7 +89,7 @@ def test_eight_sessions_three_jobs_each(holder, workspace):
     assert holder.runner.worker_starts == 1
 
 
-def test_memory_growth_over_100_calls(workspace):
-    growth = rss_growth_pct(calls=100, warmup=10, workspace=workspace)
+def test_memory_growth_over_100_calls(holder, workspace):
+    growth = rss_growth_pct(calls=100, warmup=10, workspace=workspace, runner=holder.runner)
     assert growth["parent_rss_growth_pct"] < 10.0, growth
     assert growth["worker_rss_growth_pct"] < 10.0, growth

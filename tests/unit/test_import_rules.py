@@ -58,3 +58,22 @@ def test_rule_checker_catches_violations():
     assert ("torch", True) in found
     assert ("da3_core.worker.model", True) in found
     assert ("da3_core.worker.model", False) in found
+
+
+def test_light_worker_modules_import_nothing_heavy():
+    """The parent imports these worker modules (the runner names the loop as the worker's
+    target; tasks and the parent use the context and the wire types), so they fall under
+    the parent's rule, and may import only light worker modules, even inside functions."""
+    problems = []
+    for module in sorted(LIGHT_WORKER_MODULES):
+        path = ROOT / module.replace(".", "/")
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        assert path.is_file(), f"{module} has no file at {path}"
+        for imported, _top in imports(ast.parse(path.read_text(), str(path))):
+            if imported.split(".")[0] in FORBIDDEN:
+                problems.append(f"{path.relative_to(ROOT)} imports {imported}")
+            elif imported.startswith("da3_core.worker.") and not any(
+                imported == m or imported.startswith(m + ".") for m in LIGHT_WORKER_MODULES
+            ):
+                problems.append(f"{path.relative_to(ROOT)} imports the heavy worker module {imported}")
+    assert not problems, "\n".join(problems)

@@ -2,11 +2,17 @@
 
 Each test would fail if its item broke. Tasks live in tests/fake_tasks.py; the worker
 imports them by name, as it imports the real DA3 task.
+
+Tests that leave the worker alive and healthy share one module-scoped runner (``warm``),
+which saves a worker start, and for the tensor tests a torch import, per test. Tests that
+kill, break, restart or count the worker keep the fresh ``runner`` of tests/conftest.py.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,8 +24,12 @@ import numpy as np
 import psutil
 import pytest
 
+from da3_core import gpu as gpu_module
 from da3_core.contract import (
     ArgumentNotPicklableError,
+    ModelSpec,
+    ReadOnlyDict,
+    Reconstruction,
     ResultNotCPUError,
     TaskCancelledError,
     TaskError,
@@ -30,6 +40,26 @@ from da3_core.gpu import Progress, Queued, Runner, Started, gpu
 from tests import fake_tasks
 
 FT = "tests.fake_tasks"
+
+
+@pytest.fixture(scope="module")
+def _module_runner():
+    r = Runner(cancel_grace_s=1.0)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def warm(_module_runner):
+    """The module's shared isolated runner, for tests that leave its worker alive."""
+    yield _module_runner
+    # A failed test may leave calls behind: let them drain, or restart, so the next test
+    # starts on an idle runner.
+    deadline = time.monotonic() + 5
+    while _module_runner.status().state == "busy" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _module_runner.status().state == "busy":
+        _module_runner.restart()
 
 
 def no_zombies() -> bool:
@@ -58,23 +88,24 @@ def test_parent_modules_import_without_torch():
 
 
 # 2. The worker is a spawned process (not forked): it does not see the parent's in-memory state.
-def test_worker_is_spawned_not_forked(runner):
-    assert runner._ctx.get_start_method() == "spawn"
+def test_worker_is_spawned_not_forked(warm):
+    assert warm._ctx.get_start_method() == "spawn"
     fake_tasks._FAKE_MODEL["model"] = "set in the parent"  # a fork would inherit this
     try:
-        assert runner.call(f"{FT}:cached_model_loads") == 1
+        assert warm.call(f"{FT}:cached_model_loads") == 1
     finally:
         fake_tasks._FAKE_MODEL.clear()
-    pid = runner.worker_pid
+    pid = warm.worker_pid
     assert pid != os.getpid()
     assert psutil.Process(pid).ppid() == os.getpid()
 
 
 # 3. The model is cached in a module-global of the worker: loaded once, reused.
-def test_model_cached_in_worker_global(runner):
-    loads = [runner.call(f"{FT}:cached_model_loads") for _ in range(3)]
+def test_model_cached_in_worker_global(warm):
+    starts = warm.worker_starts
+    loads = [warm.call(f"{FT}:cached_model_loads") for _ in range(3)]
     assert loads == [1, 1, 1]
-    assert runner.worker_starts == 1
+    assert warm.worker_starts == max(starts, 1)  # no new worker for the 2nd and 3rd call
 
 
 # 4. Arguments cross by pickle; an unpicklable one fails in the caller, named, before any work.
@@ -98,8 +129,8 @@ def test_gpu_rejects_closures():
 
 
 # 5. Only CPU data comes back: tensors at any depth become numpy; what cannot is refused by path.
-def test_tensors_at_any_depth_come_back_as_numpy(runner):
-    out = runner.call(f"{FT}:cpu_tensors", duration=120)
+def test_tensors_at_any_depth_come_back_as_numpy(warm):
+    out = warm.call(f"{FT}:cpu_tensors", duration=120)
     assert isinstance(out["plain"], np.ndarray) and out["plain"].tolist() == [0, 1, 2]
     assert isinstance(out["list"][0], np.ndarray)
     deep = out["list"][1]["deep"][0]
@@ -114,7 +145,8 @@ def test_tensors_at_any_depth_come_back_as_numpy(runner):
 
 
 @pytest.mark.parametrize("path", ["gaussians.means", "frames[1]"])
-def test_meta_tensor_is_refused_with_its_path(runner, path):
+def test_meta_tensor_is_refused_with_its_path(warm, path):
+    runner = warm
     t0 = time.monotonic()
     with pytest.raises(ResultNotCPUError) as info:
         runner.call(f"{FT}:meta_tensor_at", path, duration=120)
@@ -125,12 +157,12 @@ def test_meta_tensor_is_refused_with_its_path(runner, path):
     assert runner.call(f"{FT}:worker_pid") == pid  # the worker stays up
 
 
-def test_torch_objects_and_unpicklable_results_are_refused(runner):
+def test_torch_objects_and_unpicklable_results_are_refused(warm):
     with pytest.raises(ResultNotCPUError, match="torch"):
-        runner.call(f"{FT}:torch_object_in_result", duration=120)
+        warm.call(f"{FT}:torch_object_in_result", duration=120)
     with pytest.raises(ResultNotCPUError):
-        runner.call(f"{FT}:unpicklable_result")
-    assert runner.call(f"{FT}:square", 3) == 9
+        warm.call(f"{FT}:unpicklable_result")
+    assert warm.call(f"{FT}:square", 3) == 9
 
 
 # 6. duration: the worker is killed when the budget runs out; the next call gets a fresh one.
@@ -148,8 +180,8 @@ def test_duration_kills_and_next_call_works(runner):
     assert runner.worker_pid != pid
 
 
-def test_duration_callable_of_arguments(runner):
-    job = fake_tasks.sleep_for.submit(0.1, runner=runner)
+def test_duration_callable_of_arguments(warm):
+    job = fake_tasks.sleep_for.submit(0.1, runner=warm)
     assert job.budget_s == pytest.approx(5.1)
     assert job.result(30) == 0.1
 
@@ -183,29 +215,29 @@ def test_worker_killed_from_outside_mid_call(runner):
 
 
 # 8. Exceptions keep type name, message and worker traceback; the worker stays warm.
-def test_exception_keeps_type_message_traceback(runner):
-    pid = runner.call(f"{FT}:worker_pid")
+def test_exception_keeps_type_message_traceback(warm):
+    pid = warm.call(f"{FT}:worker_pid")
     with pytest.raises(ValueError) as info:  # also a ValueError, so callers can catch it as one
-        runner.call(f"{FT}:fail", "bad frame 3")
+        warm.call(f"{FT}:fail", "bad frame 3")
     err = info.value
     assert isinstance(err, TaskError)
     assert err.type_name == "ValueError" and err.message == "bad frame 3"
     assert "fake_tasks.py" in err.remote_traceback and "in fail" in err.remote_traceback
     assert "bad frame 3" in str(err)
     with pytest.raises(TaskError) as info2:
-        runner.call(f"{FT}:fail_custom", "custom")
+        warm.call(f"{FT}:fail_custom", "custom")
     assert info2.value.type_name == "CustomFailure" and info2.value.module == "tests.fake_tasks"
-    assert runner.call(f"{FT}:worker_pid") == pid
+    assert warm.call(f"{FT}:worker_pid") == pid
 
 
 # 9. One call at a time, first come first served; many callers; no result to the wrong caller.
-def test_many_threads_fifo_and_positions(runner):
-    runner.call(f"{FT}:worker_pid")
-    blocker = runner.submit(f"{FT}:tagged", ("blocker", 0.5))
+def test_many_threads_fifo_and_positions(warm):
+    warm.call(f"{FT}:worker_pid")
+    blocker = warm.submit(f"{FT}:tagged", ("blocker", 0.5))
     assert any(isinstance(e, Started) for e in _until_started(blocker))
     jobs = []
     for i in range(8):
-        jobs.append(runner.submit(f"{FT}:tagged", (f"caller-{i}", 0.02)))
+        jobs.append(warm.submit(f"{FT}:tagged", (f"caller-{i}", 0.02)))
     first_positions = [next(iter(j.events(poll_s=0.01))) for j in jobs]
     assert all(isinstance(e, Queued) for e in first_positions)
     assert [e.position for e in first_positions] == list(range(1, 9))
@@ -235,12 +267,12 @@ def _until_started(job):
             return
 
 
-def test_positions_move_up_as_queue_drains(runner):
-    runner.call(f"{FT}:worker_pid")
-    first = runner.submit(f"{FT}:tagged", ("a", 0.3))
+def test_positions_move_up_as_queue_drains(warm):
+    warm.call(f"{FT}:worker_pid")
+    first = warm.submit(f"{FT}:tagged", ("a", 0.3))
     list(_until_started(first))
-    runner.submit(f"{FT}:tagged", ("b", 0.3))
-    last = runner.submit(f"{FT}:tagged", ("c", 0.0))
+    warm.submit(f"{FT}:tagged", ("b", 0.3))
+    last = warm.submit(f"{FT}:tagged", ("c", 0.0))
     seen = list(last.events(poll_s=0.01))
     assert [(e.position, e.ahead) for e in seen if isinstance(e, Queued)] == [(2, 2), (1, 1)]
     assert isinstance(seen[-1], Started) or any(isinstance(e, Started) for e in seen)
@@ -248,9 +280,9 @@ def test_positions_move_up_as_queue_drains(runner):
 
 
 # 10. Progress streams while the task runs; cancel and giving up do not leave the worker busy.
-def test_progress_events_stream_in_order(runner):
+def test_progress_events_stream_in_order(warm):
     events = []
-    assert runner.call(f"{FT}:progress_steps", 5, on_event=events.append) == 5
+    assert warm.call(f"{FT}:progress_steps", 5, on_event=events.append) == 5
     progress = [e for e in events if isinstance(e, Progress)]
     assert [p.detail for p in progress] == [f"{i}/5" for i in range(1, 6)]
     fractions = [p.fraction for p in progress]
@@ -258,16 +290,16 @@ def test_progress_events_stream_in_order(runner):
     assert isinstance(events[0], Queued) and any(isinstance(e, Started) for e in events)
 
 
-def test_cancel_cooperative_keeps_worker(runner):
-    pid = runner.call(f"{FT}:worker_pid")
-    job = runner.submit(f"{FT}:cancellable", (30,), duration=60)
+def test_cancel_cooperative_keeps_worker(warm):
+    pid = warm.call(f"{FT}:worker_pid")
+    job = warm.submit(f"{FT}:cancellable", (30,), duration=60)
     time.sleep(0.3)
     t0 = time.monotonic()
     job.cancel()
     with pytest.raises(TaskCancelledError):
         job.result(10)
     assert time.monotonic() - t0 < 1.0
-    assert runner.call(f"{FT}:worker_pid") == pid
+    assert warm.call(f"{FT}:worker_pid") == pid
 
 
 def test_cancel_stubborn_task_kills_after_grace(runner):
@@ -280,17 +312,17 @@ def test_cancel_stubborn_task_kills_after_grace(runner):
     assert runner.call(f"{FT}:worker_pid") != pid
 
 
-def test_cancel_while_queued(runner):
-    runner.call(f"{FT}:worker_pid")
-    runner.submit(f"{FT}:tagged", ("a", 0.5))
-    queued = runner.submit(f"{FT}:square", (2,))
+def test_cancel_while_queued(warm):
+    warm.call(f"{FT}:worker_pid")
+    warm.submit(f"{FT}:tagged", ("a", 0.5))
+    queued = warm.submit(f"{FT}:square", (2,))
     queued.cancel()
     with pytest.raises(TaskCancelledError, match="queued"):
         queued.result(1)
 
 
-def test_caller_giving_up_cancels_the_call(runner):
-    pid = runner.call(f"{FT}:worker_pid")
+def test_caller_giving_up_cancels_the_call(warm):
+    pid = warm.call(f"{FT}:worker_pid")
 
     class GaveUp(Exception):
         pass
@@ -300,11 +332,11 @@ def test_caller_giving_up_cancels_the_call(runner):
             raise GaveUp  # what Streamlit does to a script whose session went away
 
     with pytest.raises(GaveUp):
-        runner.call(f"{FT}:progress_steps", 1000, 0.05, on_event=on_event, duration=120)
+        warm.call(f"{FT}:progress_steps", 1000, 0.05, on_event=on_event, duration=120)
     t0 = time.monotonic()
-    assert runner.call(f"{FT}:square", 7) == 49  # the worker was freed, not busy for 50 s
+    assert warm.call(f"{FT}:square", 7) == 49  # the worker was freed, not busy for 50 s
     assert time.monotonic() - t0 < 2.0
-    assert runner.worker_pid == pid
+    assert warm.worker_pid == pid
 
 
 def test_abandoned_calls_are_cancelled():
@@ -428,3 +460,260 @@ def test_status_reports_state_and_errors(runner):
     assert runner.status().state == "stopped"
     assert runner.call(f"{FT}:square", 2) == 4
     assert runner.status().worker_starts == 2
+
+
+# 10 (continued). A cancel is seen at once, in both modes, and the call reads as cancelled.
+@pytest.mark.parametrize("isolation", ["isolated", "inprocess"])
+def test_cancelled_call_reads_as_cancelled(warm, isolation):
+    """The task stops at a checkpoint (CancelledInWorker); the caller gets TaskCancelledError, not a TaskError."""
+    r = warm if isolation == "isolated" else Runner(isolation="inprocess")
+    try:
+        job = r.submit(f"{FT}:progress_steps", (1000, 0.05), duration=120)
+        list(_until_started(job))
+        time.sleep(0.1)
+        job.cancel()
+        with pytest.raises(TaskCancelledError) as info:
+            job.result(10)
+        assert not isinstance(info.value, TaskError)
+        assert "cancelled" in str(info.value)
+        assert r.call(f"{FT}:square", 3) == 9  # the runner serves the next call
+    finally:
+        if r is not warm:
+            r.close()
+
+
+def test_checkpoint_exception_without_a_cancel_stays_a_task_error(warm):
+    with pytest.raises(TaskError) as info:
+        warm.call(f"{FT}:raise_cancelled_unasked")
+    assert info.value.type_name == "CancelledInWorker"
+    assert not isinstance(info.value, TaskCancelledError)
+
+
+def test_cancel_reaches_the_worker_without_waiting_for_a_tick(warm, monkeypatch):
+    """The dispatcher wakes when a caller cancels; it does not wait for its next deadline tick."""
+    warm.call(f"{FT}:worker_pid")
+    monkeypatch.setattr(gpu_module, "_TICK_S", 3.0)  # a tick longer than the bound below
+    job = warm.submit(f"{FT}:cancellable", (30,), duration=60)
+    list(_until_started(job))
+    time.sleep(0.2)  # the dispatcher now sits in a 3 s wait
+    t0 = time.monotonic()
+    job.cancel()
+    with pytest.raises(TaskCancelledError):
+        job.result(10)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_inprocess_cancel_reaches_a_task_that_only_checks():
+    """In-process, `Job.cancel` sets the call's event at once: `check_cancelled` alone sees it."""
+    r = Runner(isolation="inprocess")
+    try:
+        job = r.submit(f"{FT}:cancellable", (5,), duration=60)  # never reports progress
+        list(_until_started(job))
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        job.cancel()
+        with pytest.raises(TaskCancelledError):
+            job.result(3)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        r.close()
+
+
+def test_inprocess_cancel_stops_at_the_next_progress_report():
+    """No progress report goes through after the cancel (it used to take one report to notice)."""
+    r = Runner(isolation="inprocess")
+    try:
+        job = r.submit(f"{FT}:progress_steps", (1000, 0.2), duration=120)
+        for event in job.events(poll_s=0.01):
+            if isinstance(event, Progress):
+                break
+        job.cancel()
+        cancelled_at = job.elapsed_s  # any Progress stamped later was reported after the cancel
+        with pytest.raises(TaskCancelledError):
+            job.result(5)
+        late = [e for e in job.poll_events() if isinstance(e, Progress) and e.elapsed_s > cancelled_at]
+        assert late == []
+    finally:
+        r.close()
+
+
+def test_inprocess_abandoned_call_is_cancelled_at_a_progress_report():
+    """In-process, a silent watcher is noticed where the task reports progress."""
+    r = Runner(isolation="inprocess", abandon_after_s=0.3)
+    try:
+        job = r.submit(f"{FT}:progress_steps", (1000, 0.05), duration=120)
+        job.touch()  # watched once, then never again: a closed tab
+        t0 = time.monotonic()
+        with pytest.raises(TaskCancelledError):
+            job.result(5)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        r.close()
+
+
+def test_budget_enforced_while_the_task_floods_progress(runner):
+    """Progress faster than the dispatcher reads it must not starve the deadline check."""
+    runner.call(f"{FT}:worker_pid")
+    t0 = time.monotonic()
+    with pytest.raises(TaskTimeoutError):
+        runner.call(f"{FT}:progress_flood", 8, duration=1)
+    assert time.monotonic() - t0 < 4.0
+    assert runner.call(f"{FT}:square", 2) == 4
+
+
+def test_cancel_while_the_task_floods_progress(warm):
+    pid = warm.call(f"{FT}:worker_pid")
+    job = warm.submit(f"{FT}:progress_flood", (8,), duration=60)
+    list(_until_started(job))
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    job.cancel()
+    with pytest.raises(TaskCancelledError):
+        job.result(10)
+    assert time.monotonic() - t0 < 2.0
+    assert warm.call(f"{FT}:worker_pid") == pid
+
+
+# Job.add_done_callback: once per job, after it finished, whatever the outcome.
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str, bool]] = []
+        self.ran = threading.Event()
+
+    def __call__(self, job) -> None:
+        self.calls.append((job.call_id, threading.current_thread().name, job.done()))
+        self.ran.set()
+
+
+def test_done_callback_after_ok_and_error_runs_once_in_the_dispatcher(warm):
+    for task, args in ((f"{FT}:square", (3,)), (f"{FT}:fail", ("x",))):
+        rec = _Recorder()
+        job = warm.submit(task, args)
+        job.add_done_callback(rec)
+        assert rec.ran.wait(10)
+        assert rec.calls == [(job.call_id, f"{warm.name}-dispatcher", True)]
+        job.cancel()  # too late: nothing more happens
+        job._finish(error=RuntimeError("a second finish"))  # ignored: the first one wins
+        time.sleep(0.05)
+        assert len(rec.calls) == 1
+    assert warm.call(f"{FT}:square", 4) == 16
+
+
+def test_done_callback_on_cancel_while_queued(warm):
+    warm.call(f"{FT}:worker_pid")
+    blocker = warm.submit(f"{FT}:tagged", ("a", 0.5))
+    queued = warm.submit(f"{FT}:square", (2,))
+    rec = _Recorder()
+    queued.add_done_callback(rec)
+    queued.cancel()
+    # Run by the thread that cancelled, before cancel() returned.
+    assert rec.calls == [(queued.call_id, threading.current_thread().name, True)]
+    with pytest.raises(TaskCancelledError):
+        queued.result(0)
+    assert blocker.result(10)[0] == "a"
+    assert len(rec.calls) == 1
+
+
+def test_done_callback_on_a_finished_job_runs_at_once(warm):
+    job = warm.submit(f"{FT}:square", (5,))
+    assert job.result(10) == 25
+    rec = _Recorder()
+    job.add_done_callback(rec)
+    assert rec.calls == [(job.call_id, threading.current_thread().name, True)]
+
+
+def test_done_callback_errors_are_logged_and_never_break_the_dispatcher(warm, caplog):
+    def broken(job):
+        raise RuntimeError("callback bug")
+
+    rec = _Recorder()
+    with caplog.at_level(logging.ERROR, logger="da3_core.gpu"):
+        job = warm.submit(f"{FT}:square", (6,))
+        job.add_done_callback(broken)
+        job.add_done_callback(rec)  # later callbacks still run
+        assert job.result(10) == 36
+        assert rec.ran.wait(10)
+    assert any("callback" in r.getMessage() and r.exc_info and "callback bug" in str(r.exc_info[1]) for r in caplog.records)
+    assert warm.call(f"{FT}:square", 7) == 49
+
+
+def test_task_failures_are_logged_with_the_worker_traceback(warm, caplog):
+    with caplog.at_level(logging.ERROR, logger="da3_core.gpu"):
+        with pytest.raises(ValueError):
+            warm.call(f"{FT}:fail", "logged failure")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("logged failure" in m and "Worker traceback" in m and "in fail" in m for m in errors), errors
+
+
+# Task paths: one parser for the parent (pickling a @gpu function) and the worker.
+def test_task_paths_resolve_alike_in_parent_and_worker():
+    from da3_core.taskpath import resolve_task_path, split_task_path
+    from da3_core.worker.loop import resolve_task
+
+    assert split_task_path("tests.fake_tasks:square") == ("tests.fake_tasks", "square")
+    for bad in ("tests.fake_tasks", ":square", "tests.fake_tasks:"):
+        with pytest.raises(ValueError, match="package.module:function"):
+            split_task_path(bad)
+    assert resolve_task_path(fake_tasks.square.task) is fake_tasks.square
+    assert pickle.loads(pickle.dumps(fake_tasks.square)) is fake_tasks.square
+    assert resolve_task(fake_tasks.square.task) is fake_tasks.square.__gpu_wrapped__  # unwrapped in the worker
+    assert resolve_task(f"{FT}:Pair._make") == fake_tasks.Pair._make  # nested names
+
+
+# The result type is frozen, its dicts included, across the process boundary too.
+def _reconstruction(timings: dict, params: dict) -> Reconstruction:
+    return Reconstruction(
+        depth=np.ones((1, 2, 3), np.float32), conf=None, extrinsics=None, intrinsics=None,
+        images=np.zeros((1, 2, 3, 3), np.uint8), sky=None, is_metric=False, scale_factor=None,
+        gaussians=None, names=("a.png",), model=ModelSpec("demo", "da3-small"), preset="da3-small",
+        device="cpu", timings=timings, params=params,
+    )
+
+
+MUTATIONS = {
+    "setitem": lambda d: d.__setitem__("x", 1),
+    "delitem": lambda d: d.__delitem__(next(iter(d))),
+    "update": lambda d: d.update(x=1),
+    "ior": lambda d: d.__ior__({"x": 1}),
+    "pop": lambda d: d.pop(next(iter(d))),
+    "popitem": lambda d: d.popitem(),
+    "setdefault": lambda d: d.setdefault("x", 1),
+    "clear": lambda d: d.clear(),
+}
+
+
+def test_reconstruction_timings_and_params_are_read_only():
+    import dataclasses
+    import json
+
+    from da3_core.worker.tocpu import dumps_cpu_only, to_cpu
+
+    timings, params = {"total": 1.5}, {"process_res": 504, "reference_view": None}
+    rec = _reconstruction(timings, params)
+    for d in (rec.timings, rec.params):
+        assert isinstance(d, ReadOnlyDict) and isinstance(d, dict)
+        for name, mutate in MUTATIONS.items():
+            with pytest.raises(TypeError, match="read-only"):
+                mutate(d)
+    assert rec.timings == {"total": 1.5} and rec.params == params
+    timings["late"] = 2.0  # the dict given to the constructor is copied, not shared
+    assert "late" not in rec.timings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.timings = {}  # type: ignore[misc]
+    # Still reads like a dict everywhere the app uses it.
+    assert json.loads(json.dumps(rec.params)) == params and {**rec.params} == params and rec.timings.get("total") == 1.5
+    # Pickled (protocol 5, as across the pipe) and through the worker's conversion and guard.
+    for out in (pickle.loads(pickle.dumps(rec, protocol=5)), pickle.loads(dumps_cpu_only(to_cpu(rec)))):
+        assert type(out.timings) is ReadOnlyDict and type(out.params) is ReadOnlyDict
+        assert out.timings == rec.timings and out.params == rec.params
+        with pytest.raises(TypeError, match="read-only"):
+            out.params["process_res"] = 1
+
+
+def test_reconstruction_from_the_worker_is_read_only(warm):
+    rec = warm.call(f"{FT}:small_reconstruction")
+    assert isinstance(rec, Reconstruction) and type(rec.timings) is ReadOnlyDict and type(rec.params) is ReadOnlyDict
+    assert rec.timings == {"total": 0.5} and rec.params["nested"] == {"k": [1, 2]}
+    with pytest.raises(TypeError, match="read-only"):
+        rec.timings["total"] = 0.0
+    assert "torch" not in sys.modules
