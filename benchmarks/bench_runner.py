@@ -4,13 +4,24 @@ Run: ``.venv/bin/python -m benchmarks.bench_runner``. Workload: 4 frames of 640x
 process_res 504 on untrained DA3-SMALL weights (speed does not depend on the weights).
 Goals: runner_overhead_ratio <= 1.05, cpu_speedup_vs_stock >= 3.5. "Stock" is
 ``DepthAnything3.inference()`` as shipped, in a plain process; "ours" is our CPU path in
-the worker (float32, no autocast, malloc tuned); they alternate call by call, 4 rounds.
+the worker (the precision ``DA3_CPU_PRECISION=auto`` picks: bfloat16 autocast where the CPU
+has AVX512-BF16 or AMX-BF16, float32 otherwise; malloc tuned); they alternate call by call,
+4 rounds. ``cpu_precision_bf16`` is 1 when auto picked bfloat16, 0 for float32. Where the
+CPU has hardware bfloat16 the other precision is timed in the same alternation too
+(``our_cpu_inference_{fp32,bf16}_s``, ``cpu_speedup_vs_stock_{fp32,bf16}``); without it,
+bfloat16 is emulated and only timed with ``--both-precisions``.
+
+The speed comparison alone, smaller: ``.venv/bin/python -m benchmarks.bench_runner --speed-only
+--frames 2 --process-res 280 --rounds 3`` (prints JSON; writes nothing).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import statistics
+import sys
 import tempfile
 import textwrap
 import time
@@ -28,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def workload(n: int = 4, process_res: int = 504) -> ReconstructRequest:
+    """``n`` noisy 640x480 frames on untrained DA3-SMALL at ``process_res``."""
     rng = np.random.default_rng(0)
     frames = []
     for i in range(n):
@@ -37,20 +49,81 @@ def workload(n: int = 4, process_res: int = 504) -> ReconstructRequest:
     return ReconstructRequest(tuple(frames), tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", "da3-small"), process_res=process_res)
 
 
-def stock_vs_ours(runner: Runner, request: ReconstructRequest, demo_root: str, rounds: int) -> dict[str, list[float]]:
+def stock_vs_ours(runner: Runner, request: ReconstructRequest, demo_root: str, rounds: int, both_precisions: bool | None = None) -> dict[str, list[float]]:
     """Stock DA3 (in a second, plain worker: its own autocast, default threads and allocator)
-    against our path, alternating call by call so the machine's drift hits both alike."""
+    against our path, alternating call by call so the machine's drift hits both alike.
+
+    Args:
+        runner: Runs our path (its worker keeps our model).
+        request: The workload.
+        demo_root: Folder of the demo weights (built already).
+        rounds: Timed calls per side, after one warm-up call each.
+        both_precisions: Also time the precision auto did not pick. None: only where the CPU
+            has hardware bfloat16 (emulated bfloat16 is slow and says nothing).
+
+    Returns:
+        Seconds per call: ``stock``, ``ours`` (auto's precision), ``ours_fp32`` and
+        ``ours_bf16`` (whichever were timed), and ``precision`` (``["fp32"]`` or ``["bf16"]``;
+        a list so the dict stays uniform).
+    """
     stock_runner = Runner(name="da3-stock")
     folder = str(Path(demo_root) / request.model.ref)
-    out: dict[str, list[float]] = {"stock": [], "ours": []}
+    ours_task = "benchmarks.worker_tasks:time_ours_once"
+    out: dict[str, list] = {"stock": [], "ours": []}
     try:
         stock_runner.call("benchmarks.worker_tasks:time_stock_once", folder, request, duration=1800)  # load + warm
+        _, precision, reason = runner.call(ours_task, request, demo_root, "auto", duration=1800)  # warm
+        print(f"  our CPU precision: {precision} ({reason})", file=sys.stderr, flush=True)
+        out["precision"] = [precision]
+        other = "bf16" if precision == "fp32" else "fp32"
+        if both_precisions is None:
+            both_precisions = precision == "bf16"  # auto picked bf16: the CPU has it in hardware
+        if both_precisions:
+            runner.call(ours_task, request, demo_root, other, duration=1800)  # warm
         for _ in range(rounds):
             out["stock"].append(stock_runner.call("benchmarks.worker_tasks:time_stock_once", folder, request, duration=1800))
-            out["ours"].extend(runner.call("benchmarks.worker_tasks:time_inprocess", request, demo_root, 1, duration=1800))
+            out["ours"].append(runner.call(ours_task, request, demo_root, precision, duration=1800)[0])
+            if both_precisions:
+                out.setdefault(f"ours_{other}", []).append(runner.call(ours_task, request, demo_root, other, duration=1800)[0])
+        out[f"ours_{precision}"] = list(out["ours"])
     finally:
         stock_runner.close()
     return out
+
+
+def speed_figures(speed: dict[str, list]) -> dict[str, float]:
+    """The speed metrics of `stock_vs_ours`' timings (medians; ``_best``: fastest calls)."""
+    stock = statistics.median(speed["stock"])
+    out = {
+        "stock_inference_s": stock,
+        "our_cpu_inference_s": statistics.median(speed["ours"]),
+        "cpu_speedup_vs_stock": stock / statistics.median(speed["ours"]),
+        "cpu_speedup_vs_stock_best": min(speed["stock"]) / min(speed["ours"]),
+        "cpu_precision_bf16": 1.0 if speed["precision"] == ["bf16"] else 0.0,
+    }
+    for precision in ("fp32", "bf16"):
+        times = speed.get(f"ours_{precision}")
+        if times:
+            out[f"our_cpu_inference_{precision}_s"] = statistics.median(times)
+            out[f"cpu_speedup_vs_stock_{precision}"] = stock / statistics.median(times)
+    return out
+
+
+def run_speed_only(frames: int, process_res: int, rounds: int, both_precisions: bool | None) -> dict[str, float]:
+    """Only the stock-vs-ours comparison, on a smaller workload if asked."""
+    workspace = Path(tempfile.mkdtemp(prefix="da3-bench-"))
+    demo_root = str(workspace / "demo-weights")
+    request = workload(frames, process_res)
+    runner = Runner()
+    try:
+        tasks.build_demo_weights.call("da3-small", demo_root, runner=runner)
+        speed = stock_vs_ours(runner, request, demo_root, rounds=rounds, both_precisions=both_precisions)
+    finally:
+        runner.close()
+        shutil.rmtree(workspace, ignore_errors=True)  # the demo weights (137 MB); nothing else is kept
+    result = speed_figures(speed)
+    result.update({"frames": float(frames), "process_res": float(process_res), "rounds": float(rounds)})
+    return result
 
 
 def parent_rss_mb(demo_root: str) -> float:
@@ -104,14 +177,26 @@ def run(workspace: Path | None = None, repeats: int = 5) -> dict[str, float]:
         "warm_call_s": statistics.median(walls),
         "inprocess_call_s": statistics.median(inproc),
         "runner_overhead_ratio": statistics.median(walls) / statistics.median(inproc),
-        "stock_inference_s": statistics.median(speed["stock"]),
-        "our_cpu_inference_s": statistics.median(speed["ours"]),
-        "cpu_speedup_vs_stock": statistics.median(speed["stock"]) / statistics.median(speed["ours"]),
-        "cpu_speedup_vs_stock_best": min(speed["stock"]) / min(speed["ours"]),
+        **speed_figures(speed),
         "worker_rss_mb": worker_rss,
         "parent_rss_mb": parent_rss_mb(demo_root),
     }
 
 
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_runner", description=__doc__.splitlines()[0])
+    parser.add_argument("--speed-only", action="store_true", help="only stock vs ours (cpu_speedup_vs_stock)")
+    parser.add_argument("--frames", type=int, default=4, help="frames (--speed-only)")
+    parser.add_argument("--process-res", type=int, default=504, help="process_res (--speed-only)")
+    parser.add_argument("--rounds", type=int, default=4, help="timed calls per side (--speed-only)")
+    parser.add_argument("--both-precisions", action="store_true", default=None, help="also time the precision auto did not pick")
+    args = parser.parse_args(argv)
+    if args.speed_only:
+        print(json.dumps(run_speed_only(args.frames, args.process_res, args.rounds, args.both_precisions), indent=2))
+    else:
+        print(json.dumps(run(), indent=2))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
+    raise SystemExit(main(sys.argv[1:]))

@@ -7,16 +7,26 @@ import time
 from da3_core.contract import ReconstructRequest
 
 
-def time_inprocess(request: ReconstructRequest, demo_root: str, repeats: int = 1) -> list[float]:
+def time_inprocess(request: ReconstructRequest, demo_root: str, repeats: int = 1, cpu_precision: str = "auto") -> list[float]:
     """Wall seconds of our reconstruction called directly in this process (no runner)."""
     from da3_core.worker.reconstruct import reconstruct
 
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
-        reconstruct(request, demo_root)
+        reconstruct(request, demo_root, cpu_precision=cpu_precision)
         out.append(time.perf_counter() - t)
     return out
+
+
+def time_ours_once(request: ReconstructRequest, demo_root: str, cpu_precision: str = "auto") -> tuple[float, str, str]:
+    """One reconstruction in this process: (wall seconds, precision used, why it was chosen)."""
+    from da3_core.worker.reconstruct import reconstruct
+
+    t = time.perf_counter()
+    rec = reconstruct(request, demo_root, cpu_precision=cpu_precision)
+    took = time.perf_counter() - t
+    return took, str(rec.params.get("cpu_precision")), str(rec.params.get("cpu_precision_reason", ""))
 
 
 _STOCK: dict = {}

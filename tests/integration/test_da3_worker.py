@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from da3_core import tasks
-from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction, TaskError
+from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction, TaskCancelledError, TaskError
 from da3_core.gpu import Progress, Runner
 from tests.conftest import run_python
 
@@ -73,14 +75,125 @@ def test_model_loads_once_per_worker(da3_runner, workspace):
     assert state["device"] == "cpu"
 
 
-def test_reference_view_and_order_kept(da3_runner, workspace):
+def test_cancel_stops_the_forward_pass_and_keeps_the_worker(da3_runner, workspace):
+    """A cancel during inference stops DA3's forward pass at the next network block (a check
+    before every transformer block and head convolution): the caller gets TaskCancelledError
+    well within the runner's 2 s grace, the worker survives and keeps its model."""
     demo = str(workspace / "demo-weights")
-    base = tasks.reconstruct.call(request(3), demo, runner=da3_runner)
-    forced = tasks.reconstruct.call(request(3, reference_view=2), demo, runner=da3_runner)
+    tasks.reconstruct.call(request(2), demo, runner=da3_runner)  # the model is loaded
+    loads = tasks.worker_info.call(runner=da3_runner)["model_loads"]
+    pid = da3_runner.worker_pid
+    # 4 frames at 504: several seconds of forward pass on a CPU (about 4 s on 2 cores).
+    big = ReconstructRequest(frames(4, 480, 640), tuple(f"f{i}.png" for i in range(4)), ModelSpec("demo", "da3-small"), process_res=504)
+    job = tasks.reconstruct.submit(big, demo, runner=da3_runner)
+    deadline = time.monotonic() + 120
+    while not any(isinstance(e, Progress) and e.stage == "inference" for e in job.poll_events()):
+        assert not job.done(), "the run ended before its inference started"
+        assert time.monotonic() < deadline, "inference never started"
+        time.sleep(0.01)
+    time.sleep(0.3)  # inside the forward pass now
+    cancelled_at = time.monotonic()
+    job.cancel()
+    with pytest.raises(TaskCancelledError):
+        job.result(timeout=30)
+    took = time.monotonic() - cancelled_at
+    print(f"cancel to TaskCancelledError: {took:.3f} s")
+    assert took < 1.5, f"the cancel took {took:.2f} s"
+    assert da3_runner.worker_pid == pid, "the worker was killed instead of stopping"
+    # The next run on the same worker needs no reload and works (no hook or state left broken).
+    rec = tasks.reconstruct.call(request(2), demo, runner=da3_runner)
+    assert rec.depth.shape[0] == 2 and np.isfinite(rec.depth).all()
+    state = tasks.worker_info.call(runner=da3_runner)
+    assert state["model_loads"] == loads and state["pid"] == pid
+
+
+def cpu_bf16_flags_here() -> list[str]:
+    """The hardware bfloat16 flags in this machine's /proc/cpuinfo (the worker's rule, re-read here)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(f for f in value.split() if f in ("avx512_bf16", "amx_bf16"))
+    return sorted(flags)
+
+
+def test_cpu_precision_auto_follows_the_cpu_flags_and_bf16_can_be_forced(da3_runner, workspace):
+    demo = str(workspace / "demo-weights")
+    expected = "bf16" if cpu_bf16_flags_here() else "fp32"  # fp32 on an Intel Xeon without AVX512-BF16
+    auto = tasks.reconstruct.call(request(2), demo, runner=da3_runner)
+    assert auto.params["cpu_precision"] == expected and "auto" in auto.params["cpu_precision_reason"]
+    assert tasks.worker_info.call(runner=da3_runner)["cpu_precision_auto"] == expected
+    fp32 = tasks.reconstruct.call(request(2), demo, 0, "fp32", runner=da3_runner)
+    bf16 = tasks.reconstruct.call(request(2), demo, 0, "bf16", runner=da3_runner)
+    assert fp32.params["cpu_precision"] == "fp32" and bf16.params["cpu_precision"] == "bf16"
+    assert bf16.params["cpu_precision_reason"] == "asked for"
+    # Forced bf16 works without hardware support (emulated: right, maybe slower). Two views,
+    # so no reference-view choice can flip; bound as in test_parity (bf16 vs float32).
+    assert bf16.depth.dtype == np.float32 and np.isfinite(bf16.depth).all()
+    assert np.abs(bf16.depth - fp32.depth).max() <= 3e-3 * np.abs(fp32.depth).max()
+    with pytest.raises(ValueError, match="cpu_precision"):
+        tasks.reconstruct.call(request(2), demo, 0, "fp16", runner=da3_runner)
+
+
+XEON = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+EPYC = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+SPR = "processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile avx512_bf16\n"
+
+
+@pytest.mark.parametrize(
+    "requested,env,cpuinfo,flags,precision",
+    [
+        ("fp32", None, EPYC, ["avx512_bf16"], "fp32"),
+        ("bf16", None, XEON, [], "bf16"),
+        ("auto", "fp32", SPR, ["amx_bf16", "avx512_bf16"], "fp32"),
+        ("auto", "bf16", XEON, [], "bf16"),
+        ("BF16", "", XEON, [], "bf16"),
+    ],
+    ids=["fp32-asked-on-epyc", "bf16-asked-on-xeon", "auto-env-fp32-on-spr", "auto-env-bf16-on-xeon", "upper-case-empty-env"],
+)
+def test_cpu_precision_choice_in_the_worker(da3_runner, requested, env, cpuinfo, flags, precision):
+    got = da3_runner.call("tests.parity_tasks:precision_choice", requested, env, cpuinfo)
+    assert got["flags"] == flags and got["precision"] == precision
+
+
+def test_cpu_precision_rejects_unknown_values(da3_runner):
+    assert "not allowed" in da3_runner.call("tests.parity_tasks:precision_choice", "fp16", None, XEON)["error"]
+    assert "DA3_CPU_PRECISION" in da3_runner.call("tests.parity_tasks:precision_choice", "auto", "half", XEON)["error"]
+
+
+def test_reference_view_and_order_kept(da3_runner, workspace):
+    """Forcing view 2 must make view 2 DA3's reference, and the result must still come back in
+    input order. DA3 gives its reference view a camera token of its own (random in untrained
+    weights, so the choice shows in every output) and puts it first in the views, others in
+    order. So "force view 2 on frames 0, 1, 2" must equal "frames 2, 0, 1 with the first view
+    as reference", put back in input order; and it must differ from view 0 as reference,
+    which is what ignoring ``reference_view`` would give."""
+    demo = str(workspace / "demo-weights")
+    imgs, names = frames(3), ("f0.png", "f1.png", "f2.png")
+    first = tasks.reconstruct.call(request(3, ref_view_strategy="first"), demo, runner=da3_runner)
+    forced = tasks.reconstruct.call(request(3, ref_view_strategy="first", reference_view=2), demo, runner=da3_runner)
+    perm = [2, 0, 1]
+    permuted = tasks.reconstruct.call(
+        ReconstructRequest(tuple(imgs[i] for i in perm), tuple(names[i] for i in perm), ModelSpec("demo", "da3-small"), process_res=140, ref_view_strategy="first"),
+        demo,
+        runner=da3_runner,
+    )
+    back = np.argsort(perm)  # permuted-run index of each input frame
     assert forced.params["reference_view"] == 2
-    # The frames come back in input order whatever view led.
-    np.testing.assert_array_equal(forced.images, base.images)
-    assert forced.names == base.names
+    # Input order kept whatever view led.
+    np.testing.assert_array_equal(forced.images, first.images)
+    assert forced.names == first.names == names
+    np.testing.assert_array_equal(permuted.images[back], forced.images)
+    # View 2 led: the same computation as DA3 given frame 2 first.
+    for field in ("depth", "conf", "extrinsics", "intrinsics"):
+        np.testing.assert_allclose(getattr(forced, field), getattr(permuted, field)[back], rtol=1e-5, atol=1e-6, err_msg=field)
+    # ... which is not what view 0 as reference gives (the result if reference_view were ignored).
+    assert np.abs(forced.depth - first.depth).max() > 1e-5 * np.abs(first.depth).max()
+    assert np.abs(forced.extrinsics - first.extrinsics).max() > 1e-5
 
 
 def test_local_folder_loads_through_from_pretrained(da3_runner, workspace):
