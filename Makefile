@@ -5,7 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test test-fast bench demo-weights clean
+# `make test` measures da3_core's line coverage (every process the tests start included: see
+# .coveragerc) and prints the modules not at 100 %. ARGS passes extra pytest arguments.
+COV := --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered
+ARGS ?=
+
+.PHONY: run test test-fast coverage bench demo-weights clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +22,16 @@ run: $(STAMP)
 	$(VENV)/bin/streamlit run streamlit_app.py --server.port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(COV) --durations=15 $(ARGS)
 
 # Everything but the real-model and browser tests (seconds, for quick iterations).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not e2e"
+	$(PY) -m pytest -m "not slow and not e2e" $(ARGS)
+
+# An HTML report (test-artifacts/coverage/html/index.html) of the last `make test`'s data.
+coverage: $(STAMP)
+	$(PY) -m coverage html --rcfile=.coveragerc -d test-artifacts/coverage/html
+	@echo "open test-artifacts/coverage/html/index.html"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -7,7 +7,7 @@ import streamlit as st
 from da3_core import presets, session, ui
 
 
-ctx = ui.page_setup("Home", "🛰️")
+ctx = ui.page_setup("Home", "🛰️", status_in_main=True)
 st.title("Depth Anything 3 dashboard")
 st.markdown(
     "Upload photos or a video, run **Depth Anything 3** in an isolated worker process, and explore "

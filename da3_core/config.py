@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
+from da3_core.presets import DEVICES
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value that cannot be used."""
@@ -129,7 +131,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_side": (64, 16384),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cuda", "mps", "cpu"),
+    "device": DEVICES,
     "isolation": ("isolated", "inprocess"),
     "cpu_precision": ("auto", "fp32", "bf16"),
 }

@@ -206,9 +206,8 @@ class RunService:
         with self._lock:  # reconcile() must not see the folder before the run is registered
             run_dir, meta = runs.start_run(session_dir, images, names, source, model, params)
             try:
-                job = self.task.submit(
-                    request, str(self.settings.demo_weights_dir), self.settings.cpu_threads, runner=self.runner
-                )
+                job = self.task.submit(request, str(self.settings.demo_weights_dir), self.settings.cpu_threads,
+                                       self.settings.cpu_precision, runner=self.runner)
             except GPUError as exc:
                 log.exception("run %s could not be queued", meta.run_id)
                 runs.fail_run(run_dir, meta, f"{type(exc).__name__}: {exc}")

@@ -68,18 +68,27 @@ class PageContext:
         return self.holder.device_info() or {}
 
 
-def page_setup(title: str, icon: str = "🛰️") -> PageContext:
-    """Page config, settings (stops on a bad variable), the runner, the session, the sidebar."""
+def page_setup(title: str, icon: str = "🛰️", status_in_main: bool = False) -> PageContext:
+    """Page config, settings (stops on a bad variable), the runner, the session, the sidebar.
+
+    Args:
+        title: Page title.
+        icon: Page icon.
+        status_in_main: The page draws the live run status in its main area
+            (`pending_status`); the sidebar then leaves it out, so one fragment per page
+            polls the run (two polling fragments raced: one's app rerun was lost).
+    """
     st.set_page_config(page_title=f"{title} · DA3 dashboard", page_icon=icon, layout="wide")
     settings = settings_or_stop()
     holder = get_holder()
     assert holder.runs is not None
     ctx = PageContext(settings, holder, holder.runner, session.session_dir(settings), holder.runs)
     # First: re-attach to a run started before a reload, and take in a run that ended.
+    st.session_state.pop(_RERUN_ASKED, None)  # this is the full run a status fragment asked for
     session.collect(ctx.service, settings)
     if holder.janitor is not None:
         holder.janitor.maybe_clean(keep=(ctx.session_dir,))
-    sidebar(ctx)
+    sidebar(ctx, status=not status_in_main)
     return ctx
 
 
@@ -88,17 +97,22 @@ def page_setup(title: str, icon: str = "🛰️") -> PageContext:
 # --------------------------------------------------------------------------------------
 
 
-def sidebar(ctx: PageContext) -> None:
+def sidebar(ctx: PageContext, status: bool = True) -> None:
     with st.sidebar:
         for key in NAV:
             link(key)
         st.divider()
         st.caption(runner_caption(ctx))
-        pending_status(ctx, compact=True)
+        if status:
+            pending_status(ctx, compact=True)
         metas = [m for m in session.list_runs(ctx.settings) if m.status == "done"]
         if metas:
             ids = [m.run_id for m in metas]
             labels = {m.run_id: m.label() for m in metas}
+            seen = [label for label in labels.values()]
+            for run_id, label in labels.items():
+                if seen.count(label) > 1:  # two runs in the same second with the same shape: tell them apart
+                    labels[run_id] = f"{label} · {run_id[-6:]}"
             active = st.session_state.get(session.ACTIVE)
             if active not in ids:
                 active = ids[0]
@@ -141,12 +155,18 @@ def pending_status(ctx: PageContext, compact: bool = False) -> None:
         st.fragment(run_every=every)(_pending_status_body)(ctx, compact)
 
 
+_RERUN_ASKED = "status_rerun_asked"
+
+
 def _pending_status_body(ctx: PageContext, compact: bool) -> None:
     box = st.container()
+    if st.session_state.get(_RERUN_ASKED):
+        st.rerun(scope="app")  # asked before and no full run came yet: ask again (page_setup clears it)
     if session.watching(ctx.service) is None:
         return
     active = session.collect(ctx.service, ctx.settings)
     if active is None:  # it ended since the last look: redraw the whole page with the outcome
+        st.session_state[_RERUN_ASKED] = True
         st.rerun(scope="app")
     label = active.status_line()
     if compact:

@@ -10,7 +10,7 @@ from da3_core import inputs, runs, session, ui
 from da3_core.contract import GPUError
 from da3_core.text import md
 
-ctx = ui.page_setup("Reconstruct", "▶️")
+ctx = ui.page_setup("Reconstruct", "▶️", status_in_main=True)
 settings = ctx.settings
 EXAMPLES_ROOT = Path(inputs.__file__).resolve().parents[1] / "examples"
 

@@ -17,6 +17,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DA3_ISOLATION", "isolated")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The AppTests run first: they prove torch never enters the Streamlit process, which this
+    pytest process stands in for, so no earlier test may have imported torch here."""
+    app_dir = ROOT / "tests" / "app"
+    first = [item for item in items if app_dir in Path(str(item.path)).parents]
+    if first:
+        chosen = {id(item) for item in first}
+        items[:] = first + [item for item in items if id(item) not in chosen]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run that ran no test fails (exit 1, not pytest's 5): a typo in a path, a marker or
+    ``-k`` must never look like a pass to `make test` or CI."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("ERROR: no test ran; this counts as a failure (exit 1)", red=True, bold=True)
+
+
 @pytest.fixture
 def runner():
     """A fresh isolated runner per test, closed afterwards (no worker left behind)."""

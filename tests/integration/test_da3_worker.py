@@ -3,9 +3,7 @@ the real ``from_pretrained`` path, tiny inputs (2-3 frames at process_res 112-14
 
 from __future__ import annotations
 
-import json
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import pytest
 from da3_core import tasks
 from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction, TaskCancelledError, TaskError
 from da3_core.gpu import Progress, Runner
-from tests.conftest import run_python
 
 pytestmark = pytest.mark.slow
 
@@ -229,24 +226,3 @@ def test_mono_presets_without_poses_or_conf(da3_runner, workspace, preset, metri
     assert rec.conf is None
     assert rec.sky is not None and rec.sky.dtype == np.bool_
     assert rec.depth.shape[0] == 2
-
-
-def test_parent_stays_torch_free_through_a_full_run(workspace):
-    code = textwrap.dedent(
-        """
-        import json, sys, numpy as np
-        from da3_core import tasks
-        from da3_core.contract import ModelSpec, ReconstructRequest
-        from da3_core.gpu import Runner
-        r = Runner()
-        imgs = tuple(np.full((60, 80, 3), 40 * i, np.uint8) for i in range(2))
-        rec = tasks.reconstruct.call(ReconstructRequest(imgs, ("a", "b"), ModelSpec("demo", "da3-small"), process_res=112),
-                                     sys.argv[1] if len(sys.argv) > 1 else %r, runner=r)
-        r.close()
-        print(json.dumps({"heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "depth_anything_3")),
-                          "depth": list(rec.depth.shape)}))
-        """
-        % str(workspace / "demo-weights")
-    )
-    report = json.loads(run_python(code).strip().splitlines()[-1])
-    assert report["heavy"] == [] and report["depth"][0] == 2

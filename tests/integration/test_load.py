@@ -90,6 +90,6 @@ def test_eight_sessions_three_jobs_each(holder, workspace):
 
 
 def test_memory_growth_over_100_calls(holder, workspace):
-    growth = rss_growth_pct(calls=100, warmup=10, workspace=workspace, runner=holder.runner)
+    growth = rss_growth_pct(calls=100, warmup=10, workspace=workspace, runner=holder.runner, process_res=56)
     assert growth["parent_rss_growth_pct"] < 10.0, growth
     assert growth["worker_rss_growth_pct"] < 10.0, growth

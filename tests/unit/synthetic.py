@@ -173,3 +173,40 @@ def mono_box_scene(fov_deg: float = 60.0, *, is_metric: bool = False) -> Reconst
     k = pinhole(fx=f, fy=f, cx=W / 2, cy=H / 2)
     depth = box_depth(k, extrinsic_from_pose(np.eye(3), [0, 0, 0]))[None]
     return make_rec(depth, is_metric=is_metric, preset="da3mono-large")
+
+
+def write_finished_run(session_dir, rec: Reconstruction, *, source: str = "upload", params: dict | None = None,
+                       timings: dict | None = None):
+    """Save ``rec`` as a finished run of ``session_dir`` through `da3_core.runs` (as the app
+    does after a real run): returns ``(run_dir, meta)``."""
+    import dataclasses
+
+    from da3_core import runs
+
+    if timings is not None:
+        rec = dataclasses.replace(rec, timings=dict(timings))
+    run_params = {"process_res": 504, "process_res_method": "upper_bound_resize", **(params or {})}
+    run_dir, meta = runs.start_run(session_dir, list(rec.images), list(rec.names), source, rec.model, run_params)
+    return run_dir, runs.finish_run(run_dir, meta, rec)
+
+
+def with_gaussians(rec: Reconstruction) -> Reconstruction:
+    """``rec`` with one small Gaussian per pixel on its world points (as DA3's GS head gives
+    them: views x pixels, world space, SH degree 0)."""
+    import dataclasses
+
+    from da3_core.contract import Gaussians
+
+    n, h, w = rec.depth.shape
+    means = np.concatenate([box_world_points(rec.intrinsics[i].astype(np.float64), rec.extrinsics[i].astype(np.float64),
+                                             rec.depth[i].astype(np.float64)).reshape(-1, 3) for i in range(n)]).astype(np.float32)
+    g = len(means)
+    colours = rec.images.reshape(-1, 3).astype(np.float32) / 255.0
+    gaussians = Gaussians(
+        means=means,
+        scales=np.full((g, 3), 0.01, np.float32),
+        rotations=np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (g, 1)),
+        harmonics=((colours - 0.5) / 0.28209479)[..., None].astype(np.float32),
+        opacities=np.full((g,), 0.8, np.float32),
+    )
+    return dataclasses.replace(rec, gaussians=gaussians)

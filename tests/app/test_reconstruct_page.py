@@ -1,0 +1,93 @@
+"""What a new user hit on the Reconstruct page and around it (issue "Trust the numbers and
+the runs", items C, E, G, H), in-process on the real app; no model runs here."""
+
+from __future__ import annotations
+
+import json
+
+from tests.app.kit import PAGES, check, texts
+from tests.conftest import png_bytes
+from tests.unit import synthetic
+
+
+def test_a_page_visit_writes_nothing_to_disk(new_app, app_env):
+    """Crawlers and bad links leave no session folders: the first run creates one."""
+    sessions = app_env.workspace / "sessions"
+    before = set(sessions.iterdir()) if sessions.is_dir() else set()
+    at = new_app()
+    at.run()
+    check(at, "home")
+    for page in PAGES:
+        at.switch_page(page).run()
+        check(at, page)
+    sid = at.query_params["s"][0] if isinstance(at.query_params["s"], list) else at.query_params["s"]
+    assert len(sid) == 32
+    after = set(sessions.iterdir()) if sessions.is_dir() else set()
+    assert after == before, sorted(p.name for p in after - before)
+
+
+def test_markdown_in_file_names_is_shown_as_text(new_app):
+    at = new_app()
+    at.switch_page(PAGES[0]).run()
+    hostile = "[docs](https:evil.example) **x** :red[alarm].png"
+    at.file_uploader(key="rc_files").set_value([(hostile, b"not an image", "image/png"), ("ok.png", png_bytes(1), "image/png")]).run()
+    check(at, "uploaded")
+    raw = [w.value for w in at.warning]
+    assert len(raw) == 1
+    # The Markdown source escapes every construct; the user reads the name as typed.
+    assert "\\[docs\\]\\(https\\:evil\\.example\\)" in raw[0] and "\\*\\*x\\*\\*" in raw[0] and "\\:red\\[alarm\\]" in raw[0]
+    assert texts(at.warning)[0].startswith(hostile + ": ")
+
+
+def test_an_unreadable_video_alone_offers_nothing_to_run(new_app):
+    at = new_app()
+    at.switch_page(PAGES[0]).run()
+    broken = b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100
+    at.file_uploader(key="rc_files").set_value([("broken.mp4", broken, "video/mp4")]).run()
+    check(at, "broken video")
+    assert [w for w in texts(at.warning) if "broken.mp4" in w], texts(at.warning)
+    assert len(at.warning) == 1  # said once
+    assert "rc_fps" not in {s.key for s in at.slider} and "rc_cap" not in {n.key for n in at.number_input}
+    assert at.button(key="rc_run").disabled
+
+
+def test_process_res_is_snapped_and_the_value_used_is_shown(new_app):
+    at = new_app()
+    at.switch_page(PAGES[0]).run()
+    at.number_input(key="rc_res").set_value(113).run()
+    check(at, "113")
+    assert "DA3 runs at **112** (a multiple of 14)." in texts(at.caption)
+    at.number_input(key="rc_res").set_value(20).run()  # accepted (no red field), and said plainly
+    check(at, "20")
+    assert at.number_input(key="rc_res").value == 20
+    assert "DA3 runs at **14** (a multiple of 14)." in texts(at.caption)
+    at.number_input(key="rc_res").set_value(504).run()
+    assert not [c for c in texts(at.caption) if c.startswith("DA3 runs at")]
+
+
+def test_exports_never_show_the_server_path(new_app, app_env):
+    sid, folder = app_env.new_session()
+    run_dir, meta = synthetic.write_finished_run(folder, synthetic.box_scene(2))
+    at = new_app(sid)
+    at.switch_page(PAGES[3]).run()
+    check(at, "exports")
+    shown = " ".join(texts(at.caption) + texts(at.markdown))
+    assert str(app_env.workspace) not in shown and str(run_dir) not in shown
+    assert meta.run_id in shown
+
+
+def test_the_model_choice_survives_a_reload(new_app, app_env):
+    """Saved with the session's runs (prefs.json): a reload on the same address keeps it."""
+    sid, folder = app_env.new_session()
+    (folder / "prefs.json").write_text(json.dumps({"model": {"model_kind": "Untrained demo weights", "model_demo": "da3-base"}}))
+    at = new_app(sid)
+    at.switch_page(PAGES[0]).run()
+    check(at, "reconstruct")
+    assert at.radio(key="model_kind").value == "Untrained demo weights"
+    assert at.selectbox(key="model_demo").value == "da3-base"
+    # A value the widgets do not offer is ignored (the file is data).
+    (folder / "prefs.json").write_text(json.dumps({"model": {"model_kind": "rm -rf /", "model_demo": "nope"}}))
+    fresh = new_app(sid)
+    fresh.switch_page(PAGES[0]).run()
+    check(fresh, "reconstruct, bad prefs")
+    assert fresh.radio(key="model_kind").value != "rm -rf /"
