@@ -46,8 +46,11 @@ def fault_recovery_s(repeats: int = 5) -> float:
                     task = "die_by_segfault" if how == "segfault" else "die_by_exit"
                     job = runner.submit(f"{FT}:{task}")
                     proc = psutil.Process(pid)
-                    while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                        time.sleep(0.001)
+                    try:
+                        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                            time.sleep(0.001)
+                    except psutil.NoSuchProcess:
+                        pass  # already reaped by the runner: it died just now
                     died = time.monotonic()
                 try:
                     job.result(30)
