@@ -7,8 +7,8 @@ import streamlit as st
 from da3_core import figures, geometry, ui
 
 ctx = ui.page_setup("Depth maps", "🗺️")
-run_dir, meta, rec = ui.require_active_run(ctx)
 st.title("Depth maps")
+run_dir, meta, rec = ui.require_active_run(ctx)
 
 n = rec.n_views
 ss = st.session_state
@@ -22,7 +22,7 @@ def step(delta: int) -> None:
     ss["dm_view_w"] = (int(ss["dm_view_w"]) + delta) % n
 
 
-c_prev, c_view, c_next, c_map, c_rev = st.columns([1, 4, 1, 2, 2], vertical_alignment="center")
+c_prev, c_view, c_next, c_map, c_rev = st.columns([1, 3.5, 1, 2, 2.5], vertical_alignment="center")
 c_prev.button("◀ Prev", key="dm_prev", on_click=step, args=(-1,), disabled=n < 2, width="stretch")
 view = c_view.selectbox("View", list(range(n)), key="dm_view_w", format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
                         label_visibility="collapsed")
@@ -31,7 +31,7 @@ c_next.button("Next ▶", key="dm_next", on_click=step, args=(1,), disabled=n < 
 cmap = c_map.selectbox("Colour map", figures.COLORMAPS, index=figures.COLORMAPS.index(ui.kept("dm_cmap", "Turbo")), key="dm_cmap_w",
                        label_visibility="collapsed")
 ui.keep("dm_cmap", cmap)
-reverse = c_rev.toggle("Reverse colours", ui.kept("dm_rev", False), key="dm_rev_w", help="Flip the colour map (near and far swap colours).")
+reverse = c_rev.toggle("Reverse colours", ui.kept("dm_rev", False), key="dm_rev_w")
 ui.keep("dm_rev", reverse)
 
 depth = rec.depth[view]

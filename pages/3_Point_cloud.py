@@ -9,8 +9,8 @@ import streamlit as st
 from da3_core import export, figures, geometry, session, ui, viewer
 
 ctx = ui.page_setup("Point cloud", "☁️")
-run_dir, meta, rec = ui.require_active_run(ctx)
 st.title("Point cloud")
+run_dir, meta, rec = ui.require_active_run(ctx)
 
 cs = ui.cloud_settings(rec, widgets=True)
 t0 = time.perf_counter()

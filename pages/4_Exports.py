@@ -12,8 +12,8 @@ from da3_core import export, geometry, runs, session, tasks, ui
 from da3_core.contract import GPUError
 
 ctx = ui.page_setup("Exports", "📦")
-run_dir, meta, rec = ui.require_active_run(ctx)
 st.title("Exports")
+run_dir, meta, rec = ui.require_active_run(ctx)
 out_dir = runs.exports_dir(run_dir)
 cs = ui.cloud_settings(rec, widgets=False)
 st.caption(f"Point formats use the Point cloud page's filters: {cs.filters.conf_percentile:g}% confidence percentile, "
