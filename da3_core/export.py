@@ -14,7 +14,6 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ GLB_FROM_WORLD = np.diag([1.0, -1.0, -1.0, 1.0])
 (x right, y up, z backward), a 180 degree turn about x. Undo with the same matrix."""
 
 EXPORT_FORMATS: tuple[str, ...] = ("glb", "ply", "npz", "depth_png")
-"""Formats `write_exports` knows, in display order."""
+"""Formats `export_bytes` makes, in display order (the Exports page lists them so)."""
 
 FILENAMES: dict[str, str] = {
     "glb": "scene.glb",
@@ -337,41 +336,3 @@ def export_bytes(
     if fmt == "depth_png":
         return depth_png_zip_bytes(rec, colorized=colorized_depth)
     raise ValueError(f"unknown export format {fmt!r}: choose from {EXPORT_FORMATS}")
-
-
-def write_exports(
-    run_dir: str | os.PathLike[str],
-    rec: Reconstruction,
-    formats: Iterable[str] = EXPORT_FORMATS,
-    cloud: PointCloud | None = None,
-    cameras: Cameras | None = None,
-    *,
-    show_cameras: bool = True,
-    colorized_depth: bool = False,
-) -> dict[str, Path]:
-    """Write the chosen formats into ``run_dir`` under `FILENAMES`.
-
-    Args:
-        run_dir: The run's folder (created if missing).
-        rec: The reconstruction.
-        formats: Any of `EXPORT_FORMATS`.
-        cloud: Filtered, capped points, for ``glb`` and ``ply``.
-        cameras: Cameras for the GLB wireframes.
-        show_cameras: Draw the wireframes in the GLB.
-        colorized_depth: Add colourised JPGs to the depth zip.
-
-    Returns:
-        Format -> written path, in the order asked.
-    """
-    chosen: Sequence[str] = list(dict.fromkeys(formats))
-    unknown = [f for f in chosen if f not in EXPORT_FORMATS]
-    if unknown:
-        raise ValueError(f"unknown export formats {unknown}: choose from {EXPORT_FORMATS}")
-    return {
-        fmt: write_bytes(
-            run_dir,
-            FILENAMES[fmt],
-            export_bytes(fmt, rec, cloud, cameras, show_cameras=show_cameras, colorized_depth=colorized_depth),
-        )
-        for fmt in chosen
-    }

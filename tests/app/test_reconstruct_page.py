@@ -91,3 +91,29 @@ def test_the_model_choice_survives_a_reload(new_app, app_env):
     fresh.switch_page(PAGES[0]).run()
     check(fresh, "reconstruct, bad prefs")
     assert fresh.radio(key="model_kind").value != "rm -rf /"
+
+
+def test_cancel_reads_as_cancelled_and_keeps_the_frames(new_app, app_env):
+    """Cancel shows "Cancelled" (not a red failure), the run folder says so and keeps its frames."""
+    import time
+
+    from da3_core import runs
+
+    sid, folder = app_env.new_session()
+    at = new_app(sid, timeout=120)
+    at.switch_page(PAGES[0]).run()
+    at.radio(key="rc_source").set_value("Example scene").run()
+    at.radio(key="model_kind").set_value("Untrained demo weights").run()
+    at.button(key="rc_run").click().run()
+    check(at, "run clicked")
+    at.button(key="rc_cancel").click().run()
+    deadline = time.monotonic() + 60
+    while not [i for i in texts(at.info) if i.startswith("Cancelled:")]:
+        assert time.monotonic() < deadline, (texts(at.info), texts(at.error))
+        time.sleep(0.3)
+        at.run()
+        check(at, "after cancel")
+    assert not at.error, texts(at.error)
+    metas = runs.list_session_runs(folder)
+    assert len(metas) == 1 and metas[0].status == "cancelled" and metas[0].error == "cancelled by the user"
+    assert len(runs.input_paths(folder / metas[0].run_id, metas[0])) == 4

@@ -144,18 +144,18 @@ def test_encode_depth_u16_bounds():
     assert (codes == 0).all() and meta["min"] is None
 
 
-def test_write_exports_writes_each_format(tmp_path, scene):
+def test_each_format_is_made_and_written_as_the_exports_page_does(tmp_path, scene):
     rec, cams, cloud = scene
-    paths = e.write_exports(tmp_path / "run", rec, ["npz", "glb", "ply", "depth_png"], cloud, cams)
-    assert list(paths) == ["npz", "glb", "ply", "depth_png"]
+    paths = {fmt: e.write_bytes(tmp_path / "run", e.FILENAMES[fmt], e.export_bytes(fmt, rec, cloud, cams))
+             for fmt in e.EXPORT_FORMATS}
     for fmt, path in paths.items():
         assert path.name == e.FILENAMES[fmt] and path.parent == tmp_path / "run" and path.stat().st_size > 0
     assert paths["glb"].read_bytes() == e.glb_bytes(cloud, cams, rec.hw)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files left
-    with pytest.raises(ValueError, match="unknown export formats"):
-        e.write_exports(tmp_path, rec, ["colmap"])
+    with pytest.raises(ValueError, match="unknown export format"):
+        e.export_bytes("colmap", rec)
     with pytest.raises(ValueError, match="needs the filtered point cloud"):
-        e.write_exports(tmp_path, rec, ["glb"])
+        e.export_bytes("glb", rec)
     with pytest.raises(ValueError, match="bare file name"):
         e.write_bytes(tmp_path, "../x.bin", b"")
 
