@@ -146,6 +146,9 @@ def test_exports_made_by_da3_in_the_worker(new_app, app_env):
     colmap = sorted(p.name for p in (run_dir / "exports" / "colmap").iterdir())
     assert {"cameras.bin", "images.bin", "points3D.bin"} <= set(colmap), colmap
     assert "ex_file_exports/colmap/cameras.bin" in keys(at.get("download_button"))  # the page lists the new files
+    # It says what it wrote, and offers the model as one zip.
+    assert [s for s in texts(at.success) if s.startswith("COLMAP model written: ") and "cameras.bin" in s], texts(at.success)
+    assert "ex_colmap_zip" in keys(at.get("download_button"))
     at.button(key="ex_gs").click().run()
     check(at, "3dgs")
     assert texts(at.error) == []
