@@ -4,7 +4,7 @@ One `RunService` per server (held by `da3_core.holder`), shared by every browser
 
 * `RunService.submit` validates the request, saves the frames and ``run.json`` (status
   ``pending``), and queues the reconstruction on the runner;
-* a watcher thread per run waits for the job and saves its outcome to the run folder
+* when the job ends, a thread saves its outcome to the run folder
   (``done`` with ``result.npz``; ``failed`` or ``cancelled`` with the reason), whether or
   not a page is looking. If saving the result fails, the run is marked failed with that
   reason; it never stays ``pending``;
@@ -218,7 +218,11 @@ class RunService:
             active = ActiveRun(run_dir, meta, job, images=tuple(images))
             self._runs[str(run_dir)] = active
         log.info("run %s queued: %d frame(s), %s, %s", meta.run_id, len(names), model.describe(), params)
-        threading.Thread(target=self._watch, args=(active,), name=f"da3-run-{meta.run_id}", daemon=True).start()
+        # Saving may take a second (compressing the arrays): it runs in a thread of its own,
+        # started when the job ends, never in the runner's dispatcher.
+        job.add_done_callback(
+            lambda _job: threading.Thread(target=self._watch, args=(active,), name=f"da3-run-{meta.run_id}", daemon=True).start()
+        )
         return active
 
     # -- look-ups ----------------------------------------------------------------------
@@ -261,7 +265,7 @@ class RunService:
 
     # -- the watcher ---------------------------------------------------------------------
     def _watch(self, active: ActiveRun) -> None:
-        """Wait for the job, then save its outcome to the run folder (never leaves it pending)."""
+        """Save the ended job's outcome to the run folder (never leaves it pending)."""
         job = active.job
         try:
             rec = job.result()

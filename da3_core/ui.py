@@ -10,6 +10,7 @@ stops, and the runner cancels the run after ``DA3_ABANDON_AFTER_S``.
 
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,11 +109,9 @@ def sidebar(ctx: PageContext, status: bool = True) -> None:
         metas = [m for m in session.list_runs(ctx.settings) if m.status == "done"]
         if metas:
             ids = [m.run_id for m in metas]
-            labels = {m.run_id: m.label() for m in metas}
-            seen = [label for label in labels.values()]
-            for run_id, label in labels.items():
-                if seen.count(label) > 1:  # two runs in the same second with the same shape: tell them apart
-                    labels[run_id] = f"{label} · {run_id[-6:]}"
+            counts = collections.Counter(m.label() for m in metas)
+            # Two runs in the same second with the same shape read alike: tell them apart.
+            labels = {m.run_id: m.label() + (f" · {m.run_id[-6:]}" if counts[m.label()] > 1 else "") for m in metas}
             active = st.session_state.get(session.ACTIVE)
             if active not in ids:
                 active = ids[0]

@@ -47,6 +47,16 @@ def runner():
     r.close()
 
 
+@pytest.fixture(scope="module")
+def module_runner():
+    """One isolated runner for a test module whose tests leave its worker healthy."""
+    from da3_core.gpu import Runner
+
+    r = Runner(cancel_grace_s=1.0)
+    yield r
+    r.close()
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
     """One workspace for the session, so untrained demo weights are built once (about 1 s, 137 MB)."""

@@ -17,19 +17,11 @@ import pytest
 from da3_core import run_service, runs
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec
-from da3_core.gpu import Runner
 from da3_core.run_service import INTERRUPTED, RunService
 from tests.run_service_tasks import fake_reconstruct
 
 PARAMS = {"process_res": 112, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
           "reference_view": None, "infer_gs": False, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def module_runner():
-    r = Runner(cancel_grace_s=2.0)
-    yield r
-    r.close()
 
 
 @pytest.fixture

@@ -42,24 +42,17 @@ from tests import fake_tasks
 FT = "tests.fake_tasks"
 
 
-@pytest.fixture(scope="module")
-def _module_runner():
-    r = Runner(cancel_grace_s=1.0)
-    yield r
-    r.close()
-
-
 @pytest.fixture
-def warm(_module_runner):
+def warm(module_runner):
     """The module's shared isolated runner, for tests that leave its worker alive."""
-    yield _module_runner
+    yield module_runner
     # A failed test may leave calls behind: let them drain, or restart, so the next test
     # starts on an idle runner.
     deadline = time.monotonic() + 5
-    while _module_runner.status().state == "busy" and time.monotonic() < deadline:
+    while module_runner.status().state == "busy" and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _module_runner.status().state == "busy":
-        _module_runner.restart()
+    if module_runner.status().state == "busy":
+        module_runner.restart()
 
 
 def no_zombies() -> bool:
