@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from da3_core import presets, session, ui
+from da3_core.contract import ModelSpec
 
 
 ctx = ui.page_setup("Home", "🛰️", status_in_main=True)
@@ -17,7 +18,7 @@ st.markdown(
 
 status = ctx.runner.status()
 info = ctx.worker_info
-default = presets.model_from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
+default = ModelSpec.from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
 c = st.columns(4)
 c[0].metric("Worker", status.state, help="A separate process that alone imports torch; it is replaced if it crashes.")
 c[1].metric("Device", info.get("device", "starting…"))

@@ -21,8 +21,9 @@ import numpy as np
 import psutil
 
 from da3_core import tasks
-from da3_core.contract import GPUError, ModelSpec, ReconstructRequest
-from da3_core.gpu import Runner
+from da3_core.contract import ModelSpec, ReconstructRequest
+from da3_core.runner.protocol import GPUError
+from da3_core.runner import Runner
 
 GOALS = {"fault_recovery_s": 2.0, "rss_growth_pct_100_calls": 10.0}
 FT = "tests.fake_tasks"

@@ -32,7 +32,7 @@ import psutil
 
 from da3_core import tasks
 from da3_core.contract import ModelSpec, ReconstructRequest
-from da3_core.gpu import Runner
+from da3_core.runner import Runner
 
 GOALS = {"runner_overhead_ratio": 1.05, "cpu_speedup_vs_stock": 3.5}
 ROOT = Path(__file__).resolve().parents[1]

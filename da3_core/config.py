@@ -33,8 +33,14 @@ class Settings:
             ``DA3_MODELS_ROOT``.
         workspace: Folder for runs, uploads and demo weights. Env ``DA3_WORKSPACE``.
         device: ``auto``, ``cuda``, ``mps`` or ``cpu``. Env ``DA3_DEVICE``.
-        isolation: ``isolated`` (default: the worker process) or ``inprocess`` (debugging
-            only: runs tasks in the server process and imports torch there). Env ``DA3_ISOLATION``.
+        isolation: ``isolated`` (default: spawned worker processes), ``ray`` (Ray actors; the
+            default when ``DA3_RAY_ADDRESS`` is set) or ``inprocess`` (debugging only: runs
+            tasks in the server process and imports torch there). Env ``DA3_ISOLATION``.
+        workers: ``auto`` (one worker per visible GPU, one on a CPU machine; with Ray, one
+            actor per GPU of the cluster, one on a cluster without GPUs) or a count. Env
+            ``DA3_WORKERS``.
+        ray_address: A Ray cluster to run on: ``auto`` (the one this machine belongs to) or
+            ``host:port``; unset, no Ray. Env ``DA3_RAY_ADDRESS``.
         duration_base_s: Fixed part of a reconstruction's time budget. Env ``DA3_DURATION_S``.
         duration_per_frame_s: Budget added per frame. Env ``DA3_DURATION_PER_FRAME_S``.
         max_frames: Most frames one run takes (video frames included). Env ``DA3_MAX_FRAMES``.
@@ -62,6 +68,8 @@ class Settings:
     workspace: Path = Path("workspace")
     device: str = "auto"
     isolation: str = "isolated"
+    workers: str = "auto"
+    ray_address: str | None = None
     duration_base_s: float = 120.0
     duration_per_frame_s: float = 10.0
     max_frames: int = 64
@@ -102,6 +110,8 @@ _ENV = {
     "workspace": "DA3_WORKSPACE",
     "device": "DA3_DEVICE",
     "isolation": "DA3_ISOLATION",
+    "workers": "DA3_WORKERS",
+    "ray_address": "DA3_RAY_ADDRESS",
     "duration_base_s": "DA3_DURATION_S",
     "duration_per_frame_s": "DA3_DURATION_PER_FRAME_S",
     "max_frames": "DA3_MAX_FRAMES",
@@ -132,7 +142,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": DEVICES,
-    "isolation": ("isolated", "inprocess"),
+    "isolation": ("isolated", "ray", "inprocess"),
     "cpu_precision": ("auto", "fp32", "bf16"),
 }
 
@@ -178,6 +188,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             if not path.is_dir():
                 raise ConfigError(f"{var}={raw!r} is not a folder; point it at a folder of DA3 checkpoint folders, or unset it")
             values[f.name] = path.resolve()
+        elif f.name == "workers":
+            if raw.lower() != "auto" and not (raw.isdigit() and 1 <= int(raw) <= 256):
+                raise ConfigError(f"{var}={raw!r} is not allowed; use auto (one worker per GPU) or a whole number from 1 to 256")
+            values[f.name] = raw.lower()
         elif f.name == "workspace":
             values[f.name] = Path(raw).expanduser()
         elif isinstance(default, (int, float)):
@@ -192,4 +206,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             values[f.name] = number
         else:
             values[f.name] = raw
+    if values.get("ray_address") and "isolation" not in values:
+        values["isolation"] = "ray"
+    if values.get("ray_address") and values["isolation"] != "ray":
+        raise ConfigError(f"DA3_RAY_ADDRESS is set but DA3_ISOLATION={values['isolation']!r}; unset one of them (Ray runs isolated by itself)")
     return Settings(**values)  # type: ignore[arg-type]

@@ -1,12 +1,9 @@
 """Everything that crosses the process boundary between the Streamlit parent and the worker.
 
-Three groups, all frozen dataclasses of plain Python and numpy (never torch):
-
-* the DA3 request and its CPU-only result (`ModelSpec`, `ReconstructRequest`,
-  `Reconstruction`, `Gaussians`; the result's dicts are `ReadOnlyDict`s);
-* the wire messages of the runner (`CallRequest`, `CancelRequest`, `WorkerReady`,
-  `ProgressMsg`, `OkResult`, `ExceptionResult`), see ``docs/ISOLATION.md``;
-* the errors a caller can receive (`GPUError` and its subclasses).
+The DA3 request and its CPU-only result (`ModelSpec`, `ReconstructRequest`,
+`Reconstruction`, `Gaussians`; the result's dicts are `ReadOnlyDict`s): frozen dataclasses
+of plain Python and numpy, never torch. The runner's own messages and errors, which know
+nothing of DA3, are in `da3_core.runner.protocol`.
 
 Camera conventions (see ``docs/CONVENTIONS.md``): OpenCV camera frame (x right, y down,
 z forward); ``extrinsics`` are world-to-camera; ``intrinsics`` are in processed-image pixels.
@@ -15,9 +12,12 @@ z forward); ``extrinsics`` are world-to-camera; ``intrinsics`` are in processed-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from da3_core.presets import DEVICES, PRESETS_BY_NAME, PROCESS_RES_METHODS, REF_VIEW_STRATEGIES, default_preset
 
 # --------------------------------------------------------------------------------------
 # The DA3 request and result
@@ -47,6 +47,32 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.kind must be 'hub', 'local' or 'demo', got {self.kind!r}")
         if not isinstance(self.ref, str) or not self.ref.strip():
             raise ValueError("ModelSpec.ref must be a non-empty string (hub id, folder or preset name)")
+
+    @classmethod
+    def from_setting(cls, value: str, model_dir: "Path | None", device: str | None) -> "ModelSpec":
+        """The default model: ``DA3_MODEL_DIR`` if set, else ``DA3_MODEL`` read as below.
+
+        ``DA3_MODEL`` may be ``auto`` (a default per device), a preset name (its hub id), a
+        hub id, ``demo:<preset>`` (untrained demo weights), or an existing folder.
+
+        Raises:
+            ValueError: ``value`` names an unknown preset after ``demo:``.
+        """
+        if model_dir is not None:
+            return cls("local", str(model_dir))
+        value = (value or "auto").strip()
+        if value == "auto":
+            return cls("hub", default_preset(device or "cpu").hub_id)
+        if value.startswith("demo:"):
+            name = value[len("demo:") :]
+            if name not in PRESETS_BY_NAME:
+                raise ValueError(f"DA3_MODEL={value!r}: unknown preset {name!r}; use one of {', '.join(PRESETS_BY_NAME)}")
+            return cls("demo", name)
+        if value.lower() in PRESETS_BY_NAME:
+            return cls("hub", PRESETS_BY_NAME[value.lower()].hub_id)
+        if Path(value).expanduser().is_dir():
+            return cls("local", str(Path(value).expanduser().resolve()))
+        return cls("hub", value)
 
     @property
     def untrained(self) -> bool:
@@ -86,8 +112,6 @@ class ReconstructRequest:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        from da3_core.presets import DEVICES, PROCESS_RES_METHODS, REF_VIEW_STRATEGIES
-
         object.__setattr__(self, "images", tuple(self.images))
         object.__setattr__(self, "names", tuple(self.names))
         if not self.images:
@@ -275,176 +299,6 @@ def _check(arr: Any, name: str, shape: tuple[int, ...], dtype: Any = None, requi
         raise ValueError(f"Reconstruction.{name} must have shape {shape}, got {arr.shape}")
     if dtype is not None and arr.dtype != dtype:
         raise ValueError(f"Reconstruction.{name} must be {np.dtype(dtype).name}, got {arr.dtype}")
-
-
-# --------------------------------------------------------------------------------------
-# Wire messages of the runner (parent <-> worker). Pickled; one class per message kind.
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CallRequest:
-    """Parent -> worker: run one task.
-
-    Attributes:
-        call_id: Unique per runner; every reply carries it back.
-        task: Import path ``"package.module:qualname"``; never a closure.
-        payload: ``pickle.dumps((args, kwargs))``, made and checked in the caller.
-    """
-
-    call_id: int
-    task: str
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class CancelRequest:
-    """Parent -> worker: the caller gave up on ``call_id``; stop at the next checkpoint."""
-
-    call_id: int
-
-
-@dataclass(frozen=True)
-class WorkerReady:
-    """Worker -> parent, once after start. ``pid`` of the worker, its Python ``executable``."""
-
-    pid: int
-    executable: str
-
-
-@dataclass(frozen=True)
-class ProgressMsg:
-    """Worker -> parent: progress of ``call_id``.
-
-    Attributes:
-        stage: Short stage name, e.g. ``"loading model"``, ``"inference"``.
-        fraction: Overall progress in [0, 1], or None when unknown.
-        detail: Optional free text.
-    """
-
-    call_id: int
-    stage: str
-    fraction: float | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class OkResult:
-    """Worker -> parent: the task returned. ``payload`` is the pickled CPU-only value."""
-
-    call_id: int
-    payload: bytes
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ExceptionResult:
-    """Worker -> parent: the task raised (or its result was refused).
-
-    Attributes:
-        type_name: The exception's class name, e.g. ``"ValueError"``.
-        module: The class's module, e.g. ``"builtins"``.
-        message: ``str(exc)``.
-        traceback: The worker-side formatted traceback.
-        recycle: The worker should be replaced after this (e.g. ``MemoryError``).
-    """
-
-    call_id: int
-    type_name: str
-    module: str
-    message: str
-    traceback: str
-    recycle: bool = False
-
-
-@dataclass(frozen=True)
-class CallDone:
-    """Worker -> parent: the last message of a call.
-
-    Attributes:
-        reply: The outcome.
-        worker_state: A snapshot of the worker after the call (pid, memory, cached models,
-            device), shown on the Runner page without queuing a call.
-    """
-
-    reply: OkResult | ExceptionResult
-    worker_state: dict[str, Any]
-
-
-# --------------------------------------------------------------------------------------
-# Errors a caller can receive
-# --------------------------------------------------------------------------------------
-
-
-class GPUError(RuntimeError):
-    """Base of every error the runner raises to a caller."""
-
-
-class ArgumentNotPicklableError(GPUError, TypeError):
-    """An argument cannot be pickled; raised in the caller before any work is queued."""
-
-    def __init__(self, task: str, argument: str, reason: str) -> None:
-        self.task, self.argument, self.reason = task, argument, reason
-        super().__init__(f"{task}: argument {argument!r} cannot be pickled ({reason}); pass plain data instead")
-
-
-class TaskError(GPUError):
-    """The task raised in the worker. Keeps the original type name, message and traceback."""
-
-    def __init__(self, type_name: str, module: str, message: str, remote_traceback: str) -> None:
-        self.type_name, self.module, self.message, self.remote_traceback = type_name, module, message, remote_traceback
-        super().__init__(f"{type_name}: {message}")
-
-    def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}\n\nWorker traceback:\n{self.remote_traceback}"
-
-
-class ResultNotCPUError(TaskError):
-    """The task's result held something that could not be turned into CPU data."""
-
-
-class TaskTimeoutError(GPUError, TimeoutError):
-    """The call ran past its ``duration`` budget; the worker was killed."""
-
-    def __init__(self, task: str, budget_s: float, elapsed_s: float) -> None:
-        self.task, self.budget_s, self.elapsed_s = task, budget_s, elapsed_s
-        super().__init__(
-            f"{task} ran past its budget of {budget_s:.1f} s (killed after {elapsed_s:.1f} s); "
-            "the worker was restarted. Use fewer frames, a lower process_res, or a larger duration."
-        )
-
-
-class WorkerCrashedError(GPUError):
-    """The worker process died during the call (signal, segfault, os._exit, out of memory)."""
-
-    def __init__(self, task: str, exitcode: int | None) -> None:
-        self.task, self.exitcode = task, exitcode
-        if exitcode is not None and exitcode < 0:
-            import signal
-
-            try:
-                how = f"signal {signal.Signals(-exitcode).name}"
-            except ValueError:
-                how = f"signal {-exitcode}"
-        else:
-            how = f"exit code {exitcode}"
-        self.how = how
-        super().__init__(
-            f"The GPU worker died during {task} ({how}); a fresh worker starts on the next call. "
-            "If this repeats, the input may be too large for the memory available."
-        )
-
-
-class TaskCancelledError(GPUError):
-    """The caller cancelled the call (or gave up waiting)."""
-
-
-class RunnerClosedError(GPUError):
-    """The runner was shut down."""
-
-
-class WorkerStartError(GPUError):
-    """A worker process could not be started (or did not report ready in time)."""
 
 
 class ModelUnavailableError(Exception):

@@ -18,7 +18,7 @@ import streamlit as st
 
 from da3_core import logs
 from da3_core.config import ConfigError, Settings, load_settings
-from da3_core.gpu import Job, Runner, set_default_runner
+from da3_core.runner import Job, Runner, runner_from_settings, set_default_runner
 from da3_core.run_service import RunService
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class RunnerHolder:
 
         try:
             self.probe = tasks.worker_info.submit(runner=self.runner)
+            for _ in self.runner.slots[1:]:  # one probe per free worker: every worker starts now
+                tasks.worker_info.submit(runner=self.runner)
         except Exception:  # noqa: BLE001 - the runner may be closed during shutdown
             log.exception("the worker probe could not be queued")
             self.probe = None
@@ -122,12 +124,7 @@ class RunnerHolder:
 def get_holder() -> RunnerHolder:
     """Start the server's runner once; its worker starts and imports DA3 in the background."""
     settings = get_settings()
-    runner = Runner(
-        isolation=settings.isolation,
-        preload=("da3_core.worker.reconstruct",),
-        cancel_grace_s=settings.cancel_grace_s,
-        abandon_after_s=settings.abandon_after_s,
-    )
+    runner = runner_from_settings(settings, preload=("da3_core.worker.reconstruct",), abandon_after_s=settings.abandon_after_s)
     set_default_runner(runner)
     holder = RunnerHolder(runner, None, Janitor(settings), RunService(runner, settings))
     holder.refresh_probe()  # starts the worker now, not at the first user's click

@@ -6,12 +6,7 @@ Facts from `depth_anything_3/configs` (0.1.1) and the hub org `depth-anything`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from da3_core.contract import ModelSpec
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -109,42 +104,12 @@ def preset_for(name_or_hub_id: str) -> Preset | None:
     return PRESETS_BY_NAME.get(key.lower()) or PRESETS_BY_HUB_ID.get(key.lower())
 
 
-def model_from_setting(value: str, model_dir: "Path | None", device: str | None) -> "ModelSpec":
-    """The default model: ``DA3_MODEL_DIR`` if set, else ``DA3_MODEL`` read as below.
-
-    ``DA3_MODEL`` may be ``auto`` (a default per device), a preset name (its hub id), a hub
-    id, ``demo:<preset>`` (untrained demo weights), or an existing folder.
-
-    Raises:
-        ValueError: ``value`` names an unknown preset after ``demo:``.
-    """
-    from pathlib import Path
-
-    from da3_core.contract import ModelSpec
-
-    if model_dir is not None:
-        return ModelSpec("local", str(model_dir))
-    value = (value or "auto").strip()
-    if value == "auto":
-        return ModelSpec("hub", default_preset(device or "cpu").hub_id)
-    if value.startswith("demo:"):
-        name = value[len("demo:") :]
-        if name not in PRESETS_BY_NAME:
-            raise ValueError(f"DA3_MODEL={value!r}: unknown preset {name!r}; use one of {', '.join(PRESETS_BY_NAME)}")
-        return ModelSpec("demo", name)
-    if value.lower() in PRESETS_BY_NAME:
-        return ModelSpec("hub", PRESETS_BY_NAME[value.lower()].hub_id)
-    if Path(value).expanduser().is_dir():
-        return ModelSpec("local", str(Path(value).expanduser().resolve()))
-    return ModelSpec("hub", value)
-
-
 def default_preset(device: str) -> Preset:
     """The preset a user gets by default on ``device`` (``"cuda"``, ``"mps"`` or ``"cpu"``)."""
     return PRESETS_BY_NAME[GPU_DEFAULT if device == "cuda" else CPU_DEFAULT]
 
 
-def preset_name_in_folder(folder: "str | Path") -> str | None:
+def preset_name_in_folder(folder: str | Path) -> str | None:
     """The DA3 preset name a checkpoint folder was saved from, or None.
 
     Reads ``model_name`` from the folder's ``config.json`` (written by DA3's
@@ -158,8 +123,6 @@ def preset_name_in_folder(folder: "str | Path") -> str | None:
         unreadable, or has no string ``model_name``.
     """
     import json
-    from pathlib import Path
-
     try:
         name = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8"))["model_name"]
     except (OSError, ValueError, KeyError, TypeError):

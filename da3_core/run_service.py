@@ -30,16 +30,9 @@ import numpy as np
 
 from da3_core import runs, tasks
 from da3_core.config import Settings
-from da3_core.contract import (
-    GPUError,
-    ModelSpec,
-    ModelUnavailableError,
-    ReconstructRequest,
-    Reconstruction,
-    TaskCancelledError,
-    TaskError,
-)
-from da3_core.gpu import Job, Progress, Queued, Runner, Started
+from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction
+from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
+from da3_core.runner import Job, Progress, Queued, Runner, Started
 
 log = logging.getLogger(__name__)
 

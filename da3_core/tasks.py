@@ -11,7 +11,7 @@ from typing import Any
 
 from da3_core.config import load_settings
 from da3_core.contract import ReconstructRequest, Reconstruction
-from da3_core.gpu import gpu
+from da3_core.runner import gpu
 
 
 def reconstruct_budget(request: ReconstructRequest, *args: Any, **kwargs: Any) -> float:
@@ -37,7 +37,7 @@ def build_demo_weights(preset: str, demo_root: str) -> str:
     """Build untrained weights for ``preset`` under ``demo_root`` (once); return the folder."""
     from pathlib import Path
 
-    from da3_core.worker.context import report_progress
+    from da3_core.runner.context import report_progress
     from da3_core.worker.model import ensure_demo_weights
 
     report_progress("building demo weights", 0.1, preset)
@@ -47,7 +47,7 @@ def build_demo_weights(preset: str, demo_root: str) -> str:
 @gpu(duration=120)
 def worker_info() -> dict[str, Any]:
     """Device, torch version, cached models and memory of the worker."""
-    from da3_core.worker.loop import worker_state
+    from da3_core.runner.inside.calls import worker_state
     from da3_core.worker.model import resolve_device
 
     import importlib.util

@@ -21,7 +21,7 @@ import streamlit as st
 from da3_core import presets, runs, session
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec, Reconstruction
-from da3_core.gpu import Runner
+from da3_core.runner import Runner
 from da3_core.holder import RunnerHolder, get_holder, settings_or_stop
 from da3_core.presets import PRESETS, PRESETS_BY_NAME, Preset
 from da3_core.run_service import ActiveRun, RunService
@@ -202,7 +202,7 @@ def _init_model_state(ctx: PageContext) -> None:
     ss = st.session_state
     if "model_kind" in ss:
         return
-    spec = presets.model_from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
+    spec = ModelSpec.from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
     kind = {"hub": MODEL_KINDS[0], "local": MODEL_KINDS[1], "demo": MODEL_KINDS[2]}[spec.kind]
     ss["model_kind"] = kind
     hub_preset = presets.preset_for(spec.ref) if spec.kind == "hub" else None

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from da3_core import inputs, runs, session, ui
-from da3_core.contract import GPUError
+from da3_core.runner.protocol import GPUError
 from da3_core.text import md
 
 ctx = ui.page_setup("Reconstruct", "▶️", status_in_main=True)

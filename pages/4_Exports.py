@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from da3_core import export, geometry, runs, session, tasks, ui
-from da3_core.contract import GPUError
+from da3_core.runner.protocol import GPUError
 
 ctx = ui.page_setup("Exports", "📦")
 st.title("Exports")

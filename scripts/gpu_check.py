@@ -82,7 +82,7 @@ def main() -> int:
 
     from da3_core import tasks
     from da3_core.contract import ModelSpec, ReconstructRequest
-    from da3_core.gpu import Runner
+    from da3_core.runner import Runner
 
     check("parent imports da3_core without torch", "torch" not in sys.modules)
     work = Path(tempfile.mkdtemp(prefix="da3-gpu-"))

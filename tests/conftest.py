@@ -40,7 +40,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def runner():
     """A fresh isolated runner per test, closed afterwards (no worker left behind)."""
-    from da3_core.gpu import Runner
+    from da3_core.runner import Runner
 
     r = Runner(cancel_grace_s=1.0)
     yield r
@@ -50,7 +50,7 @@ def runner():
 @pytest.fixture(scope="module")
 def module_runner():
     """One isolated runner for a test module whose tests leave its worker healthy."""
-    from da3_core.gpu import Runner
+    from da3_core.runner import Runner
 
     r = Runner(cancel_grace_s=1.0)
     yield r

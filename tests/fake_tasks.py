@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-from da3_core.gpu import gpu
-from da3_core.worker.context import check_cancelled, report_progress
+from da3_core.runner import gpu
+from da3_core.runner.context import check_cancelled, report_progress
 
 _FAKE_MODEL: dict[str, Any] = {}
 _LOADS = 0
@@ -115,7 +115,7 @@ def progress_flood(seconds: float) -> int:
 
 def raise_cancelled_unasked() -> None:
     """Raises the checkpoint's exception although nobody cancelled the call."""
-    from da3_core.worker.context import CancelledInWorker
+    from da3_core.runner.context import CancelledInWorker
 
     raise CancelledInWorker("raised by the task itself")
 

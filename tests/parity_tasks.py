@@ -1,6 +1,6 @@
 """Worker-side tasks of the parity tests: our `reconstruct()` and stock DA3 on the same frames.
 
-Called through a `da3_core.gpu.Runner` by import path (``"tests.parity_tasks:compare"``), so
+Called through a `da3_core.runner.Runner` by import path (``"tests.parity_tasks:compare"``), so
 torch and DA3 are imported only in the worker; everything returned is CPU numpy or plain
 data. The test process computes the differences.
 """

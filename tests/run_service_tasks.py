@@ -12,12 +12,12 @@ import time
 import numpy as np
 
 from da3_core.contract import ModelUnavailableError, ReconstructRequest, Reconstruction
-from da3_core.gpu import gpu
+from da3_core.runner import gpu
 
 
 @gpu(duration=30)
 def fake_reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, *args: object) -> Reconstruction:
-    from da3_core.worker.context import check_cancelled, report_progress
+    from da3_core.runner.context import check_cancelled, report_progress
 
     first = request.names[0]
     if first == "fail":

@@ -1,5 +1,5 @@
-"""Code that runs only inside the worker process (it may import torch and depth_anything_3).
+"""DA3 code that runs only inside a worker process or Ray actor (it imports torch and
+depth_anything_3). The parent never imports these modules, except inside task bodies.
 
-The parent imports nothing from here except `context` and `loop` names used to start the
-worker; those two modules never import torch themselves.
+The runner's own torch-free code for the worker side lives in `da3_core.runner.inside`.
 """

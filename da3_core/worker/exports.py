@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from da3_core.contract import Reconstruction
-from da3_core.worker.context import report_progress
+from da3_core.runner.context import report_progress
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import tqdm  # noqa: E402
 
 from da3_core.contract import ModelSpec, ModelUnavailableError  # noqa: E402
 from da3_core.presets import PRESETS_BY_NAME, preset_for, preset_name_in_folder  # noqa: E402
-from da3_core.worker import loop  # noqa: E402
-from da3_core.worker.context import check_cancelled  # noqa: E402
+from da3_core.runner.inside import calls  # noqa: E402
+from da3_core.runner.context import check_cancelled  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -400,4 +400,4 @@ def cache_state() -> dict[str, Any]:
     return state
 
 
-loop.STATE_PROVIDERS.append(cache_state)
+calls.STATE_PROVIDERS.append(cache_state)

@@ -26,7 +26,7 @@ import torch
 
 from da3_core.contract import Gaussians, ModelUnavailableError, ReconstructRequest, Reconstruction
 from da3_core.presets import DEFAULT_FOV_DEG, PRESETS_BY_NAME
-from da3_core.worker.context import CancelledInWorker, report_progress
+from da3_core.runner.context import CancelledInWorker, report_progress
 from da3_core.worker.model import configure_cpu_threads, get_model, resolve_cpu_precision, resolve_device
 
 log = logging.getLogger(__name__)

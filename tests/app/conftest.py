@@ -79,13 +79,13 @@ class AppEnv:
         if self.closed:
             return
         self.closed = True
-        from da3_core import gpu, holder
+        from da3_core import holder, runner
 
         try:
             if self.used:
                 holder.get_runner().close()
         finally:
-            gpu.set_default_runner(None)
+            runner.set_default_runner(None)
             holder.get_holder.clear()
             holder.get_settings.clear()
             if self.guard in sys.meta_path:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from da3_core import tasks
-from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction, TaskCancelledError, TaskError
-from da3_core.gpu import Progress, Runner
+from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction
+from da3_core.runner.protocol import TaskCancelledError, TaskError
+from da3_core.runner import Progress, Runner
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from da3_core.contract import TaskError, TaskTimeoutError, WorkerCrashedError
-from da3_core.gpu import Runner
+from da3_core.runner.protocol import TaskError, TaskTimeoutError, WorkerCrashedError
+from da3_core.runner import Runner
 
 # Sixty crash cycles, each with a fresh worker: tens of seconds. Run with `-m slow` or a plain `pytest`.
 pytestmark = pytest.mark.slow

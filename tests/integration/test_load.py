@@ -11,7 +11,7 @@ import pytest
 from benchmarks.bench_hardening import rss_growth_pct
 from da3_core import tasks
 from da3_core.contract import ModelSpec, ReconstructRequest
-from da3_core.gpu import Queued
+from da3_core.runner import Queued
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_eight_sessions_three_jobs_each(holder, workspace):
                 names = (f"s{i}-j{j}-a", f"s{i}-j{j}-b")
                 req = ReconstructRequest(frames, names, ModelSpec("demo", "da3-small"), process_res=112)
                 job = tasks.reconstruct.submit(req, demo, runner=holder.runner)
-                first = next(iter(job.events(poll_s=0.01)))
+                first = next(iter(job.events()))
                 rec = job.result(300)
                 with lock:
                     records.append({"session": i, "job": j, "names": rec.names, "mean": rec.images.reshape(-1, 3).mean(0),

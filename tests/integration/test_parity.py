@@ -45,7 +45,7 @@ import numpy as np
 import pytest
 
 from da3_core.contract import ModelSpec, ReconstructRequest
-from da3_core.gpu import Runner
+from da3_core.runner import Runner
 from da3_core.presets import DEFAULT_FOV_DEG, PROCESS_RES_METHODS
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from da3_core import config, logs, presets
-from da3_core.contract import Gaussians, ModelSpec, ReconstructRequest, WorkerCrashedError
+from da3_core.contract import Gaussians, ModelSpec, ReconstructRequest
+from da3_core.runner.protocol import WorkerCrashedError
 from tests.unit import synthetic
 
 
@@ -159,15 +160,15 @@ def test_blank_and_padded_values(tmp_path):
 
 def test_model_from_setting_every_form(tmp_path):
     folder = _checkpoint(tmp_path / "ckpt")
-    assert presets.model_from_setting("anything", folder, "cpu") == ModelSpec("local", str(folder))
-    assert presets.model_from_setting("", None, None).kind == "hub"
-    assert presets.model_from_setting("auto", None, "cuda") == ModelSpec("hub", presets.default_preset("cuda").hub_id)
-    assert presets.model_from_setting("demo:da3-small", None, "cpu") == ModelSpec("demo", "da3-small")
+    assert ModelSpec.from_setting("anything", folder, "cpu") == ModelSpec("local", str(folder))
+    assert ModelSpec.from_setting("", None, None).kind == "hub"
+    assert ModelSpec.from_setting("auto", None, "cuda") == ModelSpec("hub", presets.default_preset("cuda").hub_id)
+    assert ModelSpec.from_setting("demo:da3-small", None, "cpu") == ModelSpec("demo", "da3-small")
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
-        presets.model_from_setting("demo:nope", None, "cpu")
-    assert presets.model_from_setting("DA3-SMALL", None, "cpu") == ModelSpec("hub", presets.PRESETS_BY_NAME["da3-small"].hub_id)
-    assert presets.model_from_setting(str(folder), None, "cpu") == ModelSpec("local", str(folder.resolve()))
-    assert presets.model_from_setting("someone/some-model", None, "cpu") == ModelSpec("hub", "someone/some-model")
+        ModelSpec.from_setting("demo:nope", None, "cpu")
+    assert ModelSpec.from_setting("DA3-SMALL", None, "cpu") == ModelSpec("hub", presets.PRESETS_BY_NAME["da3-small"].hub_id)
+    assert ModelSpec.from_setting(str(folder), None, "cpu") == ModelSpec("local", str(folder.resolve()))
+    assert ModelSpec.from_setting("someone/some-model", None, "cpu") == ModelSpec("hub", "someone/some-model")
 
 
 def test_model_name_of_a_folder(tmp_path):

@@ -24,19 +24,9 @@ import numpy as np
 import psutil
 import pytest
 
-from da3_core import gpu as gpu_module
-from da3_core.contract import (
-    ArgumentNotPicklableError,
-    ModelSpec,
-    ReadOnlyDict,
-    Reconstruction,
-    ResultNotCPUError,
-    TaskCancelledError,
-    TaskError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-)
-from da3_core.gpu import Progress, Queued, Runner, Started, gpu
+from da3_core.contract import ModelSpec, ReadOnlyDict, Reconstruction
+from da3_core.runner.protocol import ArgumentNotPicklableError, ResultNotCPUError, TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError
+from da3_core.runner import Progress, Queued, Runner, Started, gpu
 from tests import fake_tasks
 
 FT = "tests.fake_tasks"
@@ -64,9 +54,9 @@ def test_parent_modules_import_without_torch():
     code = textwrap.dedent(
         """
         import sys
-        import da3_core.config, da3_core.contract, da3_core.gpu, da3_core.tasks, da3_core.presets
-        import da3_core.worker.loop, da3_core.worker.context, da3_core.worker.tocpu
-        from da3_core.gpu import Runner
+        import da3_core.config, da3_core.contract, da3_core.runner, da3_core.tasks, da3_core.presets
+        import da3_core.runner.inside.loop, da3_core.runner.context, da3_core.runner.inside.tocpu
+        from da3_core.runner import Runner
         r = Runner()
         assert r.call("tests.fake_tasks:heavy_modules_imported") == []
         r.close()
@@ -82,7 +72,7 @@ def test_parent_modules_import_without_torch():
 
 # 2. The worker is a spawned process (not forked): it does not see the parent's in-memory state.
 def test_worker_is_spawned_not_forked(warm):
-    assert warm._ctx.get_start_method() == "spawn"
+    assert warm.slots[0]._ctx.get_start_method() == "spawn"
     fake_tasks._FAKE_MODEL["model"] = "set in the parent"  # a fork would inherit this
     try:
         assert warm.call(f"{FT}:cached_model_loads") == 1
@@ -231,7 +221,7 @@ def test_many_threads_fifo_and_positions(warm):
     jobs = []
     for i in range(8):
         jobs.append(warm.submit(f"{FT}:tagged", (f"caller-{i}", 0.02)))
-    first_positions = [next(iter(j.events(poll_s=0.01))) for j in jobs]
+    first_positions = [next(iter(j.events())) for j in jobs]
     assert all(isinstance(e, Queued) for e in first_positions)
     assert [e.position for e in first_positions] == list(range(1, 9))
     assert [e.ahead for e in first_positions] == list(range(1, 9))
@@ -254,7 +244,7 @@ def test_many_threads_fifo_and_positions(warm):
 
 
 def _until_started(job):
-    for event in job.events(poll_s=0.01):
+    for event in job.events():
         yield event
         if isinstance(event, Started):
             return
@@ -266,7 +256,7 @@ def test_positions_move_up_as_queue_drains(warm):
     list(_until_started(first))
     warm.submit(f"{FT}:tagged", ("b", 0.3))
     last = warm.submit(f"{FT}:tagged", ("c", 0.0))
-    seen = list(last.events(poll_s=0.01))
+    seen = list(last.events())
     assert [(e.position, e.ahead) for e in seen if isinstance(e, Queued)] == [(2, 2), (1, 1)]
     assert isinstance(seen[-1], Started) or any(isinstance(e, Started) for e in seen)
     assert last.result(5)[0] == "c"
@@ -360,7 +350,7 @@ def test_worker_exits_when_parent_dies(how):
     code = textwrap.dedent(
         f"""
         import os, sys, time
-        from da3_core.gpu import Runner
+        from da3_core.runner import Runner
         r = Runner()
         print(r.call("tests.fake_tasks:worker_pid"), flush=True)
         if {how!r} == "exit":
@@ -386,7 +376,7 @@ def test_worker_exits_when_parent_dies(how):
 # 12. In-process mode exists for debugging; isolated is the default.
 def test_inprocess_mode_and_isolated_default(monkeypatch):
     from da3_core.config import load_settings
-    from da3_core.gpu import default_runner, set_default_runner
+    from da3_core.runner import default_runner, set_default_runner
 
     assert load_settings({}).isolation == "isolated"
     r = Runner(isolation="inprocess")
@@ -423,7 +413,7 @@ def test_memory_exhaustion_in_worker_recovers(runner):
 
 
 def test_close_during_a_call_ends_it_cleanly():
-    from da3_core.contract import RunnerClosedError
+    from da3_core.runner.protocol import RunnerClosedError
 
     r = Runner()
     r.call(f"{FT}:worker_pid")
@@ -482,13 +472,13 @@ def test_checkpoint_exception_without_a_cancel_stays_a_task_error(warm):
     assert not isinstance(info.value, TaskCancelledError)
 
 
-def test_cancel_reaches_the_worker_without_waiting_for_a_tick(warm, monkeypatch):
-    """The dispatcher wakes when a caller cancels; it does not wait for its next deadline tick."""
+def test_cancel_reaches_the_worker_without_waiting_for_a_deadline(warm):
+    """The slot's thread wakes when a caller cancels; nothing ticks, and its wait would
+    otherwise last until the call's budget runs out (60 s here)."""
     warm.call(f"{FT}:worker_pid")
-    monkeypatch.setattr(gpu_module, "_TICK_S", 3.0)  # a tick longer than the bound below
     job = warm.submit(f"{FT}:cancellable", (30,), duration=60)
     list(_until_started(job))
-    time.sleep(0.2)  # the dispatcher now sits in a 3 s wait
+    time.sleep(0.2)  # the slot's thread now sits in a wait until the budget's end
     t0 = time.monotonic()
     job.cancel()
     with pytest.raises(TaskCancelledError):
@@ -517,7 +507,7 @@ def test_inprocess_cancel_stops_at_the_next_progress_report():
     r = Runner(isolation="inprocess")
     try:
         job = r.submit(f"{FT}:progress_steps", (1000, 0.2), duration=120)
-        for event in job.events(poll_s=0.01):
+        for event in job.events():
             if isinstance(event, Progress):
                 break
         job.cancel()
@@ -584,7 +574,7 @@ def test_done_callback_after_ok_and_error_runs_once_in_the_dispatcher(warm):
         job = warm.submit(task, args)
         job.add_done_callback(rec)
         assert rec.ran.wait(10)
-        assert rec.calls == [(job.call_id, f"{warm.name}-dispatcher", True)]
+        assert rec.calls == [(job.call_id, f"{warm.name}-1-dispatch", True)]
         job.cancel()  # too late: nothing more happens
         job._finish(error=RuntimeError("a second finish"))  # ignored: the first one wins
         time.sleep(0.05)
@@ -620,7 +610,7 @@ def test_done_callback_errors_are_logged_and_never_break_the_dispatcher(warm, ca
         raise RuntimeError("callback bug")
 
     rec = _Recorder()
-    with caplog.at_level(logging.ERROR, logger="da3_core.gpu"):
+    with caplog.at_level(logging.ERROR, logger="da3_core.runner"):
         job = warm.submit(f"{FT}:square", (6,))
         job.add_done_callback(broken)
         job.add_done_callback(rec)  # later callbacks still run
@@ -631,7 +621,7 @@ def test_done_callback_errors_are_logged_and_never_break_the_dispatcher(warm, ca
 
 
 def test_task_failures_are_logged_with_the_worker_traceback(warm, caplog):
-    with caplog.at_level(logging.ERROR, logger="da3_core.gpu"):
+    with caplog.at_level(logging.ERROR, logger="da3_core.runner"):
         with pytest.raises(ValueError):
             warm.call(f"{FT}:fail", "logged failure")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -640,8 +630,8 @@ def test_task_failures_are_logged_with_the_worker_traceback(warm, caplog):
 
 # Task paths: one parser for the parent (pickling a @gpu function) and the worker.
 def test_task_paths_resolve_alike_in_parent_and_worker():
-    from da3_core.taskpath import resolve_task_path, split_task_path
-    from da3_core.worker.loop import resolve_task
+    from da3_core.runner.taskpath import resolve_task_path, split_task_path
+    from da3_core.runner.inside.calls import resolve_task
 
     assert split_task_path("tests.fake_tasks:square") == ("tests.fake_tasks", "square")
     for bad in ("tests.fake_tasks", ":square", "tests.fake_tasks:"):
@@ -679,7 +669,7 @@ def test_reconstruction_timings_and_params_are_read_only():
     import dataclasses
     import json
 
-    from da3_core.worker.tocpu import dumps_cpu_only, to_cpu
+    from da3_core.runner.inside.tocpu import dumps_cpu_only, to_cpu
 
     timings, params = {"total": 1.5}, {"process_res": 504, "reference_view": None}
     rec = _reconstruction(timings, params)

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from da3_core.config import ConfigError, load_settings
-from da3_core.gpu import Runner
+from da3_core.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[2]
 

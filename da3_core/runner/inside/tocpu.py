@@ -6,8 +6,8 @@ Two layers, both in the worker:
    and converts every torch tensor to a numpy array; a tensor that cannot be read back
    (``meta``, or anything whose ``.cpu()`` fails) is refused with its path, e.g.
    ``gaussians.means``. Objects of torch / DA3 classes become plain containers.
-2. `dumps_cpu_only` pickles the converted value with a pickler that refuses any object
-   whose class lives in a forbidden package, so nothing that would import torch (or
+2. `CPUOnlyPickler` (used by `dumps_cpu_only` and `da3_core.runner.shm.pack`) refuses any
+   object whose class lives in a forbidden package (`da3_core.runner.protocol.FORBIDDEN_PACKAGES`), so nothing that would import torch (or
    initialise CUDA) in the parent can slip through, whatever its depth.
 """
 
@@ -23,22 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from da3_core.contract import ReadOnlyDict
+from da3_core.runner.protocol import is_forbidden_module
 
 log = logging.getLogger(__name__)
-
-# Packages the parent must never import (importing them there is the ZeroGPU bug class).
-FORBIDDEN_PREFIXES: tuple[str, ...] = (
-    "torch",
-    "torchvision",
-    "depth_anything_3",
-    "xformers",
-    "gsplat",
-    "triton",
-    "e3nn",
-    "addict",
-)
-
 
 class NotCPUDataError(TypeError):
     """A value in a task result cannot be turned into CPU data. ``path`` names it."""
@@ -48,12 +35,6 @@ class NotCPUDataError(TypeError):
         super().__init__(f"result field {path or '<result>'} cannot be sent to the caller: {reason}")
         # The caller gets this as an error (logged in the parent with the traceback).
         log.debug("refused result field %s: %s", path or "<result>", reason)
-
-
-def _is_forbidden_module(module: str | None) -> bool:
-    if not module:
-        return False
-    return any(module == p or module.startswith(p + ".") for p in FORBIDDEN_PREFIXES)
 
 
 def _join(path: str, part: str) -> str:
@@ -111,10 +92,10 @@ def _convert(value: Any, path: str, torch: Any, memo: dict[int, Any]) -> Any:
         out = _convert_dataclass(value, path, torch, memo)
     elif isinstance(value, dict):
         items = {k: _convert(v, _join(path, f"[{k!r}]" if not isinstance(k, str) else k), torch, memo) for k, v in value.items()}
-        out = items if type(value) is dict or _is_forbidden_module(type(value).__module__) else _rebuild(value, items)
+        out = items if type(value) is dict or is_forbidden_module(type(value).__module__) else _rebuild(value, items)
     elif isinstance(value, tuple):
         items = [_convert(v, _join(path, f"[{i}]"), torch, memo) for i, v in enumerate(value)]
-        if hasattr(value, "_fields") and not _is_forbidden_module(type(value).__module__):
+        if hasattr(value, "_fields") and not is_forbidden_module(type(value).__module__):
             out = type(value)(*items)
         else:
             out = tuple(items)
@@ -130,7 +111,7 @@ def _convert(value: Any, path: str, torch: Any, memo: dict[int, Any]) -> Any:
 
 def _convert_dataclass(value: Any, path: str, torch: Any, memo: dict[int, Any]) -> Any:
     fields = {f.name: _convert(getattr(value, f.name), _join(path, f.name), torch, memo) for f in dataclasses.fields(value)}
-    if _is_forbidden_module(type(value).__module__):
+    if is_forbidden_module(type(value).__module__):
         # e.g. depth_anything_3.specs.Prediction: its class cannot be unpickled without torch.
         return fields
     init_fields = {f.name for f in dataclasses.fields(value) if f.init}
@@ -148,8 +129,12 @@ def _convert_dataclass(value: Any, path: str, torch: Any, memo: dict[int, Any]) 
 
 
 def _rebuild(value: dict, items: dict) -> dict:
-    if isinstance(value, ReadOnlyDict):
-        return type(value)(items)  # refuses update(): built from its items in one go
+    # The same mapping type where it can be rebuilt: from its items in one go (read-only
+    # mappings refuse update()), else empty and updated (e.g. defaultdict), else a plain dict.
+    try:
+        return type(value)(items)
+    except Exception:  # noqa: BLE001
+        pass
     try:
         out = type(value)()
         out.update(items)
@@ -158,7 +143,7 @@ def _rebuild(value: dict, items: dict) -> dict:
         return items
 
 
-class _CPUOnlyPickler(pickle.Pickler):
+class CPUOnlyPickler(pickle.Pickler):
     """Refuses objects whose class (or which, being a class or function) lives in a forbidden package."""
 
     def reducer_override(self, obj: Any) -> Any:
@@ -166,7 +151,7 @@ class _CPUOnlyPickler(pickle.Pickler):
             module = getattr(obj, "__module__", None) or getattr(obj, "__name__", None)
         else:
             module = type(obj).__module__
-        if _is_forbidden_module(module):
+        if is_forbidden_module(module):
             raise NotCPUDataError(
                 "", f"it contains a {module}.{getattr(type(obj), '__qualname__', type(obj).__name__)} object, "
                 f"which the caller could only unpickle by importing {module.split('.')[0]}"
@@ -182,5 +167,5 @@ def dumps_cpu_only(value: Any) -> bytes:
         pickle.PicklingError / TypeError: ``value`` cannot be pickled at all.
     """
     buf = io.BytesIO()
-    _CPUOnlyPickler(buf, protocol=5).dump(value)
+    CPUOnlyPickler(buf, protocol=5).dump(value)
     return buf.getvalue()

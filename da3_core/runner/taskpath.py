@@ -1,7 +1,7 @@
 """Task import paths (``"package.module:qualname"``): the one place that parses and resolves them.
 
-The parent names tasks by path (`da3_core.gpu.GPUFunction.task`, unpickling a `GPUFunction`)
-and the worker imports them by path (`da3_core.worker.loop.resolve_task`); both use this
+The parent names tasks by path (`da3_core.runner.GPUFunction.task`, unpickling a `GPUFunction`)
+and the worker imports them by path (`da3_core.runner.inside.loop.resolve_task`); both use this
 module so the two sides can never disagree on what a path means. Torch-free: importing a
 task module must not import torch either (task bodies import heavy things lazily).
 """
@@ -28,7 +28,7 @@ def resolve_task_path(path: str) -> Any:
     """Import the module named by ``path`` and return the object at its qualified name.
 
     Nested names (``"mod:Class.method"``) are followed attribute by attribute. The object is
-    returned as found: a `da3_core.gpu.GPUFunction` stays one (the worker unwraps it itself).
+    returned as found: a `da3_core.runner.GPUFunction` stays one (the worker unwraps it itself).
 
     Raises:
         ValueError: ``path`` is malformed.
