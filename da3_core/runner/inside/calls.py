@@ -62,11 +62,15 @@ def resolve_task(path: str) -> Callable[..., Any]:
     return getattr(obj, "__gpu_wrapped__", obj)
 
 
-def run_value(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any], None]) -> tuple[Any, float] | ExceptionResult:
+def run_value(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any], None], keep: list[Any] | None = None) -> tuple[Any, float] | ExceptionResult:
     """Run one task and return ``(cpu_value, seconds)``, or the `ExceptionResult`. Never raises.
 
     The value has been through `to_cpu` (tensors become numpy; unreadable ones are refused
     with their path); the caller still has to pickle it with `CPUOnlyPickler`.
+
+    The arguments' segment name is unlinked as soon as it is mapped (its pages live while
+    mapped). With ``keep``, the arguments are appended there instead of dropped, so the
+    caller can free their pages after the reply is sent, not before.
     """
     started = time.perf_counter()
     log.debug("call %d (%s) starting", request.call_id, request.task)
@@ -77,7 +81,9 @@ def run_value(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any],
     context.set_context(context.CallContext(request.call_id, send_progress, cancelled))
     try:
         func = resolve_task(request.task)
-        args, kwargs = shm.unpack(request.payload)  # the parent owns the segment's name
+        args, kwargs = shm.unpack(request.payload, unlink_now=True)
+        if keep is not None:
+            keep.append((args, kwargs))
         value = func(*args, **kwargs)
         del args, kwargs
         try:
@@ -90,7 +96,15 @@ def run_value(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any],
         context.set_context(None)
 
 
-def run_call(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any], None], *, owner_pid: int | None = None, shared: bool = True) -> OkResult | ExceptionResult:
+def run_call(
+    request: CallRequest,
+    cancelled: CancelFlag,
+    send: Callable[[Any], None],
+    *,
+    owner_pid: int | None = None,
+    shared: bool = True,
+    keep: list[Any] | None = None,
+) -> OkResult | ExceptionResult:
     """Run one task and build the reply (its value packed for the parent). Never raises.
 
     Args:
@@ -99,8 +113,9 @@ def run_call(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any], 
         send: Sends a message to the parent (used for progress).
         owner_pid: The parent that will unlink the result's shared-memory segment.
         shared: Put large buffers in shared memory (False: all in the pickle stream).
+        keep: Receives the arguments, to be dropped after the reply is sent (see `run_value`).
     """
-    outcome = run_value(request, cancelled, send)
+    outcome = run_value(request, cancelled, send, keep)
     if isinstance(outcome, ExceptionResult):
         return outcome
     value, seconds = outcome

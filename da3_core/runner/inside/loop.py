@@ -109,7 +109,8 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
         if request is None:
             return
         busy.set()
-        reply = run_call(request, cancel_event(request.call_id), send, owner_pid=parent_pid)
+        keep: list[Any] = []  # the call's arguments: their pages are freed after the reply is out
+        reply = run_call(request, cancel_event(request.call_id), send, owner_pid=parent_pid, keep=keep)
         busy.clear()
         with cancelled_lock:
             cancelled.pop(request.call_id, None)
@@ -120,6 +121,7 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
             if isinstance(reply, OkResult):
                 release(reply.payload)
             send(CallDone(exception_reply(request.call_id, exc, type_name="ResultNotCPUError"), worker_state()))
+        keep.clear()
         if isinstance(reply, ExceptionResult) and reply.recycle:
             try:
                 log.warning("worker pid %d: exiting after %s in call %d (state may be damaged)", os.getpid(), reply.type_name, request.call_id)
