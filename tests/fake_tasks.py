@@ -219,3 +219,29 @@ def torch_object_in_result() -> Any:
 
 def unpicklable_result() -> Any:
     return {"f": lambda: 1}
+
+
+def sum_arrays(arrays: list[Any]) -> float:
+    """The sum of every array given (the arguments travel through shared memory)."""
+    return float(sum(float(a.sum()) for a in arrays))
+
+
+def sleep_then_big(seconds: float, n_mb: int) -> Any:
+    """Sleep, then return ``n_mb`` MB (killed while sleeping by the timeout tests)."""
+    time.sleep(seconds)
+    return big_result(n_mb)
+
+
+def leave_segment_then_die(owner_pid: int) -> None:
+    """Make a result segment for ``owner_pid`` as the worker does, then die before handing it over."""
+    import numpy as np
+
+    from da3_core.runner import shm
+
+    shm.pack({"a": np.ones(2**20, np.uint8)}, owner_pid=owner_pid)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def visible_devices() -> str | None:
+    """The worker's CUDA_VISIBLE_DEVICES."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

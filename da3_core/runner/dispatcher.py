@@ -365,6 +365,7 @@ class Runner:
                 with self._cv:
                     slot.current = None
                     self._publish_positions()
+                del job  # this thread must not keep the last result alive while it waits
 
     def _record(self, slot: Slot, job: Job) -> None:
         if job._error is None:
