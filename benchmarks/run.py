@@ -2,8 +2,8 @@
 
 Run: ``make bench`` (or ``.venv/bin/python -m benchmarks.run``). Each module under
 benchmarks/ named ``bench_*.py`` exposes ``run() -> dict[str, float]`` and ``GOALS``
-(name -> bound; a name ending in ``_ratio``, ``_s``, ``_mb`` or ``_pct`` is "at most",
-a name containing ``speedup`` is "at least").
+(name -> bound; a name containing ``speedup`` or ending in ``_mb_s`` (a rate) is "at
+least", any other name (``_ratio``, ``_s``, ``_ms``, ``_mb``, ``_pct``) is "at most").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODULES = ("bench_runner", "bench_geometry", "bench_hardening")
+MODULES = ("bench_runner", "bench_isolation", "bench_ray", "bench_geometry", "bench_hardening")
 
 
 def machine() -> dict[str, str | int]:
@@ -36,8 +36,9 @@ def machine() -> dict[str, str | int]:
 def verdict(name: str, value: float, goal: float | None) -> str:
     if goal is None:
         return ""
-    ok = value >= goal if "speedup" in name else value <= goal
-    return ("ok" if ok else "MISSED") + (f" (goal >= {goal:g})" if "speedup" in name else f" (goal <= {goal:g})")
+    at_least = "speedup" in name or name.endswith("_mb_s")
+    ok = value >= goal if at_least else value <= goal
+    return ("ok" if ok else "MISSED") + (f" (goal >= {goal:g})" if at_least else f" (goal <= {goal:g})")
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
-"""Runner: the worker process, its device, model, memory, queue and recent errors; restart it."""
+"""Runner: the workers (one per GPU, or Ray actors), their devices, models, memory, the queue
+and recent errors; restart them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,29 @@ from da3_core.text import md
 
 ctx = ui.page_setup("Runner", "⚙️")
 st.title("Runner")
-st.caption("One isolated worker process per server runs Depth Anything 3; this server process never imports torch. "
-           "Every call has a time budget, crashes are reported and the next call gets a fresh worker.")
+st.caption("Isolated workers run Depth Anything 3 (one process per GPU, or Ray actors on a cluster); this server "
+           "process never imports torch. Calls wait in one queue, first come first served; every call has a time budget, "
+           "and a crash, timeout or cancel touches only its own call: that worker is replaced on its next call.")
+
+
+def worker_rows(workers) -> list[dict[str, object]]:
+    """One row per worker for the table."""
+    rows = []
+    for w in workers:
+        report = w.state_report
+        rows.append({
+            "worker": w.label,
+            "device": w.device,
+            "state": w.state,
+            "pid": w.pid or "—",
+            "memory MB": round(w.rss_mb) if w.rss_mb else None,
+            "running": f"{w.current_task} · {w.current_stage or 'starting'} · {w.current_elapsed_s:.1f} s" if w.current_task else "",
+            "models": ", ".join(report.get("models_loaded") or []),
+            "starts": w.starts,
+            "ok": w.calls_ok,
+            "failed": w.calls_failed,
+        })
+    return rows
 
 
 @st.fragment(run_every=2.0)
@@ -22,15 +44,16 @@ def live() -> None:
     state = status.worker_state
     c = st.columns(5)
     c[0].metric("State", status.state)
-    c[1].metric("Worker pid", status.worker_pid or "—")
+    busy = sum(w.state == "busy" for w in status.workers)
+    c[1].metric("Workers busy", f"{busy} of {len(status.workers)}")
     c[2].metric("Device", info.get("device", "…"))
-    c[3].metric("Worker memory", f"{status.worker_rss_mb:,.0f} MB" if status.worker_rss_mb else "—")
+    memory = [w.rss_mb for w in status.workers if w.rss_mb]
+    c[3].metric("Worker memory", f"{sum(memory):,.0f} MB" if memory else "—")
     c[4].metric("Queue", status.queue_length)
-    if status.current_task:
-        st.info(f"Running `{status.current_task}` for {status.current_elapsed_s:.1f} s · stage: {status.current_stage or 'starting'}")
+    st.dataframe(worker_rows(status.workers), width="stretch", hide_index=True, key="rn_workers")
     models = state.get("models_loaded") or info.get("models_loaded") or []
     st.markdown(
-        f"- Isolation: **{status.isolation}**\n"
+        f"- Isolation: **{status.isolation}**, {len(status.workers)} worker(s) (the lines below describe the first)\n"
         f"- Models loaded in the worker: {', '.join(f'`{m}`' for m in models) if models else 'none yet'}"
         f" (loaded {state.get('model_loads', info.get('model_loads', 0))} time(s) in this worker)\n"
         f"- torch {state.get('torch_version', info.get('torch_version', '…'))}, CUDA available: {state.get('cuda_available', info.get('cuda_available', '…'))}"
@@ -41,7 +64,7 @@ def live() -> None:
     if status.recent_errors:
         st.markdown("**Recent errors**")
         st.dataframe(
-            [{"time": time.strftime("%H:%M:%S", time.localtime(e.when)), "task": e.task, "kind": e.kind, "message": e.message[:300]}
+            [{"time": time.strftime("%H:%M:%S", time.localtime(e.when)), "worker": e.worker, "task": e.task, "kind": e.kind, "message": e.message[:300]}
              for e in reversed(status.recent_errors)],
             width="stretch",
             hide_index=True,
@@ -55,8 +78,8 @@ if problems:
     for problem in reversed(problems):
         st.caption(md(problem))
 st.divider()
-confirm = st.checkbox("I understand a restart stops the run in progress (its inputs stay on disk)", key="rn_confirm")
-if st.button("Restart the worker", key="rn_restart", disabled=not confirm):
+confirm = st.checkbox("I understand a restart stops the runs in progress (their inputs stay on disk)", key="rn_confirm")
+if st.button("Restart the workers", key="rn_restart", disabled=not confirm):
     ctx.runner.restart()
     ctx.holder.refresh_probe()
-    st.success("The worker was stopped; a fresh one is starting.")
+    st.success("The workers were stopped; fresh ones are starting.")

@@ -41,6 +41,9 @@ def test_pages_on_finished_runs_never_call_the_worker(new_app, app_env):
     check(at, "home with runs")
     before = runner_counts(at)  # waits until the worker is idle and reported its device
     assert before["State"] == "idle"
+    workers = next(d.value for d in at.dataframe if "device" in d.value.columns)  # the Runner page lists each worker
+    assert list(workers["worker"]) == ["worker 1"] and list(workers["device"]) == ["CPU"]
+    assert before["Workers busy"] == "0 of 1"
 
     # Home lists both runs; the sidebar picks the newest finished one.
     at.switch_page(HOME).run()
