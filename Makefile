@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 PORT ?= 8501
 
 # `make test` measures da3_core's line coverage (every process the tests start included: see
@@ -18,14 +19,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
+# Ray (the DA3_RAY_ADDRESS backend) is optional for `make run`; the suite tests it, so `make
+# test` installs it.
+$(RAY_STAMP): $(STAMP) requirements-ray.txt
+	$(PY) -m pip install --quiet -r requirements-ray.txt
+	touch $(RAY_STAMP)
+
 run: $(STAMP)
 	$(VENV)/bin/streamlit run streamlit_app.py --server.port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest $(COV) --durations=15 $(ARGS)
 
 # Everything but the real-model and browser tests (seconds, for quick iterations).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest -m "not slow and not e2e" $(ARGS)
 
 # An HTML report (test-artifacts/coverage/html/index.html) of the last `make test`'s data.
@@ -33,7 +40,7 @@ coverage: $(STAMP)
 	$(PY) -m coverage html --rcfile=.coveragerc -d test-artifacts/coverage/html
 	@echo "open test-artifacts/coverage/html/index.html"
 
-bench: $(STAMP)
+bench: $(STAMP) $(RAY_STAMP)
 	$(PY) -m benchmarks.run
 
 # Untrained weights from a preset, for machines that cannot reach the model hub.

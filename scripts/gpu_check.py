@@ -59,6 +59,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="gpu-check-"))
     ap.add_argument("--skip-giant", action="store_true")
+    ap.add_argument("--skip-overhead", action="store_true", help="skip the runner-vs-in-worker table")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,6 +117,10 @@ def main() -> int:
         check("raw CUDA tensors nested come back as numpy", all(v in ("ndarray", "dict", "list") for v in kinds.values()), kinds)
         check("no torch in parent after raw CUDA tensors", "torch" not in sys.modules)
 
+        if not args.skip_overhead:
+            presets = ("da3-small", "da3-large") + (() if args.skip_giant else ("da3-giant",))
+            report["overhead"] = overhead_table(runner, demo, presets)
+
         if not args.skip_giant:
             t = time.perf_counter()
             tasks.build_demo_weights.call("da3-giant", demo, runner=runner)
@@ -143,6 +148,56 @@ def main() -> int:
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({"ok": ok, "timings": report["timings"]}, indent=2), flush=True)
     return 0 if ok else 1
+
+
+def overhead_table(runner, demo: str, presets: tuple[str, ...], rounds: int = 5) -> list[dict]:
+    """The issue's table: a warm call through the runner against the same `reconstruct()`
+    called directly inside the worker (medians of ``rounds``), 640x480 frames at 504; and the
+    fake GPU task (`benchmarks.sim_tasks`) the CPU benchmarks stand in with."""
+    import statistics
+
+    import numpy as np
+
+    from da3_core import tasks
+    from da3_core.contract import ModelSpec, ReconstructRequest
+
+    rows = []
+    rng = np.random.default_rng(1)
+    for preset in presets:
+        tasks.build_demo_weights.call(preset, demo, runner=runner)
+        for n in (4, 32):
+            frames = tuple((rng.random((480, 640, 3)) * 255).astype(np.uint8) for _ in range(n))
+            req = ReconstructRequest(frames, tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", preset), process_res=504)
+            try:
+                tasks.reconstruct.call(req, demo, runner=runner)  # warm
+                direct = runner.call("benchmarks.worker_tasks:time_inprocess", req, demo, rounds, duration=1800)
+                through = []
+                for _ in range(rounds):
+                    t = time.perf_counter()
+                    rec = tasks.reconstruct.call(req, demo, runner=runner)
+                    through.append(time.perf_counter() - t)
+                    del rec
+                row = {"preset": preset, "frames": n, "runner_s": statistics.median(through), "in_worker_s": statistics.median(direct)}
+                row["ratio"] = row["runner_s"] / row["in_worker_s"]
+            except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: the row says so
+                row = {"preset": preset, "frames": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            rows.append(row)
+            print("overhead", json.dumps(row), flush=True)
+    for n, sleep_s in ((4, 0.095), (32, 0.45)):
+        frames = [np.zeros((480, 640, 3), np.uint8)] * n
+        runner.call("benchmarks.sim_tasks:gpu_sim", frames, sleep_s)
+        direct = runner.call("benchmarks.sim_tasks:time_gpu_sim_direct", frames, sleep_s, rounds)
+        through = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            value = runner.call("benchmarks.sim_tasks:gpu_sim", frames, sleep_s)
+            through.append(time.perf_counter() - t)
+            del value
+        row = {"preset": "fake gpu_sim", "frames": n, "runner_s": statistics.median(through), "in_worker_s": statistics.median(direct)}
+        row["ratio"] = row["runner_s"] / row["in_worker_s"]
+        rows.append(row)
+        print("overhead", json.dumps(row), flush=True)
+    return rows
 
 
 if __name__ == "__main__":
