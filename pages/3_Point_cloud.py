@@ -1,4 +1,5 @@
-"""Point cloud: Plotly 3D with live filters (no re-inference), and a full-density GLB viewer."""
+"""Point cloud: Plotly 3D with live filters (no re-inference), a full-density GLB viewer, and the
+3D Gaussian viewer when the run has Gaussians (drawn by the browser: works on CPU-only servers)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 
 import streamlit as st
 
-from da3_core import export, figures, geometry, session, ui, viewer
+from da3_core import export, figures, geometry, session, splat, ui, viewer
 
 ctx = ui.page_setup("Point cloud", "☁️")
 st.title("Point cloud")
@@ -26,17 +27,35 @@ st.caption(f"{len(cloud.points):,} points shown of {cloud.n_candidates:,} that p
            f"units: {rec.depth_unit} · filtered and drawn in {elapsed * 1000:.0f} ms (no model call)")
 
 st.subheader("Full density")
-full_filters = geometry.FilterParams(**{**cs.filters.__dict__, "max_points": None})
-n_full = int(geometry.filter_mask(world, full_filters)[0].sum())
-st.caption(f"Every point that passes the filters ({n_full:,}), in a WebGL viewer shipped with the app (works offline).")
-key = (meta.run_id, full_filters, cs.fov_deg, cs.show_cameras)
-if st.button(f"Show all {n_full:,} points", key="pc_full", disabled=n_full == 0) or st.session_state.get("pc_full_key") == key:
-    cache = st.session_state.get("pc_full_html")
-    if st.session_state.get("pc_full_key") != key or cache is None:
-        with st.spinner("Building the GLB…"):
-            full = geometry.apply_filters(world, full_filters)
-            glb = export.glb_bytes(full, cameras, rec.hw, show_cameras=cs.show_cameras)
-            cache = viewer.glb_viewer_html(glb, height=620, point_size=max(1.0, cs.point_size), show_cameras=cs.show_cameras)
-        st.session_state["pc_full_key"] = key
-        st.session_state["pc_full_html"] = cache
-    st.iframe(cache, height=640)
+VIEWERS = ("Points", "3D Gaussians")
+if rec.gaussians is not None:
+    choice = st.radio("Viewer", VIEWERS, horizontal=True, key="pc_viewer",
+                      help="Points: every point that passes the filters. 3D Gaussians: DA3's Gaussians, drawn by your browser.")
+else:
+    choice = VIEWERS[0]
+    st.caption(splat.NO_GAUSSIANS)
+
+if choice == VIEWERS[1]:
+    key = (meta.run_id, cs.fov_deg, cs.show_cameras)
+    if st.session_state.get("pc_splat_key") != key or st.session_state.get("pc_splat") is None:
+        with st.spinner("Packing the Gaussians…"):
+            st.session_state["pc_splat"] = splat.run_viewer(rec, cameras, show_cameras=cs.show_cameras, height=620)
+        st.session_state["pc_splat_key"] = key
+    view = st.session_state["pc_splat"]
+    st.caption(splat.run_viewer_caption(view, rec.names))
+    st.iframe(view.html, height=640)
+else:
+    full_filters = geometry.FilterParams(**{**cs.filters.__dict__, "max_points": None})
+    n_full = int(geometry.filter_mask(world, full_filters)[0].sum())
+    st.caption(f"Every point that passes the filters ({n_full:,}), in a WebGL viewer shipped with the app (works offline).")
+    key = (meta.run_id, full_filters, cs.fov_deg, cs.show_cameras)
+    if st.button(f"Show all {n_full:,} points", key="pc_full", disabled=n_full == 0) or st.session_state.get("pc_full_key") == key:
+        cache = st.session_state.get("pc_full_html")
+        if st.session_state.get("pc_full_key") != key or cache is None:
+            with st.spinner("Building the GLB…"):
+                full = geometry.apply_filters(world, full_filters)
+                glb = export.glb_bytes(full, cameras, rec.hw, show_cameras=cs.show_cameras)
+                cache = viewer.glb_viewer_html(glb, height=620, point_size=max(1.0, cs.point_size), show_cameras=cs.show_cameras)
+            st.session_state["pc_full_key"] = key
+            st.session_state["pc_full_html"] = cache
+        st.iframe(cache, height=640)
