@@ -304,23 +304,48 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str]) -> 
                             format_func=lambda o: "auto (use the strategy)" if o == "auto" else f"{o}: {names[o]}",
                             help="Force one frame as the reference: the world frame follows that camera.")
     gs_reason = gs_unavailable_reason(ctx, preset, device)
-    infer_gs = cols[2].toggle("Infer 3D Gaussians", key="rc_gs", disabled=gs_reason is not None, help=gs_reason or "Adds a 3DGS PLY to the exports.")
+    infer_gs = cols[2].toggle("Infer 3D Gaussians", key="rc_gs", disabled=gs_reason is not None,
+                              help="Adds DA3's 3D Gaussians: a viewer on the Point cloud page and a 3DGS PLY in the exports.")
     if gs_reason:
         cols[2].caption(f"Gaussians: {gs_reason}")
     if not multi:
         st.caption(f"{preset.label if preset else 'This preset'} is monocular: no camera poses and no confidence; "
                    "the point cloud uses identity poses and a stated field of view.")
-    return RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device)
+    params = RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device)
+    cpu_gs = gs_cpu_estimate(ctx, preset, params, max(1, len(names)))
+    if cpu_gs is not None:
+        (st.caption if cpu_gs[1] else st.warning)(cpu_gs[0])
+    return params
 
 
 def gs_unavailable_reason(ctx: PageContext, preset: Preset | None, device: str) -> str | None:
-    """Why 3D Gaussians cannot be inferred with this choice, or None if they can."""
+    """Why 3D Gaussians cannot be inferred with this choice, or None if they can.
+
+    DA3's GS head has no CUDA-only operation (checked on CPU: `tests/integration/test_gs_cpu.py`),
+    so CPU runs are allowed; their cost is shown by `gs_cpu_estimate`."""
     if preset is None or not preset.gs_head:
         return "only presets with a GS head (DA3 Giant, Nested Giant-Large)"
-    effective = ctx.device if device == "auto" else device
-    if effective != "cuda":
-        return f"needs a CUDA GPU (the worker's device is {effective or 'not known yet'})"
     return None
+
+
+def gs_cpu_estimate(ctx: PageContext, preset: Preset | None, params: RunParams, n_frames: int) -> tuple[str, bool] | None:
+    """For Gaussians on CPU: one line with the rough memory and time, and whether it fits.
+
+    None when the run is not a Gaussian run on CPU.
+    """
+    from da3_core import resources
+
+    effective = ctx.device if params.device == "auto" else params.device
+    if not params.infer_gs or preset is None or effective not in ("cpu", None):
+        return None
+    est = resources.estimate_cpu_run(preset, n_frames, params.process_res)
+    gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
+    line = (f"{preset.label} with Gaussians on CPU, {n_frames} frame(s) at {params.process_res}: needs about {gb(est.peak_mb)} "
+            f"({gb(est.weights_mb)} of weights) and roughly {est.seconds:,.0f} s of inference on a 2-core Xeon; "
+            f"{gb(est.available_mb)} is available here.")
+    if not est.fits:
+        line += " It cannot fit: use fewer frames, a lower process_res, or a GPU."
+    return line, est.fits
 
 
 def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams) -> ActiveRun:

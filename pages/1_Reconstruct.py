@@ -123,6 +123,10 @@ def start(frames_to_run: list[inputs.Frame], source_label: str) -> None:
     if not frames_to_run:
         st.error("No usable frame: see the messages above.")
         return
+    cpu_gs = ui.gs_cpu_estimate(ctx, preset, params, len(frames_to_run))
+    if cpu_gs is not None and not cpu_gs[1]:
+        ui.show_error(f"The run was not started. {cpu_gs[0]}")  # refused before the worker starts: nothing is lost
+        return
     try:
         ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params)
     except (ValueError, GPUError) as exc:

@@ -92,7 +92,7 @@ else:
 c1, c2 = st.columns([3, 2])
 c1.markdown("**3D Gaussians (3DGS PLY)**")
 if rec.gaussians is None:
-    c2.caption("Unavailable: this run has no Gaussians (presets with a GS head, on CUDA, with 'Infer 3D Gaussians').")
+    c2.caption("Unavailable: this run has no Gaussians (presets with a GS head, with 'Infer 3D Gaussians').")
 elif c2.button("Make 3DGS PLY", key="ex_gs", width="stretch"):
     try:
         with st.spinner("Writing the 3DGS PLY in the worker…"):

@@ -85,10 +85,10 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
     """Write the 3D Gaussians as a standard 3DGS PLY with DA3's writer; return its path.
 
     Raises:
-        ValueError: The run has no Gaussians (only presets with a GS head, on CUDA).
+        ValueError: The run has no Gaussians (only presets with a GS head, with 'Infer 3D Gaussians').
     """
     if rec.gaussians is None:
-        raise ValueError("This run has no 3D Gaussians: run a preset with a GS head (giant, nested) on a CUDA GPU with 'Infer Gaussians' on")
+        raise ValueError("This run has no 3D Gaussians: run a preset with a GS head (giant, nested) with 'Infer 3D Gaussians' on")
     from depth_anything_3.utils.export.gs import export_to_gs_ply
 
     report_progress("writing 3DGS PLY", 0.2)

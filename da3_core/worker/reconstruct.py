@@ -132,7 +132,7 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
         imgs, _, _ = model._prepare_model_inputs(imgs_cpu, None, None)
         timings["preprocess"] = time.perf_counter() - t
 
-        infer_gs = bool(request.infer_gs and preset is not None and preset.gs_head and device == "cuda")
+        infer_gs = bool(request.infer_gs and preset is not None and preset.gs_head)  # the GS head runs on CPU too
         detail = f"{preset_name} on {device}" + (f" ({precision})" if precision else "")
         report_progress("inference", 0.25, detail)
         t = time.perf_counter()
