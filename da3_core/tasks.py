@@ -52,9 +52,12 @@ def worker_info() -> dict[str, Any]:
 
     import importlib.util
 
+    from da3_core.worker.gs_video import unavailable_reason
+
     state = worker_state()
     state["device"] = resolve_device("auto")
     state["gsplat"] = importlib.util.find_spec("gsplat") is not None
+    state["gs_video_unavailable"] = unavailable_reason()
     return state
 
 
@@ -72,3 +75,15 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
     from da3_core.worker.exports import export_gs_ply as run
 
     return run(rec, out_dir)
+
+
+@gpu(duration=900)
+def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "interpolate_smooth", fps: int = 24, crf: int = 18,
+                    depth_panel: bool = False) -> dict[str, Any]:
+    """DA3's novel-view video of the Gaussians (CUDA + gsplat); see `da3_core.worker.gs_video`.
+
+    The budget covers gsplat's one-time kernel compile (about 70 s on an H100).
+    """
+    from da3_core.worker.gs_video import render_gs_video as run
+
+    return run(rec, out_path, trajectory, fps, crf, depth_panel)

@@ -100,6 +100,32 @@ elif c2.button("Make 3DGS PLY", key="ex_gs", width="stretch"):
     except GPUError as exc:
         ui.show_error(f"3DGS export failed: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
 
+if rec.gaussians is not None:
+    st.markdown("**Novel-view video of the Gaussians** (DA3's trajectories, rendered in the worker with gsplat)")
+    video_path = out_dir / "gs_video.mp4"
+    why = ctx.worker_info.get("gs_video_unavailable") if ctx.worker_info else "the worker has not reported yet"
+    if why:
+        st.caption(f"Unavailable here: {why}")
+    else:
+        c = st.columns(4)
+        trajectory = c[0].selectbox("Trajectory", ui.GS_TRAJECTORIES, key="ex_gsv_trj",
+                                    help="DA3's camera paths: smooth follows the input cameras, extend adds a wander and a dolly zoom in the middle.")
+        fps = c[1].number_input("fps", min_value=6, max_value=60, value=24, key="ex_gsv_fps")
+        crf = c[2].slider("Quality (crf, lower is better)", min_value=12, max_value=35, value=18, key="ex_gsv_crf")
+        depth_panel = c[3].checkbox("Depth beside colour", key="ex_gsv_depth")
+        if st.button("Render the video", key="ex_gsv", width="stretch"):
+            try:
+                with st.spinner("Rendering in the worker (the first time also compiles gsplat's kernels, about a minute)…"):
+                    info = tasks.render_gs_video.call(rec, str(video_path), trajectory, int(fps), int(crf), bool(depth_panel), runner=ctx.runner)
+                st.success(f"{info['frames']} frames, {info['width']}×{info['height']}, rendered in {info['render_s']:.1f} s"
+                           + (f" (+{info['compile_s']:.0f} s compiling gsplat)" if info["compile_s"] else "") + ". Saved in the run folder.")
+            except GPUError as exc:
+                ui.show_error(f"The video could not be rendered: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
+    if video_path.is_file():
+        st.video(str(video_path))
+        st.download_button("Download the video (mp4)", data=lambda: video_path.read_bytes(), file_name=f"{meta.run_id}-gs-video.mp4",
+                           mime="video/mp4", key="ex_gsv_dl", on_click="ignore")
+
 st.divider()
 st.subheader("The run folder")
 st.caption(f"`{meta.run_id}` in this session's folder of the server's workspace (`DA3_WORKSPACE`).")

@@ -135,6 +135,7 @@ def main() -> int:
             check("no torch in parent after Gaussians", "torch" not in sys.modules)
             ply = tasks.export_gs_ply.call(rec_gs, str(work / "exports"), runner=runner)
             check("DA3's 3DGS PLY writer in the worker", Path(ply).is_file() and Path(ply).stat().st_size > 0, ply)
+            report["gs_video"] = gs_video_check(runner, rec_gs, work, check)
             state = runner.status().worker_state
             report["worker_state_after_giant"] = state
             check("GPU memory freed after calls (allocated < 12 GB with giant cached)",
@@ -148,6 +149,35 @@ def main() -> int:
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({"ok": ok, "timings": report["timings"]}, indent=2), flush=True)
     return 0 if ok else 1
+
+
+def gs_video_check(runner, rec_gs, work: Path, check) -> dict:
+    """The novel-view video (issue "3D Gaussians end to end"): DA3-GIANT untrained, 2 views,
+    ``infer_gs``, rendered with gsplat in the worker; the mp4 must decode with the frame count
+    and size the worker reported."""
+    from da3_core import tasks
+
+    info = tasks.worker_info.call(runner=runner)
+    why = info.get("gs_video_unavailable")
+    if why:
+        check("novel-view video (gsplat)", False, f"unavailable: {why}")
+        return {"unavailable": why}
+    path = work / "gs_video.mp4"
+    try:
+        out = tasks.render_gs_video.call(rec_gs, str(path), "interpolate_smooth", 24, 18, False, runner=runner)
+    except Exception as exc:  # noqa: BLE001 - e.g. nvcc failed: the report keeps the message
+        check("novel-view video (gsplat)", False, f"{type(exc).__name__}: {exc}"[:2000])
+        return {"error": str(exc)[:4000]}
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(path)
+    decoded = [f for f in reader]
+    reader.close()
+    shape = decoded[0].shape if decoded else None
+    ok = len(decoded) == out["frames"] and shape is not None and shape[:2] == (out["height"], out["width"])
+    check("novel-view video decodes with the expected frames and size", ok,
+          {"frames": len(decoded), "expected": out["frames"], "shape": shape, "compile_s": out["compile_s"], "render_s": out["render_s"]})
+    return {**out, "decoded_frames": len(decoded), "decoded_shape": shape}
 
 
 def overhead_table(runner, demo: str, presets: tuple[str, ...], rounds: int = 5) -> list[dict]:

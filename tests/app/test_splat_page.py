@@ -79,3 +79,19 @@ def test_the_point_cloud_page_offers_the_gaussian_viewer_beside_the_points(new_a
     # Showing the Gaussians never called the worker (the browser draws them).
     after = runner_counts(at)
     assert (after["calls_ok"], after["calls_failed"]) == (before["calls_ok"], before["calls_failed"])
+
+
+def test_the_video_says_once_why_it_is_unavailable_on_a_cpu_server(new_app, app_env):
+    """The novel-view video needs CUDA and gsplat: on this CPU server the Exports page says
+    so in one sentence, offers no control that cannot act, and keeps the 3DGS PLY export."""
+    sid, session_dir = app_env.new_session()
+    synthetic.write_finished_run(session_dir, synthetic.with_gaussians(synthetic.box_scene(3)))
+    at = new_app(sid)
+    at.run()
+    runner_counts(at)  # the worker has reported what it can do
+    at.switch_page(PAGES[3]).run()
+    check(at, "exports with Gaussians")
+    why = [t for t in texts(at.caption) if t.startswith("Unavailable here:")]
+    assert len(why) == 1 and "CUDA" in why[0] and "viewer" in why[0]
+    assert "ex_gsv" not in keys(at.button) and "ex_gs" in keys(at.button)
+    assert not [s for s in at.selectbox if s.key == "ex_gsv_trj"]

@@ -60,3 +60,14 @@ def test_estimates_grow_with_frames_resolution_and_model():
     assert resources.estimate_cpu_run(small, 4, 1008).peak_mb > a.peak_mb
     assert resources.estimate_cpu_run(giant, 4, 504).weights_mb > 10 * a.weights_mb
     assert resources.available_memory_mb() > 0
+
+
+def test_the_video_task_refuses_without_cuda_with_the_reason(module_runner):
+    from da3_core import tasks
+    from da3_core.runner.protocol import TaskError
+    from tests.unit import synthetic
+
+    rec = synthetic.with_gaussians(synthetic.box_scene(2))
+    with pytest.raises(TaskError) as info:
+        tasks.render_gs_video.call(rec, "/tmp/never.mp4", runner=module_runner)
+    assert info.value.type_name == "RuntimeError" and "needs a CUDA GPU" in info.value.message
