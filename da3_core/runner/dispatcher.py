@@ -351,6 +351,9 @@ class Runner:
                 job = self._queue.popleft()
                 slot.current = job
                 self._publish_positions()
+            # Counted and the slot freed before the call reads as done, so a `status()` right
+            # after a call's return already shows it (never "busy" with the call uncounted).
+            job._before_done = lambda slot=slot, job=job: self._settle(slot, job)
             try:
                 if job.cancel_requested or job.abandoned(self.policy.abandon_after_s):
                     job._finish(error=cancelled_before_start(job))
@@ -361,11 +364,17 @@ class Runner:
                     log.exception("runner %s: call %d (%s) failed in the runner itself", self.name, job.call_id, job.task)
                 job._finish(error=exc if isinstance(exc, GPUError) else GPUError(f"{job.task}: runner error: {exc!r}"))
             finally:
-                self._record(slot, job)
+                job._before_done = None
                 with self._cv:
                     slot.current = None
                     self._publish_positions()
                 del job  # this thread must not keep the last result alive while it waits
+
+    def _settle(self, slot: Slot, job: Job) -> None:
+        """Count the call and free its slot (called by `Job._finish`, before the call is done)."""
+        self._record(slot, job)
+        if slot.current is job:
+            slot.current = None
 
     def _record(self, slot: Slot, job: Job) -> None:
         if job._error is None:

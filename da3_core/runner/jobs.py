@@ -86,6 +86,9 @@ class Job:
         # when a `CancelRequest` arrives).
         self._cancel_event = threading.Event()
         self._callbacks: list[Callable[[Job], None]] = []
+        # Set by the runner for a call a worker runs: its bookkeeping (counts, the slot
+        # freed) happens before anyone can see the call done.
+        self._before_done: Callable[[], None] | None = None
 
     # -- caller side -----------------------------------------------------------------
     def done(self) -> bool:
@@ -213,6 +216,11 @@ class Job:
             self._received, self._error = received, error
             self.seconds_in_worker = seconds
             args_segment, self.payload = self.payload.segment, Packed(b"")  # the arguments are no longer needed
+            if self._before_done is not None:
+                try:
+                    self._before_done()
+                except Exception:  # noqa: BLE001 - bookkeeping must never keep a call from finishing
+                    log.exception("bookkeeping of call %d (%s) failed", self.call_id, self.task)
             self._done.set()
             self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []

@@ -3,9 +3,14 @@
 Each test would fail if its item broke. Tasks live in tests/fake_tasks.py; the worker
 imports them by name, as it imports the real DA3 task.
 
-Tests that leave the worker alive and healthy share one module-scoped runner (``warm``),
-which saves a worker start, and for the tensor tests a torch import, per test. Tests that
-kill, break, restart or count the worker keep the fresh ``runner`` of tests/conftest.py.
+Every test about the contract runs on both backends: ``[process]`` (spawned worker
+processes) and ``[ray]`` (Ray actors, on the session's local Ray cluster of
+tests/ray_support.py). Tests about spawned processes themselves (spawn, parent death) and
+about in-process mode run once.
+
+Tests that leave the worker alive and healthy share one module-scoped runner per backend
+(``warm``), which saves a worker start, and for the tensor tests a torch import, per test.
+Tests that kill, break, restart or count the worker get a fresh one (``any_runner``).
 """
 
 from __future__ import annotations
@@ -28,25 +33,51 @@ from da3_core.contract import ModelSpec, ReadOnlyDict, Reconstruction
 from da3_core.runner.protocol import ArgumentNotPicklableError, ResultNotCPUError, TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError
 from da3_core.runner import Progress, Queued, Runner, Started, gpu
 from tests import fake_tasks
+from tests.ray_support import any_runner, backend, is_ray, make_runner, ray_cluster, ray_module_runner, settled  # noqa: F401 (fixtures)
 
 FT = "tests.fake_tasks"
 
 
-@pytest.fixture
-def warm(module_runner):
-    """The module's shared isolated runner, for tests that leave its worker alive."""
-    yield module_runner
+def _drained(runner):
     # A failed test may leave calls behind: let them drain, or restart, so the next test
     # starts on an idle runner.
     deadline = time.monotonic() + 5
-    while module_runner.status().state == "busy" and time.monotonic() < deadline:
+    while runner.status().state == "busy" and time.monotonic() < deadline:
         time.sleep(0.05)
-    if module_runner.status().state == "busy":
-        module_runner.restart()
+    if runner.status().state == "busy":
+        runner.restart()
 
 
-def no_zombies() -> bool:
-    return all(c.status() != psutil.STATUS_ZOMBIE for c in psutil.Process().children(recursive=True))
+@pytest.fixture(params=["process", "ray"])
+def warm(request):
+    """The module's shared runner of each backend, for tests that leave its worker alive."""
+    runner = request.getfixturevalue("module_runner" if request.param == "process" else "ray_module_runner")
+    yield runner
+    _drained(runner)
+
+
+@pytest.fixture
+def warm_process(module_runner):
+    """The module's shared process runner, for tests about spawned worker processes."""
+    yield module_runner
+    _drained(module_runner)
+
+
+def no_zombies(within_s: float = 0.0) -> bool:
+    """No zombie among this process's descendants (within ``within_s``: Ray's raylet, which a
+    local cluster makes our descendant, reaps its actor processes itself, a moment later)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        zombies = []
+        for c in psutil.Process().children(recursive=True):
+            try:
+                if c.status() == psutil.STATUS_ZOMBIE:
+                    zombies.append(c)
+            except psutil.NoSuchProcess:
+                pass
+        if not zombies or time.monotonic() >= deadline:
+            return not zombies
+        time.sleep(0.01)
 
 
 # 1. The parent never imports torch (the full-app check is in tests/integration and tests/app).
@@ -71,7 +102,8 @@ def test_parent_modules_import_without_torch():
 
 
 # 2. The worker is a spawned process (not forked): it does not see the parent's in-memory state.
-def test_worker_is_spawned_not_forked(warm):
+def test_worker_is_spawned_not_forked(warm_process):
+    warm = warm_process
     assert warm.slots[0]._ctx.get_start_method() == "spawn"
     fake_tasks._FAKE_MODEL["model"] = "set in the parent"  # a fork would inherit this
     try:
@@ -92,7 +124,8 @@ def test_model_cached_in_worker_global(warm):
 
 
 # 4. Arguments cross by pickle; an unpicklable one fails in the caller, named, before any work.
-def test_unpicklable_argument_fails_in_caller_with_its_name(runner):
+def test_unpicklable_argument_fails_in_caller_with_its_name(any_runner):
+    runner = any_runner
     with pytest.raises(ArgumentNotPicklableError) as info:
         fake_tasks.square.submit(lambda: 1, runner=runner)
     assert info.value.argument == "x"
@@ -149,7 +182,8 @@ def test_torch_objects_and_unpicklable_results_are_refused(warm):
 
 
 # 6. duration: the worker is killed when the budget runs out; the next call gets a fresh one.
-def test_duration_kills_and_next_call_works(runner):
+def test_duration_kills_and_next_call_works(any_runner):
+    runner = any_runner
     pid = runner.call(f"{FT}:worker_pid")
     t0 = time.monotonic()
     with pytest.raises(TaskTimeoutError) as info:
@@ -174,24 +208,27 @@ def test_duration_callable_of_arguments(warm):
     "task,expect",
     [("die_by_sigkill", "SIGKILL"), ("die_by_segfault", "SIGSEGV"), ("die_by_exit", "exit code 7")],
 )
-def test_worker_death_is_reported_fast_and_recovered(runner, task, expect):
+def test_worker_death_is_reported_fast_and_recovered(any_runner, task, expect):
+    runner = any_runner
     runner.call(f"{FT}:worker_pid")  # warm: measure the crash, not the start
     t0 = time.monotonic()
     with pytest.raises(WorkerCrashedError) as info:
         runner.call(f"{FT}:{task}")
     assert time.monotonic() - t0 < 2.0
-    assert expect in str(info.value)
+    # Ray does not tell how its worker process ended (signal or exit code), only that it died.
+    assert ("Ray actor's process died" if is_ray(runner) else expect) in str(info.value)
     assert runner.call(f"{FT}:square", 5) == 25
-    assert no_zombies()
+    assert no_zombies(within_s=2.0 if is_ray(runner) else 0.0)
 
 
-def test_worker_killed_from_outside_mid_call(runner):
+def test_worker_killed_from_outside_mid_call(any_runner):
+    runner = any_runner
     pid = runner.call(f"{FT}:worker_pid")
     job = runner.submit(f"{FT}:stubborn", (30,), duration=60)
     time.sleep(0.3)
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
-    with pytest.raises(WorkerCrashedError, match="SIGKILL"):
+    with pytest.raises(WorkerCrashedError, match="process died" if is_ray(runner) else "SIGKILL"):
         job.result(10)
     assert time.monotonic() - t0 < 2.0
     assert runner.call(f"{FT}:square", 6) == 36
@@ -285,7 +322,8 @@ def test_cancel_cooperative_keeps_worker(warm):
     assert warm.call(f"{FT}:worker_pid") == pid
 
 
-def test_cancel_stubborn_task_kills_after_grace(runner):
+def test_cancel_stubborn_task_kills_after_grace(any_runner):
+    runner = any_runner
     pid = runner.call(f"{FT}:worker_pid")
     job = runner.submit(f"{FT}:stubborn", (30,), duration=60)
     time.sleep(0.3)
@@ -322,9 +360,9 @@ def test_caller_giving_up_cancels_the_call(warm):
     assert warm.worker_pid == pid
 
 
-def test_abandoned_calls_are_cancelled():
+def test_abandoned_calls_are_cancelled(backend):
     """A watched call whose watcher goes silent (a closed tab) is cancelled, queued or running."""
-    r = Runner(cancel_grace_s=0.5, abandon_after_s=0.5)
+    r = make_runner(backend, cancel_grace_s=0.5, abandon_after_s=0.5)
     try:
         pid = r.call(f"{FT}:worker_pid")
         running = r.submit(f"{FT}:cancellable", (30,), duration=60)
@@ -401,7 +439,8 @@ def test_inprocess_mode_and_isolated_default(monkeypatch):
         set_default_runner(None)
 
 
-def test_memory_exhaustion_in_worker_recovers(runner):
+def test_memory_exhaustion_in_worker_recovers(any_runner):
+    runner = any_runner
     runner.call(f"{FT}:worker_pid")
     t0 = time.monotonic()
     with pytest.raises((TaskError, WorkerCrashedError)) as info:
@@ -412,10 +451,10 @@ def test_memory_exhaustion_in_worker_recovers(runner):
     assert runner.call(f"{FT}:square", 8) == 64
 
 
-def test_close_during_a_call_ends_it_cleanly():
+def test_close_during_a_call_ends_it_cleanly(backend):
     from da3_core.runner.protocol import RunnerClosedError
 
-    r = Runner()
+    r = make_runner(backend)
     r.call(f"{FT}:worker_pid")
     pid = r.worker_pid
     running = r.submit(f"{FT}:stubborn", (30,), duration=60)
@@ -430,14 +469,15 @@ def test_close_during_a_call_ends_it_cleanly():
     assert r.status().state == "closed"
 
 
-def test_status_reports_state_and_errors(runner):
+def test_status_reports_state_and_errors(any_runner):
+    runner = any_runner
     assert runner.status().state in ("stopped", "starting")
     runner.call(f"{FT}:worker_pid")
-    st = runner.status()
+    st = settled(runner)
     assert st.state == "idle" and st.worker_pid and st.worker_rss_mb and st.worker_rss_mb > 1
     with pytest.raises(ValueError):
         runner.call(f"{FT}:fail", "recorded")
-    st = runner.status()
+    st = settled(runner)
     assert st.calls_failed == 1 and st.recent_errors[-1].message == "recorded"
     runner.restart()
     assert runner.status().state == "stopped"
@@ -446,10 +486,11 @@ def test_status_reports_state_and_errors(runner):
 
 
 # 10 (continued). A cancel is seen at once, in both modes, and the call reads as cancelled.
-@pytest.mark.parametrize("isolation", ["isolated", "inprocess"])
-def test_cancelled_call_reads_as_cancelled(warm, isolation):
+@pytest.mark.parametrize("isolation", ["isolated", "ray", "inprocess"])
+def test_cancelled_call_reads_as_cancelled(request, isolation):
     """The task stops at a checkpoint (CancelledInWorker); the caller gets TaskCancelledError, not a TaskError."""
-    r = warm if isolation == "isolated" else Runner(isolation="inprocess")
+    warm = request.getfixturevalue("warm_process" if isolation == "isolated" else "ray_module_runner") if isolation != "inprocess" else None
+    r = warm or Runner(isolation="inprocess")
     try:
         job = r.submit(f"{FT}:progress_steps", (1000, 0.05), duration=120)
         list(_until_started(job))
@@ -534,7 +575,8 @@ def test_inprocess_abandoned_call_is_cancelled_at_a_progress_report():
         r.close()
 
 
-def test_budget_enforced_while_the_task_floods_progress(runner):
+def test_budget_enforced_while_the_task_floods_progress(any_runner):
+    runner = any_runner
     """Progress faster than the dispatcher reads it must not starve the deadline check."""
     runner.call(f"{FT}:worker_pid")
     t0 = time.monotonic()
