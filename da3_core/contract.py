@@ -24,6 +24,8 @@ from da3_core.presets import DEVICES, PRESETS_BY_NAME, PROCESS_RES_METHODS, REF_
 # --------------------------------------------------------------------------------------
 
 ModelKind = Literal["hub", "local", "demo"]
+CAMERA_SOURCES: tuple[str, ...] = ("COLMAP", "JSON", "NPZ")
+"""Where known cameras can come from (`da3_core.cameras`)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,19 @@ class ReconstructRequest:
             camera); None leaves the choice to ``ref_view_strategy``.
         infer_gs: Ask for the Gaussian-splatting head (only presets with one, and CUDA).
         device: ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        extrinsics: Known cameras, (N, 4, 4) world-to-camera (OpenCV axes) for every frame,
+            or None to let DA3 estimate them (DA3 takes cameras for all views or none). A
+            (N, 3, 4) is completed to 4x4. Kept as float64 (DA3 converts to float32).
+        intrinsics: (N, 3, 3) pinhole K in pixels of each frame of ``images`` (DA3 rescales
+            them to the processed size); given together with ``extrinsics``.
+        align_to_input_ext_scale: DA3's switch for given cameras: True (DA3's default) keeps
+            the given cameras and scales depth to them (the result is in the user's world
+            frame and units); False keeps DA3's own scale and moves the given cameras into
+            DA3's frame (a similarity fitted to its predicted poses).
+        use_ray_pose: DA3's ``use_ray_pose``: poses from the ray head (slower, more accurate)
+            instead of the camera decoder.
+        camera_source: Where known cameras came from (``"COLMAP"``, ``"JSON"``, ``"NPZ"``);
+            "" when none are given.
     """
 
     images: tuple[np.ndarray, ...]
@@ -110,6 +125,11 @@ class ReconstructRequest:
     reference_view: int | None = None
     infer_gs: bool = False
     device: str = "auto"
+    extrinsics: np.ndarray | None = None
+    intrinsics: np.ndarray | None = None
+    align_to_input_ext_scale: bool = True
+    use_ray_pose: bool = False
+    camera_source: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "images", tuple(self.images))
@@ -138,10 +158,64 @@ class ReconstructRequest:
             )
         if self.device not in DEVICES:
             raise ValueError(f"ReconstructRequest.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        self._check_cameras()
+
+    def _check_cameras(self) -> None:
+        """Known cameras: both or neither, one per frame, finite, rigid poses, positive focal lengths."""
+        ext, ixt, n = self.extrinsics, self.intrinsics, len(self.images)
+        if (ext is None) != (ixt is None):
+            raise ValueError("ReconstructRequest.extrinsics and .intrinsics must both be given or both be None")
+        if ext is None or ixt is None:
+            if self.camera_source:
+                raise ValueError("ReconstructRequest.camera_source is set but no cameras are given")
+            return
+        ext = np.array(ext, dtype=np.float64, copy=True)
+        ixt = np.array(ixt, dtype=np.float64, copy=True)
+        if ext.shape == (n, 3, 4):
+            ext = np.concatenate([ext, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (n, 1, 1))], axis=1)
+        if ext.shape != (n, 4, 4):
+            raise ValueError(f"ReconstructRequest.extrinsics must be ({n}, 4, 4) or ({n}, 3, 4) (one per frame: DA3 takes "
+                             f"cameras for all views or none), got {ext.shape}")
+        if ixt.shape != (n, 3, 3):
+            raise ValueError(f"ReconstructRequest.intrinsics must be ({n}, 3, 3), got {ixt.shape}")
+        if not (np.isfinite(ext).all() and np.isfinite(ixt).all()):
+            raise ValueError("ReconstructRequest.extrinsics/intrinsics hold NaN or inf")
+        rot = ext[:, :3, :3]
+        det = np.linalg.det(rot)
+        off = np.abs(rot @ np.swapaxes(rot, 1, 2) - np.eye(3)).max(axis=(1, 2))
+        bad = np.flatnonzero((np.abs(det - 1.0) > 1e-3) | (off > 1e-3) | (np.abs(ext[:, 3] - [0, 0, 0, 1]).max(axis=1) > 1e-9))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"ReconstructRequest.extrinsics[{i}] ({self.names[i]}) is not a rigid world-to-camera pose "
+                             f"(det {det[i]:.4g}, max |R Rᵀ − I| {off[i]:.3g})")
+        bad = np.flatnonzero((ixt[:, 0, 0] <= 0) | (ixt[:, 1, 1] <= 0))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"ReconstructRequest.intrinsics[{i}] ({self.names[i]}) has a focal length <= 0")
+        if self.camera_source and self.camera_source not in CAMERA_SOURCES:
+            raise ValueError(f"ReconstructRequest.camera_source must be one of {', '.join(CAMERA_SOURCES)} (or empty), got {self.camera_source!r}")
+        if self.infer_gs:
+            raise ValueError("ReconstructRequest: infer_gs with given cameras is not offered: DA3 leaves the Gaussians in its "
+                             "own predicted frame, not the given cameras' world")
+        ext.setflags(write=False)
+        ixt.setflags(write=False)
+        object.__setattr__(self, "extrinsics", ext)
+        object.__setattr__(self, "intrinsics", ixt)
 
     @property
     def n_frames(self) -> int:
         return len(self.images)
+
+    @property
+    def cameras_given(self) -> bool:
+        return self.extrinsics is not None
+
+    @property
+    def camera_label(self) -> str:
+        """``"given (COLMAP)"`` etc., or ``"estimated"``."""
+        if not self.cameras_given:
+            return "estimated"
+        return f"given ({self.camera_source})" if self.camera_source else "given"
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,7 @@ class RunService:
         source: str,
         model: ModelSpec,
         params: dict[str, Any],
+        cameras: Any = None,
     ) -> ActiveRun:
         """Validate, save the inputs to a new run folder, and queue the reconstruction.
 
@@ -176,7 +177,11 @@ class RunService:
             source: Where they came from (``"upload"``, ``"video"``, ``"example:<key>"``).
             model: The weights.
             params: DA3 parameters (``process_res``, ``process_res_method``,
-                ``ref_view_strategy``, ``reference_view``, ``infer_gs``, ``device``).
+                ``ref_view_strategy``, ``reference_view``, ``infer_gs``, ``device``, and
+                optionally ``use_ray_pose``, ``align_to_input_ext_scale``).
+            cameras: Known cameras for every frame (`da3_core.cameras.KnownCameras`: its
+                ``extrinsics``, ``intrinsics``, ``source``), or None to let DA3 estimate them.
+                Saved in the run folder with the frames.
 
         Returns:
             The run, already queued.
@@ -195,9 +200,16 @@ class RunService:
             reference_view=params.get("reference_view"),
             infer_gs=bool(params.get("infer_gs", False)),
             device=params.get("device", "auto"),
+            extrinsics=None if cameras is None else cameras.extrinsics,
+            intrinsics=None if cameras is None else cameras.intrinsics,
+            align_to_input_ext_scale=bool(params.get("align_to_input_ext_scale", True)),
+            use_ray_pose=bool(params.get("use_ray_pose", False)),
+            camera_source="" if cameras is None else cameras.source,
         )
+        saved = None if cameras is None else (request.extrinsics, request.intrinsics, request.camera_source)
+        params = {**params, "cameras": request.camera_label}
         with self._lock:  # reconcile() must not see the folder before the run is registered
-            run_dir, meta = runs.start_run(session_dir, images, names, source, model, params)
+            run_dir, meta = runs.start_run(session_dir, images, names, source, model, params, cameras=saved)
             try:
                 job = self.task.submit(request, str(self.settings.demo_weights_dir), self.settings.cpu_threads,
                                        self.settings.cpu_precision, runner=self.runner)

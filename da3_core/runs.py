@@ -4,6 +4,7 @@ result saved after, so nothing is lost on a rerun, a page switch, a crash or a r
 Layout of ``<workspace>/sessions/<session>/run-.../``::
 
     input/0000.jpg ...   the frames as the model received them (generated names)
+    cameras.npz          known cameras given with the frames, if any (`save_cameras`)
     result.npz           arrays by DA3's field names (`da3_core.export.npz_arrays`) + gaussians
     run.json             `RunMeta`: names, model, parameters, timings, status, error
     exports/             files made on the Exports page
@@ -28,6 +29,7 @@ from da3_core.contract import Gaussians, ModelSpec, Reconstruction
 
 RESULT_FILE = "result.npz"
 META_FILE = "run.json"
+CAMERAS_FILE = "cameras.npz"
 EXPORTS_DIR = "exports"
 _GS_FIELDS = ("means", "scales", "rotations", "harmonics", "opacities")
 
@@ -47,6 +49,8 @@ class RunMeta:
         error: The error message when failed.
         preset / device / is_metric / scale_factor / timings: Copied from the result.
         input_files: Saved frames, relative to the run folder.
+        cameras_file: Known cameras saved with the frames (relative), or "" (none were
+            given; also every run saved before known cameras existed).
     """
 
     run_id: str
@@ -64,6 +68,7 @@ class RunMeta:
     scale_factor: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     input_files: list[str] = field(default_factory=list)
+    cameras_file: str = ""
 
     @property
     def model(self) -> ModelSpec:
@@ -95,7 +100,8 @@ def read_meta(run_dir: Path) -> RunMeta:
     return RunMeta(**known)
 
 
-def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[str], source: str, model: ModelSpec, params: dict[str, Any]) -> tuple[Path, RunMeta]:
+def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[str], source: str, model: ModelSpec, params: dict[str, Any],
+              cameras: tuple[np.ndarray, np.ndarray, str] | None = None) -> tuple[Path, RunMeta]:
     """Create a run folder and save its frames and metadata before anything runs.
 
     Args:
@@ -105,6 +111,8 @@ def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[s
         source: Where they came from.
         model: The weights asked for.
         params: The run parameters.
+        cameras: Known cameras given with the frames: (extrinsics (N, 4, 4), intrinsics
+            (N, 3, 3) in frame pixels, source), saved to ``cameras.npz``; or None.
 
     Returns:
         The run folder and its metadata (status ``"pending"``).
@@ -116,6 +124,12 @@ def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[s
         buf = io.BytesIO()
         Image.fromarray(np.asarray(img)).save(buf, format="JPEG", quality=95)
         files.append(str(workspace.save_upload(run_dir, i, buf.getvalue(), "jpg").relative_to(run_dir)))
+    cameras_file = ""
+    if cameras is not None:
+        ext, ixt, camera_source = cameras
+        np.savez(run_dir / CAMERAS_FILE, extrinsics=np.asarray(ext, np.float64), intrinsics=np.asarray(ixt, np.float64),
+                 names=np.asarray(list(names), dtype=str), source=np.asarray(camera_source))
+        cameras_file = CAMERAS_FILE
     meta = RunMeta(
         run_id=run_dir.name,
         created=time.time(),
@@ -125,9 +139,18 @@ def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[s
         model_ref=model.ref,
         params=dict(params),
         input_files=files,
+        cameras_file=cameras_file,
     )
     write_meta(run_dir, meta)
     return run_dir, meta
+
+
+def load_cameras(run_dir: Path, meta: RunMeta) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """The known cameras a run was started with (extrinsics, intrinsics, source), or None."""
+    if not meta.cameras_file:
+        return None
+    with np.load(workspace.safe_join(run_dir, meta.cameras_file), allow_pickle=False) as z:
+        return z["extrinsics"], z["intrinsics"], str(z["source"])
 
 
 def finish_run(run_dir: Path, meta: RunMeta, rec: Reconstruction) -> RunMeta:

@@ -19,6 +19,7 @@ from typing import Any
 import streamlit as st
 
 from da3_core import presets, runs, session
+from da3_core.cameras import describe
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec, Reconstruction
 from da3_core.runner import Runner
@@ -267,9 +268,19 @@ class RunParams:
     reference_view: int | None
     infer_gs: bool
     device: str
+    use_ray_pose: bool = False
+    align_to_input_ext_scale: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+# What use_ray_pose costs, measured by benchmarks/bench_da3_options.py (the same run both ways,
+# alternating; medians of 4): DA3-SMALL, 4 frames at process_res 504, float32 on a 2-core
+# Xeon (shared). Its RANSAC runs mostly on one core, so the wall ratio exceeds the CPU ratio (x3.1).
+RAY_POSE_COST = ("poses from DA3's ray head instead of its camera decoder: more accurate, slower. Measured on the same run "
+                 "(DA3-SMALL, 4 frames at 504 px, 2-core CPU): {ray_s:.1f} s against {decoder_s:.1f} s (x{ratio:.1f}).")
+RAY_POSE_MEASURED = {"decoder_s": 4.20, "ray_s": 17.89, "ratio": 4.26}
 
 
 _METHOD_HELP = {
@@ -280,8 +291,11 @@ _METHOD_HELP = {
 }
 
 
-def params_picker(ctx: PageContext, preset: Preset | None, names: list[str]) -> RunParams:
-    """Run parameters with DA3's defaults; options a preset or device cannot use are disabled with the reason."""
+def params_picker(ctx: PageContext, preset: Preset | None, names: list[str], cameras_given: bool = False) -> RunParams:
+    """Run parameters with DA3's defaults; options a preset or device cannot use are disabled with the reason.
+
+    ``cameras_given``: the run will have known cameras (DA3 then selects no reference view,
+    and the Gaussians are not offered: DA3 leaves them in its own frame)."""
     multi = preset is None or preset.multi_view
     cols = st.columns(3)
     lo, hi = presets.PROCESS_RES_RANGE
@@ -295,8 +309,9 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str]) -> 
     device = cols[2].selectbox("Device", presets.DEVICES, key="rc_device",
                                help="auto: CUDA, then Apple MPS, then CPU (on CPU: float32, or bfloat16 where the processor has it).")
     cols = st.columns(3)
-    strategy = cols[0].selectbox("ref_view_strategy", presets.REF_VIEW_STRATEGIES, key="rc_strategy", disabled=not multi,
-                                 help="How DA3 picks the reference view; acts with 3 or more views on multi-view presets.")
+    strategy = cols[0].selectbox("ref_view_strategy", presets.REF_VIEW_STRATEGIES, key="rc_strategy", disabled=not multi or cameras_given,
+                                 help="How DA3 picks the reference view; acts with 3 or more views on multi-view presets. "
+                                      "With known cameras DA3 picks none (each view gets its camera's token).")
     options = ["auto"] + list(range(len(names)))
     if st.session_state.get("rc_ref") not in options:
         st.session_state["rc_ref"] = "auto"  # fewer frames than before: the old choice is gone
@@ -304,6 +319,8 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str]) -> 
                             format_func=lambda o: "auto (use the strategy)" if o == "auto" else f"{o}: {names[o]}",
                             help="Force one frame as the reference: the world frame follows that camera.")
     gs_reason = gs_unavailable_reason(ctx, preset, device)
+    if gs_reason is None and cameras_given:
+        gs_reason = "not with known cameras (DA3 leaves the Gaussians in its own frame, not your cameras' world)"
     infer_gs = cols[2].toggle("Infer 3D Gaussians", key="rc_gs", disabled=gs_reason is not None,
                               help="Adds DA3's 3D Gaussians: a viewer on the Point cloud page and a 3DGS PLY in the exports.")
     if gs_reason:
@@ -311,11 +328,22 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str]) -> 
     if not multi:
         st.caption(f"{preset.label if preset else 'This preset'} is monocular: no camera poses and no confidence; "
                    "the point cloud uses identity poses and a stated field of view.")
-    params = RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device)
+    cols = st.columns([1, 2])
+    ray = cols[0].toggle("use_ray_pose", key="rc_ray", disabled=not multi,
+                         help="Poses from DA3's ray head (RANSAC on predicted rays) instead of its camera decoder. "
+                              "With known cameras it changes only the scale DA3 fits to them.")
+    cols[1].caption(ray_pose_cost() if multi else "use_ray_pose: monocular presets predict no poses.")
+    params = RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device,
+                       use_ray_pose=bool(ray and multi))
     cpu_gs = gs_cpu_estimate(ctx, preset, params, max(1, len(names)))
     if cpu_gs is not None:
         (st.caption if cpu_gs[1] else st.warning)(cpu_gs[0])
     return params
+
+
+def ray_pose_cost() -> str:
+    """One line on what use_ray_pose costs, with the benchmark's figures."""
+    return "use_ray_pose: " + RAY_POSE_COST.format(**RAY_POSE_MEASURED)
 
 
 # DA3's trajectory modes for the novel-view video (`da3_core.worker.gs_video.TRAJECTORIES`;
@@ -353,10 +381,102 @@ def gs_cpu_estimate(ctx: PageContext, preset: Preset | None, params: RunParams, 
     return line, est.fits
 
 
-def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams) -> ActiveRun:
+@dataclass(frozen=True)
+class CameraChoice:
+    """What the Known cameras section decided.
+
+    Attributes:
+        known: Cameras for every frame that will run, or None (DA3 estimates them).
+        frames: Indices of the frames to run (all, unless the user runs only those with cameras).
+        align: ``align_to_input_ext_scale``.
+    """
+
+    known: Any
+    frames: list[int]
+    align: bool = True
+
+
+_ALIGN_HELP = ("On (DA3's default): the result keeps your cameras exactly, and depth is scaled to them, so views, "
+               "figures and exports (GLB, PLY, COLMAP) are in your world frame and units and line up with your own model. "
+               "Off: DA3 keeps its own scale and frame, and your cameras are moved into it (a similarity fitted to "
+               "DA3's predicted poses).")
+PARTIAL_ALL = "Let DA3 estimate every camera (the file is ignored)"
+PARTIAL_SOME = "Run only the frames that have a camera"
+
+
+def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -> CameraChoice:
+    """The optional Known cameras section of the Reconstruct page: upload, read, match table,
+    the partial-cameras choice and the align control.
+
+    Args:
+        frames: The frames shown (`da3_core.inputs.Frame`).
+        has_video: A video is among the uploads (its frames get names only on Run).
+        preset: The chosen preset, when known.
+    """
+    from da3_core import cameras
+
+    every = CameraChoice(None, list(range(len(frames))))
+    # A plain bordered box, not an expander: an expander closed itself on the rerun an upload causes.
+    with st.container(border=True, key="rc_cams_box"):
+        st.markdown("**Known cameras** (optional)")
+        st.caption("Give your own cameras and DA3 reconstructs with them: a COLMAP sparse model (cameras + images, "
+                   ".txt or .bin, or a .zip of them) or a .json/.npz with DA3's field names (`extrinsics` N×4×4 or N×3×4 "
+                   "world-to-camera, OpenCV axes; `intrinsics` N×3×3 in pixels; `names` the image names; optional "
+                   "`width`/`height`). Cameras are matched to the frames by image name.")
+        files = st.file_uploader("Camera files", type=list(cameras.CAMERA_EXTENSIONS), accept_multiple_files=True, key="rc_cams") or []
+        if not files:
+            return every
+        if has_video:
+            st.info("Known cameras are matched to photos or example frames by name; video frames are named only when the run "
+                    "starts, so the cameras are not used with a video.")
+            return every
+        if preset is not None and not preset.multi_view:
+            st.info(f"{preset.label} takes no cameras (it has no camera encoder): the cameras are not used. Pick a multi-view preset.")
+            return every
+        if not frames:
+            st.caption("Add the photos (or pick the example) the cameras belong to.")
+            return every
+        key = tuple((f.file_id, f.size) for f in files)
+        cached = st.session_state.get("rc_cams_read")
+        if cached and cached[0] == key:
+            read = cached[1]
+        else:
+            try:
+                read = cameras.read_camera_files([(f.name, f.getvalue()) for f in files])
+            except cameras.CameraFileError as exc:
+                read = exc
+            st.session_state["rc_cams_read"] = (key, read)
+        if isinstance(read, cameras.CameraFileError):
+            st.error(md(f"Camera file not used: {read}"))
+            st.caption("Your frames are kept: without a usable camera file DA3 estimates the cameras. Fix the file and upload it again.")
+            return every
+        names, sizes = cameras.names_and_sizes(frames)
+        match = cameras.match_cameras(read, names, sizes)
+        st.table([{k: md(v) for k, v in row.items()} for row in match.table()])  # cells are Markdown: names are data
+        st.markdown(md(match.summary()))
+        chosen = list(range(len(frames)))
+        known = match.known
+        if not match.complete and match.matched:
+            choice = st.radio("Frames without a camera", (PARTIAL_ALL, PARTIAL_SOME), key="rc_cam_partial")
+            if choice == PARTIAL_SOME:
+                chosen, known = match.matched, match.known_for_matched()
+        if known is None:
+            return every
+        align = st.toggle("align_to_input_ext_scale", value=True, key="rc_cam_align", help=_ALIGN_HELP)
+        st.caption(("Cameras: " + known.label + ". Results stay in your cameras' world frame and units." if align else
+                    "Cameras: " + known.label + ", moved into DA3's frame and scale (align_to_input_ext_scale off).")
+                   + " DA3's camera encoder reads the focal lengths (as fields of view) and the poses; the principal point is kept "
+                   "in the result's intrinsics.")
+        return CameraChoice(known, chosen, bool(align))
+
+
+def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams,
+              cameras: Any = None) -> ActiveRun:
     """Submit a run through the server's `RunService` (inputs saved, job queued; returns at
-    once), watch it from this browser session, and remember the model choice."""
-    active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict())
+    once), watch it from this browser session, and remember the model choice.
+
+    ``cameras``: known cameras for every frame (`da3_core.cameras.KnownCameras`), or None."""
+    active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict(), cameras=cameras)
     session.watch(active)
     _save_model_choice(ctx)
     return active
@@ -385,7 +505,8 @@ def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruc
         link("reconstruct", "Reconstruct: upload photos, a video or pick an example")
         st.stop()
         raise SystemExit  # unreachable: st.stop raises
-    st.caption(f"Run {md(found[1].label())} · `{found[1].run_id}` (pick another in the sidebar)")
+    st.caption(f"Run {md(found[1].label())} · `{found[1].run_id}` · cameras: {describe(found[2].params, found[2].has_poses)} "
+               "(pick another in the sidebar)")
     untrained_banner(found[2])
     return found
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
 
-from da3_core import inputs, runs, session, ui
+from da3_core import cameras, inputs, runs, session, ui
 from da3_core.runner.protocol import GPUError
 from da3_core.text import md
 
@@ -101,11 +102,14 @@ if frames:
         with st.expander(f"Notes on {len(notes)} frame(s)"):
             st.markdown("\n".join(f"- {n}" for n in notes))
 
-names = [f.name for f in frames]
+cams_box = st.container()  # drawn here, filled once the preset is known (below)
 left, right = st.columns([3, 2])
 with left, st.container(border=True):
     st.subheader("Model")
     model, preset = ui.model_picker(ctx)
+with cams_box:
+    cam_choice = ui.known_cameras_picker(frames, bool(videos), preset)
+names = [frames[i].name for i in cam_choice.frames]
 with right, st.container(border=True):
     st.subheader("Run")
     busy = session.watching(ctx.service) is not None
@@ -116,10 +120,11 @@ with right, st.container(border=True):
     elif not (frames or videos):
         st.caption("Add photos, a video, or pick an example.")
 with st.expander("Parameters", expanded=False):
-    params = ui.params_picker(ctx, preset, names)
+    params = ui.params_picker(ctx, preset, names, cameras_given=cam_choice.known is not None)
+params = dataclasses.replace(params, align_to_input_ext_scale=cam_choice.align)
 
 
-def start(frames_to_run: list[inputs.Frame], source_label: str) -> None:
+def start(frames_to_run: list[inputs.Frame], source_label: str, known: cameras.KnownCameras | None = None) -> None:
     if not frames_to_run:
         st.error("No usable frame: see the messages above.")
         return
@@ -128,7 +133,7 @@ def start(frames_to_run: list[inputs.Frame], source_label: str) -> None:
         ui.show_error(f"The run was not started. {cpu_gs[0]}")  # refused before the worker starts: nothing is lost
         return
     try:
-        ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params)
+        ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params, cameras=known)
     except (ValueError, GPUError) as exc:
         ui.show_error(f"The run could not start: {exc}")
         return
@@ -142,9 +147,15 @@ if run_clicked and model is not None and not busy:
                                       max_frames=int(cap) if videos else settings.max_frames)
         for rejected in batch.rejected:
             warn(rejected.reason)
-        start(list(batch.frames), "video" if videos else "upload")
+        to_run = list(batch.frames)
+        if cam_choice.known is not None:  # photos only (no video): the frames the table matched
+            if [f.name for f in to_run] != [f.name for f in frames]:
+                st.error("The frames changed since the cameras were matched: check the table and run again.")
+                st.stop()
+            to_run = [to_run[i] for i in cam_choice.frames]
+        start(to_run, "video" if videos else "upload", cam_choice.known)
     else:
-        start(frames, f"example:{st.session_state.get('rc_example')}")
+        start([frames[i] for i in cam_choice.frames], f"example:{st.session_state.get('rc_example')}", cam_choice.known)
 
 # A retry of a run whose weights were missing, with demo weights and the same frames.
 retry = st.session_state.pop("rc_retry", None)
@@ -154,7 +165,9 @@ if retry and model is not None and session.watching(ctx.service) is None:
     retry_frames, exact = ctx.service.frames_for_retry(run_dir)
     if not exact:
         st.caption("The frames are re-read from the run folder (saved as JPEG q95: close to, not exactly, the first run's).")
-    start([inputs.Frame(n, img, meta.source) for n, img in zip(meta.names, retry_frames)], meta.source)
+    saved = runs.load_cameras(run_dir, meta)
+    start([inputs.Frame(n, img, meta.source) for n, img in zip(meta.names, retry_frames)], meta.source,
+          None if saved is None else cameras.KnownCameras(*saved))
 
 ui.pending_status(ctx)
 
@@ -163,7 +176,8 @@ if outcome is not None and session.watching(ctx.service) is None:
     if outcome.ok:
         meta = runs.read_meta(session.run_dir(settings, outcome.run_id))
         total = meta.timings.get("total", 0.0)
-        st.success(f"Done: {len(meta.names)} view(s) with {meta.preset} on {meta.device} in {total:.1f} s (run {meta.run_id}).")
+        st.success(f"Done: {len(meta.names)} view(s) with {meta.preset} on {meta.device} in {total:.1f} s, "
+                   f"cameras: {cameras.describe(meta.params)} (run {meta.run_id}).")
         for col, key in zip(st.columns(3), ("depth", "cloud", "exports")):
             with col:
                 ui.link(key)

@@ -69,7 +69,8 @@ if not str(rec.params.get("process_res_method", "upper_bound_resize")).endswith(
     colmap_reason = "this run used a crop method; DA3's COLMAP exporter needs upper_bound_resize or lower_bound_resize"
 elif not rec.has_poses or rec.conf is None:
     colmap_reason = f"{rec.preset} predicts no camera poses or confidence"
-c1.markdown("**COLMAP sparse model** — cameras, images and points (binary), for COLMAP, gsplat and nerfstudio")
+c1.markdown("**COLMAP sparse model** — cameras, images (named as your frames) and points (binary), for COLMAP, gsplat "
+            "and nerfstudio; intrinsics at the frames' size. Reconstruct reads it back as known cameras.")
 if colmap_reason:
     c2.caption(f"Unavailable: {colmap_reason}.")
 else:

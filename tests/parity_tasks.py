@@ -68,6 +68,21 @@ def record_reference_view(chosen: list[int]) -> Iterator[None]:
         vt.select_reference_view = real
 
 
+@contextlib.contextmanager
+def seeded(on: bool) -> Iterator[None]:
+    """torch's CPU generator forked and seeded with our `RAY_POSE_SEED` (when ``on``)."""
+    if not on:
+        yield
+        return
+    import torch
+
+    from da3_core.worker.reconstruct import RAY_POSE_SEED
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RAY_POSE_SEED)
+        yield
+
+
 def _model_order(request: ReconstructRequest) -> list[int]:
     """Input index of each view in the order the model sees them (a forced reference first)."""
     n, k = request.n_frames, request.reference_view
@@ -79,7 +94,10 @@ def stock(request: ReconstructRequest, demo_root: str, mode: str = "fp32") -> di
 
     A forced ``reference_view=k`` becomes its stock equivalent: the frames reordered with
     ``k`` first (the others in order, as DA3's own reordering does), ``ref_view_strategy=
-    "first"``, and the outputs put back in input order.
+    "first"``, and the outputs put back in input order. Given cameras are reordered with
+    the frames and passed as ``extrinsics``/``intrinsics`` with ``align_to_input_ext_scale``;
+    ``use_ray_pose`` is passed, and such a call runs under torch's generator forked and
+    seeded as our path seeds it (DA3's ray RANSAC draws from it).
 
     Args:
         request: Frames and parameters (``model`` must be demo weights or a local folder).
@@ -105,13 +123,19 @@ def stock(request: ReconstructRequest, demo_root: str, mode: str = "fp32") -> di
     strategy = "first" if request.reference_view is not None else request.ref_view_strategy
     images = [request.images[i] for i in order]
     ctx = stock_autocast_off() if mode == "fp32" else contextlib.nullcontext()
+    cams = {}
+    if request.extrinsics is not None:
+        cams = {"extrinsics": np.array(request.extrinsics[order]), "intrinsics": np.array(request.intrinsics[order]),
+                "align_to_input_ext_scale": request.align_to_input_ext_scale}
     chosen: list[int] = []
-    with ctx, record_reference_view(chosen):
+    with ctx, record_reference_view(chosen), seeded(request.use_ray_pose):
         pred = model.inference(
             images,
             process_res=request.process_res,
             process_res_method=request.process_res_method,
             ref_view_strategy=strategy,
+            use_ray_pose=request.use_ray_pose,
+            **cams,
         )
     inverse = np.argsort(order)
 

@@ -7,6 +7,8 @@ fresh Prediction built from copies, so the caller's `Reconstruction` is never to
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +42,26 @@ def _prediction(rec: Reconstruction):  # -> depth_anything_3.specs.Prediction
     )
 
 
+def colmap_image_names(rec: Reconstruction, image_paths: list[str]) -> list[str]:
+    """The image names the COLMAP model gets: the frames' names (the user's file names, so
+    the model lines up with the user's own images and reads back as known cameras), or the
+    saved files' names when those names cannot be file names (duplicates, separators)."""
+    names = list(rec.names)
+    usable = len(set(names)) == len(names) and all(n and n not in (".", "..") and "/" not in n and "\\" not in n and "\0" not in n
+                                                    for n in names)
+    return names if usable else [os.path.basename(p) for p in image_paths]
+
+
 def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0) -> list[str]:
     """Write a COLMAP sparse model (cameras.bin, images.bin, points3D.bin...) with DA3's exporter.
+
+    The images are named after the frames (`colmap_image_names`): DA3's exporter takes the
+    names from the paths it is given, so it gets links named so to the saved frames.
 
     Args:
         rec: The reconstruction (needs poses and confidence: multi-view presets).
         image_paths: The original frames saved on disk, input order (COLMAP stores their
-            names and sizes; intrinsics are rescaled to them).
+            sizes; intrinsics are rescaled to them).
         out_dir: Folder to write into (created).
         conf_percentile: Points below this confidence percentile are left out.
 
@@ -74,7 +89,14 @@ def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, con
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        export_to_colmap(_prediction(rec), str(out), list(image_paths), conf_percentile, method)
+        with tempfile.TemporaryDirectory(prefix="da3-colmap-names-") as tmp:
+            named = []
+            for i, (path, name) in enumerate(zip(image_paths, colmap_image_names(rec, list(image_paths)))):
+                folder = Path(tmp) / str(i)  # one folder per link: names stay exactly the frames'
+                folder.mkdir()
+                (folder / name).symlink_to(Path(path).resolve())
+                named.append(str(folder / name))
+            export_to_colmap(_prediction(rec), str(out), named, conf_percentile, method)
     except Exception:
         log.exception("COLMAP export of %d view(s) to %s failed", rec.n_views, out)
         raise

@@ -8,18 +8,27 @@ changes:
   CPU has hardware bfloat16 (`resolve_cpu_precision`); the stock ``forward`` autocasts to
   float16 on CPU (it asks ``torch.cuda.is_bf16_supported()``), which is 3-4x slower there;
 * the result is assembled from CPU numpy (gaussians included), and GPU memory is freed
-  after every call, failed or cancelled ones included.
+  after every call, failed or cancelled ones included;
+* with ``use_ray_pose`` the forward runs under a seeded, forked torch generator (DA3's ray
+  RANSAC draws from it), so a run repeats exactly.
+
+Known cameras go through the same steps as in ``inference()``: the input processor rescales
+the intrinsics to the processed size, ``_normalize_extrinsics`` feeds the network poses
+relative to the first view with median distance 1, and ``_align_to_input_extrinsics_intrinsics``
+puts the result back in the given cameras' frame (``align_to_input_ext_scale``). A forced
+reference view reorders the cameras with the frames.
 
 Everything else equals the stock call; ``tests/integration/test_parity.py`` compares the two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +44,8 @@ log = logging.getLogger(__name__)
 METRIC_FOCAL_DIVISOR = 300.0
 # Mono presets predict no intrinsics; metric scaling then uses this assumed horizontal FOV.
 ASSUMED_FOV_DEG = DEFAULT_FOV_DEG
+# Seed of torch's generator for DA3's ray-pose RANSAC (use_ray_pose), so runs repeat exactly.
+RAY_POSE_SEED = 0
 
 
 def run_forward(
@@ -45,6 +56,9 @@ def run_forward(
     infer_gs: bool,
     ref_view_strategy: str,
     cpu_precision: str = "fp32",
+    extrinsics: torch.Tensor | None = None,
+    intrinsics: torch.Tensor | None = None,
+    use_ray_pose: bool = False,
 ) -> Any:
     """Run the network on ``imgs`` and return DA3's raw output (an addict ``Dict`` of tensors).
 
@@ -53,15 +67,33 @@ def run_forward(
         imgs: (1, N, 3, H, W) float32 ImageNet-normalised frames on ``device``.
         device: ``cpu``, ``cuda`` or ``mps``.
         infer_gs: Run the Gaussian head.
-        ref_view_strategy: DA3's reference-view strategy (used when N >= 3).
+        ref_view_strategy: DA3's reference-view strategy (used when N >= 3 and no cameras
+            are given: with cameras DA3's backbone selects no reference view).
         cpu_precision: On CPU, ``fp32`` (no autocast) or ``bf16`` (bfloat16 autocast; DA3's
             heads switch autocast off themselves, as on CUDA). Ignored elsewhere: DA3's own
             ``forward`` runs, with its bfloat16/float16 autocast, as the authors ship it.
+        extrinsics: (1, N, 4, 4) given cameras already normalised by DA3's
+            ``_normalize_extrinsics``, or None.
+        intrinsics: (1, N, 3, 3) given intrinsics at the processed size, or None.
+        use_ray_pose: Poses from DA3's ray head instead of its camera decoder. Its RANSAC
+            draws from torch's global generator: the call runs under a forked generator
+            seeded with `RAY_POSE_SEED`, so the same inputs give the same poses.
     """
-    if device == "cpu":
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_precision == "bf16"):
-            return model.model(imgs, None, None, [], infer_gs, False, ref_view_strategy)
-    return model.forward(imgs, None, None, [], infer_gs, False, ref_view_strategy)
+    rng = _seeded(device) if use_ray_pose else contextlib.nullcontext()
+    with rng:
+        if device == "cpu":
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_precision == "bf16"):
+                return model.model(imgs, extrinsics, intrinsics, [], infer_gs, use_ray_pose, ref_view_strategy)
+        return model.forward(imgs, extrinsics, intrinsics, [], infer_gs, use_ray_pose, ref_view_strategy)
+
+
+@contextlib.contextmanager
+def _seeded(device: str) -> Iterator[None]:
+    """torch's global generators forked (restored afterwards) and seeded with `RAY_POSE_SEED`."""
+    devices = [torch.cuda.current_device()] if device == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(RAY_POSE_SEED)
+        yield
 
 
 def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> Reconstruction:
@@ -122,21 +154,33 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
         order = [request.reference_view] + [i for i in range(n) if i != request.reference_view]
         strategy = "first"
     images = [request.images[i] for i in order]
+    # Given cameras travel with their frames (a forced reference view puts its camera first:
+    # DA3 normalises the poses to the first camera). They go back in input order with the rest.
+    given = request.extrinsics is not None and request.intrinsics is not None
+    if given and preset is not None and not preset.multi_view:
+        raise ValueError(f"{preset_name} takes no cameras (it has no camera encoder): known cameras need a multi-view preset")
+    ext_in = np.array(request.extrinsics[order]) if given else None
+    ixt_in = np.array(request.intrinsics[order]) if given else None
 
     imgs: torch.Tensor | None = None
+    ex_t: torch.Tensor | None = None
     raw: Any = None
     try:
-        report_progress("preprocessing", 0.15, f"{n} frame(s) at process_res {request.process_res}")
+        report_progress("preprocessing", 0.15, f"{n} frame(s) at process_res {request.process_res}"
+                        + (f", cameras {request.camera_label}" if given else ""))
         t = time.perf_counter()
-        imgs_cpu, _, _ = model._preprocess_inputs(images, None, None, request.process_res, request.process_res_method)
-        imgs, _, _ = model._prepare_model_inputs(imgs_cpu, None, None)
+        # As inference(): DA3's input processor rescales the intrinsics to the processed size.
+        imgs_cpu, ext_cpu, ixt_cpu = model._preprocess_inputs(images, ext_in, ixt_in, request.process_res, request.process_res_method)
+        imgs, ex_t, in_t = model._prepare_model_inputs(imgs_cpu, ext_cpu, ixt_cpu)
+        ex_t_norm = model._normalize_extrinsics(ex_t.clone() if ex_t is not None else None)
         timings["preprocess"] = time.perf_counter() - t
 
         infer_gs = bool(request.infer_gs and preset is not None and preset.gs_head)  # the GS head runs on CPU too
         detail = f"{preset_name} on {device}" + (f" ({precision})" if precision else "")
         report_progress("inference", 0.25, detail)
         t = time.perf_counter()
-        raw = run_forward(model, imgs, device, infer_gs=infer_gs, ref_view_strategy=strategy, cpu_precision=precision or "fp32")
+        raw = run_forward(model, imgs, device, infer_gs=infer_gs, ref_view_strategy=strategy, cpu_precision=precision or "fp32",
+                          extrinsics=ex_t_norm, intrinsics=in_t, use_ray_pose=request.use_ray_pose)
         if device == "cuda":
             torch.cuda.synchronize()
         timings["inference"] = time.perf_counter() - t
@@ -144,6 +188,9 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
         report_progress("post-processing", 0.9)
         t = time.perf_counter()
         prediction = model._convert_to_prediction(raw)
+        # As inference(): with given cameras the result takes them (and depth their scale),
+        # or, with align_to_input_ext_scale off, they are moved into DA3's predicted frame.
+        prediction, alignment = align_to_given(model, ext_cpu, ixt_cpu, prediction, request.align_to_input_ext_scale)
         prediction = model._add_processed_images(prediction, imgs_cpu)
         gaussians = _gaussians_to_numpy(raw.get("gaussians")) if infer_gs else None
     except BaseException as exc:
@@ -153,11 +200,13 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
         traceback.clear_frames(exc.__traceback__)
         raise
     finally:
-        imgs = raw = None
+        imgs = raw = ex_t = ex_t_norm = in_t = None
         if device == "cuda":
             torch.cuda.empty_cache()
 
     fields, params = _assemble(request, prediction, gaussians, order, preset_name)
+    if alignment:
+        params["camera_alignment"] = alignment
     params["cpu_precision"] = precision
     if precision is not None:
         params["cpu_precision_reason"] = precision_reason
@@ -175,6 +224,67 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
     )
     report_progress("done", 1.0)
     return result
+
+
+def align_to_given(model: Any, ext: torch.Tensor | None, ixt: torch.Tensor | None, prediction: Any, align: bool) -> tuple[Any, str]:
+    """DA3's ``_align_to_input_extrinsics_intrinsics``, with a fallback where it cannot work.
+
+    DA3 fits a similarity (Umeyama, evo) from the given camera centres to its predicted ones
+    and divides depth by its scale (or, with ``align`` off, moves the given cameras into its
+    frame with it). evo refuses fewer than 3 non-collinear centres (2 cameras, one camera),
+    and DA3's call then fails; for centres on a line within round-off (a straight dolly) it
+    returns a rotation about that line that means nothing. There (`_collinear`) the scale is the ratio of the
+    centres' spreads (predicted / given: the same quantity for collinear centres) and, with
+    ``align`` off, the given cameras are expressed relative to the first one (DA3's world is
+    its first view) at DA3's scale. When the given centres have no spread (one camera, or a
+    camera turning on the spot) there is no scale to fit: depth keeps DA3's own scale.
+
+    Returns:
+        (prediction, how): ``how`` is "" without cameras, ``"umeyama"`` for DA3's own fit,
+        else a sentence saying which fallback was used.
+    """
+    if ext is None:
+        return prediction, ""
+    from evo.core.geometry import GeometryException
+
+    predicted = np.array(prediction.extrinsics, dtype=np.float64, copy=True)
+    given = ext.numpy().astype(np.float64)
+    if not _collinear(np.linalg.inv(given)[:, :3, 3]):
+        try:
+            return model._align_to_input_extrinsics_intrinsics(ext, ixt, prediction, align), "umeyama"
+        except GeometryException:  # the predicted centres are degenerate
+            pass
+    pred4 = np.tile(np.eye(4), (len(predicted), 1, 1))
+    pred4[:, :3, :] = predicted[:, :3, :]
+    centres_g = np.linalg.inv(given)[:, :3, 3]
+    centres_p = np.linalg.inv(pred4)[:, :3, 3]
+    spread_g = float(np.sqrt(((centres_g - centres_g.mean(0)) ** 2).sum(1).mean()))
+    spread_p = float(np.sqrt(((centres_p - centres_p.mean(0)) ** 2).sum(1).mean()))
+    if spread_g <= 1e-9 * max(1.0, float(np.abs(centres_g).max())) or spread_p <= 0.0:
+        scale, how = 1.0, "none: the given cameras share one centre, so depth keeps DA3's own scale"
+    else:
+        scale = spread_p / spread_g
+        how = "scale from the camera centres' spread (DA3's Umeyama fit needs 3 or more non-collinear cameras)"
+    prediction.intrinsics = ixt.numpy()
+    if align:
+        prediction.extrinsics = ext[..., :3, :].numpy()
+        prediction.depth = prediction.depth / np.float32(scale)
+    else:
+        relative = given @ np.linalg.inv(given[0])
+        relative[:, :3, 3] *= scale
+        prediction.extrinsics = relative[:, :3, :]
+    log.info("known cameras: %s (scale %.6g)", how, scale)
+    return prediction, how
+
+
+def _collinear(centres: np.ndarray, rel_tol: float = 1e-6) -> bool:
+    """Fewer than 3 camera centres, or all on one line (or one point), within ``rel_tol``:
+    a similarity fitted to them leaves the rotation about that line arbitrary (evo refuses
+    exact cases only; round-off lets near-exact ones through with a meaningless rotation)."""
+    if len(centres) < 3:
+        return True
+    sv = np.linalg.svd(centres - centres.mean(0), compute_uv=False)
+    return bool(sv[0] == 0.0 or sv[1] <= rel_tol * sv[0])
 
 
 def _gaussians_to_numpy(g: Any) -> Gaussians | None:
@@ -235,7 +345,14 @@ def _assemble(
         "reference_view": request.reference_view,
         "infer_gs": gaussians is not None,
         "n_frames": request.n_frames,
+        "use_ray_pose": bool(request.use_ray_pose),
+        "cameras": request.camera_label if request.cameras_given else ("estimated" + (" (ray head)" if request.use_ray_pose else "")
+                                                                       if extrinsics is not None else "none (monocular preset)"),
+        "align_to_input_ext_scale": bool(request.align_to_input_ext_scale) if request.cameras_given else None,
     }
+    if request.cameras_given and request.align_to_input_ext_scale:
+        # Depth now follows the given cameras' units, whatever the preset's own units were.
+        is_metric = False
     if preset_name == "da3metric-large" and intrinsics is None:
         w = depth.shape[2]
         focal = (w / 2) / np.tan(np.radians(ASSUMED_FOV_DEG) / 2)

@@ -117,3 +117,76 @@ def test_cancel_reads_as_cancelled_and_keeps_the_frames(new_app, app_env):
     metas = runs.list_session_runs(folder)
     assert len(metas) == 1 and metas[0].status == "cancelled" and metas[0].error == "cancelled by the user"
     assert len(runs.input_paths(folder / metas[0].run_id, metas[0])) == 4
+
+
+def colmap_text(names: list[str], size: tuple[int, int] = (160, 120), model: str = "PINHOLE") -> list[tuple[str, bytes, str]]:
+    """A COLMAP text model (cameras.txt + images.txt) with one camera per name, as uploads."""
+    w, h = size
+    params = {"PINHOLE": "150 151 80 60", "OPENCV_FISHEYE": "150 151 80 60 0.1 0 0 0"}[model]
+    cams = "".join(f"{i + 1} {model} {w} {h} {params}\n" for i in range(len(names)))
+    imgs = "".join(f"{i + 1} 1 0 0 0 {0.5 * i} 0 0 {i + 1} {n}\n\n" for i, n in enumerate(names))
+    return [("cameras.txt", cams.encode(), "text/plain"), ("images.txt", imgs.encode(), "text/plain")]
+
+
+def test_known_cameras_colmap_upload_shows_the_match_table_and_runs_with_them(new_app, app_env):
+    """Photos plus a COLMAP model: the match table (frame, camera found, focal length, centre),
+    the all-or-none rule for partial cameras, a bad file's error with the frames kept, and a
+    run that reports and keeps the given cameras."""
+    import numpy as np
+
+    from da3_core import runs
+    from tests.app.kit import plain, wait_outcome
+
+    sid, folder = app_env.new_session()
+    at = new_app(sid, timeout=120)
+    at.switch_page(PAGES[0]).run()
+    photos = [(f"p{i}.png", png_bytes(i), "image/png") for i in (1, 2, 3)]
+    at.file_uploader(key="rc_files").set_value(photos[:2]).run()
+    at.file_uploader(key="rc_cams").set_value(colmap_text(["p1.png", "images/p2.png"])).run()
+    check(at, "cameras uploaded")
+    table = at.table[0].value
+    rows = [{k: plain(str(v)) for k, v in row.items()} for row in table.to_dict("records")]
+    assert rows == [
+        {"frame": "p1.png", "camera found": "p1.png", "focal length (px)": "150.0 / 151.0", "centre (px)": "(80.0, 60.0)", "note": ""},
+        {"frame": "p2.png", "camera found": "images/p2.png", "focal length (px)": "150.0 / 151.0", "centre (px)": "(80.0, 60.0)", "note": ""},
+    ], rows
+    assert any(t.startswith("Every frame (2) has a camera: DA3 runs with them (cameras: given (COLMAP)).") for t in texts(at.markdown))
+    assert at.toggle(key="rc_cam_align").value is True
+    assert any(c.startswith("use_ray_pose: poses from DA3's ray head instead of its camera decoder") and " s (x" in c
+               for c in texts(at.caption)), texts(at.caption)
+    assert at.selectbox(key="rc_strategy").disabled and at.toggle(key="rc_gs").disabled  # DA3 picks no reference view; no Gaussians
+
+    # Three photos, two cameras: DA3 takes cameras for all views or none; the user chooses.
+    at.file_uploader(key="rc_files").set_value(photos).run()
+    check(at, "partial")
+    assert "2 of 3 frames have a camera. DA3's inference() takes cameras for all views or for none" in " ".join(texts(at.markdown))
+    assert plain(str(at.table[0].value.to_dict("records")[2]["camera found"])) == "— none"
+    assert at.radio(key="rc_cam_partial").value.startswith("Let DA3 estimate every camera")
+    assert not at.selectbox(key="rc_strategy").disabled  # the file is ignored: DA3 estimates
+    at.radio(key="rc_cam_partial").set_value("Run only the frames that have a camera").run()
+    assert at.selectbox(key="rc_ref").options == ["auto (use the strategy)", "0: p1.png", "1: p2.png"]
+
+    # A fisheye model: a clear error naming the file and line; the frames stay.
+    at.file_uploader(key="rc_cams").set_value(colmap_text(["p1.png", "p2.png"], model="OPENCV_FISHEYE")).run()
+    errors = texts(at.error)
+    assert errors == ["Camera file not used: cameras.txt, line 1: camera 1 is OPENCV_FISHEYE, a fisheye model: DA3 takes pinhole "
+                      "cameras only. Undistort the images to a pinhole model first (e.g. `colmap image_undistorter`) and upload that model."], errors
+    assert len(at.file_uploader(key="rc_files").value) == 3 and not at.table
+
+    # Two photos with their cameras, run with demo weights: the result says where the cameras came from and keeps them.
+    at.file_uploader(key="rc_files").set_value(photos[:2]).run()
+    at.file_uploader(key="rc_cams").set_value(colmap_text(["p1.png", "p2.png"])).run()
+    at.radio(key="model_kind").set_value("Untrained demo weights").run()
+    at.number_input(key="rc_res").set_value(112).run()
+    at.button(key="rc_run").click().run()
+    done, errors = wait_outcome(at)
+    assert not errors and done and ", cameras: given (COLMAP) (run " in done[0], (done, errors)
+    meta = runs.list_session_runs(folder)[0]
+    assert meta.params["cameras"] == "given (COLMAP)" and meta.params["align_to_input_ext_scale"] is True
+    assert meta.cameras_file == "cameras.npz"
+    rec = runs.load_result(folder / meta.run_id, meta)
+    np.testing.assert_allclose(rec.extrinsics[:, :, 3], [[0, 0, 0], [0.5, 0, 0]], atol=1e-6)
+    np.testing.assert_allclose(rec.extrinsics[:, :, :3], np.tile(np.eye(3), (2, 1, 1)), atol=1e-6)
+    at.switch_page(PAGES[1]).run()
+    check(at, "depth maps")
+    assert any("cameras: given (COLMAP)" in c for c in texts(at.caption))
