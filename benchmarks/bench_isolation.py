@@ -53,10 +53,13 @@ def empty_call_ms(runner: Runner, n: int = 300) -> float:
     return statistics.median(times) * 1000
 
 
-def gpu_sim_ratio(runner: Runner, n: int, rounds: int = 7) -> dict[str, float]:
+def gpu_sim_ratio(runner: Runner, n: int, rounds: int = 7, prefix: str = "runner") -> dict[str, float]:
+    """The fake GPU task through ``runner`` against it called directly in the worker (or
+    actor), alternating; keys start with ``prefix`` (``runner`` or ``ray``)."""
     fr = frames(n)
     sleep_s = SLEEP_S[n]
     runner.call(f"{SIM}:gpu_sim", fr, sleep_s)  # warm: torch imported, pages touched once
+    runner.call(f"{SIM}:time_gpu_sim_direct", fr, sleep_s, 1)
     direct, through = [], []
     for _ in range(rounds):
         direct += runner.call(f"{SIM}:time_gpu_sim_direct", fr, sleep_s, 1)
@@ -67,11 +70,22 @@ def gpu_sim_ratio(runner: Runner, n: int, rounds: int = 7) -> dict[str, float]:
     d, r = statistics.median(direct), statistics.median(through)
     result_mb = 2.1 * n  # see benchmarks/sim_tasks.py
     return {
-        f"runner_gpu_sim_overhead_ratio_{n}": r / d,
-        f"runner_gpu_sim_{n}_direct_s": d,
-        f"runner_gpu_sim_{n}_runner_s": r,
-        f"runner_gpu_sim_{n}_payload_mb": round(n * 640 * 480 * 3 / 2**20 + result_mb, 1),
+        f"{prefix}_gpu_sim_overhead_ratio_{n}": r / d,
+        f"{prefix}_gpu_sim_{n}_direct_s": d,
+        f"{prefix}_gpu_sim_{n}_runner_s": r,
+        f"{prefix}_gpu_sim_{n}_payload_mb": round(n * 640 * 480 * 3 / 2**20 + result_mb, 1),
     }
+
+
+def time_sleepers(runner: Runner, workers: int, tasks: int = 16, seconds: float = 0.5) -> float:
+    """Wall seconds of ``tasks`` sleeping calls once ``workers`` workers have started."""
+    for job in [runner.submit(f"{SIM}:empty") for _ in range(workers * 2)]:
+        job.result(120)  # every worker started
+    t = time.perf_counter()
+    jobs = [runner.submit(f"{SIM}:sleep", (seconds,)) for _ in range(tasks)]
+    for job in jobs:
+        job.result(120)
+    return time.perf_counter() - t
 
 
 def transfer_mb_s(runner: Runner, megabytes: int = 256, rounds: int = 5) -> float:
@@ -104,13 +118,7 @@ def pool_speedup(tasks: int = 16, seconds: float = 0.5) -> dict[str, float]:
     for workers in (1, 2):
         runner = Runner(workers=workers)
         try:
-            for job in [runner.submit(f"{SIM}:empty") for _ in range(workers * 2)]:
-                job.result(120)  # every worker started
-            t = time.perf_counter()
-            jobs = [runner.submit(f"{SIM}:sleep", (seconds,)) for _ in range(tasks)]
-            for job in jobs:
-                job.result(120)
-            walls[workers] = time.perf_counter() - t
+            walls[workers] = time_sleepers(runner, workers, tasks, seconds)
         finally:
             runner.close()
     return {"pool_speedup_2_workers": walls[1] / walls[2], "pool_wall_1_worker_s": walls[1], "pool_wall_2_workers_s": walls[2]}

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from benchmarks import bench_isolation
+from benchmarks.bench_isolation import empty_call_ms, frames
 from da3_core.runner import Runner
 
 GOALS = {
@@ -35,34 +37,10 @@ GOALS = {
 SIM = "benchmarks.sim_tasks"
 
 
-def frames(n: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(n)
-    return [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
-
-
-def empty_call_ms(runner: Runner, n: int = 100) -> float:
-    runner.call(f"{SIM}:empty")
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        runner.call(f"{SIM}:empty")
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
-
-
-def gpu_sim_ratio(runner: Runner, n: int = 4, sleep_s: float = 0.095, rounds: int = 5) -> dict[str, float]:
-    fr = frames(n)
-    runner.call(f"{SIM}:gpu_sim", fr, sleep_s)  # warm: torch imported in the actor, pages touched once
-    runner.call(f"{SIM}:time_gpu_sim_direct", fr, sleep_s, 1)
-    direct, through = [], []
-    for _ in range(rounds):
-        direct += runner.call(f"{SIM}:time_gpu_sim_direct", fr, sleep_s, 1)
-        t = time.perf_counter()
-        value = runner.call(f"{SIM}:gpu_sim", fr, sleep_s)
-        through.append(time.perf_counter() - t)
-        del value  # freed outside the timing, as a caller that keeps it would
-    d, r = statistics.median(direct), statistics.median(through)
-    return {f"ray_gpu_sim_overhead_ratio_{n}": r / d, f"ray_gpu_sim_{n}_direct_s": d, f"ray_gpu_sim_{n}_runner_s": r}
+def gpu_sim_ratio(runner: Runner, n: int = 4, rounds: int = 5) -> dict[str, float]:
+    out = bench_isolation.gpu_sim_ratio(runner, n, rounds, prefix="ray")
+    out.pop(f"ray_gpu_sim_{n}_payload_mb")
+    return out
 
 
 class BareActor:
@@ -126,13 +104,7 @@ def pool_speedup(tasks: int = 16, seconds: float = 0.5) -> dict[str, float]:
         for workers in (1, 2):
             runner = Runner(isolation="ray", workers=workers)
             try:
-                for job in [runner.submit(f"{SIM}:empty") for _ in range(workers * 2)]:
-                    job.result(120)  # every actor started
-                t = time.perf_counter()
-                jobs = [runner.submit(f"{SIM}:sleep", (seconds,)) for _ in range(tasks)]
-                for job in jobs:
-                    job.result(120)
-                walls[workers] = time.perf_counter() - t
+                walls[workers] = bench_isolation.time_sleepers(runner, workers, tasks, seconds)
             finally:
                 runner.close()
     finally:

@@ -80,6 +80,24 @@ def visible_gpus(timeout_s: float = 10.0) -> list[GPU]:
     return chosen
 
 
+def worker_count(setting: str | int) -> int | None:
+    """``DA3_WORKERS`` read: None for ``auto``, else the count.
+
+    Raises:
+        ValueError: Neither ``auto`` nor a whole number of at least 1.
+    """
+    text = str(setting).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"DA3_WORKERS={setting!r}: use 'auto' or a whole number of workers, at least 1")
+    return count
+
+
 def plan_workers(setting: str | int, gpus: list[GPU]) -> list[WorkerPlan]:
     """The workers for ``DA3_WORKERS``.
 
@@ -92,16 +110,8 @@ def plan_workers(setting: str | int, gpus: list[GPU]) -> list[WorkerPlan]:
     Raises:
         ValueError: ``setting`` is neither ``auto`` nor a positive integer.
     """
-    text = str(setting).strip().lower()
-    if text == "auto":
-        count = max(1, len(gpus))
-    else:
-        try:
-            count = int(text)
-        except ValueError:
-            count = 0
-        if count < 1:
-            raise ValueError(f"DA3_WORKERS={setting!r}: use 'auto' or a whole number of workers, at least 1")
+    requested = worker_count(setting)
+    count = requested if requested is not None else max(1, len(gpus))
     plans = []
     for i in range(count):
         if gpus:

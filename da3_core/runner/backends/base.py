@@ -169,6 +169,18 @@ def next_wake(job: Job, policy: CallPolicy, deadline: float, cancel_deadline: fl
     return max(0.0, min(until))
 
 
+def error_for_reply(job: Job, reply: ExceptionResult, worker: str) -> GPUError:
+    """The caller-side error for a task's `ExceptionResult`, logged once (a cancel at a
+    checkpoint at INFO, a task error at ERROR with the worker-side traceback)."""
+    error = task_error(reply, cancelled=job.cancel_requested)
+    if isinstance(error, TaskCancelledError):
+        log.info("call %d (%s) stopped at a checkpoint after its cancel", job.call_id, job.task)
+    else:
+        log.error("call %d (%s) failed in %s: %s: %s\nWorker traceback:\n%s",
+                  job.call_id, job.task, worker, reply.type_name, reply.message, reply.traceback)
+    return error
+
+
 # --------------------------------------------------------------------------------------
 # Errors from the worker keep their type
 # --------------------------------------------------------------------------------------

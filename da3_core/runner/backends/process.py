@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Iterator
 
 from da3_core.runner import shm
-from da3_core.runner.backends.base import CallPolicy, Slot, cancel_or_kill_due, next_wake, task_error
+from da3_core.runner.backends.base import CallPolicy, Slot, cancel_or_kill_due, error_for_reply, next_wake
 from da3_core.runner.jobs import Job, Progress, Started
 from da3_core.runner.protocol import (
     CallDone,
@@ -189,12 +189,7 @@ class ProcessSlot(Slot):
                 return True
             job._finish(received=received, seconds=reply.seconds)
             return True
-        error = task_error(reply, cancelled=job.cancel_requested)
-        if isinstance(error, TaskCancelledError):
-            log.info("call %d (%s) stopped at a checkpoint after its cancel", job.call_id, job.task)
-        else:
-            log.error("call %d (%s) failed in %s: %s: %s\nWorker traceback:\n%s",
-                      job.call_id, job.task, self.label, reply.type_name, reply.message, reply.traceback)
+        error = error_for_reply(job, reply, self.label)
         if reply.recycle:
             # The worker exits after this reply (its state may be damaged); retire it now
             # so the next call cannot be handed to a dying process.

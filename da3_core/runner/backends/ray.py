@@ -37,7 +37,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from da3_core.runner import shm
-from da3_core.runner.backends.base import CallPolicy, Slot, cancel_or_kill_due, next_wake, task_error
+from da3_core.runner.devices import worker_count
+from da3_core.runner.backends.base import CallPolicy, Slot, cancel_or_kill_due, error_for_reply, next_wake
 from da3_core.runner.jobs import Job, Progress, Started
 from da3_core.runner.protocol import (
     CallRequest,
@@ -85,7 +86,7 @@ def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address
         import ray
     except ImportError as exc:
         raise WorkerStartError(_RAY_HINT) from exc
-    count_setting = _count_setting(workers)
+    count_setting = worker_count(workers)
     connect(address)
     runtime_env = _actor_runtime_env()
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -97,19 +98,6 @@ def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address
     log.info("Ray runner: %d %s actor(s)%s on a cluster with %d GPU(s), %g CPU(s)", count, "GPU" if gpus else "CPU",
              f" ({gpu_share:g} GPU each)" if gpus and gpu_share < 1 else "", gpus, ray.cluster_resources().get("CPU", 0))
     return slots
-
-
-def _count_setting(workers: int | str) -> int | None:
-    text = str(workers).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"DA3_WORKERS={workers!r}: use 'auto' or a whole number of workers, at least 1")
-    return count
 
 
 # --------------------------------------------------------------------------------------
@@ -439,12 +427,7 @@ class RaySlot(Slot):
         _, outcome, state = item
         self.state_report = state
         if isinstance(outcome, ExceptionResult):
-            error = task_error(outcome, cancelled=job.cancel_requested)
-            if isinstance(error, TaskCancelledError):
-                log.info("call %d (%s) stopped at a checkpoint after its cancel", job.call_id, job.task)
-            else:
-                log.error("call %d (%s) failed in %s: %s: %s\nWorker traceback:\n%s",
-                          job.call_id, job.task, self.label, outcome.type_name, outcome.message, outcome.traceback)
+            error = error_for_reply(job, outcome, self.label)
             if outcome.recycle:
                 # Memory or interpreter state may be damaged: the next call gets a fresh actor.
                 self._kill("recycle")
