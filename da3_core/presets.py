@@ -98,6 +98,11 @@ def snap_process_res(value: int, method: str = "upper_bound_resize") -> int:
     return max(lo, min(hi - hi % PATCH_SIZE, snapped))
 
 
+# DA3's camera paths for the novel-view video of the Gaussians (its ``trj_mode``), the
+# page's default first. Plain data here so the page and the worker share one list.
+GS_TRAJECTORIES: tuple[str, ...] = ("interpolate_smooth", "smooth", "interpolate", "extend", "wander", "dolly_zoom", "original")
+
+
 def preset_for(name_or_hub_id: str) -> Preset | None:
     """Find a preset by DA3 preset name or hub id (case-insensitive); None if unknown."""
     key = name_or_hub_id.strip()

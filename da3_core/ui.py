@@ -346,11 +346,6 @@ def ray_pose_cost() -> str:
     return "use_ray_pose: " + RAY_POSE_COST.format(**RAY_POSE_MEASURED)
 
 
-# DA3's trajectory modes for the novel-view video (`da3_core.worker.gs_video.TRAJECTORIES`;
-# repeated here because the parent must not import that torch module).
-GS_TRAJECTORIES = ("interpolate_smooth", "smooth", "interpolate", "extend", "wander", "dolly_zoom", "original")
-
-
 def gs_unavailable_reason(ctx: PageContext, preset: Preset | None, device: str) -> str | None:
     """Why 3D Gaussians cannot be inferred with this choice, or None if they can.
 

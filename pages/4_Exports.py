@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from da3_core import export, geometry, runs, session, tasks, ui
+from da3_core import export, geometry, presets, runs, session, tasks, ui
 from da3_core.runner.protocol import GPUError
 
 ctx = ui.page_setup("Exports", "📦")
@@ -109,7 +109,7 @@ if rec.gaussians is not None:
         st.caption(f"Unavailable here: {why}")
     else:
         c = st.columns(4)
-        trajectory = c[0].selectbox("Trajectory", ui.GS_TRAJECTORIES, key="ex_gsv_trj",
+        trajectory = c[0].selectbox("Trajectory", presets.GS_TRAJECTORIES, key="ex_gsv_trj",
                                     help="DA3's camera paths: smooth follows the input cameras, extend adds a wander and a dolly zoom in the middle.")
         fps = c[1].number_input("fps", min_value=6, max_value=60, value=24, key="ex_gsv_fps")
         crf = c[2].slider("Quality (crf, lower is better)", min_value=12, max_value=35, value=18, key="ex_gsv_crf")

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from da3_core.contract import Reconstruction
+from da3_core.presets import GS_TRAJECTORIES
 from da3_core.runner.context import report_progress
 
 log = logging.getLogger(__name__)
 
-TRAJECTORIES = ("smooth", "interpolate_smooth", "interpolate", "extend", "wander", "dolly_zoom", "original")
+TRAJECTORIES = GS_TRAJECTORIES
 _COMPILED = False
 
 

@@ -80,6 +80,8 @@ class Slot(abc.ABC):
         self.calls_ok = 0
         self.calls_failed = 0
         self.state_report: dict[str, Any] = {}
+        self._closed = False  # set by `close`
+        self._starting = False  # set while a worker is being started
 
     @abc.abstractmethod
     def run(self, job: Job, policy: CallPolicy) -> None:
@@ -119,7 +121,11 @@ class Slot(abc.ABC):
             return None
 
     def state(self) -> str:
-        """``"busy"``, ``"idle"`` or ``"stopped"`` (backends add ``"starting"``)."""
+        """``"closed"``, ``"starting"``, ``"busy"``, ``"idle"`` or ``"stopped"``."""
+        if self._closed:
+            return "closed"
+        if self._starting and self.current is None:
+            return "starting"
         if self.current is not None:
             return "busy"
         return "idle" if self.pid() is not None else "stopped"

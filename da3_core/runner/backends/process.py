@@ -60,8 +60,6 @@ class ProcessSlot(Slot):
         self._lock = threading.RLock()  # guards _proc/_conn (start, kill, read)
         self._proc: Any = None
         self._conn: Connection | None = None
-        self._starting = False
-        self._closed = False
         self._kill_reason: str | None = None
         # A self-pipe waited on beside the worker's pipe and sentinel, so a cancel from a
         # caller's thread is acted on at once.
@@ -73,13 +71,6 @@ class ProcessSlot(Slot):
     def pid(self) -> int | None:
         proc = self._proc
         return proc.pid if _alive(proc) else None
-
-    def state(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._starting and self.current is None:
-            return "starting"
-        return super().state()
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):  # full (already woken) or closed

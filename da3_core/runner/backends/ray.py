@@ -320,8 +320,6 @@ class RaySlot(Slot):
         self._lock = threading.RLock()  # guards _actor/_pid/_kill_reason
         self._actor: Any = None
         self._pid: int | None = None
-        self._starting = False
-        self._closed = False
         self._kill_reason: str | None = None
         self._inbox: queue.SimpleQueue[Any] | None = None  # the running call's, for `wake`
 
@@ -334,13 +332,6 @@ class RaySlot(Slot):
         if self.node_ip is None or self.node_ip != _local_ip():
             return None
         return super().rss_mb()
-
-    def state(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._starting and self.current is None:
-            return "starting"
-        return super().state()
 
     def wake(self) -> None:
         inbox = self._inbox
