@@ -60,6 +60,9 @@ def main() -> int:
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="gpu-check-"))
     ap.add_argument("--skip-giant", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true", help="skip the runner-vs-in-worker table")
+    ap.add_argument("--overhead-presets", default="da3-small,da3-large,da3-giant", help="presets of that table")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per row of that table (medians)")
+    ap.add_argument("--demo", default="", help="folder for the untrained weights (shared between runs of this script)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +90,7 @@ def main() -> int:
 
     check("parent imports da3_core without torch", "torch" not in sys.modules)
     work = Path(tempfile.mkdtemp(prefix="da3-gpu-"))
-    demo = str(work / "demo-weights")
+    demo = args.demo or str(work / "demo-weights")
     runner = Runner(start_timeout_s=120)
     try:
         info = tasks.worker_info.call(runner=runner)
@@ -118,8 +121,8 @@ def main() -> int:
         check("no torch in parent after raw CUDA tensors", "torch" not in sys.modules)
 
         if not args.skip_overhead:
-            presets = ("da3-small", "da3-large") + (() if args.skip_giant else ("da3-giant",))
-            report["overhead"] = overhead_table(runner, demo, presets)
+            presets = tuple(p for p in args.overhead_presets.split(",") if p and not (args.skip_giant and p == "da3-giant"))
+            report["overhead"] = overhead_table(runner, demo, presets, rounds=args.rounds)
 
         if not args.skip_giant:
             t = time.perf_counter()
