@@ -78,7 +78,7 @@ class Janitor:
             self.problems.append(f"{time.strftime('%H:%M:%S')} clean-up failed: {type(exc).__name__}: {exc}")
             return
         if report.removed:
-            log.info("workspace clean-up removed %d item(s), freed %.1f MB", len(report.removed), report.freed_bytes / 2**20)
+            log.debug("workspace clean-up removed %d item(s), freed %.1f MB", len(report.removed), report.freed_bytes / 2**20)
         for error in report.errors:
             log.warning("workspace clean-up: %s", error)
             self.problems.append(f"{time.strftime('%H:%M:%S')} {error}")

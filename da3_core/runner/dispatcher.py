@@ -305,7 +305,9 @@ class Runner:
                 log.warning("runner %s: the thread of %s has not ended; its wake-up pipe stays open", self.name, slot.label)
             elif hasattr(slot, "release_fds"):
                 slot.release_fds()
-        log.info(
+        # A line of its own only when calls were lost (the server stopped mid-run).
+        log.log(
+            logging.INFO if busy or pending else logging.DEBUG,
             "runner %s closed (%s, %d queued call(s) dropped; %d ok, %d failed, %d worker start(s))",
             self.name, f"{busy} running call(s) stopped" if busy else "idle", len(pending),
             self.calls_ok, self.calls_failed, self.worker_starts,
@@ -323,7 +325,7 @@ class Runner:
                 self._queue.remove(job)
                 self._publish_positions()
             slot = next((s for s in self.slots if s.current is job), None)
-        log.info("call %d (%s) cancelled by its caller while %s", job.call_id, job.task, "running" if slot else "queued")
+        log.debug("call %d (%s) cancelled by its caller while %s", job.call_id, job.task, "running" if slot else "queued")
         if queued:
             # Outside the lock: done-callbacks run here and may call into the runner.
             job._finish(error=TaskCancelledError(f"{job.task} was cancelled while queued"))

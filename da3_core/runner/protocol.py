@@ -150,6 +150,59 @@ class ExceptionResult:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something a third-party library printed in a worker (a Python warning, a log record
+    at WARNING or above, or a line written to stdout/stderr), captured there instead of
+    printed (`da3_core.runner.inside.capture`) and shown once on the Runner page.
+
+    Attributes:
+        message: The text, as the library wrote it (colour codes removed).
+        kind: ``"warning"`` (Python ``warnings``), ``"log"`` (a ``logging`` record) or
+            ``"print"`` (written to ``sys.stdout``/``sys.stderr``).
+        category: The warning's class (``"UserWarning"``), the record's level
+            (``"WARNING"``) or the stream (``"stdout"``).
+        source: The module it came from (``"depth_anything_3.cfg"``, ``"xformers"``).
+        count: How many times it was seen in that worker process.
+        first_seen: When it was first seen (``time.time()`` in the worker).
+    """
+
+    message: str
+    kind: str
+    category: str
+    source: str
+    count: int = 1
+    first_seen: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """What makes two notices the same one (everything but the count and the time)."""
+        return (self.kind, self.category, self.source, self.message)
+
+
+def merge_notices(*groups: tuple[Notice, ...]) -> tuple[Notice, ...]:
+    """One notice per `Notice.key` over ``groups``: counts added, the earliest first seen
+    kept, in the order first seen."""
+    merged: dict[tuple[str, str, str, str], Notice] = {}
+    for group in groups:
+        for notice in group:
+            old = merged.get(notice.key)
+            if old is None:
+                merged[notice.key] = notice
+            else:
+                merged[notice.key] = Notice(notice.message, notice.kind, notice.category, notice.source,
+                                            old.count + notice.count, min(old.first_seen, notice.first_seen))
+    return tuple(sorted(merged.values(), key=lambda n: n.first_seen))
+
+
+@dataclass(frozen=True)
+class NoticesMsg:
+    """Worker -> parent, outside any call: the worker's notices so far (all of them, each
+    with its count), sent when they changed while no call ran (e.g. during the preload)."""
+
+    notices: tuple[Notice, ...]
+
+
+@dataclass(frozen=True)
 class CallDone:
     """Worker -> parent: the last message of a call.
 
@@ -157,10 +210,13 @@ class CallDone:
         reply: The outcome.
         worker_state: A snapshot of the worker after the call (pid, memory, cached models,
             device), shown on the Runner page without queuing a call.
+        notices: The worker's notices so far (all of them, each with its count), or None
+            when they did not change since the worker last sent them.
     """
 
     reply: OkResult | ExceptionResult
     worker_state: dict[str, Any]
+    notices: tuple[Notice, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def sweep(*, owner_pid: int | None = None, maker_pid: int | None = None) -> list
     """Unlink the segments of ``owner_pid`` made by ``maker_pid`` (a dead worker's leftovers)."""
     removed = [name for name in segments(owner_pid, maker_pid) if unlink(name)]
     if removed:
-        log.info("removed %d shared-memory segment(s) left by pid %s: %s", len(removed), maker_pid, ", ".join(removed))
+        log.debug("removed %d shared-memory segment(s) left by pid %s: %s", len(removed), maker_pid, ", ".join(removed))
     return removed
 
 
@@ -207,7 +207,7 @@ def sweep_orphans() -> list[str]:
         if not _pid_alive(owner) and unlink(name):
             removed.append(name)
     if removed:
-        log.info("removed %d shared-memory segment(s) of servers that are gone", len(removed))
+        log.debug("removed %d shared-memory segment(s) of servers that are gone", len(removed))
     return removed
 
 

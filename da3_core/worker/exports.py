@@ -98,7 +98,7 @@ def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, con
                 named.append(str(folder / name))
             export_to_colmap(_prediction(rec), str(out), named, conf_percentile, method)
     except Exception:
-        log.exception("COLMAP export of %d view(s) to %s failed", rec.n_views, out)
+        log.debug("COLMAP export of %d view(s) to %s failed", rec.n_views, out, exc_info=True)  # the server logs the error
         raise
     return sorted(str(p) for p in out.iterdir() if p.is_file())
 
@@ -119,6 +119,6 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
     try:
         export_to_gs_ply(_prediction(rec), str(out))
     except Exception:
-        log.exception("3DGS PLY export of %s to %s failed", rec.preset, out)
+        log.debug("3DGS PLY export of %s to %s failed", rec.preset, out, exc_info=True)  # the server logs the error
         raise
     return str(out / "gs_ply" / "0000.ply")

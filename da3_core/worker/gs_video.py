@@ -135,7 +135,7 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
             writer.append_data(frame)
     del gaussians, color, depth, frames_t
     torch.cuda.empty_cache()
-    log.info("novel-view video: %d frames %dx%d (%s) in %.1f s (+%.1f s compiling) -> %s",
+    log.debug("novel-view video: %d frames %dx%d (%s) in %.1f s (+%.1f s compiling) -> %s",
              len(even), even.shape[2], even.shape[1], trajectory, render_s, compile_s, out)
     return {"frames": int(len(even)), "width": int(even.shape[2]), "height": int(even.shape[1]),
             "compile_s": compile_s, "render_s": render_s, "path": str(out)}

@@ -126,7 +126,7 @@ def get_model(spec: ModelSpec, device: str, demo_root: Path) -> tuple[Any, str]:
         try:
             model = DepthAnything3.from_pretrained(folder_or_id, **load_kwargs)
         except Exception as exc:  # noqa: BLE001 - translated into a message with the ways on
-            log.exception("loading %s from %s failed", spec.describe(), folder_or_id)
+            log.debug("loading %s from %s failed", spec.describe(), folder_or_id, exc_info=True)  # raised with the ways on
             raise _unavailable(spec, exc) from exc
         model = model.to(device).eval()
         model.device = torch.device(device)

@@ -117,14 +117,16 @@ def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 
     """
     try:
         return _reconstruct(request, demo_root, cpu_threads, cpu_precision)
+    # The error travels to the server with its traceback, which logs it once (one line; the
+    # traceback at DEBUG): nothing more is printed here.
     except CancelledInWorker:
-        log.info("reconstruction of %d frame(s) cancelled by its caller", request.n_frames)
+        log.debug("reconstruction of %d frame(s) cancelled by its caller", request.n_frames)
         raise
     except ModelUnavailableError:
-        log.warning("reconstruction not run: the weights are unavailable (%s)", request.model.describe())
+        log.debug("reconstruction not run: the weights are unavailable (%s)", request.model.describe())
         raise
     except Exception:
-        log.exception("reconstruction of %d frame(s) with %s failed", request.n_frames, request.model.describe())
+        log.debug("reconstruction of %d frame(s) with %s failed", request.n_frames, request.model.describe(), exc_info=True)
         raise
 
 
@@ -273,7 +275,7 @@ def align_to_given(model: Any, ext: torch.Tensor | None, ixt: torch.Tensor | Non
         relative = given @ np.linalg.inv(given[0])
         relative[:, :3, 3] *= scale
         prediction.extrinsics = relative[:, :3, :]
-    log.info("known cameras: %s (scale %.6g)", how, scale)
+    log.debug("known cameras: %s (scale %.6g)", how, scale)
     return prediction, how
 
 

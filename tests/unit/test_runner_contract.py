@@ -662,12 +662,14 @@ def test_done_callback_errors_are_logged_and_never_break_the_dispatcher(warm, ca
     assert warm.call(f"{FT}:square", 7) == 49
 
 
-def test_task_failures_are_logged_with_the_worker_traceback(warm, caplog):
-    with caplog.at_level(logging.ERROR, logger="da3_core.runner"):
+def test_task_failures_are_logged_as_one_line_with_the_worker_traceback_at_debug(warm, caplog):
+    with caplog.at_level(logging.DEBUG, logger="da3_core.runner"):
         with pytest.raises(ValueError):
             warm.call(f"{FT}:fail", "logged failure")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert any("logged failure" in m and "Worker traceback" in m and "in fail" in m for m in errors), errors
+    assert len(errors) == 1 and "logged failure" in errors[0] and "ValueError" in errors[0] and "\n" not in errors[0], errors
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("worker traceback" in m and "in fail" in m for m in debug), debug
 
 
 # Task paths: one parser for the parent (pickling a @gpu function) and the worker.

@@ -9,7 +9,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from da3_core.runner.protocol import ExceptionResult, GPUError, ResultNotCPUError, TaskCancelledError, TaskError
+from da3_core.logs import one_line
+from da3_core.runner.protocol import ExceptionResult, GPUError, Notice, ResultNotCPUError, TaskCancelledError, TaskError, merge_notices
 
 if TYPE_CHECKING:
     from da3_core.runner.jobs import Job
@@ -47,6 +48,8 @@ class WorkerStatus:
         starts: How many times it was started.
         calls_ok / calls_failed: Calls it finished.
         state_report: Its last self-report (cached models, device, peak memory).
+        notices: What third-party libraries printed in it (warnings, log records, prints),
+            each distinct one once, over all its starts (see `Notice`).
     """
 
     label: str
@@ -61,6 +64,7 @@ class WorkerStatus:
     calls_ok: int
     calls_failed: int
     state_report: dict[str, Any] = field(default_factory=dict)
+    notices: tuple[Notice, ...] = ()
 
 
 class Slot(abc.ABC):
@@ -82,6 +86,8 @@ class Slot(abc.ABC):
         self.state_report: dict[str, Any] = {}
         self._closed = False  # set by `close`
         self._starting = False  # set while a worker is being started
+        self._notices_before: tuple[Notice, ...] = ()  # of the workers this slot had before
+        self._notices_now: tuple[Notice, ...] = ()  # the live worker's, as it last sent them
 
     @abc.abstractmethod
     def run(self, job: Job, policy: CallPolicy) -> None:
@@ -120,6 +126,24 @@ class Slot(abc.ABC):
         except Exception:  # noqa: BLE001 - the process may be gone
             return None
 
+    def note_notices(self, notices: tuple[Notice, ...] | None) -> None:
+        """The live worker's notices so far (cumulative, as it sends them); None: unchanged."""
+        if notices is not None:
+            self._notices_now = tuple(notices)
+
+    def new_worker(self) -> None:
+        """A fresh worker took over: keep the old one's notices, count the new one's anew."""
+        self._notices_before = merge_notices(self._notices_before, self._notices_now)
+        self._notices_now = ()
+
+    @property
+    def notices(self) -> tuple[Notice, ...]:
+        """Every distinct notice of this slot's workers, counts added over its starts."""
+        return merge_notices(self._notices_before, self._notices_now)
+
+    def refresh(self) -> None:
+        """Read what a worker sent while idle (e.g. notices), without blocking; called by `status`."""
+
     def state(self) -> str:
         """``"closed"``, ``"starting"``, ``"busy"``, ``"idle"`` or ``"stopped"``."""
         if self._closed:
@@ -132,6 +156,7 @@ class Slot(abc.ABC):
 
     def status(self) -> WorkerStatus:
         """A snapshot for display; cheap and non-blocking."""
+        self.refresh()
         current = self.current
         return WorkerStatus(
             label=self.label,
@@ -146,6 +171,7 @@ class Slot(abc.ABC):
             calls_ok=self.calls_ok,
             calls_failed=self.calls_failed,
             state_report=dict(self.state_report),
+            notices=self.notices,
         )
 
 
@@ -158,7 +184,7 @@ def cancel_or_kill_due(job: Job, policy: CallPolicy, now: float, cancel_deadline
         when the worker gets killed if the task has not stopped.
     """
     if not job.cancel_requested and job.abandoned(policy.abandon_after_s):
-        log.info("call %d (%s) abandoned: its watcher is silent; cancelling", job.call_id, job.task)
+        log.debug("call %d (%s) abandoned: its watcher is silent; cancelling", job.call_id, job.task)
         job.cancel_requested = True  # nobody is waiting any more: free the worker
     if job.cancel_requested and cancel_deadline is None:
         return True, now + policy.cancel_grace_s
@@ -176,14 +202,15 @@ def next_wake(job: Job, policy: CallPolicy, deadline: float, cancel_deadline: fl
 
 
 def error_for_reply(job: Job, reply: ExceptionResult, worker: str) -> GPUError:
-    """The caller-side error for a task's `ExceptionResult`, logged once (a cancel at a
-    checkpoint at INFO, a task error at ERROR with the worker-side traceback)."""
+    """The caller-side error for a task's `ExceptionResult`, logged once: a task error as
+    one line at ERROR (the worker-side traceback at DEBUG; the page shows it), a cancel at
+    a checkpoint at DEBUG."""
     error = task_error(reply, cancelled=job.cancel_requested)
     if isinstance(error, TaskCancelledError):
-        log.info("call %d (%s) stopped at a checkpoint after its cancel", job.call_id, job.task)
+        log.debug("call %d (%s) stopped at a checkpoint after its cancel", job.call_id, job.task)
     else:
-        log.error("call %d (%s) failed in %s: %s: %s\nWorker traceback:\n%s",
-                  job.call_id, job.task, worker, reply.type_name, reply.message, reply.traceback)
+        log.error("call %d (%s) failed on %s: %s: %s", job.call_id, job.task, worker, reply.type_name, one_line(reply.message))
+        log.debug("call %d worker traceback:\n%s", job.call_id, reply.traceback)
     return error
 
 

@@ -25,6 +25,7 @@ from da3_core.runner.protocol import (
     CallDone,
     CallRequest,
     CancelRequest,
+    NoticesMsg,
     OkResult,
     ProgressMsg,
     RunnerClosedError,
@@ -139,7 +140,7 @@ class ProcessSlot(Slot):
                 return
             now = time.monotonic()
             if now > deadline:
-                log.warning("call %d (%s) ran past its budget of %.1f s on %s", job.call_id, job.task, job.budget_s, self.label)
+                log.error("call %d (%s) ran past its budget of %.1f s on %s: the worker is killed", job.call_id, job.task, job.budget_s, self.label)
                 self._kill("timeout")
                 self._reap()
                 job._finish(error=TaskTimeoutError(job.task, job.budget_s, now - job.started_at))
@@ -156,15 +157,38 @@ class ProcessSlot(Slot):
                 return
 
     # -- messages --------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Read what an idle worker sent since its last call (the notices of its preload),
+        without blocking: skipped while a call runs (the slot's thread reads the pipe then)
+        or while the slot is busy starting or stopping a worker."""
+        if self.current is not None or not self._lock.acquire(blocking=False):
+            return
+        try:
+            conn = self._conn
+            while self.current is None and conn is not None and conn.poll(0):
+                msg = conn.recv()
+                if isinstance(msg, NoticesMsg):
+                    self.note_notices(msg.notices)
+                elif isinstance(msg, CallDone) and isinstance(msg.reply, OkResult):
+                    shm.unlink(msg.reply.payload.segment)  # a stale reply: nobody waits for it
+        except (EOFError, OSError):
+            pass  # the worker died while idle: the next call notices and replaces it
+        finally:
+            self._lock.release()
+
     def _handle(self, job: Job, msg: Any) -> bool:
         """Apply one worker message to ``job``; True when the call is over."""
         if isinstance(msg, ProgressMsg):
             if msg.call_id == job.call_id:
                 job._push(Progress(msg.stage, msg.fraction, msg.detail, job.elapsed_s))
             return False
+        if isinstance(msg, NoticesMsg):
+            self.note_notices(msg.notices)
+            return False
         if not isinstance(msg, CallDone):
             return False
         self.state_report = msg.worker_state
+        self.note_notices(msg.notices)
         reply = msg.reply
         if reply.call_id != job.call_id:
             log.warning("ignored a reply for call %d while call %d runs", reply.call_id, job.call_id)
@@ -228,14 +252,17 @@ class ProcessSlot(Slot):
                     log.error("%s did not start (%s)", self.label, why)
                     raise WorkerStartError(f"the worker process did not start ({why}); see the server log")
             except OSError as exc:
-                log.exception("%s could not be started", self.label)
+                log.error("%s could not be started: %s: %s", self.label, type(exc).__name__, exc)
+                log.debug("start traceback", exc_info=True)
                 raise WorkerStartError(f"the worker process could not be started: {exc}") from exc
             finally:
                 self._starting = False
             self._proc, self._conn = proc, parent_conn
             self._kill_reason = None
             self.starts += 1
-            log.info("%s started (pid %d, %s, start #%d) in %.2f s", self.label, proc.pid, self.device, self.starts, time.monotonic() - t0)
+            self.new_worker()
+            log.info("%s started on %s (pid %d, %.1f s%s)", self.label, self.device, proc.pid, time.monotonic() - t0,
+                     f", start #{self.starts}" if self.starts > 1 else "")
             return proc, parent_conn
 
     def _kill(self, reason: str) -> None:
@@ -245,8 +272,10 @@ class ProcessSlot(Slot):
             if proc is not None and proc.is_alive():
                 self._kill_reason = reason
                 current = self.current
+                # A kill the caller asked for, or one whose reason another line already gave
+                # (the budget, the recycle's error), is DEBUG; a cancel the task ignored, WARNING.
                 log.log(
-                    logging.INFO if reason in ("close", "restart", "recycle") else logging.WARNING,
+                    logging.WARNING if reason == "cancel" else logging.DEBUG,
                     "killing %s (pid %d, %s)%s", self.label, proc.pid, reason,
                     f" during call {current.call_id} ({current.task})" if current is not None else "",
                 )

@@ -387,7 +387,7 @@ class RaySlot(Slot):
                     return
             now = time.monotonic()
             if now > deadline:
-                log.warning("call %d (%s) ran past its budget of %.1f s on %s", job.call_id, job.task, job.budget_s, self.label)
+                log.error("call %d (%s) ran past its budget of %.1f s on %s: the actor is killed", job.call_id, job.task, job.budget_s, self.label)
                 self._kill("timeout", actor)
                 job._finish(error=TaskTimeoutError(job.task, job.budget_s, now - job.started_at))
                 return
@@ -415,8 +415,9 @@ class RaySlot(Slot):
         if kind != "done":
             log.warning("ignored an unknown item %r from %s", kind, self.label)
             return False
-        _, outcome, state = item
+        _, outcome, state, *rest = item
         self.state_report = state
+        self.note_notices(rest[0] if rest else None)
         if isinstance(outcome, ExceptionResult):
             error = error_for_reply(job, outcome, self.label)
             if outcome.recycle:
@@ -513,7 +514,10 @@ class RaySlot(Slot):
             self.state_report = dict(info.get("state") or {})
             self.device = f"Ray {self.kind} · {self.node_ip}"
             self.starts += 1
-        log.info("%s started (pid %d on %s, %s, start #%d) in %.2f s", self.label, self._pid, self.node_ip, self.kind, self.starts, time.monotonic() - t0)
+            self.new_worker()
+            self.note_notices(info.get("notices"))
+        log.info("%s started on %s (pid %d, %.1f s%s)", self.label, self.device, self._pid, time.monotonic() - t0,
+                 f", start #{self.starts}" if self.starts > 1 else "")
         return actor
 
     def _let_exit(self, timeout_s: float = 3.0) -> None:
@@ -549,8 +553,9 @@ class RaySlot(Slot):
                 pid, node = None, None
         call = self.current
         if reason not in ("crash", "start"):
+            # As for a process worker: only a cancel the task ignored gets a line of its own.
             log.log(
-                logging.INFO if reason in ("close", "restart", "recycle") else logging.WARNING,
+                logging.WARNING if reason == "cancel" else logging.DEBUG,
                 "killing %s (pid %s, %s)%s", self.label, pid, reason,
                 f" during call {call.call_id} ({call.task})" if call is not None else "",
             )

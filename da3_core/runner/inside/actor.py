@@ -10,10 +10,12 @@ is called synchronously inside the task; the generator yields what that thread q
 comes:
 
 * ``("progress", [ProgressMsg, ...])``: the reports made since the last item, in order;
-* ``("done", ExceptionResult, worker_state)``, or
-* ``("done", (header, [uint8 arrays], seconds), worker_state)``: the value pickled with the
-  CPU-only pickler, its large buffers left out of band as uint8 arrays, which Ray moves
-  without a pickle copy (the caller unpickles with ``pickle.loads(header, buffers=arrays)``).
+* ``("done", ExceptionResult, worker_state, notices)``, or
+* ``("done", (header, [uint8 arrays], seconds), worker_state, notices)``: the value pickled
+  with the CPU-only pickler, its large buffers left out of band as uint8 arrays, which Ray
+  moves without a pickle copy (the caller unpickles with ``pickle.loads(header, buffers=arrays)``);
+  ``notices``: what third-party libraries printed in the actor so far (`capture`), or None
+  when unchanged since the last call.
 
 Cancellation comes through `cancel`, in a second concurrency group so that it runs while
 `run` is busy: it sets the call's flag, which the task's next checkpoint reads. (Ray's own
@@ -37,6 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from da3_core.runner import shm
+from da3_core.runner.inside import capture
 from da3_core.runner.inside.calls import exception_reply, run_value, worker_state
 from da3_core.runner.inside.tocpu import CPUOnlyPickler, NotCPUDataError
 from da3_core.runner.protocol import CallRequest, ExceptionResult, Packed, ProgressMsg
@@ -76,13 +79,14 @@ class CallActor:
     def __init__(self, preload: tuple[str, ...] = (), label: str = "actor") -> None:
         from da3_core import logs
 
-        logs.setup()  # the actor's lines go to its stderr, which Ray forwards to the driver's terminal
+        logs.setup(announce=False)  # the actor's lines go to its stderr, which Ray forwards to the driver's terminal
+        capture.install()  # third-party warnings become notices for the Runner page
         self.label = label
         self._lock = threading.Lock()
         self._call_id: int | None = None
         self._flag: CallFlag | None = None
         self._node_ip, self._node_id = _node()
-        log.info("%s ready (pid %d on %s, CUDA_VISIBLE_DEVICES=%s, preload %s)", label, os.getpid(), self._node_ip,
+        log.debug("%s ready (pid %d on %s, CUDA_VISIBLE_DEVICES=%s, preload %s)", label, os.getpid(), self._node_ip,
                  os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), ", ".join(preload) or "none")
         if preload:
             threading.Thread(target=_preload, args=(tuple(preload),), name="da3-actor-preload", daemon=True).start()
@@ -90,7 +94,7 @@ class CallActor:
     # -- control group: runs beside a running call ----------------------------------
     def hello(self) -> dict[str, Any]:
         """Where the actor runs: pid, node IP, the GPU Ray gave it, its state."""
-        return {"pid": os.getpid(), "node_ip": self._node_ip, "state": self.state()}
+        return {"pid": os.getpid(), "node_ip": self._node_ip, "state": self.state(), "notices": capture.changes()}
 
     def state(self) -> dict[str, Any]:
         """`worker_state` plus the node, for the Runner page."""
@@ -165,7 +169,7 @@ class CallActor:
                     yield ("progress", batch)
                 if done is not None:
                     worker.join()
-                    yield ("done", done, self.state())
+                    yield ("done", done, self.state(), capture.changes())
                     return
         except GeneratorExit:
             # ray.cancel() of this call: stop the task at its next checkpoint, as a cancel does.
@@ -199,8 +203,10 @@ def _preload(names: tuple[str, ...]) -> None:
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the first call that needs it raises the real error
-            log.exception("actor pid %d: preloading %s failed (the first call that needs it will fail too)", os.getpid(), name)
+        except Exception as exc:  # noqa: BLE001 - the first call that needs it raises the real error
+            log.error("actor pid %d: preloading %s failed (the first call that needs it will fail too): %s: %s",
+                      os.getpid(), name, type(exc).__name__, exc)
+            log.debug("preload traceback", exc_info=True)
 
 
 def _node() -> tuple[str, str]:

@@ -24,11 +24,12 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from da3_core.runner.inside import capture
 from da3_core.runner.inside.calls import exception_reply, release, run_call, worker_state
-from da3_core.runner.protocol import CallDone, CallRequest, CancelRequest, ExceptionResult, OkResult, WorkerReady
+from da3_core.runner.protocol import CallDone, CallRequest, CancelRequest, ExceptionResult, NoticesMsg, OkResult, WorkerReady
 
-# No handlers are configured here (`da3_core.logs` does that where it is set up); without
-# them, warnings and errors still reach stderr, which the worker shares with the server.
+# Our lines go to stderr, which the worker shares with the server (`da3_core.logs`);
+# third-party warnings and prints are captured as notices (`capture`) and sent to the parent.
 log = logging.getLogger(__name__)
 
 _send_lock = threading.Lock()
@@ -48,7 +49,8 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
     os.environ.update(env or {})
     from da3_core import logs
 
-    logs.setup()  # the worker's lines go where the server's go (stderr, DA3_LOG_FILE), marked with its process name
+    logs.setup(announce=False)  # the worker's lines go where the server's go (stderr, DA3_LOG_FILE), marked with its process name
+    capture.install()  # before any heavy import: what libraries print becomes notices for the Runner page
     inbox: queue.Queue[CallRequest | None] = queue.Queue()
     busy = threading.Event()
     cancelled: dict[int, threading.Event] = {}
@@ -57,6 +59,17 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
     def send(msg: Any) -> None:
         with _send_lock:
             conn.send(msg)
+
+    def send_done(reply: Any, notices: tuple[Any, ...] | None = None) -> None:
+        # The notices are read under the send lock, so snapshots reach the parent in order.
+        with _send_lock:
+            conn.send(CallDone(reply, worker_state(), capture.changes() if notices is None else notices))
+
+    def send_notices() -> None:
+        with _send_lock:
+            notices = capture.changes()
+            if notices is not None:
+                conn.send(NoticesMsg(notices))
 
     def cancel_event(call_id: int) -> threading.Event:
         with cancelled_lock:
@@ -91,7 +104,7 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
     threading.Thread(target=reader, name="da3-worker-reader", daemon=True).start()
     threading.Thread(target=watchdog, name="da3-worker-watchdog", daemon=True).start()
     send(WorkerReady(os.getpid(), sys.executable))
-    log.info("worker pid %d ready (parent pid %d, preload %s)", os.getpid(), parent_pid, ", ".join(preload) or "none")
+    log.debug("worker pid %d ready (parent pid %d, preload %s)", os.getpid(), parent_pid, ", ".join(preload) or "none")
 
     if preload:
 
@@ -99,8 +112,14 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
             for name in preload:
                 try:
                     importlib.import_module(name)
-                except Exception:  # noqa: BLE001 - the first call will raise the real error
-                    log.exception("worker pid %d: preloading %s failed (the first call that needs it will fail too)", os.getpid(), name)
+                except Exception as exc:  # noqa: BLE001 - the first call will raise the real error
+                    log.error("worker pid %d: preloading %s failed (the first call that needs it will fail too): %s: %s",
+                              os.getpid(), name, type(exc).__name__, exc)
+                    log.debug("preload traceback", exc_info=True)
+            try:
+                send_notices()  # what the imports printed, for the Runner page before any call
+            except Exception:  # noqa: BLE001 - the parent may be gone; the next reply carries them
+                log.debug("the preload's notices could not be sent", exc_info=True)
 
         threading.Thread(target=do_preload, name="da3-worker-preload", daemon=True).start()
 
@@ -115,12 +134,12 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
         with cancelled_lock:
             cancelled.pop(request.call_id, None)
         try:
-            send(CallDone(reply, worker_state()))
+            send_done(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. a reply the pipe refuses
-            log.exception("worker pid %d: the reply to call %d could not be sent", os.getpid(), request.call_id)
+            log.debug("worker pid %d: the reply to call %d could not be sent", os.getpid(), request.call_id, exc_info=True)  # the server logs the error
             if isinstance(reply, OkResult):
                 release(reply.payload)
-            send(CallDone(exception_reply(request.call_id, exc, type_name="ResultNotCPUError"), worker_state()))
+            send_done(exception_reply(request.call_id, exc, type_name="ResultNotCPUError"), capture.BOOK.snapshot() if capture.BOOK else None)
         keep.clear()
         if isinstance(reply, ExceptionResult) and reply.recycle:
             try:
