@@ -46,11 +46,13 @@ for col, key in zip(cols, ("reconstruct", "depth", "cloud", "exports", "runner")
 ui.pending_status(ctx)
 metas = session.list_runs(ctx.settings)
 if metas:
-    st.subheader("Runs in this session")
+    st.subheader("Your runs" if ctx.user is not None else "Runs in this session")
     st.dataframe(
         [{"run": m.run_id, "frames": len(m.names), "model": m.preset or m.model_ref, "untrained": m.model_kind == "demo",
           "status": m.status, "seconds": round(m.timings.get("total", 0.0), 1), "error": m.error[:120]} for m in metas],
         width="stretch",
         hide_index=True,
     )
-    st.caption("Pick the run to explore in the sidebar. The page address keeps this session: reload it and your runs are still here.")
+    st.caption("Pick the run to explore in the sidebar. " + (
+        "They are kept under your account: sign in from any device and they are here." if ctx.user is not None else
+        "The page address keeps this session: reload it and your runs are still here. Anyone with the address sees them."))

@@ -4,7 +4,9 @@ Everything a session produces is on disk (`da3_core.runs`); ``st.session_state``
 caches it and remembers which run this browser watches. A run itself is owned by the
 server's `da3_core.run_service.RunService`: it saves the outcome whether or not a page is
 looking, and a reload finds a running job again. The session id rides in the URL
-(``?s=<32 hex>``); its folder is created by the first run, not by a page visit.
+(``?s=<32 hex>``); its folder is created by the first run, not by a page visit. With
+sign-in on (`da3_core.auth`) the id is the signed-in user's `identity_key` instead, the URL
+plays no part, and the user finds the same runs from any browser.
 Re-filtering and re-rendering read cached CPU arrays and never call the worker.
 """
 
@@ -18,7 +20,7 @@ from typing import Any, MutableMapping
 
 import streamlit as st
 
-from da3_core import geometry, runs, workspace
+from da3_core import auth, geometry, runs, workspace
 from da3_core.config import Settings
 from da3_core.contract import Reconstruction
 from da3_core.run_service import ActiveRun, RunOutcome, RunService
@@ -35,6 +37,8 @@ RECONCILED = "reconciled"
 PREFS_FILE = "prefs.json"
 _MAX_RECS = 3
 _MAX_WORLD = 2
+# What this browser session caches about the runs of its folder: dropped when the folder changes.
+_PER_FOLDER = (ACTIVE, RECS, WORLD, WATCHING, OUTCOME, RECONCILED)
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,28 @@ def state() -> MutableMapping[str, Any]:
 def session_dir(settings: Settings) -> Path:
     """This browser session's folder (not created here: the first run creates it).
 
-    The id comes from the URL when it is a well-formed session id, so a reload finds the
-    same runs; otherwise a new random id is made. A page visit writes nothing to disk, so
-    crawlers and bad links leave no folders behind.
+    With sign-in on, the signed-in user's folder, ``sessions/<identity_key>``: the same
+    from every browser, whatever the URL says (``?s=`` is ignored and taken out of the
+    address). Nobody signed in: the sign-in page, and the script stops.
+
+    Without sign-in, the id comes from the URL when it is a well-formed session id, so a
+    reload finds the same runs; otherwise a new random id is made. A page visit writes
+    nothing to disk, so crawlers and bad links leave no folders behind.
     """
     ss = state()
+    if auth.auth_configured():
+        user = auth.signed_in_user()
+        if user is None:
+            auth.require_sign_in()  # draws the sign-in page (or the set-up error) and stops
+            raise RuntimeError("no signed-in user")  # unreachable: it stops
+        key = auth.identity_key(user)
+        if ss.get(SID) != key:  # first look, or another account in this browser session
+            for name in _PER_FOLDER:
+                ss.pop(name, None)
+            ss[SID] = key
+        if "s" in st.query_params:
+            del st.query_params["s"]
+        return workspace.session_path(settings.workspace, key)
     if SID not in ss:
         wanted = st.query_params.get("s")
         sid = None
@@ -166,7 +187,7 @@ def collect(service: RunService, settings: Settings) -> ActiveRun | None:
         if live:
             active = live[-1]
             watch(active)
-            log.info("session %s re-attached to run %s", folder.name, active.run_id)
+            log.debug("session %s re-attached to run %s", folder.name, active.run_id)
         else:
             if not ss.get(RECONCILED):
                 ss[RECONCILED] = True

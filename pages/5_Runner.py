@@ -1,5 +1,5 @@
-"""Runner: the workers (one per GPU, or Ray actors), their devices, models, memory, the queue
-and recent errors; restart them."""
+"""Runner: the workers (one per GPU, or Ray actors), their devices, models, memory, the queue,
+recent errors and the notices their libraries printed; restart them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import time
 
 import streamlit as st
 
-from da3_core import ui
+from da3_core import auth, ui
+from da3_core.notices_view import show_notices
 from da3_core.text import md
 
 ctx = ui.page_setup("Runner", "⚙️")
+auth.require_admin(ctx.settings)  # with sign-in on: DA3_ADMINS only; without: open, as before
 st.title("Runner")
 st.caption("Isolated workers run Depth Anything 3 (one process per GPU, or Ray actors on a cluster); this server "
            "process never imports torch. Calls wait in one queue, first come first served; every call has a time budget, "
@@ -69,6 +71,7 @@ def live() -> None:
             width="stretch",
             hide_index=True,
         )
+    show_notices(status.workers)
 
 
 live()
