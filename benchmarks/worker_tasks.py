@@ -43,3 +43,56 @@ def time_stock_once(folder: str, request: ReconstructRequest) -> float:
     t = time.perf_counter()
     _STOCK[folder].inference(list(request.images), process_res=request.process_res, process_res_method=request.process_res_method)
     return time.perf_counter() - t
+
+
+def _vm_kb(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def measure_run(request: ReconstructRequest, demo_root: str) -> dict:
+    """One reconstruction in this worker with its peak memory: the process's resident
+    high-water mark (reset first through ``/proc/self/clear_refs``), and on CUDA the peak
+    allocated and reserved GPU memory. For `benchmarks.fit_guard`."""
+    import torch
+
+    from da3_core.worker.reconstruct import reconstruct
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    before_mb = _vm_kb("VmRSS") / 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+    t, cpu = time.perf_counter(), time.process_time()
+    rec = reconstruct(request, demo_root)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    _LAST[0] = rec
+    inference = float(rec.timings.get("inference", wall))
+    if not cuda:  # on a busy CPU, wall time includes waiting: scale by the share of the threads' time actually used
+        inference *= min(1.0, cpu / max(1e-6, torch.get_num_threads() * wall))
+    out = {"wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads(), "inference_s": inference, "device": rec.device,
+           "rss_before_mb": before_mb, "rss_peak_mb": _vm_kb("VmHWM") / 1024,
+           "result_mb": sum(getattr(a, "nbytes", 0) for a in (rec.depth, rec.conf, rec.images)) / 2**20}
+    if cuda:
+        out["cuda_peak_alloc_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        out["cuda_weights_mb"] = torch.cuda.memory_allocated() / 2**20
+    return out
+
+
+_LAST: list = [None]
+
+
+def measure_run_kept(request: ReconstructRequest, demo_root: str) -> tuple[dict, object]:
+    """`measure_run`, returning the reconstruction too (the parent measures what holding it costs)."""
+    out = measure_run(request, demo_root)
+    rec, _LAST[0] = _LAST[0], None
+    return out, rec

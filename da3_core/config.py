@@ -7,11 +7,16 @@ The table of variables is in README.md ("Configuration").
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
 from da3_core.presets import DEVICES
+
+# One address: no spaces, one @, a dot in the domain. DA3_ADMINS entries are matched
+# against the provider's email claim, so this only catches typos (a missing comma).
+_EMAIL = re.compile(r"[^\s@,]+@[^\s@,]+\.[^\s@,]+")
 
 
 class ConfigError(ValueError):
@@ -60,6 +65,15 @@ class Settings:
         cpu_precision: Precision of the forward pass on CPU: ``auto`` (bfloat16 autocast
             where the CPU has hardware bfloat16, flags ``avx512_bf16`` or ``amx_bf16``;
             float32 otherwise), ``fp32`` or ``bf16``. Env ``DA3_CPU_PRECISION``.
+        admins: Emails (lower case) of the users allowed on the Runner page when sign-in
+            is on (`da3_core.auth`); with sign-in on and none listed, the page is closed to
+            everyone. Without sign-in it is ignored (the page is open). Env ``DA3_ADMINS``,
+            comma-separated.
+        memory_limit_mb: Memory (MB) the app may use, worker and server together; runs the
+            run guard expects to exceed it are refused before they start (`da3_core.guard`).
+            0 (default): the container's cgroup limit where one is set, else the machine's
+            available memory. On Streamlit Community Cloud set about 2700. Env
+            ``DA3_MEMORY_LIMIT_MB``.
     """
 
     model: str = "auto"
@@ -82,6 +96,8 @@ class Settings:
     abandon_after_s: float = 30.0
     max_side: int = 2048
     cpu_precision: str = "auto"
+    admins: tuple[str, ...] = ()
+    memory_limit_mb: float = 0.0
 
     def local_checkpoints(self) -> list[Path]:
         """Checkpoint folders users may pick: ``model_dir`` and the sub-folders of
@@ -124,6 +140,8 @@ _ENV = {
     "abandon_after_s": "DA3_ABANDON_AFTER_S",
     "max_side": "DA3_MAX_SIDE",
     "cpu_precision": "DA3_CPU_PRECISION",
+    "admins": "DA3_ADMINS",
+    "memory_limit_mb": "DA3_MEMORY_LIMIT_MB",
 }
 
 # (minimum, maximum) for numeric settings.
@@ -139,6 +157,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cancel_grace_s": (0, 600),
     "abandon_after_s": (2, 24 * 3600),
     "max_side": (64, 16384),
+    "memory_limit_mb": (0, 100_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": DEVICES,
@@ -194,6 +213,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             values[f.name] = raw.lower()
         elif f.name == "workspace":
             values[f.name] = Path(raw).expanduser()
+        elif f.name == "admins":
+            emails = tuple(dict.fromkeys(e.strip().lower() for e in raw.split(",") if e.strip()))
+            bad = [e for e in emails if not _EMAIL.fullmatch(e)]
+            if bad:
+                raise ConfigError(f"{var}={raw!r}: {', '.join(repr(e) for e in bad)} is not an email address; use emails "
+                                  "separated by commas (admin@example.com,ops@example.com), or unset it")
+            values[f.name] = emails
         elif isinstance(default, (int, float)):
             kind = int if isinstance(default, int) else float
             try:

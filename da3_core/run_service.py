@@ -28,9 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from da3_core import runs, tasks
+from da3_core import guard, presets, runs, tasks
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction
+from da3_core.logs import one_line
 from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
 from da3_core.runner import Job, Progress, Queued, Runner, Started
 
@@ -138,6 +139,28 @@ class ActiveRun:
         return f"Running {frames}: {self.stage} · {self.elapsed_s:.1f} s"
 
 
+class RunRefused(ValueError):
+    """The run guard refused a run before anything was saved or queued (`da3_core.guard`).
+
+    Attributes:
+        estimate: The estimate behind the refusal (memory, time, what is available).
+        reason: ``"memory"`` (refused outright) or ``"time"`` (may be started anyway).
+    """
+
+    def __init__(self, message: str, estimate: guard.Estimate, reason: str) -> None:
+        super().__init__(message)
+        self.estimate = estimate
+        self.reason = reason
+
+
+def preset_of(model: ModelSpec) -> presets.Preset | None:
+    """The DA3 preset of a model choice (hub id, demo preset or checkpoint folder), or None."""
+    if model.kind == "local":
+        name = presets.preset_name_in_folder(model.ref)
+        return presets.preset_for(name) if name else None
+    return presets.preset_for(model.ref)
+
+
 class RunService:
     """Owns every run this server starts (see the module doc).
 
@@ -156,6 +179,69 @@ class RunService:
         self.task = task or tasks.reconstruct
         self._runs: dict[str, ActiveRun] = {}
         self._lock = threading.Lock()
+        self.calibration = guard.Calibration.load(Path(settings.workspace) / "guard_calibration.json")
+        self._gpu_mb: list[float | None] | None = None
+
+    # -- the run guard -----------------------------------------------------------------
+    def _device(self, wanted: str, workers: Sequence[Any]) -> str:
+        """The device a run will use: the one asked for, else the workers' own report, else
+        a GPU when nvidia-smi lists one, else the CPU."""
+        for choice in (wanted, self.settings.device):
+            if choice and choice != "auto":
+                return choice
+        for w in workers:
+            reported = (w.state_report or {}).get("device")
+            if reported:
+                return str(reported)
+        return "cuda" if self._gpus() else "cpu"
+
+    def _gpus(self) -> list[float | None]:
+        if self._gpu_mb is None:
+            from da3_core.runner.devices import visible_gpus
+
+            self._gpu_mb = [g.memory_mb for g in visible_gpus()] if self.settings.isolation != "ray" else []
+        return self._gpu_mb
+
+    def budget_s(self, n_frames: int) -> float:
+        """A run's time budget: ``DA3_DURATION_S + DA3_DURATION_PER_FRAME_S * frames``."""
+        return self.settings.duration_base_s + self.settings.duration_per_frame_s * n_frames
+
+    def estimate(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any]) -> tuple[guard.Estimate, list[str]] | None:
+        """The run guard's estimate for frames of these (width, height) sizes, and the ways on
+        when it does not fit; None when the model's preset is unknown (nothing to go by).
+
+        Cheap: reads the runner's status and this process's memory, starts nothing."""
+        preset = preset_of(model)
+        if preset is None or not sizes:
+            return None
+        workers = self.runner.status().workers
+        device = self._device(str(params.get("device", "auto")), workers)
+        if self.settings.isolation == "ray":
+            available = guard.Available(float("inf"), "Ray cluster: not checked here")
+        else:
+            gpu_sizes = [m for m in self._gpus() if m]
+            available = guard.available_memory(self.settings.memory_limit_mb, sum(w.rss_mb or 0.0 for w in workers),
+                                               gpu_total_mb=min(gpu_sizes) * 0.95 if device == "cuda" and gpu_sizes else None)
+        loaded = any(preset.name in m.lower() or preset.hub_id.lower() in m.lower()
+                     for w in workers for m in ((w.state_report or {}).get("models_loaded") or []))
+        method = str(params.get("process_res_method", "upper_bound_resize"))
+        opts = {"model_loaded": loaded, "speed_factor": self.calibration.factor(device)}
+        est = guard.estimate(preset, sizes, int(params["process_res"]), device, available, self.budget_s(len(sizes)), method, **opts)
+        ways = [] if est.fits_memory and est.fits_time else guard.ways_on(est, sizes, method, self.budget_s, **opts)
+        return est, ways
+
+    def check(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any], over_budget_ok: bool = False) -> guard.Estimate | None:
+        """Raise `RunRefused` for a run that cannot fit in memory, or (unless
+        ``over_budget_ok``) cannot finish within its time budget; else return the estimate."""
+        found = self.estimate(sizes, model, params)
+        if found is None:
+            return None
+        est, ways = found
+        if not est.fits_memory:
+            raise RunRefused(guard.memory_problem(est, ways), est, "memory")
+        if not est.fits_time and not over_budget_ok:
+            raise RunRefused(guard.time_problem(est, ways), est, "time")
+        return est
 
     # -- submit ------------------------------------------------------------------------
     def submit(
@@ -167,6 +253,7 @@ class RunService:
         model: ModelSpec,
         params: dict[str, Any],
         cameras: Any = None,
+        over_budget_ok: bool = False,
     ) -> ActiveRun:
         """Validate, save the inputs to a new run folder, and queue the reconstruction.
 
@@ -182,14 +269,18 @@ class RunService:
             cameras: Known cameras for every frame (`da3_core.cameras.KnownCameras`: its
                 ``extrinsics``, ``intrinsics``, ``source``), or None to let DA3 estimate them.
                 Saved in the run folder with the frames.
+            over_budget_ok: Start it even if the guard expects it to overrun its time budget.
 
         Returns:
             The run, already queued.
 
         Raises:
+            RunRefused: The run guard expects it not to fit in memory (or its time budget):
+                nothing is written and no worker is started.
             ValueError: The request is invalid (nothing is written then).
             GPUError: The runner refused the call; the run is saved as failed.
         """
+        self.check([(im.shape[1], im.shape[0]) for im in images], model, params, over_budget_ok)
         request = ReconstructRequest(
             images=tuple(images),
             names=tuple(names),
@@ -214,7 +305,8 @@ class RunService:
                 job = self.task.submit(request, str(self.settings.demo_weights_dir), self.settings.cpu_threads,
                                        self.settings.cpu_precision, runner=self.runner)
             except GPUError as exc:
-                log.exception("run %s could not be queued", meta.run_id)
+                log.error("run %s could not be queued: %s: %s", meta.run_id, type(exc).__name__, one_line(str(exc)))
+                log.debug("traceback", exc_info=True)
                 runs.fail_run(run_dir, meta, f"{type(exc).__name__}: {exc}")
                 raise
             job.touch()
@@ -222,7 +314,7 @@ class RunService:
             # want of weights can be re-run on them (the saved JPEGs are close, not equal).
             active = ActiveRun(run_dir, meta, job, images=tuple(images))
             self._runs[str(run_dir)] = active
-        log.info("run %s queued: %d frame(s), %s, %s", meta.run_id, len(names), model.describe(), params)
+        log.debug("run %s queued: %d frame(s), %s, %s", meta.run_id, len(names), model.describe(), params)
         # Saving may take a second (compressing the arrays): it runs in a thread of its own,
         # started when the job ends, never in the runner's dispatcher.
         job.add_done_callback(
@@ -286,36 +378,58 @@ class RunService:
             self._settle(active, outcome, exc)
             return
         except BaseException as exc:  # noqa: BLE001 - whatever happens, the run must not stay pending
-            log.exception("run %s: reading the result failed", active.run_id)
+            log.error("run %s: reading the result failed: %s: %s", active.run_id, type(exc).__name__, one_line(str(exc)))
+            log.debug("traceback", exc_info=True)
             self._settle(active, RunOutcome("failed", f"the result could not be read: {type(exc).__name__}: {exc}"), exc)
             return
         try:
             runs.finish_run(active.run_dir, active.meta, rec)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions, a removed folder...
-            log.exception("run %s: saving the result failed", active.run_id)
+            log.error("run %s: saving the result failed: %s: %s", active.run_id, type(exc).__name__, one_line(str(exc)))
+            log.debug("traceback", exc_info=True)
             self._settle(active, RunOutcome("failed", f"the result could not be saved: {type(exc).__name__}: {exc}"), exc)
             return
+        self._calibrate(active, rec)
         active.result = rec
         active.images = ()
+        log.info("run %s done in %.1f s (%d frame(s), %s%s on %s)", active.run_id, self._seconds(active), len(active.meta.names),
+                 rec.preset or active.meta.model_ref, " untrained" if rec.untrained else "", rec.device)
         active.finished_at = time.monotonic()
-        active.outcome = RunOutcome("done")
-        log.info("run %s done in %.1f s", active.run_id, float(rec.timings.get("total", 0.0)))
+        active.outcome = RunOutcome("done")  # last: the run reads as finished once its line is out
+
+    def _calibrate(self, active: ActiveRun, rec: Reconstruction) -> None:
+        """Teach the run guard this server's speed from a finished run's inference time."""
+        preset = presets.preset_for(rec.preset or "") or preset_of(ModelSpec(active.meta.model_kind, active.meta.model_ref))
+        inference = float(rec.timings.get("inference") or 0.0)
+        if preset is None or inference <= 0 or not active.images or rec.params.get("infer_gs"):
+            return
+        try:
+            self.calibration.record(rec.device, preset, [(im.shape[1], im.shape[0]) for im in active.images], int(rec.params["process_res"]),
+                                    str(rec.params.get("process_res_method", "upper_bound_resize")), inference)
+        except (KeyError, ValueError, TypeError) as exc:  # a guard model without this device: nothing to calibrate
+            log.debug("no calibration from run %s: %s", active.run_id, exc)
 
     def _settle(self, active: ActiveRun, outcome: RunOutcome, exc: BaseException) -> None:
         """Write a run that did not finish as ``failed`` or ``cancelled``, then publish it."""
-        if outcome.status == "failed":
-            log.error("run %s failed: %s%s", active.run_id, outcome.message,
-                      f"\nworker traceback:\n{outcome.traceback}" if outcome.traceback else "")
-        else:
-            log.info("run %s %s: %s", active.run_id, outcome.status, outcome.message)
+        # The run's one line (the error itself was logged where it happened, also one line).
+        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s %s after %.1f s: %s",
+                active.run_id, outcome.status, self._seconds(active), one_line(outcome.message))
+        if outcome.traceback:
+            log.debug("run %s worker traceback:\n%s", active.run_id, outcome.traceback)
         try:
             runs.fail_run(active.run_dir, active.meta, outcome.message, status=outcome.status)
-        except Exception:  # noqa: BLE001 - the page still learns the outcome from memory
-            log.exception("run %s: could not write its %s status", active.run_id, outcome.status)
+        except Exception as exc:  # noqa: BLE001 - the page still learns the outcome from memory
+            log.error("run %s: could not write its %s status: %s: %s", active.run_id, outcome.status, type(exc).__name__, one_line(str(exc)))
+            log.debug("traceback", exc_info=True)
         if not outcome.model_unavailable:
             active.images = ()
         active.finished_at = time.monotonic()
         active.outcome = outcome
+
+    @staticmethod
+    def _seconds(active: ActiveRun) -> float:
+        """Seconds from the run's submission (queue included) to now."""
+        return time.monotonic() - active.job.submitted_at
 
     def _forget_old(self) -> None:
         now = time.monotonic()

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Imported here, whole, before any page draws a figure: Plotly reads pandas from sys.modules
+# without the import lock, and a second browser session's first page could see it half
+# imported ("partially initialized module 'pandas'", seen on a fresh server).
+import pandas  # noqa: F401
 import streamlit as st
 
-from da3_core import presets, runs, session
+from da3_core import auth, presets, runs, session
 from da3_core.cameras import describe
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec, Reconstruction
@@ -58,6 +62,7 @@ class PageContext:
     runner: Runner
     session_dir: Path
     service: RunService
+    user: dict[str, Any] | None = None  # the signed-in user's claims; None when sign-in is off
 
     @property
     def device(self) -> str | None:
@@ -81,10 +86,13 @@ def page_setup(title: str, icon: str = "🛰️", status_in_main: bool = False) 
             polls the run (two polling fragments raced: one's app rerun was lost).
     """
     st.set_page_config(page_title=f"{title} · DA3 dashboard", page_icon=icon, layout="wide")
+    # Before anything touches the session or starts a worker: with sign-in on, a visitor
+    # who is not signed in gets the sign-in page and the script stops here.
+    user = auth.require_sign_in()
     settings = settings_or_stop()
     holder = get_holder()
     assert holder.runs is not None
-    ctx = PageContext(settings, holder, holder.runner, session.session_dir(settings), holder.runs)
+    ctx = PageContext(settings, holder, holder.runner, session.session_dir(settings), holder.runs, user)
     # First: re-attach to a run started before a reload, and take in a run that ended.
     st.session_state.pop(_RERUN_ASKED, None)  # this is the full run a status fragment asked for
     session.collect(ctx.service, settings)
@@ -104,6 +112,7 @@ def sidebar(ctx: PageContext, status: bool = True) -> None:
         for key in NAV:
             link(key)
         st.divider()
+        auth.sidebar_account(ctx.user)
         st.caption(runner_caption(ctx))
         if status:
             pending_status(ctx, compact=True)
@@ -128,7 +137,8 @@ def sidebar(ctx: PageContext, status: bool = True) -> None:
                 index=ids.index(active),
                 format_func=lambda rid: labels[rid],
                 key=f"sb_run_{active}_{len(ids)}",
-                help="Your runs in this session (kept on disk; the URL brings them back after a reload).",
+                help="Your runs (kept on disk under your account, on any device)." if ctx.user is not None
+                else "Your runs in this session (kept on disk; the URL brings them back after a reload).",
             )
             if chosen != active:
                 session.set_active(chosen)
@@ -179,7 +189,7 @@ def _pending_status_body(ctx: PageContext, compact: bool) -> None:
         if active.job.cancel_requested:
             st.caption("Cancelling…")
         elif st.button("Cancel run", key="rc_cancel", help="Stops the run; its inputs stay in the run folder."):
-            log.info("run %s: cancel asked by the user", active.run_id)
+            log.debug("run %s: cancel asked by the user", active.run_id)
             active.job.cancel()
 
 
@@ -335,9 +345,6 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str], cam
     cols[1].caption(ray_pose_cost() if multi else "use_ray_pose: monocular presets predict no poses.")
     params = RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device,
                        use_ray_pose=bool(ray and multi))
-    cpu_gs = gs_cpu_estimate(ctx, preset, params, max(1, len(names)))
-    if cpu_gs is not None:
-        (st.caption if cpu_gs[1] else st.warning)(cpu_gs[0])
     return params
 
 
@@ -350,30 +357,39 @@ def gs_unavailable_reason(ctx: PageContext, preset: Preset | None, device: str) 
     """Why 3D Gaussians cannot be inferred with this choice, or None if they can.
 
     DA3's GS head has no CUDA-only operation (checked on CPU: `tests/integration/test_gs_cpu.py`),
-    so CPU runs are allowed; their cost is shown by `gs_cpu_estimate`."""
+    so CPU runs are allowed; the run guard (`run_guard`) shows their cost and refuses what cannot fit."""
     if preset is None or not preset.gs_head:
         return "only presets with a GS head (DA3 Giant, Nested Giant-Large)"
     return None
 
 
-def gs_cpu_estimate(ctx: PageContext, preset: Preset | None, params: RunParams, n_frames: int) -> tuple[str, bool] | None:
-    """For Gaussians on CPU: one line with the rough memory and time, and whether it fits.
+def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec | None, params: RunParams) -> tuple[bool, bool]:
+    """The run guard's verdict, shown before the Run button: the estimated memory and time
+    against what is available, and for a run that cannot fit, why and the ways on.
 
-    None when the run is not a Gaussian run on CPU.
+    Returns:
+        (whether the run may start, whether the user accepted an over-budget run).
     """
-    from da3_core import resources
+    if model is None or not sizes:
+        return True, False
+    found = ctx.service.estimate(sizes, model, params.as_dict())
+    if found is None:
+        st.caption("No estimate: the model's preset is unknown.")
+        return True, False
+    est, ways = found
+    if not est.fits_memory:
+        from da3_core.guard import memory_problem
 
-    effective = ctx.device if params.device == "auto" else params.device
-    if not params.infer_gs or preset is None or effective not in ("cpu", None):
-        return None
-    est = resources.estimate_cpu_run(preset, n_frames, params.process_res)
-    gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
-    line = (f"{preset.label} with Gaussians on CPU, {n_frames} frame(s) at {params.process_res}: needs about {gb(est.peak_mb)} "
-            f"({gb(est.weights_mb)} of weights) and roughly {est.seconds:,.0f} s of inference on a 2-core Xeon; "
-            f"{gb(est.available_mb)} is available here.")
-    if not est.fits:
-        line += " It cannot fit: use fewer frames, a lower process_res, or a GPU."
-    return line, est.fits
+        st.error(md("This run would be refused: " + memory_problem(est, ways)), icon="🧮")
+        return False, False
+    if not est.fits_time:
+        from da3_core.guard import time_problem
+
+        st.warning(md(time_problem(est, ways)), icon="⏱️")
+        return True, bool(st.checkbox("Start it anyway", key="rc_over_budget",
+                                      help="The estimate may be pessimistic; the run is stopped when its budget runs out."))
+    st.caption(md("Estimate: " + est.summary()))
+    return True, False
 
 
 @dataclass(frozen=True)
@@ -466,12 +482,17 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
 
 
 def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams,
-              cameras: Any = None) -> ActiveRun:
+              cameras: Any = None, over_budget_ok: bool = False) -> ActiveRun:
     """Submit a run through the server's `RunService` (inputs saved, job queued; returns at
     once), watch it from this browser session, and remember the model choice.
 
-    ``cameras``: known cameras for every frame (`da3_core.cameras.KnownCameras`), or None."""
-    active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict(), cameras=cameras)
+    ``cameras``: known cameras for every frame (`da3_core.cameras.KnownCameras`), or None.
+    ``over_budget_ok``: start it although the run guard expects it to overrun its time budget.
+
+    Raises:
+        RunRefused: The run guard refused it (nothing saved, no worker started)."""
+    active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict(), cameras=cameras,
+                                over_budget_ok=over_budget_ok)
     session.watch(active)
     _save_model_choice(ctx)
     return active
@@ -509,7 +530,7 @@ def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruc
 def show_error(message: str, trace: str = "") -> None:
     """An error box (``message`` is shown literally, never as Markdown) and the worker's
     traceback in an expander. The error is also logged."""
-    log.error("shown to the user: %s%s", message, f"\n{trace}" if trace else "")
+    log.debug("shown to the user: %s%s", message, f"\n{trace}" if trace else "")  # logged where it happened
     st.error(md(message))
     if trace:
         with st.expander("Worker traceback"):

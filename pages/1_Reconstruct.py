@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from da3_core import cameras, inputs, runs, session, ui
+from da3_core.run_service import RunRefused
 from da3_core.runner.protocol import GPUError
 from da3_core.text import md
 
@@ -37,6 +38,7 @@ def image_preview(images: list) -> inputs.Batch:
 source = st.radio("Frames from", ("Upload photos or a video", "Example scene"), horizontal=True, key="rc_source")
 frames: list[inputs.Frame] = []
 videos: list = []
+video_sizes: list[tuple[int, int]] = []  # (width, height) of each frame the videos will give, for the run guard
 files: list = []
 shown_warnings: set[str] = set()
 
@@ -82,6 +84,7 @@ if source.startswith("Upload"):
         plan = inputs.plan_video(info, float(fps), max(0, budget))
         st.info(f"**{md(inputs.display_name(video.name))}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {md(plan.summary)}")
         budget -= plan.n_frames
+        video_sizes += [(info.width, info.height)] * plan.n_frames
 else:
     examples = inputs.list_examples(EXAMPLES_ROOT)
     if not examples:
@@ -110,30 +113,33 @@ with left, st.container(border=True):
 with cams_box:
     cam_choice = ui.known_cameras_picker(frames, bool(videos), preset)
 names = [frames[i].name for i in cam_choice.frames]
-with right, st.container(border=True):
+run_box = right.container(border=True)  # filled below, once the parameters are known (they sit under the columns)
+with st.expander("Parameters", expanded=False):
+    params = ui.params_picker(ctx, preset, names, cameras_given=cam_choice.known is not None)
+params = dataclasses.replace(params, align_to_input_ext_scale=cam_choice.align)
+with run_box:
     st.subheader("Run")
     busy = session.watching(ctx.service) is not None
-    ready = bool(frames or videos) and model is not None and not busy
+    sizes = [(frames[i].image.shape[1], frames[i].image.shape[0]) for i in cam_choice.frames] + video_sizes
+    fits, over_budget_ok = ui.run_guard(ctx, sizes, model, params) if not busy else (True, False)
+    ready = bool(frames or videos) and model is not None and not busy and fits
     run_clicked = st.button("Run reconstruction", type="primary", disabled=not ready, key="rc_run", width="stretch")
     if busy:
         st.caption("A run of yours is in progress; its status is below and in the sidebar.")
     elif not (frames or videos):
         st.caption("Add photos, a video, or pick an example.")
-with st.expander("Parameters", expanded=False):
-    params = ui.params_picker(ctx, preset, names, cameras_given=cam_choice.known is not None)
-params = dataclasses.replace(params, align_to_input_ext_scale=cam_choice.align)
 
 
 def start(frames_to_run: list[inputs.Frame], source_label: str, known: cameras.KnownCameras | None = None) -> None:
     if not frames_to_run:
         st.error("No usable frame: see the messages above.")
         return
-    cpu_gs = ui.gs_cpu_estimate(ctx, preset, params, len(frames_to_run))
-    if cpu_gs is not None and not cpu_gs[1]:
-        ui.show_error(f"The run was not started. {cpu_gs[0]}")  # refused before the worker starts: nothing is lost
-        return
     try:
-        ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params, cameras=known)
+        ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params, cameras=known,
+                     over_budget_ok=over_budget_ok)
+    except RunRefused as exc:  # the run guard: nothing saved, no worker started, the uploads stay on the page
+        ui.show_error(f"The run was not started. {exc}")
+        return
     except (ValueError, GPUError) as exc:
         ui.show_error(f"The run could not start: {exc}")
         return

@@ -190,3 +190,42 @@ def test_known_cameras_colmap_upload_shows_the_match_table_and_runs_with_them(ne
     at.switch_page(PAGES[1]).run()
     check(at, "depth maps")
     assert any("cameras: given (COLMAP)" in c for c in texts(at.caption))
+
+
+def _guarded(app_env, monkeypatch, **settings):
+    """The app's RunService with some settings changed (it keeps those it started with)."""
+    import dataclasses
+
+    from da3_core import holder
+
+    service = holder.get_holder().runs
+    monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, **settings))
+    return service
+
+
+def test_the_run_guard_shows_the_estimate_and_refuses_before_the_run(new_app, app_env, monkeypatch):
+    """Issue "Deploy and operate": a run that cannot fit in memory is refused before it
+    starts, with the numbers and the ways on; the uploads stay; an over-budget run is said
+    so and may be started anyway."""
+    at = new_app()
+    at.switch_page(PAGES[0]).run()
+    photos = [(f"p{i}.png", png_bytes(i, (640, 480)), "image/png") for i in range(3)]
+    at.file_uploader(key="rc_files").set_value(photos).run()
+    check(at, "photos")
+    estimate = [c for c in texts(at.caption) if c.startswith("Estimate: ")]
+    assert estimate and "3 frame(s) at 504: about " in estimate[0] and "of memory (" in estimate[0], texts(at.caption)
+    assert not at.button(key="rc_run").disabled
+
+    _guarded(app_env, monkeypatch, memory_limit_mb=400.0)
+    at.run()
+    check(at, "refused")
+    refusal = [e for e in texts(at.error) if e.startswith("This run would be refused: ")]
+    assert refusal and "available (DA3_MEMORY_LIMIT_MB=400)" in refusal[0] and "Ways on: " in refusal[0], texts(at.error)
+    assert at.button(key="rc_run").disabled
+    assert len(at.file_uploader(key="rc_files").value) == 3  # nothing the user uploaded is lost
+
+    _guarded(app_env, monkeypatch, memory_limit_mb=0.0, duration_base_s=0.001, duration_per_frame_s=0.0)
+    at.run()
+    check(at, "over budget")
+    assert [w for w in texts(at.warning) if "more than its budget of 0 s" in w], texts(at.warning)
+    assert not at.button(key="rc_run").disabled and at.checkbox(key="rc_over_budget").value is False

@@ -1,5 +1,5 @@
 """DA3's Gaussian head runs on CPU (no CUDA-only operation), so `infer_gs` is offered there,
-with a rough memory and time estimate, and refused before the worker starts when it cannot fit."""
+and the run guard (`da3_core.guard`) refuses before the worker starts what cannot fit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from da3_core import resources, ui
+from da3_core import guard, ui
 from da3_core.contract import Gaussians
 from da3_core.presets import PRESETS_BY_NAME
 
@@ -29,37 +29,22 @@ def _ctx(device: str):
     return types.SimpleNamespace(device=device)
 
 
-def _params(infer_gs: bool = True, device: str = "auto", process_res: int = 504) -> ui.RunParams:
-    return ui.RunParams(process_res, "upper_bound_resize", "saddle_balanced", None, infer_gs, device)
-
-
-def test_gaussians_are_offered_on_cpu_with_an_estimate(monkeypatch):
+def test_gaussians_are_offered_on_cpu():
     giant = PRESETS_BY_NAME["da3-giant"]
     assert ui.gs_unavailable_reason(_ctx("cpu"), giant, "auto") is None
     assert "GS head" in ui.gs_unavailable_reason(_ctx("cpu"), PRESETS_BY_NAME["da3-small"], "auto")
-    monkeypatch.setattr(resources, "available_memory_mb", lambda: 24_000.0)
-    line, fits = ui.gs_cpu_estimate(_ctx("cpu"), giant, _params(), 4)
-    assert fits and "DA3 Giant" in line and "GB" in line and " s of inference" in line
-    assert ui.gs_cpu_estimate(_ctx("cuda"), giant, _params(), 4) is None  # only CPU runs get the estimate
-    assert ui.gs_cpu_estimate(_ctx("cpu"), giant, _params(infer_gs=False), 4) is None
 
 
-def test_a_gaussian_run_that_cannot_fit_is_refused_with_the_numbers(monkeypatch):
-    monkeypatch.setattr(resources, "available_memory_mb", lambda: 2_700.0)  # Community Cloud
-    line, fits = ui.gs_cpu_estimate(_ctx("cpu"), PRESETS_BY_NAME["da3-giant"], _params(), 4)
-    assert not fits
-    assert "2.6 GB is available" in line and "4.3 GB of weights" in line
-    assert "fewer frames, a lower process_res, or a GPU" in line
-
-
-def test_estimates_grow_with_frames_resolution_and_model():
-    small, giant = PRESETS_BY_NAME["da3-small"], PRESETS_BY_NAME["da3-giant"]
-    a = resources.estimate_cpu_run(small, 4, 504)
-    assert abs(a.seconds - 2.56) < 0.3  # the measurement the constants come from
-    assert resources.estimate_cpu_run(small, 8, 504).seconds > a.seconds
-    assert resources.estimate_cpu_run(small, 4, 1008).peak_mb > a.peak_mb
-    assert resources.estimate_cpu_run(giant, 4, 504).weights_mb > 10 * a.weights_mb
-    assert resources.available_memory_mb() > 0
+def test_a_giant_run_that_cannot_fit_is_refused_with_the_numbers():
+    """DA3-GIANT on a CPU host of Community Cloud's size: the guard refuses it before the
+    worker starts, naming the memory it needs and what is available."""
+    giant = PRESETS_BY_NAME["da3-giant"]
+    cloud = guard.Available(2_600.0, "DA3_MEMORY_LIMIT_MB=2700")
+    est = guard.estimate(giant, [(640, 480)] * 4, 504, "cpu", cloud, 160.0)
+    assert not est.fits_memory and est.worker_mb > 4_000  # 4.6 GB of float32 weights alone
+    text = guard.memory_problem(est, guard.ways_on(est, [(640, 480)] * 4, "upper_bound_resize", lambda n: 120 + 10 * n))
+    assert "2.5 GB is available (DA3_MEMORY_LIMIT_MB=2700)" in text and "DA3 Giant" in text
+    assert "a smaller preset: DA3 " in text and "a GPU server" in text
 
 
 def test_the_video_task_refuses_without_cuda_with_the_reason(module_runner):
