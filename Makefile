@@ -13,16 +13,22 @@ ARGS ?=
 
 .PHONY: run test test-fast coverage bench demo-weights clean
 
-$(STAMP): requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+# Installer: INSTALLER=auto (default) uses uv (bootstrapped from PyPI, pinned; it installs this
+# project several times faster than pip: benchmarks/setup_time.md) and falls back to pip if uv
+# cannot be had or fails; INSTALLER=pip forces pip. The logic is in scripts/install.sh.
+# requirements.txt is the CPU-only deploy file (Community Cloud) and is not used here.
+INSTALLER ?= auto
+INSTALL := VENV=$(VENV) PYTHON=$(PYTHON) INSTALLER=$(INSTALLER) bash scripts/install.sh
+REQS := requirements-torch.txt requirements-app.txt requirements-dev.txt
+
+$(STAMP): $(REQS) scripts/install.sh
+	$(INSTALL) $(addprefix -r ,$(REQS))
 	touch $(STAMP)
 
 # Ray (the DA3_RAY_ADDRESS backend) is optional for `make run`; the suite tests it, so `make
 # test` installs it.
 $(RAY_STAMP): $(STAMP) requirements-ray.txt
-	$(PY) -m pip install --quiet -r requirements-ray.txt
+	$(INSTALL) -r requirements-ray.txt
 	touch $(RAY_STAMP)
 
 run: $(STAMP)
