@@ -5,15 +5,15 @@ built from the preset, 640x480 frames): the worker's resident peak (``VmHWM``, r
 CUDA the peak GPU memory, the inference seconds, and the parent's resident growth while it
 holds the result. The fit:
 
-* memory, per preset and device: ``peak_mb = a + b * ln(1 + ktokens) + c * q`` (q: the sum over
-  frames of (ktokens per frame)^2: the per-frame attention, which makes 4 frames at 1008 need
-  more than 16 at 504 although both have the same tokens): the tightest such line with every
-  measured point under it (a linear programme): the guard must not under-estimate what it
-  measured;
+* memory, per preset and device: ``peak_mb = a + b * ktokens + d * h`` (h: the ktokens of the
+  largest chunk of 8 frames, which DA3's DPT head decodes at once at full resolution): the
+  tightest such line with every measured point under it (a linear programme): the guard must
+  not under-estimate what it measured;
 * time, per device: ``inference_s = gparams * (c0 + c1 * k + c2 * k**2 + c3 * q)``
   (non-negative least squares on all presets; k^2 is DA3's global attention, q its
   per-frame attention);
-* the parent: ``a + b * result_mb`` (result: image, depth and confidence at the processed size);
+* the parent: ``a + b * result_mb + e * frame_mb`` (result: image, depth and confidence at the
+  processed size; frame: one frame's share, since unprojecting makes per-frame temporaries);
 * on a CPU, inference seconds are scaled by the share of the worker's threads' time actually
   used, so that other work on the machine does not inflate them.
 
@@ -147,38 +147,45 @@ def line_over(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return a, b
 
 
-WIDTH = {"da3-small": 384, "da3-base": 768, "da3-large": 1024, "da3-giant": 1536}  # backbone widths (ViT-S/B/L/G)
+CHUNK = 8  # DA3's DPT heads decode frames in chunks of 8 (``chunk_size`` in depth_anything_3/model/dpt.py)
+
+
+def chunk_ktokens(p: dict) -> float:
+    """ktokens of the largest chunk of frames the head decodes at once (equal frames here)."""
+    return p["ktokens"] / p["frames"] * min(p["frames"], CHUNK)
 
 
 def fit_memory(points: list[dict], key: str) -> dict[str, dict[str, float]]:
-    """Per preset: the tightest ``a + b * ln(1 + ktokens) + c * q`` over every measured point
-    (q: the sum over frames of (ktokens per frame)^2, the per-frame attention). Memory grows
-    fast over the first frames and then slowly (DA3-SMALL at 504 on the CPU: 1.3 GB for 1
-    frame, 2.5 GB for 8, 3.1 GB for 32): a straight line in ktokens over-estimated the small
-    runs by up to 54 %, the logarithm by up to 27 %. A preset measured
-    at one resolution only cannot tell ``c`` from ``b``: it borrows ``c`` from the preset
-    measured at the most resolutions, scaled by backbone width."""
+    """Per preset: the tightest ``a + b * ktokens + d * h`` over every measured point, h
+    being the ktokens of the largest chunk of 8 frames. DA3's backbone holds every frame's
+    tokens (b); its DPT head decodes 8 frames at a time at full resolution (d), so memory
+    climbs steeply over the first 8 frames and slowly after (DA3-SMALL at 504 on the CPU:
+    1.3 GB for 1 frame, 2.5 GB for 8, 3.1 GB for 32), and 8 frames at 1008 need twice what
+    32 at 504 do, with the same tokens. A preset never measured past 8 frames cannot tell b
+    from d: its slope is split as in the preset measured furthest (DA3-SMALL)."""
     out: dict[str, dict[str, float]] = {}
     groups = {preset: [p for p in points if p["preset"] == preset and key in p] for preset in sorted({p["preset"] for p in points})}
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
         return out
-    ref = max(groups, key=lambda n: (len({p["process_res"] for p in groups[n]}), len(groups[n])))
-    c_ref = 0.0
-    if len({p["process_res"] for p in groups[ref]}) >= 2:
-        pts = groups[ref]
-        k, q = np.array([p["ktokens"] for p in pts]), np.array([p["q"] for p in pts])
-        c_ref = envelope([np.ones_like(k), np.log1p(k), q], np.array([p[key] for p in pts]))[2]
+    ref = max(groups, key=lambda n: (sum(p["frames"] > CHUNK for p in groups[n]), len(groups[n])))
+    share_b = 0.0
+    pts = groups[ref]
+    if any(p["frames"] > CHUNK for p in pts):
+        _, b, d = envelope([np.ones(len(pts)), np.array([p["ktokens"] for p in pts]), np.array([chunk_ktokens(p) for p in pts])],
+                           np.array([p[key] for p in pts]))
+        share_b = b / (b + d) if b + d > 0 else 0.0
     for preset, pts in groups.items():
-        k, q = np.array([p["ktokens"] for p in pts]), np.array([p["q"] for p in pts])
+        k = np.array([p["ktokens"] for p in pts])
+        h = np.array([chunk_ktokens(p) for p in pts])
         y = np.array([p[key] for p in pts])
-        if len({p["process_res"] for p in pts}) >= 2:
-            a, b, c = envelope([np.ones_like(k), np.log1p(k), q], y)
-        else:
-            c = c_ref * WIDTH.get(preset, 1024) / WIDTH.get(ref, 1024)
-            a, b = line_over(np.log1p(k), y - c * q)
-        over = (a + b * np.log1p(k) + c * q) / y - 1
-        out[preset] = {"a_mb": round(a, 1), "b_mb_per_log_ktoken": round(b, 2), "c_mb_per_q": round(c, 3), "points": len(pts),
+        if any(p["frames"] > CHUNK for p in pts):
+            a, b, d = envelope([np.ones_like(k), k, h], y)
+        else:  # here k == h
+            a, slope = line_over(k, y)
+            b, d = slope * share_b, slope * (1 - share_b)
+        over = (a + b * k + d * h) / y - 1
+        out[preset] = {"a_mb": round(a, 1), "b_mb_per_ktoken": round(b, 2), "d_mb_per_chunk_ktoken": round(d, 2), "points": len(pts),
                        "ktokens_max": round(float(k.max()), 1), "max_over_estimate": round(float(over.max()), 3)}
     return out
 
@@ -219,8 +226,9 @@ def fit_time(points: list[dict]) -> dict[str, float]:
 def fit(points: list[dict], device: str) -> dict:
     ok = [p for p in points if "error" not in p]
     model = {"worker_mb": fit_memory(ok, "rss_peak_mb"), "time": fit_time(ok),
-             "parent_mb": dict(zip(("a_mb", "b_per_result_mb"), (round(v, 2) for v in line_over(
-                 np.array([p["result_mb"] for p in ok]), np.array([p["parent_growth_mb"] for p in ok])))))}
+             "parent_mb": dict(zip(("a_mb", "b_per_result_mb", "e_per_frame_result_mb"), (round(v, 2) for v in envelope(
+                 [np.ones(len(ok)), np.array([p["result_mb"] for p in ok]), np.array([p["result_mb"] / p["frames"] for p in ok])],
+                 np.array([p["parent_growth_mb"] for p in ok])))))}
     if device == "cuda":
         model["gpu_mb"] = fit_memory(ok, "cuda_peak_reserved_mb")
     return model

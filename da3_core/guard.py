@@ -4,11 +4,13 @@ what cannot fit (parent side, torch-free; pure functions but `check`).
 The model is fitted to measured runs by ``python -m benchmarks.fit_guard`` and stored in
 ``da3_core/guard_model.json`` (one part per device: ``cpu``, ``cuda``):
 
-* the worker's resident peak, per preset: ``a + b * ln(1 + ktokens) + c * q`` (ktokens: thousands
-  of 14x14 patch tokens over all frames at the processed size; q: the sum over frames of
-  (ktokens per frame)^2, DA3's per-frame attention), drawn over every measured point;
+* the worker's resident peak, per preset: ``a + b * ktokens + d * h`` (ktokens: thousands of
+  14x14 patch tokens over all frames at the processed size, which DA3's backbone holds; h:
+  those of the largest chunk of 8 frames, which its DPT head decodes at once at full
+  resolution), drawn over every measured point;
 * on CUDA also the GPU's peak (reserved) memory, the same way;
-* the parent's growth while it saves, loads and unprojects the result: linear in its size;
+* the parent's growth while it saves, loads and unprojects the result: linear in its size and
+  in its largest frame's (unprojecting makes per-frame temporaries);
 * inference seconds: ``gparams * (c0 + c1 * k + c2 * k**2 + c3 * q)``, scaled by this server's own
   measured throughput once it has finished runs (`Calibration`).
 
@@ -30,6 +32,7 @@ from typing import Any, Iterable, Sequence
 from da3_core.presets import PATCH_SIZE, PRESETS, Preset
 
 MODEL_FILE = Path(__file__).with_name("guard_model.json")
+CHUNK = 8  # DA3's DPT heads decode frames in chunks of 8 (``chunk_size`` in depth_anything_3/model/dpt.py)
 MARGIN = 1.05  # estimates are raised 5 % above the fit (which already covers every measured point): runs vary
 DEFAULT_RES = 504  # DA3's default process_res, offered first as a way on
 RESULT_BYTES_PER_PIXEL = 3 + 4 + 4  # image uint8 + depth + confidence float32 (the parent's part is fitted to this)
@@ -55,18 +58,18 @@ def ktokens(n_frames: int, process_res: int, aspect: float = 4 / 3, method: str 
     return n_frames * (w // PATCH_SIZE) * (h // PATCH_SIZE) / 1000
 
 
-def frame_ktokens(sizes: Iterable[tuple[int, int]], process_res: int, method: str = "upper_bound_resize") -> tuple[float, float, int]:
-    """(ktokens, q, processed pixels) over frames of the given (width, height); q is the sum
-    over frames of (ktokens per frame)^2 (DA3's per-frame attention)."""
-    tok = pix = 0
-    q = 0.0
+def frame_ktokens(sizes: Iterable[tuple[int, int]], process_res: int, method: str = "upper_bound_resize") -> tuple[float, float, float, int]:
+    """(ktokens, q, h, processed pixels) over frames of the given (width, height): q sums
+    (ktokens per frame)^2 (DA3's per-frame attention, for time); h is the ktokens of the
+    largest chunk of `CHUNK` frames, which DA3's DPT head decodes at once (for memory)."""
+    per_frame = []
+    pix = 0
     for w, h in sizes:
         pw, ph = processed_size(w, h, process_res, method)
-        t = (pw // PATCH_SIZE) * (ph // PATCH_SIZE)
-        tok += t
-        q += (t / 1000) ** 2
+        per_frame.append((pw // PATCH_SIZE) * (ph // PATCH_SIZE) / 1000)
         pix += pw * ph
-    return tok / 1000, q, pix
+    chunk = sum(sorted(per_frame, reverse=True)[:CHUNK])
+    return sum(per_frame), sum(t * t for t in per_frame), chunk, pix
 
 
 def gparams(preset: Preset) -> float:
@@ -89,11 +92,11 @@ def model() -> dict[str, Any]:
 
 
 def _memory_line(fits: dict[str, dict[str, float]], preset: Preset) -> tuple[float, float, float, str]:
-    """(a, b, c, what it is based on) for ``preset``; an unmeasured preset borrows the
+    """(a, b, d, what it is based on) for ``preset``; an unmeasured preset borrows the
     nearest measured one in parameters, scaled by the parameter ratio."""
     if preset.name in fits:
         f = fits[preset.name]
-        return f["a_mb"], f["b_mb_per_log_ktoken"], f.get("c_mb_per_q", 0.0), "measured"
+        return f["a_mb"], f["b_mb_per_ktoken"], f["d_mb_per_chunk_ktoken"], "measured"
     by_size = {name: gparams(p) for p in PRESETS for name in [p.name] if name in fits}
     if not by_size:
         raise KeyError("the guard model has no measured preset")
@@ -101,7 +104,7 @@ def _memory_line(fits: dict[str, dict[str, float]], preset: Preset) -> tuple[flo
     ratio = gparams(preset) / by_size[near]
     f = fits[near]
     grow = max(1.0, math.sqrt(ratio))
-    return f["a_mb"] * max(1.0, ratio), f["b_mb_per_log_ktoken"] * grow, f.get("c_mb_per_q", 0.0) * grow, f"scaled from {near}"
+    return f["a_mb"] * max(1.0, ratio), f["b_mb_per_ktoken"] * grow, f["d_mb_per_chunk_ktoken"] * grow, f"scaled from {near}"
 
 
 @dataclass(frozen=True)
@@ -184,14 +187,16 @@ def estimate(preset: Preset, sizes: Sequence[tuple[int, int]], process_res: int,
     """
     fitted = fitted or model()
     part = fitted.get("cuda" if device == "cuda" else "cpu") or fitted["cpu"]
-    k, q, pixels = frame_ktokens(sizes, process_res, method)
-    a, b, c, basis = _memory_line(part["worker_mb"], preset)
-    worker = a + b * math.log1p(k) + c * q
+    k, q, h, pixels = frame_ktokens(sizes, process_res, method)
+    a, b, d, basis = _memory_line(part["worker_mb"], preset)
+    worker = a + b * k + d * h
     gpu = None
     if device == "cuda" and "gpu_mb" in part:
-        ga, gb_, gc, _ = _memory_line(part["gpu_mb"], preset)
-        gpu = ga + gb_ * math.log1p(k) + gc * q
-    parent = part["parent_mb"]["a_mb"] + part["parent_mb"]["b_per_result_mb"] * pixels * RESULT_BYTES_PER_PIXEL / 2**20
+        ga, gb_, gd, _ = _memory_line(part["gpu_mb"], preset)
+        gpu = ga + gb_ * k + gd * h
+    largest = max((w * h for w, h in (processed_size(fw, fh, process_res, method) for fw, fh in sizes)), default=0)
+    pm = part["parent_mb"]
+    parent = pm["a_mb"] + (pm["b_per_result_mb"] * pixels + pm.get("e_per_frame_result_mb", 0.0) * largest) * RESULT_BYTES_PER_PIXEL / 2**20
     t = part["time"]
     seconds = gparams(preset) * (t["c0_s_per_gparam"] + t["c1_s_per_gparam_ktoken"] * k + t["c2_s_per_gparam_ktoken2"] * k * k
                                  + t.get("c3_s_per_gparam_q", 0.0) * q)

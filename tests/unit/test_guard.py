@@ -23,8 +23,11 @@ def test_processed_sizes_follow_da3s_rules():
     assert guard.processed_size(640, 480, 504, "lower_bound_resize") == (672, 504)  # short side to process_res
     assert guard.processed_size(1000, 333, 504, "upper_bound_crop")[1] % 14 == 0
     assert guard.ktokens(4, 504) == pytest.approx(4 * 36 * 27 / 1000)
-    k, q, pixels = guard.frame_ktokens([(640, 480), (480, 640)], 504)
+    k, q, h, pixels = guard.frame_ktokens([(640, 480), (480, 640)], 504)
     assert k == pytest.approx(2 * 0.972) and q == pytest.approx(2 * 0.972**2) and pixels == 2 * 504 * 378
+    assert h == pytest.approx(k)  # up to 8 frames are one chunk of DA3's head
+    k, _, h, _ = guard.frame_ktokens([(640, 480)] * 20 + [(1280, 960)], 1008)
+    assert h == pytest.approx(8 * 3.888) and k == pytest.approx(21 * 3.888)  # the largest chunk of 8
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -50,7 +53,7 @@ def test_estimates_grow_with_frames_resolution_and_preset():
 
     a = est(SMALL, 4, 504)
     assert est(SMALL, 8, 504).memory_mb > a.memory_mb and est(SMALL, 8, 504).seconds > a.seconds
-    assert est(SMALL, 4, 1008).memory_mb > est(SMALL, 16, 504).memory_mb  # same tokens, per-frame attention 4x
+    assert est(SMALL, 4, 1008).memory_mb > est(SMALL, 16, 504).memory_mb  # same tokens, but the head's chunk has 2x
     assert est(GIANT, 4, 504).memory_mb > a.memory_mb + 3000  # 4.6 GB of float32 weights
     assert est(SMALL, 4, 504, "cuda").gpu_mb is not None and a.gpu_mb is None
     for p in PRESETS:  # every preset has an estimate, measured or scaled from the nearest measured one
