@@ -71,4 +71,4 @@ cert=$(pip_setting cert)
 if [ -n "$cert" ] && [ -z "${SSL_CERT_FILE:-}" ]; then export SSL_CERT_FILE="$cert"; fi
 
 echo "install: uv $UV_VERSION${uv_args[*]:+ (pip settings passed on: ${uv_args[*]})}"
-"$UV" pip install --quiet --python "$PY" "${uv_args[@]}" "$@" || fallback "uv failed (its error is above)"
+"$UV" pip install --quiet --compile-bytecode --python "$PY" "${uv_args[@]}" "$@" || fallback "uv failed (its error is above)"
