@@ -102,7 +102,10 @@ def test_two_workers_run_two_calls_at_once(pool):
 
 
 def test_one_fifo_with_true_positions(pool):
-    blockers = [pool.submit(f"{FT}:sleep_for", (0.8,)) for _ in range(2)]
+    # Blockers of different lengths: the workers free up at different moments, so the order
+    # in which the waiting calls start is the dispatcher's, not a race between two slots
+    # starting at the same instant (CI saw two starts 0.16 ms apart recorded out of order).
+    blockers = [pool.submit(f"{FT}:sleep_for", (d,)) for d in (0.8, 1.6)]
     for b in blockers:
         assert any(isinstance(e, Started) for e in _until_started(b))
     waiting = [pool.submit(f"{FT}:tagged", (str(i),)) for i in range(3)]
