@@ -175,6 +175,30 @@ class Slot(abc.ABC):
         )
 
 
+class WorkerSlot(Slot):
+    """A slot that owns a worker it can kill: a spawned process or a Ray actor.
+
+    `restart` and `close` are the same for both; a backend says how to kill (`_kill`) and
+    how to let an idle worker leave on its own (`_let_exit`)."""
+
+    @abc.abstractmethod
+    def _kill(self, reason: str) -> None:
+        """Kill the worker now (``reason``: ``"restart"``, ``"close"``, a timeout ...)."""
+
+    @abc.abstractmethod
+    def _let_exit(self) -> None:
+        """Ask an idle worker to exit by itself, briefly waiting for it."""
+
+    def restart(self) -> None:
+        self._kill("restart")
+
+    def close(self) -> None:
+        self._closed = True
+        if self.current is None:
+            self._let_exit()
+        self._kill("close")
+
+
 def cancel_or_kill_due(job: Job, policy: CallPolicy, now: float, cancel_deadline: float | None) -> tuple[bool, float | None]:
     """The shared cancel rule of every slot's wait loop.
 

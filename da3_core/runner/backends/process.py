@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Iterator
 
 from da3_core.runner import shm
-from da3_core.runner.backends.base import CallPolicy, Slot, cancel_or_kill_due, error_for_reply, next_wake
+from da3_core.runner.backends.base import CallPolicy, WorkerSlot, cancel_or_kill_due, error_for_reply, next_wake
 from da3_core.runner.jobs import Job, Progress, Started
 from da3_core.runner.protocol import (
     CallDone,
@@ -39,7 +39,7 @@ from da3_core.runner.protocol import (
 log = logging.getLogger(__name__)
 
 
-class ProcessSlot(Slot):
+class ProcessSlot(WorkerSlot):
     """One spawned worker process.
 
     Args:
@@ -77,14 +77,6 @@ class ProcessSlot(Slot):
         with contextlib.suppress(OSError):  # full (already woken) or closed
             os.write(self._wake_w, b"\0")
 
-    def restart(self) -> None:
-        self._kill("restart")
-
-    def close(self) -> None:
-        self._closed = True
-        if self.current is None:
-            self._let_exit()
-        self._kill("close")
 
     def release_fds(self) -> None:
         """Close the wake-up pipe (once the slot's thread has ended)."""

@@ -38,7 +38,7 @@ import numpy as np
 
 from da3_core.runner import shm
 from da3_core.runner.devices import worker_count
-from da3_core.runner.backends.base import CallPolicy, Slot, cancel_or_kill_due, error_for_reply, next_wake
+from da3_core.runner.backends.base import CallPolicy, WorkerSlot, cancel_or_kill_due, error_for_reply, next_wake
 from da3_core.runner.jobs import Job, Progress, Started
 from da3_core.runner.protocol import (
     CallRequest,
@@ -293,7 +293,7 @@ class _RayReceived:
         self._header, self._arrays = b"", []
 
 
-class RaySlot(Slot):
+class RaySlot(WorkerSlot):
     """One Ray actor.
 
     Args:
@@ -338,14 +338,6 @@ class RaySlot(Slot):
         if inbox is not None:
             inbox.put(_WAKE)
 
-    def restart(self) -> None:
-        self._kill("restart")
-
-    def close(self) -> None:
-        self._closed = True
-        if self.current is None:
-            self._let_exit()
-        self._kill("close")
 
     def run(self, job: Job, policy: CallPolicy) -> None:
         actor = self._ensure_actor(policy.start_timeout_s)
