@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from da3_core import presets, tasks  # noqa: E402
 from da3_core.contract import ModelSpec, ReconstructRequest  # noqa: E402
+from benchmarks.worker_tasks import reset_hwm, vm_kb  # noqa: E402
 from da3_core.guard import ktokens  # noqa: E402
 
 GRIDS = {
@@ -61,20 +62,8 @@ def frames(n: int, hw: tuple[int, int] = (480, 640)) -> tuple[np.ndarray, ...]:
 
 def _hwm_reset() -> float:
     """Reset this process's resident high-water mark; return the resident MB now."""
-    import psutil
-
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _hwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1]) / 1024
-    return 0.0
+    reset_hwm()
+    return vm_kb("VmRSS") / 1024
 
 
 def parent_cycle(req: ReconstructRequest, demo: str, runner, folder: Path) -> tuple[dict, float]:
@@ -92,7 +81,7 @@ def parent_cycle(req: ReconstructRequest, demo: str, runner, folder: Path) -> tu
     loaded = runs.load_result(run_dir, meta)
     cams = geometry.resolve_cameras(loaded, fov_deg=60.0)
     pts = geometry.unproject_all(loaded, cams)
-    growth = _hwm_mb() - before
+    growth = vm_kb("VmHWM") / 1024 - before
     del loaded, cams, pts
     return m, max(0.0, growth)
 

@@ -45,11 +45,21 @@ def time_stock_once(folder: str, request: ReconstructRequest) -> float:
     return time.perf_counter() - t
 
 
-def _vm_kb(field: str) -> float:
+def vm_kb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in kB; 0 where absent."""
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return float(line.split()[1])
     return 0.0
+
+
+def reset_hwm() -> None:
+    """Reset this process's resident high-water mark (``VmHWM``) to its current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def measure_run(request: ReconstructRequest, demo_root: str) -> dict:
@@ -65,12 +75,8 @@ def measure_run(request: ReconstructRequest, demo_root: str) -> dict:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    before_mb = _vm_kb("VmRSS") / 1024
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
+    before_mb = vm_kb("VmRSS") / 1024
+    reset_hwm()
     t, cpu = time.perf_counter(), time.process_time()
     rec = reconstruct(request, demo_root)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -79,7 +85,7 @@ def measure_run(request: ReconstructRequest, demo_root: str) -> dict:
     if not cuda:  # on a busy CPU, wall time includes waiting: scale by the share of the threads' time actually used
         inference *= min(1.0, cpu / max(1e-6, torch.get_num_threads() * wall))
     out = {"wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads(), "inference_s": inference, "device": rec.device,
-           "rss_before_mb": before_mb, "rss_peak_mb": _vm_kb("VmHWM") / 1024,
+           "rss_before_mb": before_mb, "rss_peak_mb": vm_kb("VmHWM") / 1024,
            "result_mb": sum(getattr(a, "nbytes", 0) for a in (rec.depth, rec.conf, rec.images)) / 2**20}
     if cuda:
         out["cuda_peak_alloc_mb"] = torch.cuda.max_memory_allocated() / 2**20
