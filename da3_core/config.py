@@ -48,7 +48,9 @@ class Settings:
             ``host:port``; unset, no Ray. Env ``DA3_RAY_ADDRESS``.
         duration_base_s: Fixed part of a reconstruction's time budget. Env ``DA3_DURATION_S``.
         duration_per_frame_s: Budget added per frame. Env ``DA3_DURATION_PER_FRAME_S``.
-        max_frames: Most frames one run takes (video frames included). Env ``DA3_MAX_FRAMES``.
+        max_frames: Most frames one DA3 call takes (video frames included). Env ``DA3_MAX_FRAMES``.
+        max_chunked_frames: Most frames a chunked run takes (`da3_core.chunks`). Env
+            ``DA3_MAX_CHUNKED_FRAMES``.
         max_upload_mb: Largest single upload accepted. Env ``DA3_MAX_UPLOAD_MB``.
         max_pixels: Largest image (width x height) decoded. Env ``DA3_MAX_PIXELS``.
         workspace_max_age_h: Runs and uploads older than this are removed. Env
@@ -87,6 +89,7 @@ class Settings:
     duration_base_s: float = 120.0
     duration_per_frame_s: float = 10.0
     max_frames: int = 64
+    max_chunked_frames: int = 2000
     max_upload_mb: int = 200
     max_pixels: int = 40_000_000
     workspace_max_age_h: float = 72.0
@@ -131,6 +134,7 @@ _ENV = {
     "duration_base_s": "DA3_DURATION_S",
     "duration_per_frame_s": "DA3_DURATION_PER_FRAME_S",
     "max_frames": "DA3_MAX_FRAMES",
+    "max_chunked_frames": "DA3_MAX_CHUNKED_FRAMES",
     "max_upload_mb": "DA3_MAX_UPLOAD_MB",
     "max_pixels": "DA3_MAX_PIXELS",
     "workspace_max_age_h": "DA3_WORKSPACE_MAX_AGE_H",
@@ -149,6 +153,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "duration_base_s": (1, 24 * 3600),
     "duration_per_frame_s": (0, 3600),
     "max_frames": (1, 2000),
+    "max_chunked_frames": (1, 100_000),
     "max_upload_mb": (1, 20_000),
     "max_pixels": (64 * 64, 500_000_000),
     "workspace_max_age_h": (0.01, 24 * 365),

@@ -381,3 +381,58 @@ class ModelUnavailableError(Exception):
     The caller receives it as a `TaskError` whose ``type_name`` is this class's name (and
     which is also an instance of this class), so the page can offer demo weights.
     """
+
+
+# --------------------------------------------------------------------------------------
+# Chunked runs (`da3_core.chunks`): one worker call per chunk of frames
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """One chunk of a chunked run: a DA3 request over some of the run's frames.
+
+    Attributes:
+        request: The chunk's frames and DA3 parameters (``request.names`` are the frames' names).
+        chunk: Index of the chunk in the run's plan (``-1`` for a loop-closure chunk).
+        frame_ids: The run-wide index of each frame of ``request.images``, same order.
+        descriptors: Also compute one global descriptor per frame (for loop closure).
+    """
+
+    request: ReconstructRequest
+    chunk: int
+    frame_ids: tuple[int, ...]
+    descriptors: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frame_ids", tuple(int(i) for i in self.frame_ids))
+        if len(self.frame_ids) != self.request.n_frames:
+            raise ValueError(f"ChunkRequest.frame_ids has {len(self.frame_ids)} entries for {self.request.n_frames} frames")
+        if len(set(self.frame_ids)) != len(self.frame_ids) or min(self.frame_ids) < 0:
+            raise ValueError("ChunkRequest.frame_ids must be distinct run-wide frame indices >= 0")
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one chunk's worker call sends back: the chunk in its own frame, CPU numpy only.
+
+    Attributes:
+        rec: The chunk's `Reconstruction`, in the chunk's own world frame and scale (DA3's
+            reference view of the chunk); views in ``frame_ids`` order.
+        frame_ids: The run-wide index of each view of ``rec``.
+        chunk: The chunk index (as requested).
+        descriptors: (n, D) float32 L2-normalised global descriptor per view (from DA3's
+            backbone features), or None when not asked for.
+    """
+
+    rec: Reconstruction
+    frame_ids: tuple[int, ...]
+    chunk: int
+    descriptors: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.frame_ids) != self.rec.n_views:
+            raise ValueError(f"ChunkResult.frame_ids has {len(self.frame_ids)} entries for {self.rec.n_views} views")
+        d = self.descriptors
+        if d is not None and (not isinstance(d, np.ndarray) or d.ndim != 2 or d.shape[0] != self.rec.n_views):
+            raise ValueError(f"ChunkResult.descriptors must be (n_views, D), got {getattr(d, 'shape', type(d))}")

@@ -199,6 +199,44 @@ class WorldPoints:
         return int(self.points.shape[0])
 
 
+MAX_WORLD_PIXELS = 4_000_000
+"""Pixels the figures unproject at most (a long chunked run has far more): beyond it every
+s-th pixel of each view is taken (`pixel_stride`), so the server's memory stays bounded."""
+
+
+def pixel_stride(rec: Reconstruction, max_pixels: int = MAX_WORLD_PIXELS) -> int:
+    """The smallest stride s with N * ceil(H/s) * ceil(W/s) <= ``max_pixels``."""
+    n, h, w = rec.depth.shape
+    s = 1
+    while n * (-(-h // s)) * (-(-w // s)) > max_pixels and s < max(h, w):
+        s += 1
+    return s
+
+
+def strided(rec: Reconstruction, stride: int) -> Reconstruction:
+    """Every ``stride``-th pixel of each view (rows and columns), with intrinsics to match:
+    pixel (u, v) of the result is pixel (s*u, s*v) of ``rec``, so K' = diag(1/s, 1/s, 1) K.
+    Copies only the kept pixels (``rec`` may be memory-mapped)."""
+    if stride <= 1:
+        return rec
+    s = int(stride)
+
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(a[:, ::s, ::s])
+
+    ixt = None
+    if rec.intrinsics is not None:
+        ixt = np.array(rec.intrinsics, dtype=np.float32)
+        ixt[:, :2, :] /= np.float32(s)
+    return Reconstruction(
+        depth=take(rec.depth), conf=take(rec.conf),  # type: ignore[arg-type]
+        extrinsics=None if rec.extrinsics is None else np.asarray(rec.extrinsics, dtype=np.float32),
+        intrinsics=ixt, images=take(rec.images), sky=take(rec.sky),  # type: ignore[arg-type]
+        is_metric=rec.is_metric, scale_factor=rec.scale_factor, gaussians=rec.gaussians, names=rec.names, model=rec.model,
+        preset=rec.preset, device=rec.device, timings=dict(rec.timings), params={**rec.params, "pixel_stride": s},
+    )
+
+
 def unproject_all(rec: Reconstruction, cameras: Cameras | None = None) -> WorldPoints:
     """Unproject every pixel of every view once, for cheap re-filtering later.
 

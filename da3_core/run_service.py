@@ -38,6 +38,7 @@ from da3_core.runner import Job, Progress, Queued, Runner, Started
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the server stopped while this run was pending, so its result was lost (its frames are kept)"
+INTERRUPTED_CHUNKED = "interrupted: the server stopped while this chunked run was running; its finished chunks are kept: Resume continues from there"
 ABANDONED = "the page that started it was closed, so the run was stopped (its frames are kept)"
 
 
@@ -90,9 +91,22 @@ class ActiveRun:
     collected: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    chunked = False
+
     @property
     def run_id(self) -> str:
         return self.meta.run_id
+
+    @property
+    def submitted_at(self) -> float:
+        return self.job.submitted_at
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.job.cancel_requested
+
+    def cancel(self) -> None:
+        self.job.cancel()
 
     @property
     def session_id(self) -> str:
@@ -153,6 +167,34 @@ class RunRefused(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class ChunkChoice:
+    """The guard's chunking of a run: chunks of ``chunk`` frames overlapping by ``overlap``.
+
+    Attributes:
+        chunk / overlap: C and O.
+        plan: The chunks.
+        per_chunk: The guard's estimate for one chunk (memory is per chunk: they run one
+            per worker).
+        seconds: Time for every chunk on one worker (chunks run side by side on a pool).
+        reason: Why this C and O, in a sentence.
+    """
+
+    chunk: int
+    overlap: int
+    plan: Any
+    per_chunk: guard.Estimate | None
+    seconds: float | None
+    reason: str
+
+    def summary(self) -> str:
+        est = self.per_chunk
+        mem = f"about {guard.gb(est.memory_mb)} of memory per chunk ({guard.gb(est.available.mb)} available)" if est else ""
+        t = f", about {guard.duration(self.seconds)} in all" if self.seconds is not None else ""
+        return (f"{self.plan.n_frames} frames as {self.plan.n_chunks} chunk(s) of {self.chunk} overlapping by {self.overlap} "
+                f"({self.plan.frames_computed} frame passes): {mem}{t}.")
+
+
 def preset_of(model: ModelSpec) -> presets.Preset | None:
     """The DA3 preset of a model choice (hub id, demo preset or checkpoint folder), or None."""
     if model.kind == "local":
@@ -170,13 +212,18 @@ class RunService:
         keep_finished_s: How long a finished run stays in memory for a page to collect.
         task: The `gpu` task that runs a `ReconstructRequest` (tests pass a light stand-in
             with the same signature).
+        chunk_task: The `gpu` task that runs one chunk of a chunked run (`ChunkRequest`;
+            tests pass the ground-truth oracle).
     """
 
-    def __init__(self, runner: Runner, settings: Settings, keep_finished_s: float = 600.0, task: Any = None) -> None:
+    def __init__(self, runner: Runner, settings: Settings, keep_finished_s: float = 600.0, task: Any = None,
+                 chunk_task: Any = None) -> None:
         self.runner = runner
         self.settings = settings
         self.keep_finished_s = keep_finished_s
         self.task = task or tasks.reconstruct
+        self.chunk_task = chunk_task or tasks.reconstruct_chunk
+        self._assembler: Any = None
         self._runs: dict[str, ActiveRun] = {}
         self._lock = threading.Lock()
         self.calibration = guard.Calibration.load(Path(settings.workspace) / "guard_calibration.json")
@@ -206,7 +253,8 @@ class RunService:
         """A run's time budget: ``DA3_DURATION_S + DA3_DURATION_PER_FRAME_S * frames``."""
         return self.settings.duration_base_s + self.settings.duration_per_frame_s * n_frames
 
-    def estimate(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any]) -> tuple[guard.Estimate, list[str]] | None:
+    def estimate(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any],
+                 ways: bool = True) -> tuple[guard.Estimate, list[str]] | None:
         """The run guard's estimate for frames of these (width, height) sizes, and the ways on
         when it does not fit; None when the model's preset is unknown (nothing to go by).
 
@@ -227,8 +275,8 @@ class RunService:
         method = str(params.get("process_res_method", "upper_bound_resize"))
         opts = {"model_loaded": loaded, "speed_factor": self.calibration.factor(device)}
         est = guard.estimate(preset, sizes, int(params["process_res"]), device, available, self.budget_s(len(sizes)), method, **opts)
-        ways = [] if est.fits_memory and est.fits_time else guard.ways_on(est, sizes, method, self.budget_s, **opts)
-        return est, ways
+        found = [] if not ways or (est.fits_memory and est.fits_time) else guard.ways_on(est, sizes, method, self.budget_s, **opts)
+        return est, found
 
     def check(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any], over_budget_ok: bool = False) -> guard.Estimate | None:
         """Raise `RunRefused` for a run that cannot fit in memory, or (unless
@@ -242,6 +290,132 @@ class RunService:
         if not est.fits_time and not over_budget_ok:
             raise RunRefused(guard.time_problem(est, ways), est, "time")
         return est
+
+    # -- chunked runs (da3_core.chunks) --------------------------------------------------
+    @property
+    def assembler(self) -> Any:
+        """The child process that assembles chunked runs (started on first use)."""
+        with self._lock:
+            if self._assembler is None:
+                from da3_core.chunks.service import Assembler
+
+                self._assembler = Assembler()
+            return self._assembler
+
+    def choose_chunks(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any]) -> ChunkChoice:
+        """C and O for a chunked run of frames of these sizes: the user's when set in
+        ``params["chunking"]`` (``chunk``, ``overlap``; 0 = let the guard choose), else the
+        largest chunk (up to 120, DA3-Streaming's) whose one-call estimate fits in memory,
+        overlapping by a third of it.
+
+        Raises:
+            RunRefused: not even two frames per chunk fit.
+        """
+        from da3_core.chunks import plan as chunk_plan
+
+        opts = dict(params.get("chunking") or {})
+        n = len(sizes)
+        found = self.estimate(sizes[: min(n, 2)], model, params, ways=False)
+        wanted_c, wanted_o = int(opts.get("chunk") or 0), int(opts.get("overlap") or 0)
+        if wanted_c:
+            c = max(chunk_plan.MIN_CHUNK, wanted_c)
+            reason = f"chunks of {c} as set under Parameters"
+        elif found is None:  # no preset to estimate from (a custom folder): DA3-Streaming's size
+            c = min(chunk_plan.MAX_CHUNK, max(chunk_plan.MIN_CHUNK, n))
+            reason = "no memory estimate for this model: DA3-Streaming's chunk size"
+        else:
+            c = chunk_plan.largest_chunk(lambda k: bool((e := self.estimate(sizes[:k], model, params, ways=False)) and e[0].fits_memory), n)
+            if c == 0:
+                est = found[0]
+                raise RunRefused("Not even a chunk of two frames fits in memory: " + est.summary()
+                                 + " Try a lower process_res or a smaller preset.", est, "memory")
+            reason = (f"the largest chunk whose estimate fits in the memory available" if c < min(n, chunk_plan.MAX_CHUNK)
+                      else f"{c} frames per chunk (at most {chunk_plan.MAX_CHUNK}, DA3-Streaming's size)")
+        o = wanted_o or chunk_plan.default_overlap(c)
+        o = max(1, min(o, c - 1))
+        if not wanted_o:
+            reason += f"; overlap {o} (a third of the chunk: the frames the alignment fits on)"
+        plan = chunk_plan.plan_chunks(n, c, o)
+        per = self.estimate(sizes[: plan.chunk], model, params, ways=False)
+        seconds = None
+        if per is not None:
+            each = per[0].seconds
+            seconds = each * plan.n_chunks if per[0].frames == min(n, plan.chunk) else None
+        return ChunkChoice(c, o, plan, per[0] if per else None, seconds, reason)
+
+    def submit_chunked(self, session_dir: Path, images: Any, names: Sequence[str], source: str, model: ModelSpec,
+                       params: dict[str, Any], cameras: Any = None, sizes: Sequence[tuple[int, int]] | None = None) -> Any:
+        """Save the frames and start a chunked run (`da3_core.chunks.service.ChunkedRun`).
+
+        ``images`` may be any iterable of (H, W, 3) uint8 frames (a generator keeps only one
+        in memory); ``sizes`` (width, height) of each, when ``images`` is not a sequence.
+        ``params["chunking"]``: ``chunk``, ``overlap`` (0: the guard chooses), ``loop_closure``.
+
+        Raises:
+            RunRefused: not even a chunk of two frames fits.
+            ValueError: Gaussians asked for (not offered for chunked runs) or no frames.
+        """
+        from da3_core.chunks import store
+        from da3_core.chunks.service import ChunkedRun
+
+        if params.get("infer_gs"):
+            raise ValueError("3D Gaussians are not offered for chunked runs: each chunk's Gaussians would need merging; "
+                             "turn infer_gs off or run fewer frames in one call")
+        images = images if sizes is not None else list(images)
+        sizes = list(sizes) if sizes is not None else [(im.shape[1], im.shape[0]) for im in images]
+        if not sizes:
+            raise ValueError("a chunked run needs at least one frame")
+        choice = self.choose_chunks(sizes, model, params)
+        opts = dict(params.get("chunking") or {})
+        options = {"loop_closure": bool(opts.get("loop_closure", True)), "depth_video": bool(opts.get("depth_video", True)),
+                   "fps": opts.get("fps"), "cameras_given": cameras is not None, "parallel": max(1, len(self.runner.status().workers)),
+                   "reason": choice.reason}
+        saved = None if cameras is None else (cameras.extrinsics, cameras.intrinsics, cameras.source)
+        run_params = {**params, "chunking": {**opts, "chunk": choice.chunk, "overlap": choice.overlap},
+                      "cameras": "estimated" if cameras is None else f"given ({cameras.source})", "infer_gs": False,
+                      "reference_view": None}
+        with self._lock:
+            run_dir, meta = runs.start_run(session_dir, images, names, source, model, run_params, cameras=saved)
+            store.write_plan(run_dir, choice.plan, options)
+            run = ChunkedRun(self, run_dir, meta, choice.plan, options, self.chunk_task, self._chunked_ended)
+            self._runs[str(run_dir)] = run
+        run.start()
+        log.debug("run %s queued as %d chunk(s): %s", meta.run_id, choice.plan.n_chunks, choice.reason)
+        return run
+
+    def resume(self, run_dir: Path) -> Any:
+        """Continue a chunked run that stopped (cancelled, failed, or the server restarted):
+        only the chunks missing from its folder are computed.
+
+        Raises:
+            ValueError: Not a chunked run, already done, or still running here.
+        """
+        from da3_core.chunks import store
+        from da3_core.chunks.service import ChunkedRun
+
+        run_dir = Path(run_dir)
+        if not store.is_chunked(run_dir):
+            raise ValueError(f"run {run_dir.name} is not a chunked run: start it again instead")
+        with self._lock:
+            live = self._runs.get(str(run_dir))
+            if live is not None and not live.finished:
+                raise ValueError(f"run {run_dir.name} is still running")
+            meta = runs.read_meta(run_dir)
+            if meta.status == "done":
+                raise ValueError(f"run {run_dir.name} is already done")
+            plan, options = store.read_plan(run_dir)
+            from dataclasses import replace
+
+            meta = replace(meta, status="pending", error="")
+            runs.write_meta(run_dir, meta)
+            options = {**options, "parallel": max(1, len(self.runner.status().workers))}
+            run = ChunkedRun(self, run_dir, meta, plan, options, self.chunk_task, self._chunked_ended)
+            self._runs[str(run_dir)] = run
+        run.start()
+        return run
+
+    def _chunked_ended(self, run: Any) -> None:
+        run.finished_at = run.finished_at or time.monotonic()
 
     # -- submit ------------------------------------------------------------------------
     def submit(
@@ -334,7 +508,7 @@ class RunService:
         while no page was looking, e.g. during a reload), oldest first."""
         with self._lock:
             found = [r for r in self._runs.values() if r.run_dir.parent == session_dir and not r.collected]
-        return sorted(found, key=lambda r: r.job.submitted_at)
+        return sorted(found, key=lambda r: r.submitted_at)
 
     def reconcile(self, session_dir: Path) -> list[str]:
         """Mark this session's ``pending`` runs that no job of this server owns as failed.
@@ -352,7 +526,7 @@ class RunService:
                 run_dir = session_dir / meta.run_id
                 if meta.status == "pending" and str(run_dir) not in owned:
                     try:
-                        runs.fail_run(run_dir, meta, INTERRUPTED)
+                        runs.fail_run(run_dir, meta, INTERRUPTED_CHUNKED if runs.is_chunked(run_dir) else INTERRUPTED)
                         fixed.append(meta.run_id)
                     except OSError:
                         log.exception("could not mark the interrupted run %s as failed", meta.run_id)
@@ -430,6 +604,11 @@ class RunService:
     def _seconds(active: ActiveRun) -> float:
         """Seconds from the run's submission (queue included) to now."""
         return time.monotonic() - active.job.submitted_at
+
+    def close(self) -> None:
+        """Stop the assembler child (the runner is closed by its owner)."""
+        if self._assembler is not None:
+            self._assembler.close()
 
     def _forget_old(self) -> None:
         now = time.monotonic()

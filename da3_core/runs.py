@@ -122,7 +122,7 @@ def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[s
     for i, img in enumerate(images):
         # JPEG q95: a twentieth of PNG's size for photos; the model got the exact arrays.
         buf = io.BytesIO()
-        Image.fromarray(np.asarray(img)).save(buf, format="JPEG", quality=95)
+        Image.fromarray(np.asarray(img)).save(buf, format="JPEG", quality=95, subsampling=0)
         files.append(str(workspace.save_upload(run_dir, i, buf.getvalue(), "jpg").relative_to(run_dir)))
     cameras_file = ""
     if cameras is not None:
@@ -178,6 +178,34 @@ def finish_run(run_dir: Path, meta: RunMeta, rec: Reconstruction) -> RunMeta:
     return done
 
 
+def finish_chunked(run_dir: Path, meta: RunMeta, summary: dict[str, Any]) -> RunMeta:
+    """Mark a chunked run done: its result is ``result/`` (`da3_core.chunks.store`), already
+    written; ``summary`` gives preset, device, is_metric, scale_factor, timings and the
+    ``chunked`` figures (saved in ``params["chunked"]``)."""
+    done = RunMeta(
+        **{
+            **asdict(meta),
+            "status": "done",
+            "error": "",
+            "preset": str(summary.get("preset", "")),
+            "device": str(summary.get("device", "")),
+            "is_metric": bool(summary.get("is_metric", False)),
+            "scale_factor": summary.get("scale_factor"),
+            "timings": {k: float(v) for k, v in (summary.get("timings") or {}).items()},
+            "params": {**meta.params, "chunked": _jsonable(summary.get("chunked") or {})},
+        }
+    )
+    write_meta(run_dir, done)
+    return done
+
+
+def is_chunked(run_dir: Path) -> bool:
+    """True for the folder of a chunked run (`da3_core.chunks`)."""
+    from da3_core.chunks import store
+
+    return store.is_chunked(run_dir)
+
+
 def fail_run(run_dir: Path, meta: RunMeta, error: str, status: str = "failed") -> RunMeta:
     """Mark the run ``failed`` (or ``cancelled``) with the reason ``error``; its inputs stay."""
     if status not in ("failed", "cancelled"):
@@ -194,6 +222,12 @@ def load_result(run_dir: Path, meta: RunMeta | None = None) -> Reconstruction:
         FileNotFoundError: The run has no result (pending or failed).
     """
     meta = meta or read_meta(run_dir)
+    if is_chunked(run_dir):
+        from da3_core.chunks import store
+
+        # Memory-mapped, read-only: the server's memory does not grow with the frames.
+        return store.load_result(run_dir, list(meta.names), meta.model, params=dict(meta.params), timings=dict(meta.timings),
+                                 ready_only=meta.status != "done")
     with np.load(run_dir / RESULT_FILE, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     gaussians = None

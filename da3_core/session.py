@@ -110,8 +110,35 @@ def set_active(run_id: str | None) -> None:
     state()[ACTIVE] = run_id
 
 
+def live_partial(settings: Settings) -> tuple[Path, runs.RunMeta] | None:
+    """The chunked run this browser watches while it runs, once some frames are assembled
+    (the pages then show the aligned frames so far), else None."""
+    key = state().get(WATCHING)
+    if not key:
+        return None
+    path = Path(key)
+    if not runs.is_chunked(path):
+        return None
+    from da3_core.chunks import store
+
+    if store.frames_ready(path) <= 0:
+        return None
+    try:
+        meta = runs.read_meta(path)
+    except (OSError, ValueError):
+        return None
+    return (path, meta) if meta.status == "pending" else None
+
+
 def active_run(settings: Settings) -> tuple[Path, runs.RunMeta, Reconstruction] | None:
-    """The active finished run (the newest finished one if none was chosen), or None."""
+    """The run the pages show: the watched chunked run while it runs (its frames so far),
+    else the active finished run (the newest finished one if none was chosen), or None."""
+    partial = live_partial(settings)
+    if partial is not None:
+        try:
+            return partial[0], partial[1], reconstruction(*partial)
+        except (OSError, ValueError):
+            log.debug("the partial result of run %s could not be read", partial[1].run_id, exc_info=True)
     ss = state()
     metas = [m for m in list_runs(settings) if m.status == "done"]
     if not metas:
@@ -129,11 +156,16 @@ def active_run(settings: Settings) -> tuple[Path, runs.RunMeta, Reconstruction] 
 def reconstruction(path: Path, meta: runs.RunMeta) -> Reconstruction:
     """The run's result, from the session cache or from disk."""
     cache: dict[str, Reconstruction] = state().setdefault(RECS, {})
-    if meta.run_id not in cache:
-        cache[meta.run_id] = runs.load_result(path, meta)
+    key = meta.run_id
+    if meta.status == "pending":  # a chunked run's frames so far: a new key as frames land
+        from da3_core.chunks import store
+
+        key = f"{meta.run_id}@{store.frames_ready(path)}"
+    if key not in cache:
+        cache[key] = runs.load_result(path, meta)
         while len(cache) > _MAX_RECS:
             cache.pop(next(iter(cache)))
-    return cache[meta.run_id]
+    return cache[key]
 
 
 def remember(run_id: str, rec: Reconstruction) -> None:
@@ -143,9 +175,11 @@ def remember(run_id: str, rec: Reconstruction) -> None:
 
 def world_points(run_id: str, rec: Reconstruction, fov_deg: float) -> tuple[geometry.Cameras, geometry.WorldPoints]:
     """Cameras and per-pixel world points of a run, computed once per (run, field of view)."""
-    cache: dict[tuple[str, float], tuple[geometry.Cameras, geometry.WorldPoints]] = state().setdefault(WORLD, {})
-    key = (run_id, round(float(fov_deg), 3) if not rec.has_poses else 0.0)
+    cache: dict[tuple[str, int, float], tuple[geometry.Cameras, geometry.WorldPoints]] = state().setdefault(WORLD, {})
+    key = (run_id, rec.n_views, round(float(fov_deg), 3) if not rec.has_poses else 0.0)
     if key not in cache:
+        # A long run has more pixels than a figure can use: every s-th pixel (bounded memory).
+        rec = geometry.strided(rec, geometry.pixel_stride(rec))
         cameras = geometry.resolve_cameras(rec, fov_deg=fov_deg)
         cache[key] = (cameras, geometry.unproject_all(rec, cameras))
         while len(cache) > _MAX_WORLD:

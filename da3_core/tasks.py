@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from da3_core.config import load_settings
-from da3_core.contract import ReconstructRequest, Reconstruction
+from da3_core.contract import ChunkRequest, ChunkResult, ReconstructRequest, Reconstruction
 from da3_core.runner import gpu
 
 
@@ -87,3 +87,18 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
     from da3_core.worker.gs_video import render_gs_video as run
 
     return run(rec, out_path, trajectory, fps, crf, depth_panel)
+
+
+def chunk_budget(chunk: ChunkRequest, *args: Any, **kwargs: Any) -> float:
+    """Seconds one chunk may run: the run budget's rule applied to the chunk's frames."""
+    settings = load_settings()
+    return settings.duration_base_s + settings.duration_per_frame_s * chunk.request.n_frames
+
+
+@gpu(duration=chunk_budget)
+def reconstruct_chunk(chunk: ChunkRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> ChunkResult:
+    """One chunk of a chunked run (`da3_core.chunks`): DA3 on its frames, in the chunk's own
+    frame, plus a descriptor per frame. See `da3_core.worker.chunk.reconstruct_chunk`."""
+    from da3_core.worker.chunk import reconstruct_chunk as run
+
+    return run(chunk, demo_root, cpu_threads, cpu_precision)

@@ -29,7 +29,7 @@ from da3_core.contract import ModelSpec, Reconstruction
 from da3_core.runner import Runner
 from da3_core.holder import RunnerHolder, get_holder, settings_or_stop
 from da3_core.presets import PRESETS, PRESETS_BY_NAME, Preset
-from da3_core.run_service import ActiveRun, RunService
+from da3_core.run_service import ActiveRun, RunRefused, RunService
 from da3_core.text import md
 
 log = logging.getLogger(__name__)
@@ -186,11 +186,11 @@ def _pending_status_body(ctx: PageContext, compact: bool) -> None:
     with box.container(border=True):
         st.markdown(f"**{md(label)}**")
         st.progress(min(1.0, active.fraction))
-        if active.job.cancel_requested:
+        if active.cancel_requested:
             st.caption("Cancelling…")
         elif st.button("Cancel run", key="rc_cancel", help="Stops the run; its inputs stay in the run folder."):
             log.debug("run %s: cancel asked by the user", active.run_id)
-            active.job.cancel()
+            active.cancel()
 
 
 # --------------------------------------------------------------------------------------
@@ -280,9 +280,22 @@ class RunParams:
     device: str
     use_ray_pose: bool = False
     align_to_input_ext_scale: bool = True
+    chunk_mode: str = "auto"
+    chunk: int = 0
+    overlap: int = 0
+    loop_closure: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k not in ("chunk_mode", "chunk", "overlap", "loop_closure")}
+        d["chunking"] = {"mode": self.chunk_mode, "chunk": self.chunk, "overlap": self.overlap, "loop_closure": self.loop_closure}
+        return d
+
+
+CHUNK_MODES = {
+    "auto": "auto: in chunks only when one call would not fit",
+    "always": "always in chunks",
+    "never": "never (one DA3 call)",
+}
 
 
 # What use_ray_pose costs, measured by benchmarks/bench_da3_options.py (the same run both ways,
@@ -343,8 +356,24 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str], cam
                          help="Poses from DA3's ray head (RANSAC on predicted rays) instead of its camera decoder. "
                               "With known cameras it changes only the scale DA3 fits to them.")
     cols[1].caption(ray_pose_cost() if multi else "use_ray_pose: monocular presets predict no poses.")
+    st.markdown("**Long runs: chunks**")
+    cols = st.columns([2, 1, 1, 1.4])
+    mode = cols[0].selectbox("Chunked run", list(CHUNK_MODES), key="rc_chunk_mode", format_func=CHUNK_MODES.__getitem__,
+                             help="A chunked run sends the frames as overlapping chunks, one DA3 call each (side by side on a "
+                                  "pool of workers), aligns them into one world frame and closes loops: any number of frames "
+                                  "in bounded memory. Saved chunk by chunk, so a stopped run can be resumed.")
+    chunk = cols[1].number_input("Chunk size", 0, 1000, 0, key="rc_chunk", help="Frames per chunk; 0: the run guard picks the "
+                                 "largest that fits in memory (at most 120, DA3-Streaming's).")
+    overlap = cols[2].number_input("Overlap", 0, 999, 0, key="rc_overlap", help="Frames shared by neighbouring chunks, on which "
+                                   "they are aligned; 0: a third of the chunk.")
+    loops = cols[3].toggle("Loop closure", True, key="rc_loops", help="When the camera comes back to a place it has seen, "
+                           "correct the drift between chunks (a pose graph over the chunks).")
+    if int(chunk) and int(overlap) >= int(chunk):
+        cols[2].caption(f"At most {int(chunk) - 1} (chunk size - 1).")
+        overlap = int(chunk) - 1
     params = RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device,
-                       use_ray_pose=bool(ray and multi))
+                       use_ray_pose=bool(ray and multi), chunk_mode=str(mode), chunk=int(chunk), overlap=int(overlap),
+                       loop_closure=bool(loops))
     return params
 
 
@@ -363,33 +392,75 @@ def gs_unavailable_reason(ctx: PageContext, preset: Preset | None, device: str) 
     return None
 
 
-def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec | None, params: RunParams) -> tuple[bool, bool]:
-    """The run guard's verdict, shown before the Run button: the estimated memory and time
-    against what is available, and for a run that cannot fit, why and the ways on.
+@dataclass(frozen=True)
+class GuardVerdict:
+    """What the run guard decided before the Run button.
 
-    Returns:
-        (whether the run may start, whether the user accepted an over-budget run).
+    Attributes:
+        fits: The run may start.
+        over_budget_ok: The user accepted a run over its time budget.
+        chunked: Run it in chunks (`da3_core.chunks`).
+        label: The Run button's text.
+    """
+
+    fits: bool
+    over_budget_ok: bool = False
+    chunked: bool = False
+    label: str = "Run reconstruction"
+
+
+def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec | None, params: RunParams) -> GuardVerdict:
+    """The run guard's verdict, shown before the Run button: the estimated memory and time
+    against what is available; for a run that cannot fit in one call, the chunked run with
+    its own estimate (one click: the Run button runs it in chunks); else why and the ways on.
     """
     if model is None or not sizes:
-        return True, False
+        return GuardVerdict(True)
+    too_many = len(sizes) > ctx.settings.max_frames
+    if params.chunk_mode == "always" or (too_many and params.chunk_mode != "never"):
+        return _chunked_verdict(ctx, sizes, model, params, "" if params.chunk_mode == "always" else
+                                f"{len(sizes)} frames are more than one call takes here (DA3_MAX_FRAMES={ctx.settings.max_frames}).")
+    if too_many:
+        st.error(f"{len(sizes)} frames are more than one call takes here (DA3_MAX_FRAMES={ctx.settings.max_frames}): "
+                 "choose a chunked run under Parameters, or fewer frames.", icon="🧮")
+        return GuardVerdict(False)
     found = ctx.service.estimate(sizes, model, params.as_dict())
     if found is None:
         st.caption("No estimate: the model's preset is unknown.")
-        return True, False
+        return GuardVerdict(True)
     est, ways = found
     if not est.fits_memory:
         from da3_core.guard import memory_problem
 
+        if params.chunk_mode == "auto" and len(sizes) > 1:
+            return _chunked_verdict(ctx, sizes, model, params, "One DA3 call would not fit: " + est.summary())
         st.error(md("This run would be refused: " + memory_problem(est, ways)), icon="🧮")
-        return False, False
+        return GuardVerdict(False)
     if not est.fits_time:
         from da3_core.guard import time_problem
 
         st.warning(md(time_problem(est, ways)), icon="⏱️")
-        return True, bool(st.checkbox("Start it anyway", key="rc_over_budget",
-                                      help="The estimate may be pessimistic; the run is stopped when its budget runs out."))
+        return GuardVerdict(True, bool(st.checkbox("Start it anyway", key="rc_over_budget",
+                                                   help="The estimate may be pessimistic; the run is stopped when its budget runs out.")))
     st.caption(md("Estimate: " + est.summary()))
-    return True, False
+    return GuardVerdict(True)
+
+
+def _chunked_verdict(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec, params: RunParams, why: str) -> GuardVerdict:
+    """The chunked run's plan and estimate, or why not even that fits."""
+    try:
+        choice = ctx.service.choose_chunks(sizes, model, params.as_dict())
+    except RunRefused as exc:
+        st.error(md(f"{why} {exc}".strip()), icon="🧮")
+        return GuardVerdict(False)
+    except ValueError as exc:
+        st.error(md(f"Chunked run: {exc}"), icon="🧮")
+        return GuardVerdict(False)
+    if params.infer_gs:
+        st.error("3D Gaussians are not offered for chunked runs: turn them off under Parameters.", icon="🧮")
+        return GuardVerdict(False)
+    st.info(md((why + " " if why else "") + "Chunked run: " + choice.summary() + f" Why: {choice.reason}."), icon="🧩")
+    return GuardVerdict(True, chunked=True, label=f"Run in {choice.plan.n_chunks} chunk(s)")
 
 
 @dataclass(frozen=True)
@@ -482,7 +553,7 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
 
 
 def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams,
-              cameras: Any = None, over_budget_ok: bool = False) -> ActiveRun:
+              cameras: Any = None, over_budget_ok: bool = False, chunked: bool = False, fps: float | None = None) -> Any:
     """Submit a run through the server's `RunService` (inputs saved, job queued; returns at
     once), watch it from this browser session, and remember the model choice.
 
@@ -491,11 +562,46 @@ def start_run(ctx: PageContext, images: list, names: list[str], source: str, mod
 
     Raises:
         RunRefused: The run guard refused it (nothing saved, no worker started)."""
-    active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict(), cameras=cameras,
-                                over_budget_ok=over_budget_ok)
+    if chunked:
+        p = params.as_dict()
+        p["chunking"] = {**p["chunking"], "fps": fps}
+        active = ctx.service.submit_chunked(ctx.session_dir, images, names, source, model, p, cameras=cameras)
+    else:
+        active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict(), cameras=cameras,
+                                    over_budget_ok=over_budget_ok)
     session.watch(active)
     _save_model_choice(ctx)
     return active
+
+
+def resume_button(ctx: PageContext, run_id: str) -> None:
+    """A Resume button under a stopped chunked run: it continues from the first missing chunk."""
+    run_dir = session.run_dir(ctx.settings, run_id)
+    if not runs.is_chunked(run_dir):
+        return
+    if st.button("Resume", key=f"rc_resume_{run_id}", type="primary",
+                 help="Continues from the first missing chunk; the saved chunks are not computed again."):
+        _resume(ctx, run_dir)
+
+
+def _resume(ctx: PageContext, run_dir: Path) -> None:
+    try:
+        active = ctx.service.resume(run_dir)
+    except (ValueError, OSError) as exc:
+        show_error(f"The run could not be resumed: {exc}")
+        return
+    session.watch(active)
+    st.rerun()
+
+
+def resumable_runs(ctx: PageContext) -> None:
+    """The newest chunked run of this session that stopped before the end, with Resume."""
+    for meta in session.list_runs(ctx.settings)[:5]:
+        run_dir = session.run_dir(ctx.settings, meta.run_id)
+        if meta.status in ("failed", "cancelled") and runs.is_chunked(run_dir):
+            st.info(f"Chunked run {meta.run_id} ({len(meta.names)} frames) stopped: {md(meta.error)}", icon="🧩")
+            resume_button(ctx, meta.run_id)
+            return
 
 
 # --------------------------------------------------------------------------------------
@@ -521,10 +627,31 @@ def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruc
         link("reconstruct", "Reconstruct: upload photos, a video or pick an example")
         st.stop()
         raise SystemExit  # unreachable: st.stop raises
-    st.caption(f"Run {md(found[1].label())} · `{found[1].run_id}` · cameras: {describe(found[2].params, found[2].has_poses)} "
-               "(pick another in the sidebar)")
-    untrained_banner(found[2])
+    meta, rec = found[1], found[2]
+    if meta.status == "pending":  # a chunked run's aligned frames so far
+        st.info(f"Run {meta.run_id} is still running: {rec.n_views} of {len(meta.names)} frames are aligned so far. "
+                "This page follows as more chunks land.", icon="🧩")
+        _follow_partial(ctx, meta.run_id, rec.n_views)
+    else:
+        st.caption(f"Run {md(meta.label())} · `{meta.run_id}` · cameras: {describe(rec.params, rec.has_poses)} "
+                   "(pick another in the sidebar)")
+    untrained_banner(rec)
     return found
+
+
+def _follow_partial(ctx: PageContext, run_id: str, shown: int) -> None:
+    """Rerun the page when more frames of the watched chunked run are ready, or it ended."""
+
+    def check() -> None:
+        partial = session.live_partial(ctx.settings)
+        from da3_core.chunks import store
+
+        now = store.frames_ready(partial[0]) if partial is not None else -1
+        if now != shown:
+            st.rerun(scope="app")
+
+    with st.container():
+        st.fragment(run_every=2.0)(check)()
 
 
 def show_error(message: str, trace: str = "") -> None:

@@ -30,7 +30,7 @@ def image_preview(images: list) -> inputs.Batch:
     cached = st.session_state.get("rc_preview")
     if cached and cached[0] == key:
         return cached[1]
-    batch = inputs.load_batch(images, settings, max_frames=settings.max_frames)
+    batch = inputs.load_batch(images, settings, max_frames=settings.max_chunked_frames)
     st.session_state["rc_preview"] = (key, batch)
     return batch
 
@@ -71,14 +71,16 @@ if source.startswith("Upload"):
         c1, c2 = st.columns(2)
         fps = c1.slider("Frames per second to take from the video", *inputs.TARGET_FPS_RANGE, value=inputs.DEFAULT_TARGET_FPS, step=0.1, key="rc_fps",
                         help="DA3's rule: one frame every max(1, int(video fps / this)).")
-        cap = c2.number_input("Frame cap (whole run)", 1, settings.max_frames, min(32, settings.max_frames), key="rc_cap",
-                              help=f"At most DA3_MAX_FRAMES={settings.max_frames}.")
+        cap = c2.number_input("Frame cap (whole run)", 1, settings.max_chunked_frames, min(32, settings.max_frames), key="rc_cap",
+                              help=f"One DA3 call takes at most DA3_MAX_FRAMES={settings.max_frames}; more frames run in chunks "
+                                   f"(up to DA3_MAX_CHUNKED_FRAMES={settings.max_chunked_frames}).")
     photos = [f for f in files if not is_video[f.file_id]]
     preview = image_preview(photos) if photos else inputs.Batch([], [], [])
+
     frames = list(preview.frames)
     for rejected in preview.rejected:
         warn(rejected.reason)
-    budget = (int(cap) if videos else settings.max_frames) - len(frames)
+    budget = (int(cap) if videos else settings.max_chunked_frames) - len(frames)
     for video in videos:
         info = infos[video.file_id]
         plan = inputs.plan_video(info, float(fps), max(0, budget))
@@ -121,9 +123,10 @@ with run_box:
     st.subheader("Run")
     busy = session.watching(ctx.service) is not None
     sizes = [(frames[i].image.shape[1], frames[i].image.shape[0]) for i in cam_choice.frames] + video_sizes
-    fits, over_budget_ok = ui.run_guard(ctx, sizes, model, params) if not busy else (True, False)
-    ready = bool(frames or videos) and model is not None and not busy and fits
-    run_clicked = st.button("Run reconstruction", type="primary", disabled=not ready, key="rc_run", width="stretch")
+    verdict = ui.run_guard(ctx, sizes, model, params) if not busy else ui.GuardVerdict(True)
+    over_budget_ok = verdict.over_budget_ok
+    ready = bool(frames or videos) and model is not None and not busy and verdict.fits
+    run_clicked = st.button(verdict.label, type="primary", disabled=not ready, key="rc_run", width="stretch")
     if busy:
         st.caption("A run of yours is in progress; its status is below and in the sidebar.")
     elif not (frames or videos):
@@ -136,7 +139,7 @@ def start(frames_to_run: list[inputs.Frame], source_label: str, known: cameras.K
         return
     try:
         ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params, cameras=known,
-                     over_budget_ok=over_budget_ok)
+                     over_budget_ok=over_budget_ok, chunked=verdict.chunked, fps=float(fps) if videos else None)
     except RunRefused as exc:  # the run guard: nothing saved, no worker started, the uploads stay on the page
         ui.show_error(f"The run was not started. {exc}")
         return
@@ -150,7 +153,7 @@ if run_clicked and model is not None and not busy:
     if source.startswith("Upload"):
         with st.spinner("Reading frames…"):
             batch = inputs.load_batch(photos + videos, settings, target_fps=float(fps) if videos else inputs.DEFAULT_TARGET_FPS,
-                                      max_frames=int(cap) if videos else settings.max_frames)
+                                      max_frames=int(cap) if videos else settings.max_chunked_frames)
         for rejected in batch.rejected:
             warn(rejected.reason)
         to_run = list(batch.frames)
@@ -176,22 +179,29 @@ if retry and model is not None and session.watching(ctx.service) is None:
           None if saved is None else cameras.KnownCameras(*saved))
 
 ui.pending_status(ctx)
+if st.session_state.get(session.OUTCOME) is None and session.watching(ctx.service) is None:
+    ui.resumable_runs(ctx)  # chunked runs stopped by a server restart or an earlier session
 
 outcome: session.Outcome | None = st.session_state.get(session.OUTCOME)
 if outcome is not None and session.watching(ctx.service) is None:
     if outcome.ok:
         meta = runs.read_meta(session.run_dir(settings, outcome.run_id))
         total = meta.timings.get("total", 0.0)
-        st.success(f"Done: {len(meta.names)} view(s) with {meta.preset} on {meta.device} in {total:.1f} s, "
+        chunked = meta.params.get("chunked") or {}
+        how = (f", {chunked.get('chunks')} chunks of {chunked.get('chunk')} (overlap {chunked.get('overlap')}), alignment "
+               f"{chunked.get('alignment') or 'none'}, {chunked.get('loops_closed', 0)} loop(s) closed" if chunked else "")
+        st.success(f"Done: {len(meta.names)} view(s) with {meta.preset} on {meta.device} in {total:.1f} s{how}, "
                    f"cameras: {cameras.describe(meta.params)} (run {meta.run_id}).")
         for col, key in zip(st.columns(3), ("depth", "cloud", "exports")):
             with col:
                 ui.link(key)
     elif outcome.outcome.status == "cancelled":
         st.info(f"Cancelled: run {outcome.run_id} was stopped ({md(outcome.outcome.message)}). Its frames are kept in the run folder.", icon="⏹️")
+        ui.resume_button(ctx, outcome.run_id)
     else:
         ui.show_error(f"Run {outcome.run_id} failed. {outcome.outcome.message}", outcome.outcome.traceback)
         st.caption("Its frames are kept in the run folder.")
+        ui.resume_button(ctx, outcome.run_id)
         if outcome.outcome.model_unavailable:
             st.button(
                 "Use untrained demo weights and run again",

@@ -17,14 +17,16 @@ cs = ui.cloud_settings(rec, widgets=True)
 t0 = time.perf_counter()
 cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)
 cloud = geometry.apply_filters(world, cs.filters)
-fig = figures.point_cloud_figure(cloud, cameras, rec.hw, show_cameras=cs.show_cameras, view_names=list(rec.names),
+fig = figures.point_cloud_figure(cloud, cameras, world.shape[1:], show_cameras=cs.show_cameras, view_names=list(rec.names),
                                  point_size=cs.point_size, uirevision=meta.run_id)
 elapsed = time.perf_counter() - t0
+stride = geometry.pixel_stride(rec)
+stride_note = f" · every {stride}th pixel of each view (a long run: bounded memory)" if stride > 1 else ""
 st.plotly_chart(fig, key="pc_fig", width="stretch", config={"displaylogo": False})
 threshold = f" · confidence threshold {cloud.conf_threshold:.3g}" if cloud.conf_threshold is not None else ""
 assumed = f" · assumed cameras ({cs.fov_deg:.0f}° field of view)" if cameras.assumed else ""
 st.caption(f"{len(cloud.points):,} points shown of {cloud.n_candidates:,} that pass the filters{threshold}{assumed} · "
-           f"units: {rec.depth_unit} · filtered and drawn in {elapsed * 1000:.0f} ms (no model call)")
+           f"units: {rec.depth_unit}{stride_note} · filtered and drawn in {elapsed * 1000:.0f} ms (no model call)")
 
 st.subheader("Full density")
 VIEWERS = ("Points", "3D Gaussians")
@@ -54,7 +56,7 @@ else:
         if st.session_state.get("pc_full_key") != key or cache is None:
             with st.spinner("Building the GLB…"):
                 full = geometry.apply_filters(world, full_filters)
-                glb = export.glb_bytes(full, cameras, rec.hw, show_cameras=cs.show_cameras)
+                glb = export.glb_bytes(full, cameras, world.shape[1:], show_cameras=cs.show_cameras)
                 cache = viewer.glb_viewer_html(glb, height=620, point_size=max(1.0, cs.point_size), show_cameras=cs.show_cameras)
             st.session_state["pc_full_key"] = key
             st.session_state["pc_full_html"] = cache

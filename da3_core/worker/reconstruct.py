@@ -59,6 +59,7 @@ def run_forward(
     extrinsics: torch.Tensor | None = None,
     intrinsics: torch.Tensor | None = None,
     use_ray_pose: bool = False,
+    export_feat_layers: list[int] | None = None,
 ) -> Any:
     """Run the network on ``imgs`` and return DA3's raw output (an addict ``Dict`` of tensors).
 
@@ -78,13 +79,16 @@ def run_forward(
         use_ray_pose: Poses from DA3's ray head instead of its camera decoder. Its RANSAC
             draws from torch's global generator: the call runs under a forked generator
             seeded with `RAY_POSE_SEED`, so the same inputs give the same poses.
+        export_feat_layers: Backbone layers whose features DA3 puts in ``raw.aux``
+            (``feat_layer_<k>``: (1, N, H/14, W/14, C)); none by default.
     """
+    layers = list(export_feat_layers or [])
     rng = _seeded(device) if use_ray_pose else contextlib.nullcontext()
     with rng:
         if device == "cpu":
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_precision == "bf16"):
-                return model.model(imgs, extrinsics, intrinsics, [], infer_gs, use_ray_pose, ref_view_strategy)
-        return model.forward(imgs, extrinsics, intrinsics, [], infer_gs, use_ray_pose, ref_view_strategy)
+                return model.model(imgs, extrinsics, intrinsics, layers, infer_gs, use_ray_pose, ref_view_strategy)
+        return model.forward(imgs, extrinsics, intrinsics, layers, infer_gs, use_ray_pose, ref_view_strategy)
 
 
 @contextlib.contextmanager
@@ -130,7 +134,11 @@ def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 
         raise
 
 
-def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, cpu_precision: str) -> Reconstruction:
+def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, cpu_precision: str,
+                 features: dict[str, Any] | None = None) -> Reconstruction:
+    """`reconstruct`'s body. With ``features`` (a dict the caller owns), the frame-local
+    backbone features of `descriptor_layer` are put there as ``features["descriptors"]``:
+    (N, D) float32 descriptors in input order (`frame_descriptors`)."""
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     device = resolve_device(request.device)
@@ -181,8 +189,16 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
         detail = f"{preset_name} on {device}" + (f" ({precision})" if precision else "")
         report_progress("inference", 0.25, detail)
         t = time.perf_counter()
+        feat_layer = descriptor_layer(model) if features is not None else None
         raw = run_forward(model, imgs, device, infer_gs=infer_gs, ref_view_strategy=strategy, cpu_precision=precision or "fp32",
-                          extrinsics=ex_t_norm, intrinsics=in_t, use_ray_pose=request.use_ray_pose)
+                          extrinsics=ex_t_norm, intrinsics=in_t, use_ray_pose=request.use_ray_pose,
+                          export_feat_layers=None if feat_layer is None else [feat_layer])
+        if features is not None:
+            feat = raw.get("aux", {}).get(f"feat_layer_{feat_layer}") if feat_layer is not None else None
+            desc = frame_descriptors(feat[0]) if feat is not None else None
+            # Model order (a forced reference view first) back to input order.
+            features["descriptors"] = None if desc is None else np.ascontiguousarray(desc[np.argsort(order)])
+            features["descriptor_layer"] = feat_layer
         if device == "cuda":
             torch.cuda.synchronize()
         timings["inference"] = time.perf_counter() - t
@@ -226,6 +242,42 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
     )
     report_progress("done", 1.0)
     return result
+
+
+def descriptor_layer(model: Any) -> int | None:
+    """The backbone layer whose features describe a frame on its own, or None.
+
+    DA3's backbone attends within each frame up to ``alt_start`` and across frames after it;
+    at layer ``alt_start - 1`` it may already have moved its reference view first (and DA3
+    does not restore the order of exported features). Layer ``alt_start - 2`` is the last
+    one that depends on the frame alone and is in input order, so the same frame gives the
+    same descriptor in every chunk: what loop closure needs.
+    """
+    vit = getattr(getattr(getattr(model, "model", None), "backbone", None), "pretrained", None)
+    alt_start = int(getattr(vit, "alt_start", -1) or -1)
+    n_blocks = len(getattr(vit, "blocks", []) or [])
+    if alt_start >= 2:
+        return alt_start - 2
+    return n_blocks - 1 if n_blocks else None
+
+
+def frame_descriptors(feat: torch.Tensor) -> np.ndarray:
+    """One global descriptor per frame from DA3's patch features.
+
+    SALAD's aggregation needs weights of its own (not to be had offline): here each patch
+    token is L2-normalised, the tokens are mean-pooled per frame, power-normalised (signed
+    square root, which damps bursty patches) and L2-normalised.
+
+    Args:
+        feat: (N, h, w, C) features of one layer.
+
+    Returns:
+        (N, C) float32, unit norm.
+    """
+    f = feat.detach().float().cpu().reshape(feat.shape[0], -1, feat.shape[-1])
+    f = torch.nn.functional.normalize(f, dim=-1).mean(dim=1)
+    f = torch.sign(f) * torch.sqrt(torch.abs(f))
+    return torch.nn.functional.normalize(f, dim=-1).numpy().astype(np.float32)
 
 
 def align_to_given(model: Any, ext: torch.Tensor | None, ixt: torch.Tensor | None, prediction: Any, align: bool) -> tuple[Any, str]:
