@@ -319,16 +319,19 @@ def export_bytes(
     *,
     show_cameras: bool = True,
     colorized_depth: bool = False,
+    hw: tuple[int, int] | None = None,
 ) -> bytes:
     """One export format as bytes (``fmt`` in `EXPORT_FORMATS`).
 
     ``glb`` and ``ply`` need ``cloud`` (the filtered, capped points); ``glb`` draws
     ``cameras`` when given and ``show_cameras``; ``npz`` and ``depth_png`` use ``rec``.
+    ``hw``: the image size ``cameras``' intrinsics belong to, when not ``rec``'s (a long
+    run's figures take every s-th pixel: `da3_core.geometry.strided`).
     """
     if fmt in ("glb", "ply") and cloud is None:
         raise ValueError(f"{fmt} export needs the filtered point cloud (cloud=apply_filters(...))")
     if fmt == "glb":
-        return glb_bytes(cloud, cameras, rec.hw, show_cameras=show_cameras)
+        return glb_bytes(cloud, cameras, hw or rec.hw, show_cameras=show_cameras)
     if fmt == "ply":
         return ply_bytes(cloud)
     if fmt == "npz":

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from da3_core import export, geometry, presets, runs, session, tasks, ui
 from da3_core.runner.protocol import GPUError
+from da3_core.scene import depth_video, voxel
 
 ctx = ui.page_setup("Exports", "📦")
 st.title("Exports")
@@ -33,16 +37,68 @@ def zip_folder(folder: Path, top: str) -> bytes:
     return buf.getvalue()
 
 
+VOXEL_TARGET_MAX = 1_000_000  # the prefilled voxel leaves min(this, a quarter of the filtered points)
+
+
+def voxel_cloud() -> tuple[geometry.PointCloud, float] | None:
+    """The "Voxel downsampling" option: None when off, else the filtered cloud merged to one
+    point per voxel and the voxel size. Drawn above the downloads; GLB and PLY use its cloud."""
+    if not st.toggle("Voxel downsampling", key="ex_voxel",
+                     help="GLB and PLY keep one point per occupied voxel (mean position and colour) of the filtered "
+                          "points, so overlapping views no longer stack duplicate points and density evens out."):
+        return None
+    base = geometry.apply_filters(world, cs.filters)
+    if len(base) == 0:
+        st.caption("No point passes the filters: nothing to downsample.")
+        return None
+    # Prefill with a size that leaves about a quarter of the points (at most 1,000,000), once per
+    # run and filters: a value the user typed stays until those change.
+    basis = (meta.run_id, cs.filters, cs.fov_deg)
+    if st.session_state.get("ex_voxel_basis") != basis or "ex_voxel_size" not in st.session_state:
+        target = max(1, min(VOXEL_TARGET_MAX, len(base) // 4))
+        st.session_state["ex_voxel_size"] = float(f"{voxel.suggest_voxel(base.points, target):.3g}")
+        st.session_state["ex_voxel_basis"] = basis
+    size = st.number_input(
+        f"Voxel size ({base.unit})", min_value=1e-9, format="%.4g", key="ex_voxel_size",
+        step=float(10.0 ** (np.floor(np.log10(st.session_state["ex_voxel_size"])) - 1)),
+        help=f"Edge of the cubic voxels, in the run's unit. Prefilled with the size that leaves about a quarter of the "
+             f"filtered points (at most {VOXEL_TARGET_MAX:,}); larger voxels leave fewer points.")
+    points, colors = voxel.voxel_downsample(base.points, base.colors, float(size))
+    # Merged points come from several pixels: they have no view or pixel of their own (-1).
+    none = np.full(len(points), -1, dtype=np.int32)
+    merged = dataclasses.replace(base, points=points, colors=colors, view_index=none, pixel_index=none)
+    st.caption(f"{len(points):,} points after voxel downsampling with {float(size):.4g} {base.unit} voxels "
+               f"(from {len(base):,} filtered points); GLB and PLY below use them.")
+    return merged, float(size)
+
+
+voxelled = voxel_cloud()
+
+
+def filename(fmt: str) -> str:
+    """The file name of a format; point formats say the voxel size when downsampled."""
+    name = export.FILENAMES[fmt]
+    if voxelled is not None and fmt in ("glb", "ply"):
+        stem, ext = name.rsplit(".", 1)
+        name = f"{stem}_voxel{voxelled[1]:.4g}.{ext}"
+    return name
+
+
 def made(fmt: str, colorized: bool = False):
     """A deferred download: the file is built (and saved in the run folder) only when clicked.
 
     It runs in a thread of its own, outside the script run: it must not touch st.session_state.
     """
+    merged = voxelled[0] if voxelled is not None else None
+    name = filename(fmt)
 
     def build() -> bytes:
-        cloud = geometry.apply_filters(world, cs.filters) if fmt in ("glb", "ply") else None
-        data = export.export_bytes(fmt, rec, cloud, cameras, show_cameras=cs.show_cameras, colorized_depth=colorized)
-        export.write_bytes(out_dir, export.FILENAMES[fmt], data)
+        cloud = None
+        if fmt in ("glb", "ply"):
+            cloud = merged if merged is not None else geometry.apply_filters(world, cs.filters)
+        data = export.export_bytes(fmt, rec, cloud, cameras, show_cameras=cs.show_cameras, colorized_depth=colorized,
+                                   hw=world.shape[1:])
+        export.write_bytes(out_dir, name, data)
         return data
 
     return build
@@ -58,8 +114,31 @@ for fmt in export.EXPORT_FORMATS:
     title, what, mime = DESCRIPTIONS[fmt]
     c1, c2 = st.columns([3, 2])
     c1.markdown(f"**{title}** — {what}")
-    c2.download_button(f"Download {export.FILENAMES[fmt]}", data=made(fmt), file_name=f"{meta.run_id}-{export.FILENAMES[fmt]}",
+    c2.download_button(f"Download {filename(fmt)}", data=made(fmt), file_name=f"{meta.run_id}-{filename(fmt)}",
                        mime=mime, key=f"ex_{fmt}", width="stretch", on_click="ignore")
+
+video_file, png16_file = out_dir / depth_video.VIDEO_FILENAME, out_dir / depth_video.PNG_SEQUENCE_FILENAME
+if video_file.is_file() or png16_file.is_file():
+    st.divider()
+    st.markdown("**Depth of every frame** (written by the chunked run, one depth scale for all frames)")
+    if video_file.is_file():
+        st.video(str(video_file))
+        st.download_button(f"Download {depth_video.VIDEO_FILENAME}", data=lambda: video_file.read_bytes(),
+                           file_name=f"{meta.run_id}-{depth_video.VIDEO_FILENAME}", mime="video/mp4", key="ex_depth_video",
+                           on_click="ignore")
+    if png16_file.is_file():
+        c1, c2 = st.columns([3, 2])
+        try:  # the central directory and a small json: cheap even for thousands of frames
+            with zipfile.ZipFile(png16_file) as zf:
+                doc = json.loads(zf.read(export.DEPTH_SCALE_FILE))
+            lo, hi = doc["range"]
+            about = f"{len(doc['views']):,} frames, depth {lo:.4g}..{hi:.4g} {doc['unit']}, one scale for all"
+        except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError):
+            about = "one scale for all frames"
+        c1.markdown(f"**16-bit depth PNGs of every frame** — {about}; depth_scale.json recovers the values")
+        c2.download_button(f"Download {depth_video.PNG_SEQUENCE_FILENAME}", data=lambda: png16_file.read_bytes(),
+                           file_name=f"{meta.run_id}-{depth_video.PNG_SEQUENCE_FILENAME}", mime="application/zip",
+                           key="ex_depth_png16", width="stretch", on_click="ignore")
 
 st.divider()
 st.markdown("**Made by DA3's own exporters in the worker**")

@@ -31,7 +31,7 @@ from da3_core.scene.align import Sim3, align_overlap, transform_views
 log = logging.getLogger(__name__)
 
 ALIGN_DIR = "align"
-GRAPH_FILE = "graph.json"
+GRAPH_FILE = store.GRAPH_FILE
 MAX_PAIRS = 100_000
 LOOP_WINDOW = 2
 """A loop chunk takes the candidate frame and up to this many neighbours on each side, at each place."""

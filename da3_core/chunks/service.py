@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from da3_core import runs
-from da3_core.chunks import assemble, store
+from da3_core.chunks import store
 from da3_core.chunks.plan import ChunkPlan
 from da3_core.contract import ChunkRequest, ModelSpec, ReconstructRequest
 from da3_core.logs import one_line
@@ -39,6 +39,14 @@ from da3_core.runner import Job, Progress, Queued, Started
 from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
 
 log = logging.getLogger(__name__)
+
+
+def _in_child(step: str, *args: Any) -> Any:
+    """Run `da3_core.chunks.assemble`'s ``step`` (in the child: the server never imports it,
+    nor the scipy it needs)."""
+    from da3_core.chunks import assemble
+
+    return getattr(assemble, step)(*args)
 
 
 class Assembler:
@@ -50,25 +58,26 @@ class Assembler:
         self._pool: cf.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+    def submit(self, step: str, *args: Any) -> cf.Future:
+        """Queue `da3_core.chunks.assemble`'s ``step(*args)`` in the child."""
         with self._lock:
             if self._pool is None:
                 self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
             try:
-                return self._pool.submit(fn, *args)
+                return self._pool.submit(_in_child, step, *args)
             except cf.process.BrokenProcessPool:
                 self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-                return self._pool.submit(fn, *args)
+                return self._pool.submit(_in_child, step, *args)
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in the child and wait; a dead child is replaced and the call
+    def call(self, step: str, *args: Any) -> Any:
+        """Run ``step(*args)`` in the child and wait; a dead child is replaced and the call
         retried once (the steps are idempotent)."""
         try:
-            return self.submit(fn, *args).result()
+            return self.submit(step, *args).result()
         except cf.process.BrokenProcessPool:
             with self._lock:
                 self._pool = None
-            return self.submit(fn, *args).result()
+            return self.submit(step, *args).result()
 
     def close(self) -> None:
         with self._lock:
@@ -268,7 +277,7 @@ class ChunkedRun:
 
     def _assemble_soon(self) -> None:
         """Queue an assembly step in the child; its figures update `frames_ready` when done."""
-        future = self.service.assembler.submit(assemble.advance, str(self.run_dir))
+        future = self.service.assembler.submit("advance", str(self.run_dir))
 
         def done(f: cf.Future) -> None:
             try:
@@ -290,11 +299,11 @@ class ChunkedRun:
                 self._assemble_soon()
             self._run_chunks(todo)
             self.stage = "assembling"
-            state = self.service.assembler.call(assemble.advance, str(self.run_dir))
+            state = self.service.assembler.call("advance", str(self.run_dir))
             self.frames_ready = int(state.get("frames_ready", 0))
             if self.options.get("loop_closure", True):
                 self.stage = "closing loops: looking for places seen twice"
-                loops = self.service.assembler.call(assemble.loop_frames, str(self.run_dir))
+                loops = self.service.assembler.call("loop_frames", str(self.run_dir))
                 self.loops_found = len(loops)
                 todo = [(n, loop["frames_i"] + loop["frames_j"], True) for n, loop in enumerate(loops)
                         if not store.chunk_done(self.run_dir, n, loop=True)]
@@ -304,13 +313,17 @@ class ChunkedRun:
                 if self.cancel_requested:
                     raise ChunkedRunCancelled()
                 self.stage = "closing loops: optimising the chunks' poses"
-                self.service.assembler.call(assemble.close_loops, str(self.run_dir), loops)
+                self.service.assembler.call("close_loops", str(self.run_dir), loops)
             self.stage = "writing the result"
-            self.service.assembler.call(assemble.finalize, str(self.run_dir))
+            self.service.assembler.call("finalize", str(self.run_dir))
             if self.meta.source == "video" and self.options.get("depth_video", True):
                 self.stage = "writing the depth video"
                 fps = float(self.options.get("fps") or 10.0)
-                self.service.assembler.call(assemble.depth_video, str(self.run_dir), fps)
+                try:
+                    self.service.assembler.call("depth_video", str(self.run_dir), fps)
+                except Exception as exc:  # noqa: BLE001 - the run's result stands without its video
+                    log.warning("run %s: the depth video could not be written: %s", self.run_id, one_line(f"{type(exc).__name__}: {exc}"))
+                    self.options["depth_video_error"] = f"{type(exc).__name__}: {exc}"
             self.meta = runs.finish_chunked(self.run_dir, self.meta, self._summary())
             self.frames_ready = self.plan.n_frames
             self.fraction = 1.0
@@ -357,7 +370,7 @@ class ChunkedRun:
 
     def _summary(self) -> dict[str, Any]:
         state = store.read_state(self.run_dir)
-        graph = store.chunks_dir(self.run_dir) / assemble.GRAPH_FILE
+        graph = store.chunks_dir(self.run_dir) / store.GRAPH_FILE
         loops = len(store.read_json(graph).get("loops", [])) if graph.is_file() else 0
         return {
             "preset": state.get("preset", ""),

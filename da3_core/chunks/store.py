@@ -36,6 +36,7 @@ CHUNKS_DIR = "chunks"
 RESULT_DIR = "result"
 PLAN_FILE = "plan.json"
 STATE_FILE = "state.json"
+GRAPH_FILE = "graph.json"
 META = "meta.json"
 FIELDS = ("depth", "conf", "extrinsics", "intrinsics", "images", "sky")
 OPTIONAL = ("conf", "extrinsics", "intrinsics", "sky")
