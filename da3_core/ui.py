@@ -432,9 +432,11 @@ def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec |
     if not est.fits_memory:
         from da3_core.guard import memory_problem
 
-        if params.chunk_mode == "auto" and len(sizes) > 1:
-            return _chunked_verdict(ctx, sizes, model, params, "One DA3 call would not fit: " + est.summary())
-        st.error(md("This run would be refused: " + memory_problem(est, ways)), icon="🧮")
+        refusal = "This run would be refused: " + memory_problem(est, ways)
+        if params.chunk_mode == "auto" and len(sizes) > 1 and not params.infer_gs:
+            return _chunked_verdict(ctx, sizes, model, params, "One DA3 call would not fit: " + est.summary(),
+                                    refused=refusal + " A chunked run does not fit either: not even two frames per chunk.")
+        st.error(md(refusal), icon="🧮")
         return GuardVerdict(False)
     if not est.fits_time:
         from da3_core.guard import time_problem
@@ -446,12 +448,14 @@ def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec |
     return GuardVerdict(True)
 
 
-def _chunked_verdict(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec, params: RunParams, why: str) -> GuardVerdict:
-    """The chunked run's plan and estimate, or why not even that fits."""
+def _chunked_verdict(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec, params: RunParams, why: str,
+                     refused: str = "") -> GuardVerdict:
+    """The chunked run's plan and estimate, or why not even that fits (``refused``: the
+    message then, when the one-call refusal says it better)."""
     try:
         choice = ctx.service.choose_chunks(sizes, model, params.as_dict())
     except RunRefused as exc:
-        st.error(md(f"{why} {exc}".strip()), icon="🧮")
+        st.error(md(refused or f"{why} {exc}".strip()), icon="🧮")
         return GuardVerdict(False)
     except ValueError as exc:
         st.error(md(f"Chunked run: {exc}"), icon="🧮")
