@@ -203,9 +203,10 @@ def _fit(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool, stri
     sigma = (cd * wn[:, None]).T @ cs
     var_s = float(wn @ np.einsum("ij,ij->i", cs, cs))
     if strict:
-        for name, c in (("src", cs), ("dst", cd)):
+        for name, c, mu in (("src", cs, mu_s), ("dst", cd, mu_d)):
             ev = np.linalg.eigvalsh((c * wn[:, None]).T @ c)  # ascending
-            if ev[2] <= 0.0:
+            # Spread at rounding level of the coordinates counts as none.
+            if ev[2] <= (1e-13 * float(np.abs(mu).max())) ** 2:
                 raise ValueError(f"umeyama: all {name} points coincide; the transform is undetermined")
             if ev[1] <= _RANK_TOL * ev[2]:
                 raise ValueError(f"umeyama: the {name} points are collinear; the rotation about their line is undetermined")
@@ -495,7 +496,7 @@ def overlap_pairs(
             v = conf[k][valid[k]]
             vals[pos : pos + v.size] = v
             pos += v.size
-        thresholds.append(float(np.quantile(vals, float(conf_quantile))))
+        thresholds.append(float(np.quantile(vals, float(conf_quantile), overwrite_input=True)))
         del vals
 
     # Pass 2: per frame, filter by confidence, draw this frame's share, unproject only those.
