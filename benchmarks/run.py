@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODULES = ("bench_runner", "bench_isolation", "bench_ray", "bench_geometry", "bench_splat", "bench_video", "bench_da3_options", "bench_hardening")
+MODULES = ("bench_runner", "bench_isolation", "bench_ray", "bench_geometry", "bench_splat", "bench_video", "bench_da3_options", "bench_hardening", "bench_stream")
 
 
 def machine() -> dict[str, str | int]:

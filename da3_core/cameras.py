@@ -216,6 +216,9 @@ class Match:
         n, k = len(self.rows), len(self.matched)
         extra = f" {len(self.unused)} camera(s) in the file name no frame: {', '.join(self.unused[:5])}" + (
             " …" if len(self.unused) > 5 else "") + "." if self.unused else ""
+        implausible = [r for r in self.rows if r.camera is None and "implausible" in r.note]
+        if implausible:
+            extra += "".join(f" Frame {r.frame}: {r.note}." for r in implausible[:3]) + (" …" if len(implausible) > 3 else "")
         if n and k == n:
             return f"Every frame ({n}) has a camera: DA3 runs with them (cameras: given ({self.source})).{extra}"
         if k == 0:
@@ -327,6 +330,9 @@ def read_colmap(files: dict[str, bytes]) -> CameraSet:
     fmt = _colmap_role(cam_name)[1]
     if _colmap_role(img_name)[1] != fmt:
         raise CameraFileError(img_name, "", f"{cam_name} and {img_name} are in different formats: give both as .txt or both as .bin")
+    if fmt == "bin":  # before pycolmap, which blames a cut-off file on a missing rig or camera
+        check_colmap_binary(cam_name, cam_data, "cameras")
+        check_colmap_binary(img_name, img_data, "images")
     with tempfile.TemporaryDirectory(prefix="da3-colmap-") as tmp:
         Path(tmp, f"cameras.{fmt}").write_bytes(cam_data)
         Path(tmp, f"images.{fmt}").write_bytes(img_data)
@@ -357,21 +363,84 @@ def read_colmap(files: dict[str, bytes]) -> CameraSet:
         k = np.asarray(cam["K"], dtype=np.float64)
         ext = np.eye(4)
         ext[:3, :] = np.asarray(im["cam_from_world"], dtype=np.float64)
-        _check_intrinsic(k, cam_name, cam_where + f" (camera {cam['id']})")
-        _check_extrinsic(ext, img_name, img_where + f" ({im['name']})")
         if int(cam["width"]) <= 0 or int(cam["height"]) <= 0:
             raise CameraFileError(cam_name, cam_where, f"camera {cam['id']} has size {cam['width']}x{cam['height']}")
-        note = ""
+        _check_intrinsic(k, cam_name, cam_where + f" (camera {cam['id']})", (int(cam["width"]), int(cam["height"])))
+        _check_extrinsic(ext, img_name, img_where + f" ({im['name']})")
+        note = focal_note(k)
         extra = [float(v) for v in cam["extra"]]
         if model in DISTORTION_MODELS and any(v != 0.0 for v in extra):
             names = cam["extra_names"]
             coeffs = ", ".join(f"{n}={v:.3g}" for n, v in zip(names, extra))
-            note = f"{model} distortion ignored ({coeffs}): DA3 takes pinhole cameras"
+            note = "; ".join(filter(None, [note, f"{model} distortion ignored ({coeffs}): DA3 takes pinhole cameras"]))
         entries.append(CameraEntry(str(im["name"]), ext, k, int(cam["width"]), int(cam["height"]), model, note,
                                    f"{img_name} {img_where}".strip()))
     if not entries:
         raise CameraFileError(img_name, "", "holds no image")
     return CameraSet("COLMAP", (cam_name, img_name), tuple(entries))
+
+
+# COLMAP's camera model ids and their parameter counts (colmap/sensor/models.h), for
+# walking cameras.bin; an id not listed is left to pycolmap.
+_COLMAP_PARAMS = {0: 3, 1: 4, 2: 4, 3: 5, 4: 8, 5: 8, 6: 12, 7: 5, 8: 4, 9: 5, 10: 12, 11: 16, 12: 4, 13: 5, 14: 3, 15: 4,
+                  16: 6, 17: 2}
+_IMAGE_FIXED = struct.calcsize("<I4d3dI")  # image_id, qvec, tvec, camera_id
+_POINT2D = struct.calcsize("<ddq")  # x, y, point3D_id
+_CAMERA_FIXED = struct.calcsize("<IiQQ")  # camera_id, model_id, width, height
+
+
+def check_colmap_binary(name: str, data: bytes, kind: str) -> None:
+    """Walk a COLMAP ``cameras.bin`` or ``images.bin`` record by record, reading only the
+    counts and lengths, and refuse a file that ends early or goes on past its last record.
+
+    pycolmap reads a cut-off file as far as it goes and then reports something else
+    ("Rig with ID 0 does not exist") or, for cameras.bin, reads garbage focal lengths.
+
+    Args:
+        name: The file's name as uploaded (named in the message).
+        data: Its bytes.
+        kind: ``"cameras"`` or ``"images"``.
+
+    Raises:
+        CameraFileError: The file is truncated or corrupt (the message says where).
+    """
+    what = "camera" if kind == "cameras" else "image"
+    size = len(data)
+
+    def broken(detail: str) -> CameraFileError:
+        return CameraFileError(name, "", f"the file is truncated or corrupt: {detail}. Export the COLMAP model again "
+                                         "(or upload the .txt files)")
+
+    if size < 8:
+        raise broken(f"it has {size} byte(s), too few for even the {kind} count")
+    count = struct.unpack_from("<Q", data, 0)[0]
+    at = 8
+    for i in range(count):
+        if kind == "cameras":
+            if at + _CAMERA_FIXED > size:
+                raise broken(f"it declares {count} {kind} and ends inside {what} {i + 1} (byte {size})")
+            cid, model_id = struct.unpack_from("<Ii", data, at)[:2]
+            n_params = _COLMAP_PARAMS.get(model_id)
+            if n_params is None:
+                return  # a model this walk does not know: pycolmap says what it makes of it
+            at += _CAMERA_FIXED + 8 * n_params
+        else:
+            if at + _IMAGE_FIXED > size:
+                raise broken(f"it declares {count} {kind} and ends inside {what} {i + 1} (byte {size})")
+            end = data.find(b"\0", at + _IMAGE_FIXED)
+            if end < 0:
+                raise broken(f"it declares {count} {kind} and ends inside the name of {what} {i + 1}")
+            if end + 1 + 8 > size:
+                raise broken(f"it declares {count} {kind} and ends inside {what} {i + 1} (byte {size})")
+            points = struct.unpack_from("<Q", data, end + 1)[0]
+            at = end + 1 + 8
+            if points > (size - at) // _POINT2D:
+                raise broken(f"{what} {i + 1} declares {points:,} 2D points but only {size - at:,} bytes follow")
+            at += points * _POINT2D
+        if at > size:
+            raise broken(f"it declares {count} {kind} and ends inside {what} {i + 1} (byte {size})")
+    if at != size:
+        raise broken(f"{size - at:,} byte(s) follow its last {what} ({count} declared)")
 
 
 # The child process that runs pycolmap: limits its own memory first, prints JSON.
@@ -637,8 +706,8 @@ def _from_fields(name: str, source: str, ext: np.ndarray | None, ixt: np.ndarray
         e = np.eye(4)
         e[: ext.shape[1], :] = ext[i]
         _check_extrinsic(e, name, f"extrinsics[{i}] ({names[i]})", full=ext[i] if ext.shape[1] == 4 else None)
-        _check_intrinsic(ixt[i], name, f"intrinsics[{i}] ({names[i]})")
-        entries.append(CameraEntry(names[i], e, ixt[i].copy(), sizes[i][0], sizes[i][1], "PINHOLE", "", f"{name} [{i}]"))
+        _check_intrinsic(ixt[i], name, f"intrinsics[{i}] ({names[i]})", sizes[i])
+        entries.append(CameraEntry(names[i], e, ixt[i].copy(), sizes[i][0], sizes[i][1], "PINHOLE", focal_note(ixt[i]), f"{name} [{i}]"))
     return CameraSet(source, (name,), tuple(entries))
 
 
@@ -663,7 +732,7 @@ def _check_extrinsic(e: np.ndarray, file: str, where: str, full: np.ndarray | No
         raise CameraFileError(file, where, problem)
 
 
-def _check_intrinsic(k: np.ndarray, file: str, where: str) -> None:
+def _check_intrinsic(k: np.ndarray, file: str, where: str, size: tuple[int | None, int | None] = (None, None)) -> None:
     if not np.isfinite(k).all():
         raise CameraFileError(file, where, "NaN or inf in the intrinsics")
     if k[0, 0] <= 0 or k[1, 1] <= 0:
@@ -671,6 +740,48 @@ def _check_intrinsic(k: np.ndarray, file: str, where: str) -> None:
         raise CameraFileError(file, where, f"{sign} focal length (fx={k[0, 0]:g}, fy={k[1, 1]:g}): focal lengths must be > 0")
     if abs(k[1, 0]) > 1e-9 or abs(k[2, 0]) > 1e-9 or abs(k[2, 1]) > 1e-9 or abs(k[2, 2] - 1.0) > 1e-9:
         raise CameraFileError(file, where, "not a pinhole K: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]]")
+    problem = focal_problem(k, *size)
+    if problem:
+        raise CameraFileError(file, where, problem)
+
+
+MAX_FOCAL_RATIO = 3.0
+"""Largest fx/fy (or fy/fx) taken: square pixels give 1, anamorphic lenses up to about 2."""
+NOTED_FOCAL_RATIO = 1.1
+"""An fx/fy beyond this is taken but said in the match table (non-square pixels?)."""
+FOV_RANGE_DEG = (0.5, 170.0)
+"""Fields of view a pinhole camera can have: narrower is a telescope, wider no pinhole model."""
+
+
+def _fov_deg(focal: float, side: float) -> float:
+    return float(np.degrees(2.0 * np.arctan2(side / 2.0, focal)))
+
+
+def focal_problem(k: np.ndarray, width: int | None = None, height: int | None = None) -> str | None:
+    """Why K's focal lengths are not a plausible camera, or None: fx and fy further apart
+    than `MAX_FOCAL_RATIO`, or (with the image size) a field of view outside `FOV_RANGE_DEG`.
+    Such a K is a typo or a damaged file, and DA3 would read it as the camera's field of view."""
+    fx, fy = float(k[0, 0]), float(k[1, 1])
+    ratio = max(fx, fy) / min(fx, fy)
+    if ratio > MAX_FOCAL_RATIO:
+        return (f"implausible focal lengths fx={fx:.6g} and fy={fy:.6g} px (they differ {ratio:,.3g}-fold; a real camera's "
+                f"differ by at most {MAX_FOCAL_RATIO:g}x): a typo or a damaged file?")
+    lo, hi = FOV_RANGE_DEG
+    for axis, focal, side in (("horizontal", fx, width), ("vertical", fy, height)):
+        if side:
+            fov = _fov_deg(focal, side)
+            if not lo <= fov <= hi:
+                return (f"implausible focal length {'fx' if axis == 'horizontal' else 'fy'}={focal:.6g} px for an image "
+                        f"{side} px {'wide' if axis == 'horizontal' else 'high'}: a {axis} field of view of {fov:.3g}° "
+                        f"(a pinhole camera has {lo:g}° to {hi:g}°): a typo, or intrinsics of another image size?")
+    return None
+
+
+def focal_note(k: np.ndarray) -> str:
+    """A note for the match table when fx and fy differ noticeably but plausibly, else ""."""
+    fx, fy = float(k[0, 0]), float(k[1, 1])
+    ratio = max(fx, fy) / min(fx, fy)
+    return f"fx and fy differ {ratio:.2f}-fold (non-square pixels?)" if ratio > NOTED_FOCAL_RATIO else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -712,7 +823,7 @@ def match_cameras(cams: CameraSet, names: Sequence[str], sizes: Sequence[tuple[i
     n = len(names)
     ext = np.full((n, 4, 4), np.nan)
     ixt = np.full((n, 3, 3), np.nan)
-    rows, used = [], {}
+    rows, used, refused = [], {}, set()
     for i, (frame, (w, h)) in enumerate(zip(names, sizes)):
         j = next((level[key] for level, key in zip(levels, _keys(frame)) if level.get(key) is not None), None)
         if j is None:
@@ -731,10 +842,15 @@ def match_cameras(cams: CameraSet, names: Sequence[str], sizes: Sequence[tuple[i
                 continue
             k = rescale_intrinsic(k, (entry.width, entry.height), (w, h))
             notes.append(f"intrinsics rescaled from {entry.width}x{entry.height} to the frame's {w}x{h}")
+        problem = focal_problem(k, w, h)  # the file gave no image size: judged against the frame's
+        if problem:
+            rows.append(MatchRow(frame, None, note=f"camera {entry.name!r} not used: {problem}"))
+            refused.add(j)
+            continue
         used[j] = frame
         ext[i], ixt[i] = entry.extrinsic, k
         rows.append(MatchRow(frame, entry.name, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), "; ".join(notes)))
-    unused = tuple(e.name for j, e in enumerate(cams.entries) if j not in used)
+    unused = tuple(e.name for j, e in enumerate(cams.entries) if j not in used and j not in refused)
     return Match(cams.source, tuple(rows), ext, ixt, unused)
 
 

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from da3_core.presets import DEVICES
 
@@ -120,6 +120,12 @@ class Settings:
     def demo_weights_dir(self) -> Path:
         """Where untrained demo weights are built, one folder per preset."""
         return self.workspace / "demo-weights"
+
+    def runner_options(self) -> dict[str, Any]:
+        """The runner's settings as plain ``Runner`` arguments (the runner reads no settings
+        itself): ``Runner(**settings.runner_options(), preload=...)``."""
+        return {"isolation": self.isolation, "workers": self.workers, "cancel_grace_s": self.cancel_grace_s,
+                "ray_address": self.ray_address}
 
 
 _ENV = {

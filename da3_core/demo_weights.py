@@ -20,10 +20,10 @@ def main(argv: list[str]) -> int:
         print(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS_BY_NAME)}", file=sys.stderr)
         return 2
     from da3_core import tasks
-    from da3_core.runner import runner_from_settings
+    from da3_core.runner import Runner
 
     settings = load_settings()
-    runner = runner_from_settings(settings, workers=1)
+    runner = Runner(**{**settings.runner_options(), "workers": 1})
     try:
         folder = tasks.build_demo_weights.call(preset, str(settings.demo_weights_dir), runner=runner)
     finally:

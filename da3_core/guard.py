@@ -29,27 +29,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from da3_core.presets import PATCH_SIZE, PRESETS, Preset
+from da3_core.presets import PATCH_SIZE, PRESETS, Preset, snap_process_res
 
 MODEL_FILE = Path(__file__).with_name("guard_model.json")
 CHUNK = 8  # DA3's DPT heads decode frames in chunks of 8 (``chunk_size`` in depth_anything_3/model/dpt.py)
 MARGIN = 1.05  # estimates are raised 5 % above the fit (which already covers every measured point): runs vary
 DEFAULT_RES = 504  # DA3's default process_res, offered first as a way on
+# A way on must fit with this much less memory than the check it answers had: what is
+# available moves between two looks (this process's own memory is counted as used), and a
+# suggestion that fitted by a few MB was refused on the next page run (seen: "392 takes all
+# 10 frames", then 392 refused).
+HEADROOM_FRACTION = 0.03
+HEADROOM_MIN_MB = 64.0
 RESULT_BYTES_PER_PIXEL = 3 + 4 + 4  # image uint8 + depth + confidence float32 (the parent's part is fitted to this)
 LOAD_S_PER_GB = 4.0  # reading weights from a local disk into the worker (measured: DA3-GIANT's 4.6 GB in ~18 s)
 
 
 def processed_size(width: int, height: int, process_res: int, method: str = "upper_bound_resize") -> tuple[int, int]:
-    """The (width, height) DA3 processes a frame at: the long (``upper_*``) or short
-    (``lower_*``) side scaled to ``process_res``, each side a multiple of 14."""
+    """The (width, height) DA3 processes a frame at, step by step as its `InputProcessor`
+    does: the long (``upper_*``) or short (``lower_*``) side scaled to ``process_res``, each
+    side rounded to whole pixels, then to a multiple of 14 (nearest, ties up; the ``*_crop``
+    methods floor)."""
     side = max(width, height) if method.startswith("upper") else min(width, height)
     scale = process_res / max(1, side)
+    w, h = (width, height) if side == process_res else (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
 
-    def snap(v: float) -> int:  # the *_crop methods floor to a multiple of 14, the others round
-        steps = math.floor(v / PATCH_SIZE) if method.endswith("_crop") else round(v / PATCH_SIZE)
-        return max(PATCH_SIZE, int(steps) * PATCH_SIZE)
+    def snap(v: int) -> int:
+        down = (v // PATCH_SIZE) * PATCH_SIZE
+        if not method.endswith("_crop") and v - down >= down + PATCH_SIZE - v:
+            down += PATCH_SIZE
+        return max(PATCH_SIZE, down)
 
-    return snap(width * scale), snap(height * scale)
+    return snap(w), snap(h)
+
+
+def centre_crop_notice(sizes: Sequence[tuple[int, int]], process_res: int, method: str = "upper_bound_resize") -> str | None:
+    """What DA3 cuts from frames of different shapes, in a sentence (Markdown-free), or None.
+
+    DA3 processes one size per call: when the frames' processed sizes differ (portrait and
+    landscape photos, 4:3 and 16:9), its `InputProcessor` centre-crops every frame to the
+    smallest processed width and the smallest height (``_unify_batch_shapes``), so a mix of
+    portrait and landscape frames becomes squares.
+
+    Args:
+        sizes: Each frame's (width, height) in pixels.
+        process_res: The process_res DA3 runs at.
+        method: ``process_res_method``.
+    """
+    processed = [processed_size(w, h, process_res, method) for w, h in sizes]
+    if len(set(processed)) <= 1:
+        return None
+    w_min, h_min = min(w for w, _ in processed), min(h for _, h in processed)
+    lost = max(1.0 - (w_min * h_min) / (w * h) for w, h in processed)
+    portrait = sum(1 for w, h in sizes if h > w)
+    landscape = sum(1 for w, h in sizes if w > h)
+    square = len(sizes) - portrait - landscape
+    shapes = ", ".join(f"{n} {what}" for n, what in ((landscape, "landscape"), (portrait, "portrait"), (square, "square")) if n)
+    kinds = ", ".join(f"{w}x{h}" for w, h in sorted(set(processed), key=lambda s: -s[0] * s[1])[:4])
+    return (f"These frames differ in shape ({shapes}; at process_res {process_res} they become {kinds}), and DA3 runs "
+            f"one size per call: it centre-crops every frame to {w_min}x{h_min}, cutting up to {lost:.0%} of a frame "
+            "(the depth, the cloud and the exports then cover the crop only). To keep every pixel, run frames of one "
+            "orientation (rotate the others) or one shape.")
 
 
 def ktokens(n_frames: int, process_res: int, aspect: float = 4 / 3, method: str = "upper_bound_resize") -> float:
@@ -159,12 +199,19 @@ class Estimate:
     def fits_time(self) -> bool:
         return self.seconds <= self.budget_s
 
+    @property
+    def passes(self) -> bool:
+        """The run guard lets it start as it is (`RunService.check`: memory, then time)."""
+        return self.fits_memory and self.fits_time
+
     def summary(self) -> str:
         """One line: memory and time against what is available (Markdown-free)."""
-        parts = [f"about {gb(self.memory_mb)} of memory ({gb(self.available.mb)} available: {self.available.source})"]
+        need, have = gb_pair(self.memory_mb, self.available.mb)
+        parts = [f"about {need} of memory ({have} available: {self.available.source})"]
         if self.gpu_mb is not None:
-            gpu_free = f" of {gb(self.available.gpu_mb)}" if self.available.gpu_mb is not None else ""
-            parts.append(f"{gb(self.gpu_mb * MARGIN)}{gpu_free} of GPU memory")
+            gpu_need, gpu_have = gb_pair(self.gpu_mb * MARGIN, self.available.gpu_mb)
+            gpu_free = f" of {gpu_have}" if self.available.gpu_mb is not None else ""
+            parts.append(f"{gpu_need}{gpu_free} of GPU memory")
         how = "at this server's measured speed" if self.calibrated else f"on a {self.device.upper()} like the one measured"
         parts.append(f"about {duration(self.seconds)} {how} (budget {duration(self.budget_s)})")
         return f"{self.preset.label}, {self.frames} frame(s) at {self.process_res}: " + ", ".join(parts) + "."
@@ -172,6 +219,19 @@ class Estimate:
 
 def gb(mb: float | None) -> str:
     return "?" if mb is None else f"{mb / 1024:.1f} GB"
+
+
+def gb_pair(need_mb: float, have_mb: float | None) -> tuple[str, str]:
+    """``need_mb`` and ``have_mb`` written so that two different amounts never read alike
+    ("needs about 2.3 GB and 2.3 GB is available" said nothing): GB with one decimal, else
+    two, else whole MB, else MB with one decimal."""
+    if have_mb is None:
+        return gb(need_mb), gb(have_mb)
+    for fmt in (lambda v: f"{v / 1024:.1f} GB", lambda v: f"{v / 1024:.2f} GB", lambda v: f"{v:,.0f} MB"):
+        a, b = fmt(need_mb), fmt(have_mb)
+        if a != b:
+            return a, b
+    return f"{need_mb:,.1f} MB", f"{have_mb:,.1f} MB"
 
 
 def duration(seconds: float) -> str:
@@ -186,6 +246,7 @@ def estimate(preset: Preset, sizes: Sequence[tuple[int, int]], process_res: int,
     ``speed_factor``: this server's measured time / the model's (`Calibration`), or None.
     """
     fitted = fitted or model()
+    process_res = snap_process_res(process_res, method)  # what DA3 runs at (the page sends it snapped)
     part = fitted.get("cuda" if device == "cuda" else "cpu") or fitted["cpu"]
     k, q, h, pixels = frame_ktokens(sizes, process_res, method)
     a, b, d, basis = _memory_line(part["worker_mb"], preset)
@@ -212,21 +273,55 @@ def estimate(preset: Preset, sizes: Sequence[tuple[int, int]], process_res: int,
 # --------------------------------------------------------------------------------------
 
 
+def headroom(available: Available) -> Available:
+    """``available`` less the headroom a way on must leave (`HEADROOM_FRACTION`, at least
+    `HEADROOM_MIN_MB`); the GPU's figure is its fixed size, so it is kept."""
+    if not math.isfinite(available.mb):
+        return available
+    less = max(HEADROOM_MIN_MB, HEADROOM_FRACTION * available.mb)
+    return Available(max(0.0, available.mb - less), available.source, available.gpu_mb)
+
+
+def largest_first(sizes: Sequence[tuple[int, int]], process_res: int, method: str) -> list[tuple[int, int]]:
+    """``sizes`` with the frames that cost most (patch tokens at ``process_res``) first: the
+    first n are the worst n frames a user could keep."""
+    def tokens(wh: tuple[int, int]) -> int:
+        w, h = processed_size(wh[0], wh[1], process_res, method)
+        return (w // PATCH_SIZE) * (h // PATCH_SIZE)
+
+    return sorted(sizes, key=tokens, reverse=True)
+
+
 def ways_on(est: Estimate, sizes: Sequence[tuple[int, int]], method: str, budget: Any, **kw: Any) -> list[str]:
-    """Concrete changes that make the run fit: fewer frames, a lower process_res, a smaller
-    preset. ``budget(n)``: the time budget of an n-frame run; ``kw``: `estimate`'s options."""
+    """Concrete changes that make the run pass the guard: fewer frames, a lower process_res,
+    a smaller preset. ``budget(n)``: the time budget of an n-frame run; ``kw``: `estimate`'s
+    options.
+
+    Each way is checked the way the refusal is (`Estimate.passes`: the same estimate, sizes,
+    budget and margin, at the process_res DA3 will run at), with `headroom` less memory than
+    now, so it still passes on the next look when this process has grown a little. "Fewer
+    frames" holds for any n of the frames: the n costliest are checked.
+    """
+    room = headroom(est.available)
+    worst: dict[int, list[tuple[int, int]]] = {}
+
     def again(preset: Preset, n: int, res: int) -> Estimate:
-        return estimate(preset, list(sizes[:n]), res, est.device, est.available, budget(n), method, **kw)
+        res = snap_process_res(res, method)
+        if res not in worst:
+            worst[res] = largest_first(sizes, res, method)
+        return estimate(preset, worst[res][:n], res, est.device, room, budget(n), method, **kw)
 
-    def ok(e: Estimate) -> bool:  # what was wrong is fixed (memory first; time only when memory fits)
-        return e.fits_memory and (e.fits_time or est.fits_time)
+    def ok(e: Estimate) -> bool:
+        return e.passes  # the refusal's own test
 
+    # Lower process_res values: DA3's own steps (multiples of 14), snapped as DA3 snaps them.
+    lower = sorted({snap_process_res(r, method) for r in range(est.process_res - PATCH_SIZE * 4, 139, -PATCH_SIZE * 4)}
+                   - {est.process_res}, reverse=True)
     out = []
     n_ok = next((n for n in range(est.frames - 1, 0, -1) if ok(again(est.preset, n, est.process_res))), 0)
     if n_ok:
         out.append(f"fewer frames: up to {n_ok} at process_res {est.process_res}")
-    res_ok = next((r for r in range(est.process_res - PATCH_SIZE * 4, 139, -PATCH_SIZE * 4)
-                   if ok(again(est.preset, est.frames, r))), 0)
+    res_ok = next((r for r in lower if ok(again(est.preset, est.frames, r))), 0)
     if res_ok:
         out.append(f"a lower process_res: {res_ok} takes all {est.frames} frames")
     smaller = [p for p in PRESETS if gparams(p) < gparams(est.preset) and p.multi_view == est.preset.multi_view]
@@ -236,7 +331,6 @@ def ways_on(est: Estimate, sizes: Sequence[tuple[int, int]], method: str, budget
             break
     if not out and est.frames > 1:  # no one change is enough: fewer frames at a lower process_res,
         # DA3's default 504 first, else the highest that takes at least two frames
-        lower = [r for r in range(est.process_res - PATCH_SIZE * 4, 139, -PATCH_SIZE * 4)]
         for r in ([DEFAULT_RES] if DEFAULT_RES < est.process_res else []) + lower:
             n = next((n for n in range(est.frames - 1, 1, -1) if ok(again(est.preset, n, r))), 0)
             if n:
@@ -250,10 +344,12 @@ def ways_on(est: Estimate, sizes: Sequence[tuple[int, int]], method: str, budget
 def memory_problem(est: Estimate, ways: Sequence[str]) -> str:
     """Why a run that cannot fit in memory is refused, with the numbers and the ways on."""
     if est.memory_mb > est.available.mb:
-        what = (f"needs about {gb(est.memory_mb)} of memory (the worker {gb(est.worker_mb * MARGIN)}, this server "
-                f"{gb(est.parent_mb * MARGIN)}) and {gb(est.available.mb)} is available ({est.available.source})")
+        need, have = gb_pair(est.memory_mb, est.available.mb)
+        what = (f"needs about {need} of memory (the worker {gb(est.worker_mb * MARGIN)}, this server "
+                f"{gb(est.parent_mb * MARGIN)}) and {have} is available ({est.available.source})")
     else:
-        what = f"needs about {gb((est.gpu_mb or 0) * MARGIN)} of GPU memory and the GPU has {gb(est.available.gpu_mb)}"
+        need, have = gb_pair((est.gpu_mb or 0) * MARGIN, est.available.gpu_mb)
+        what = f"needs about {need} of GPU memory and the GPU has {have}"
     return (f"{est.preset.label}, {est.frames} frame(s) at process_res {est.process_res}, {what}; it would be killed "
             f"part-way." + (" Ways on: " + "; ".join(ways) + "." if ways else ""))
 
@@ -315,6 +411,36 @@ def cgroup_limit(proc_cgroup: str | None = None, root: Path = Path("/sys/fs/cgro
     return best
 
 
+_TRIM_EVERY_S = 5.0
+_trim_lock = threading.Lock()
+_last_trim = 0.0
+
+
+def release_free_heap() -> bool:
+    """Give the memory this process has freed back to the system (glibc's ``malloc_trim``),
+    at most every `_TRIM_EVERY_S` seconds; True when it ran.
+
+    glibc keeps freed blocks in its heaps (one per thread that allocated: Streamlit runs
+    each page in a thread of its own), so after results and figures are let go the process's
+    resident size stays up, and the guard counted that as used ("available" shrank over an
+    hour of use). A few milliseconds; nothing off glibc."""
+    global _last_trim
+    import time
+
+    with _trim_lock:
+        now = time.monotonic()
+        if now - _last_trim < _TRIM_EVERY_S:
+            return False
+        _last_trim = now
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return False
+    return True
+
+
 def available_memory(limit_mb: float = 0.0, workers_rss_mb: float = 0.0, parent_rss_mb: float | None = None,
                      gpu_total_mb: float | None = None) -> Available:
     """What a run may use now. ``workers_rss_mb``: the workers' current memory (theirs to
@@ -322,6 +448,7 @@ def available_memory(limit_mb: float = 0.0, workers_rss_mb: float = 0.0, parent_
     import psutil
 
     if parent_rss_mb is None:
+        release_free_heap()
         parent_rss_mb = psutil.Process().memory_info().rss / 2**20
     if limit_mb > 0:
         return Available(max(0.0, limit_mb - parent_rss_mb), f"DA3_MEMORY_LIMIT_MB={limit_mb:.0f}", gpu_total_mb)
@@ -379,4 +506,4 @@ class Calibration:
 
 
 __all__ = ["Available", "Calibration", "Estimate", "available_memory", "cgroup_limit", "estimate", "frame_ktokens",
-           "ktokens", "memory_problem", "processed_size", "time_problem", "ways_on"]
+           "gb_pair", "headroom", "ktokens", "memory_problem", "processed_size", "time_problem", "ways_on"]

@@ -18,7 +18,7 @@ import streamlit as st
 
 from da3_core import logs
 from da3_core.config import ConfigError, Settings, load_settings
-from da3_core.runner import Job, Runner, runner_from_settings, set_default_runner
+from da3_core.runner import Job, Runner, set_default_runner
 from da3_core.run_service import RunService
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ class RunnerHolder:
 def get_holder() -> RunnerHolder:
     """Start the server's runner once; its worker starts and imports DA3 in the background."""
     settings = get_settings()
-    runner = runner_from_settings(settings, preload=("da3_core.worker.reconstruct",), abandon_after_s=settings.abandon_after_s)
+    # After `get_settings`, which set up logging: the workers log as this process does.
+    runner = Runner(**settings.runner_options(), preload=("da3_core.worker.reconstruct",), abandon_after_s=settings.abandon_after_s)
     set_default_runner(runner)
     holder = RunnerHolder(runner, None, Janitor(settings), RunService(runner, settings))
     holder.refresh_probe()  # starts the worker now, not at the first user's click

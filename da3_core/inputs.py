@@ -75,6 +75,7 @@ __all__ = [
     "display_name",
     "unique_display_names",
     "sniff",
+    "looks_like_video",
     "load_image",
     "probe_video",
     "plan_video",
@@ -497,6 +498,17 @@ def _check_upload_size(name: str, data: bytes, settings: Settings) -> None:
         )
 
 
+_UNREADABLE_VIDEO = ("this is a video that could not be read: the file is damaged or incomplete (content not recognised). "
+                     "Re-export it as MP4 (H.264), or upload images instead.")
+
+
+def looks_like_video(name: str, data: bytes) -> bool:
+    """The upload is a video by its content, or by its name when the content is not
+    recognised at all (a damaged ``.mp4`` is a video that cannot be read, not an image)."""
+    kind = sniff(data).kind
+    return kind == "video" or (kind is None and _extension(name) in VIDEO_EXTENSIONS)
+
+
 def _wrong_extension_note(name: str, fmt: str) -> str:
     ext = _extension(name)
     allowed = _FORMAT_EXTENSIONS.get(fmt, ())
@@ -539,11 +551,12 @@ def load_image(name: str, data: bytes, settings: Settings | None = None) -> Fram
             f"{settings.max_pixels / 1e6:.1f} MP (DA3_MAX_PIXELS). Downscale it before uploading.",
         ) from None
     except UnidentifiedImageError:
-        what = "a video" if sniffed.kind == "video" else "an image format this app reads"
+        if looks_like_video(name, data):
+            raise InputError(name, _UNREADABLE_VIDEO) from None
         raise InputError(
             name,
-            f"this is not {what} (content not recognised). Use JPEG, PNG, BMP, TIFF, WebP, HEIC/HEIF "
-            "or AVIF images, or MP4, MOV, AVI, MKV or WebM videos.",
+            "this is not an image format this app reads (content not recognised). Use JPEG, PNG, BMP, TIFF, WebP, "
+            "HEIC/HEIF or AVIF images, or MP4, MOV, AVI, MKV or WebM videos.",
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(name, f"the image header is damaged ({exc}). Re-export or re-download the file.") from None
@@ -1382,8 +1395,7 @@ def load_batch(files: Iterable[Any], settings: Settings | None = None, target_fp
             )))
             continue
         try:
-            kind = sniff(data).kind if data else None
-            if kind == "video":
+            if data and looks_like_video(raw_name, data):
                 got, plan, _ = _extract(name, data, target_fps, left, settings)
                 frames.extend(got)
                 text = f"{name}: {plan.summary}"

@@ -19,10 +19,12 @@ session watches.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,9 +39,23 @@ from da3_core.runner import Job, Progress, Queued, Runner, Started
 
 log = logging.getLogger(__name__)
 
+# Keys of ``run.json``'s timings that the run service adds: seconds from submission to the end,
+# and of those, seconds waiting in the queue (the worker's own "total" leaves the wait out).
+WALL_S = "wall"
+QUEUE_WAIT_S = "queue_wait"
 INTERRUPTED = "interrupted: the server stopped while this run was pending, so its result was lost (its frames are kept)"
 INTERRUPTED_CHUNKED = "interrupted: the server stopped while this chunked run was running; its finished chunks are kept: Resume continues from there"
 ABANDONED = "the page that started it was closed, so the run was stopped (its frames are kept)"
+KEEP_RESULTS = 4  # finished results no page collected yet, kept in memory (the others are read from disk)
+
+
+def _let_go_of_result(run: Any) -> None:
+    """Drop a finished run's in-memory result: its own reference and its job's (a chunked run
+    has no single job)."""
+    run.result = None
+    job = getattr(run, "job", None)
+    if job is not None and job.done():
+        job.release_value()
 
 
 @dataclass
@@ -61,6 +77,54 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return self.status == "done"
+
+
+def queued_text(position: int | None, ahead: int | None) -> str:
+    """``Queued: position 1 (1 ahead)``; ``ahead`` counts the calls before it, the running
+    ones included. Just ``Queued`` before the runner said where."""
+    if position is None:
+        return "Queued"
+    return f"Queued: position {position}" + (f" ({ahead} ahead)" if ahead is not None else "")
+
+
+def took_text(total_s: float | None, waiting_s: float | None) -> str:
+    """``6.1 s (4.0 s running, 2.1 s waiting)``: the time from submission to the end, and
+    how it split between the queue and the worker (``6.1 s`` when the split is unknown)."""
+    if total_s is None:
+        return ""
+    if waiting_s is None:
+        return f"{total_s:.1f} s"
+    return f"{total_s:.1f} s ({max(0.0, total_s - waiting_s):.1f} s running, {waiting_s:.1f} s waiting)"
+
+
+def _read_events(target: Any, job: Job) -> None:
+    """Read ``job``'s new events into ``target``'s ``position``, ``ahead``, ``stage`` and
+    ``fraction`` (an `ActiveRun` or an `ExportJob`)."""
+    for event in job.poll_events():
+        if isinstance(event, Queued):
+            target.position, target.ahead = event.position, event.ahead
+            target.stage = f"position {event.position} ({event.ahead} ahead)"
+        elif isinstance(event, Started):
+            target.position, target.ahead, target.stage = None, None, "starting"
+        elif isinstance(event, Progress):
+            target.position = None
+            target.stage = event.stage + (f" ({event.detail})" if event.detail else "")
+            if event.fraction is not None:
+                target.fraction = event.fraction
+
+
+def clock_timings(clock: tuple[float, float] | None) -> dict[str, float]:
+    """``{WALL_S: total, QUEUE_WAIT_S: waiting}`` for ``run.json`` ({} when unknown)."""
+    return {} if clock is None else {WALL_S: float(clock[0]), QUEUE_WAIT_S: float(clock[1])}
+
+
+def job_clock(job: Job) -> tuple[float, float] | None:
+    """(total, waiting) seconds of an ended job: submission to end, and submission to start
+    (0 waiting when it never started); None while it runs."""
+    if job.finished_at is None:
+        return None
+    started = job.started_at if job.started_at is not None else job.finished_at
+    return job.finished_at - job.submitted_at, started - job.submitted_at
 
 
 @dataclass
@@ -88,6 +152,7 @@ class ActiveRun:
     result: Reconstruction | None = None
     finished_at: float | None = None
     images: tuple[np.ndarray, ...] = ()
+    ahead: int | None = None
     collected: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -128,28 +193,28 @@ class ActiveRun:
             return self.job.elapsed_s
         return time.monotonic() - self.job.submitted_at
 
+    @property
+    def started_at(self) -> float | None:
+        """When a worker took the job (monotonic), None while it waits."""
+        return self.job.started_at
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the job ended (monotonic; before its outcome was saved), else None."""
+        return self.job.finished_at
+
     def pump(self) -> None:
         """Read the job's new events into the display fields, and tell the runner someone watches."""
         self.job.touch()
         with self._lock:
-            for event in self.job.poll_events():
-                if isinstance(event, Queued):
-                    self.position = event.position
-                    self.stage = f"position {event.position} in the queue ({event.ahead} ahead)"
-                elif isinstance(event, Started):
-                    self.position, self.stage = None, "starting"
-                elif isinstance(event, Progress):
-                    self.position = None
-                    self.stage = event.stage + (f" ({event.detail})" if event.detail else "")
-                    if event.fraction is not None:
-                        self.fraction = event.fraction
+            _read_events(self, self.job)
 
     def status_line(self) -> str:
-        """One line for the page, e.g. ``Queued: position 1 in the queue … · 4 frames``."""
+        """One line for the page, e.g. ``Queued: position 1 (1 ahead) · 4 frames · waiting 2.1 s``."""
         n = len(self.meta.names)
         frames = f"{n} frame{'s' if n != 1 else ''}"
         if self.job.started_at is None:
-            return f"Queued ({self.stage}) · {frames} · waiting {self.elapsed_s:.1f} s"
+            return f"{queued_text(self.position, self.ahead)} · {frames} · waiting {self.elapsed_s:.1f} s"
         return f"Running {frames}: {self.stage} · {self.elapsed_s:.1f} s"
 
 
@@ -195,6 +260,298 @@ class ChunkChoice:
                 f"({self.plan.frames_computed} frame passes): {mem}{t}.")
 
 
+# -- export jobs ---------------------------------------------------------------------------
+# Exports made by DA3's own code in the worker. Each is a job of the run service like a run:
+# queued with its place, estimated, cancellable, saved in the run's exports/ folder (the
+# worker writes under a hidden name and renames when complete: `da3_core.atomic`), and held
+# per run folder and kind, so a page reload finds it again.
+
+EXPORT_TITLES = {"colmap": "COLMAP model", "gs_ply": "3DGS PLY", "gs_video": "novel-view video"}
+# What each kind leaves in exports/ when done (a folder for COLMAP, a file for the others).
+EXPORT_TARGETS = {"colmap": "colmap", "gs_ply": "gs_ply/0000.ply", "gs_video": "gs_video.mp4"}
+EXPORT_RECORD = ".{kind}.job.json"  # the job's state in exports/ (hidden: not offered as a download)
+INTERRUPTED_EXPORT = ("interrupted: the server stopped while this export was running; nothing half-written was kept, "
+                      "make it again")
+# What the estimates rest on. COLMAP and 3DGS PLY: DA3's exporters measured in this project's
+# worker on a 2-core shared CPU (3 views of 48x64, best and worst of repeated runs): the COLMAP
+# exporter adds every kept point to pycolmap one by one in Python, 20-50 us and 83 bytes on
+# disk per point; the PLY writer took 8-35 us per Gaussian. The video: gsplat compiled its
+# kernels in 69.5 s and 86 s on two H100 servers (../shared/design/GPU_NOTES.md), once per
+# worker, and rasterised a view in 0.023 s there; x264 encoding was not measured.
+COLMAP_S_PER_POINT = 40e-6
+COLMAP_BYTES_PER_POINT = 83
+GS_PLY_S_PER_GAUSSIAN = 20e-6
+GSPLAT_COMPILE_S = 86.0
+GSPLAT_S_PER_FRAME = 0.023
+
+
+@dataclass(frozen=True)
+class ExportEstimate:
+    """What an export job is expected to take, and what the figures rest on.
+
+    Attributes:
+        budget_s: The task's budget: the worker is stopped once the job has run this long.
+        seconds: Expected seconds of work once a worker takes it.
+        memory_mb: Expected memory in the worker for the job's data (MB).
+        output_mb: Expected size of what it writes (MB), or None when not known.
+        basis: What the figures rest on, in a sentence.
+    """
+
+    budget_s: float
+    seconds: float
+    memory_mb: float
+    output_mb: float | None
+    basis: str
+
+    def note(self) -> str:
+        """One line for the page, e.g. ``Estimate: about 3 s, 40 MB of worker memory, writes
+        about 5 MB; stopped after 10 min. Rests on: ...``."""
+        out = f", writes about {_mb(self.output_mb)}" if self.output_mb is not None else ""
+        return (f"Estimate: about {guard.duration(self.seconds)}, {_mb(self.memory_mb)} of worker memory{out}; "
+                f"stopped after {guard.duration(self.budget_s)}. Rests on: {self.basis}")
+
+
+def _mb(mb: float) -> str:
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB" if mb >= 10 else f"{max(mb, 0.1):.1f} MB"
+
+
+def rec_mb(rec: Reconstruction) -> float:
+    """MB of a reconstruction's arrays (what is sent to the worker for an export)."""
+    arrays = [rec.depth, rec.conf, rec.extrinsics, rec.intrinsics, rec.images, rec.sky]
+    if rec.gaussians is not None:
+        g = rec.gaussians
+        arrays += [g.means, g.scales, g.rotations, g.harmonics, g.opacities]
+    return sum(int(np.asarray(a).nbytes) for a in arrays if a is not None) / 2**20
+
+
+def gs_video_frames(n_views: int, trajectory: str) -> int:
+    """The number of frames DA3's trajectory renders (`run_renderer_in_chunk_w_trj_mode`'s rules)."""
+    if trajectory in ("wander", "dolly_zoom") or n_views < 2:
+        return 120
+    if trajectory in ("original", "smooth"):
+        return n_views
+    inter = 8
+    if (n_views - 1) * inter > 24 * 18:
+        inter = max(1, 24 * 10 // (n_views - 1))
+    if (n_views - 1) * inter < 24 * 2:
+        inter = max(1, 24 * 2 // (n_views - 1))
+    frames = (n_views - 1) * (inter - 1) + 1 if inter > 2 else n_views
+    if trajectory == "extend":
+        frames += 2 * max(36, min(60, frames // 4))
+    return frames
+
+
+def export_estimate(kind: str, rec: Reconstruction, budget_s: float, options: dict[str, Any] | None = None) -> ExportEstimate:
+    """The estimate of an export job of ``kind`` (see the constants above for its basis).
+
+    Memory: the run's arrays three times over (the copy sent to the worker, DA3's Prediction
+    built from copies, and the exporter's own arrays); pycolmap's and gsplat's own objects
+    are not counted."""
+    options = options or {}
+    arrays = rec_mb(rec)
+    n, h, w = rec.depth.shape
+    if kind == "colmap":
+        kept = n * h * w * (1.0 - float(options.get("conf_percentile", 40.0)) / 100.0)
+        return ExportEstimate(budget_s, 1.0 + kept * COLMAP_S_PER_POINT, 3 * arrays, kept * COLMAP_BYTES_PER_POINT / 2**20,
+                              f"{int(kept):,} points kept of {n * h * w:,} pixels; DA3's exporter measured at 20-50 us and "
+                              f"{COLMAP_BYTES_PER_POINT} bytes per point on a 2-core CPU (it adds the points one by one).")
+    if kind == "gs_ply":
+        if rec.gaussians is None:
+            raise ValueError("this run has no 3D Gaussians")
+        g = len(rec.gaussians.means)
+        floats = 11 + 3 * int(np.prod(rec.gaussians.harmonics.shape[2:]) or 1)  # xyz, opacity, scale, rotation, colour
+        return ExportEstimate(budget_s, 1.0 + g * GS_PLY_S_PER_GAUSSIAN, 3 * arrays, g * floats * 4 / 2**20,
+                              f"{g:,} Gaussians of {floats} floats each; DA3's writer measured at 8-35 us per Gaussian on a 2-core CPU.")
+    if kind == "gs_video":
+        frames = gs_video_frames(n, str(options.get("trajectory", "interpolate_smooth")))
+        seconds = GSPLAT_COMPILE_S + frames * GSPLAT_S_PER_FRAME
+        return ExportEstimate(budget_s, seconds, 3 * arrays + frames * h * w * 3 * 2 / 2**20, None,
+                              f"about {frames} frames of {w}x{h}; the budget covers gsplat's one-time kernel compile "
+                              f"(69.5 s and {GSPLAT_COMPILE_S:.0f} s measured on H100s, counted here: the first video of a "
+                              f"worker compiles) plus {GSPLAT_S_PER_FRAME} s per rendered view measured there; x264 "
+                              f"encoding not measured.")
+    raise ValueError(f"unknown export {kind!r}: one of {', '.join(EXPORT_TITLES)}")
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    """What a page shows of an export job: from the job while the server holds it, else from
+    its record in the run's exports/ folder.
+
+    Attributes:
+        kind: ``"colmap"``, ``"gs_ply"`` or ``"gs_video"``.
+        status: ``"queued"``, ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
+        line: The live status line (queue place or stage, time).
+        fraction: Progress in [0, 1].
+        message: Why it did not finish ("" when done).
+        traceback: The worker-side traceback, while the server holds the job.
+        files: What it wrote, relative to exports/ (when done).
+        info: What the task returned besides (the video's frames, size, seconds).
+        total_s / waiting_s: Seconds from submission to the end, and of those in the queue.
+        estimate: The estimate's note, as shown when it was submitted.
+        cancel_requested: Cancel was asked and the job has not ended yet.
+    """
+
+    kind: str
+    status: str
+    line: str = ""
+    fraction: float = 0.0
+    message: str = ""
+    traceback: str = ""
+    files: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+    total_s: float | None = None
+    waiting_s: float | None = None
+    estimate: str = ""
+    cancel_requested: bool = False
+
+    @property
+    def title(self) -> str:
+        return EXPORT_TITLES[self.kind]
+
+    @property
+    def pending(self) -> bool:
+        return self.status in ("queued", "running")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+    def took(self) -> str:
+        """``6.1 s (4.0 s running, 2.1 s waiting)`` (see `took_text`)."""
+        return took_text(self.total_s, self.waiting_s)
+
+
+@dataclass
+class ExportJob:
+    """An export job of this server (same surface as `ActiveRun`: run_id, run_dir,
+    submitted_at, finished, outcome, pump, status_line, fraction, cancel, cancel_requested).
+
+    Attributes:
+        kind: ``"colmap"``, ``"gs_ply"`` or ``"gs_video"``.
+        run_dir: The run whose result it exports (into ``run_dir/exports``).
+        job: The runner's job.
+        estimate: The estimate it was submitted with.
+        options: The export's options (confidence percentile, trajectory, fps...).
+        stage / fraction / position / ahead: What it last reported.
+        outcome: Set once the record in exports/ says how it ended.
+        files: What it wrote, relative to exports/ (when done).
+        info: What the task returned besides.
+    """
+
+    kind: str
+    run_dir: Path
+    job: Job
+    estimate: ExportEstimate
+    options: dict[str, Any] = field(default_factory=dict)
+    stage: str = "queued"
+    fraction: float = 0.0
+    position: int | None = None
+    ahead: int | None = None
+    outcome: RunOutcome | None = None
+    files: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+    finished_at: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    chunked = False
+
+    @property
+    def title(self) -> str:
+        return EXPORT_TITLES[self.kind]
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def submitted_at(self) -> float:
+        return self.job.submitted_at
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.job.cancel_requested
+
+    def cancel(self) -> None:
+        """Removed from the queue if waiting; stopped if running (nothing half-written stays)."""
+        self.job.cancel()
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds running (or waiting, while queued)."""
+        if self.job.started_at is not None:
+            return self.job.elapsed_s
+        return time.monotonic() - self.job.submitted_at
+
+    def pump(self) -> None:
+        """Read the job's new events into the display fields.
+
+        Unlike a run's, an export job is not touched: it is not abandoned when its page
+        closes or the user goes to another page; its budget bounds it, and its file waits in
+        the run folder for the next visit."""
+        with self._lock:
+            _read_events(self, self.job)
+
+    def status_line(self) -> str:
+        """E.g. ``Queued: position 1 (1 ahead) · COLMAP model · waiting 2.1 s`` or
+        ``Making the COLMAP model: writing the COLMAP model (3 views) · 1.2 s``."""
+        if self.job.started_at is None:
+            return f"{queued_text(self.position, self.ahead)} · {self.title} · waiting {self.elapsed_s:.1f} s"
+        return f"Making the {self.title}: {self.stage} · {self.elapsed_s:.1f} s"
+
+    def snapshot(self) -> ExportStatus:
+        """Its state for a page."""
+        clock = job_clock(self.job)
+        outcome = self.outcome
+        if outcome is None:
+            status = "queued" if self.job.started_at is None else "running"
+            waiting = (self.job.started_at or time.monotonic()) - self.job.submitted_at
+            return ExportStatus(self.kind, status, self.status_line(), self.fraction, estimate=self.estimate.note(),
+                                total_s=time.monotonic() - self.job.submitted_at, waiting_s=waiting,
+                                cancel_requested=self.cancel_requested)
+        return ExportStatus(self.kind, outcome.status, "", 1.0 if outcome.ok else self.fraction, outcome.message, outcome.traceback,
+                            self.files, dict(self.info), clock[0] if clock else None, clock[1] if clock else None,
+                            self.estimate.note())
+
+
+def export_target(run_dir: Path, kind: str) -> Path:
+    """Where an export of ``kind`` of the run in ``run_dir`` lands (folder or file)."""
+    return Path(run_dir) / runs.EXPORTS_DIR / EXPORT_TARGETS[kind]
+
+
+def _record_path(run_dir: Path, kind: str) -> Path:
+    return Path(run_dir) / runs.EXPORTS_DIR / EXPORT_RECORD.format(kind=kind)
+
+
+def read_export_record(run_dir: Path, kind: str) -> dict[str, Any] | None:
+    """The record of the last export of ``kind`` in the run folder, or None (none, unreadable)."""
+    try:
+        data = json.loads(_record_path(run_dir, kind).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_export_record(run_dir: Path, kind: str, record: dict[str, Any]) -> None:
+    path = _record_path(run_dir, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def _status_from_record(kind: str, record: dict[str, Any]) -> ExportStatus:
+    status = str(record.get("status", "failed"))
+    return ExportStatus(kind, "failed" if status == "pending" else status, message=str(record.get("message", "")),
+                        traceback=str(record.get("traceback") or ""), files=tuple(str(f) for f in record.get("files") or ()), info=dict(record.get("info") or {}),
+                        total_s=record.get("total_s"), waiting_s=record.get("waiting_s"), estimate=str(record.get("estimate", "")),
+                        fraction=1.0 if status == "done" else 0.0)
+
+
 def preset_of(model: ModelSpec) -> presets.Preset | None:
     """The DA3 preset of a model choice (hub id, demo preset or checkpoint folder), or None."""
     if model.kind == "local":
@@ -214,10 +571,12 @@ class RunService:
             with the same signature).
         chunk_task: The `gpu` task that runs one chunk of a chunked run (`ChunkRequest`;
             tests pass the ground-truth oracle).
+        export_tasks: The `gpu` tasks of the export jobs by kind (``colmap``, ``gs_ply``,
+            ``gs_video``; tests pass light stand-ins with the same signatures).
     """
 
     def __init__(self, runner: Runner, settings: Settings, keep_finished_s: float = 600.0, task: Any = None,
-                 chunk_task: Any = None) -> None:
+                 chunk_task: Any = None, export_tasks: dict[str, Any] | None = None) -> None:
         self.runner = runner
         self.settings = settings
         self.keep_finished_s = keep_finished_s
@@ -225,6 +584,9 @@ class RunService:
         self.chunk_task = chunk_task or tasks.reconstruct_chunk
         self._assembler: Any = None
         self._runs: dict[str, ActiveRun] = {}
+        self.export_tasks: dict[str, Any] = {"colmap": tasks.export_colmap, "gs_ply": tasks.export_gs_ply,
+                                             "gs_video": tasks.render_gs_video, **(export_tasks or {})}
+        self._exports: dict[tuple[str, str], ExportJob] = {}
         self._lock = threading.Lock()
         self.calibration = guard.Calibration.load(Path(settings.workspace) / "guard_calibration.json")
         self._gpu_mb: list[float | None] | None = None
@@ -416,6 +778,18 @@ class RunService:
 
     def _chunked_ended(self, run: Any) -> None:
         run.finished_at = run.finished_at or time.monotonic()
+        # The time from submission to the end, and the wait before the first chunk started
+        # (known when a page looked while it ran), for the page once the server let go of it.
+        saved = {WALL_S: float(run.finished_at - run.submitted_at)}
+        if run.started_at is not None:
+            saved[QUEUE_WAIT_S] = float(max(0.0, run.started_at - run.submitted_at))
+        with self._lock:  # `resume` writes run.json under the same lock
+            try:
+                meta = runs.read_meta(run.run_dir)
+                if meta.status != "pending":
+                    runs.write_meta(run.run_dir, replace(meta, timings={**meta.timings, **saved}))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("run %s: could not save its queue wait: %s", run.run_id, exc)
 
     # -- submit ------------------------------------------------------------------------
     def submit(
@@ -557,16 +931,17 @@ class RunService:
             self._settle(active, RunOutcome("failed", f"the result could not be read: {type(exc).__name__}: {exc}"), exc)
             return
         try:
-            runs.finish_run(active.run_dir, active.meta, rec)
+            done = runs.finish_run(active.run_dir, active.meta, rec)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions, a removed folder...
             log.error("run %s: saving the result failed: %s: %s", active.run_id, type(exc).__name__, one_line(str(exc)))
             log.debug("traceback", exc_info=True)
             self._settle(active, RunOutcome("failed", f"the result could not be saved: {type(exc).__name__}: {exc}"), exc)
             return
+        self._save_clock(active.run_dir, done, job_clock(job))
         self._calibrate(active, rec)
         active.result = rec
         active.images = ()
-        log.info("run %s done in %.1f s (%d frame(s), %s%s on %s)", active.run_id, self._seconds(active), len(active.meta.names),
+        log.info("run %s done in %s (%d frame(s), %s%s on %s)", active.run_id, self._took(active), len(active.meta.names),
                  rec.preset or active.meta.model_ref, " untrained" if rec.untrained else "", rec.device)
         active.finished_at = time.monotonic()
         active.outcome = RunOutcome("done")  # last: the run reads as finished once its line is out
@@ -586,12 +961,13 @@ class RunService:
     def _settle(self, active: ActiveRun, outcome: RunOutcome, exc: BaseException) -> None:
         """Write a run that did not finish as ``failed`` or ``cancelled``, then publish it."""
         # The run's one line (the error itself was logged where it happened, also one line).
-        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s %s after %.1f s: %s",
-                active.run_id, outcome.status, self._seconds(active), one_line(outcome.message))
+        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s %s after %s: %s",
+                active.run_id, outcome.status, self._took(active), one_line(outcome.message))
         if outcome.traceback:
             log.debug("run %s worker traceback:\n%s", active.run_id, outcome.traceback)
         try:
-            runs.fail_run(active.run_dir, active.meta, outcome.message, status=outcome.status)
+            runs.fail_run(active.run_dir, replace(active.meta, timings={**active.meta.timings, **clock_timings(job_clock(active.job))}),
+                          outcome.message, status=outcome.status)
         except Exception as exc:  # noqa: BLE001 - the page still learns the outcome from memory
             log.error("run %s: could not write its %s status: %s: %s", active.run_id, outcome.status, type(exc).__name__, one_line(str(exc)))
             log.debug("traceback", exc_info=True)
@@ -605,6 +981,23 @@ class RunService:
         """Seconds from the run's submission (queue included) to now."""
         return time.monotonic() - active.job.submitted_at
 
+    @staticmethod
+    def _took(active: ActiveRun) -> str:
+        """The run's time as the page says it: ``6.1 s (4.0 s running, 2.1 s waiting)``."""
+        clock = job_clock(active.job)
+        return took_text(*clock) if clock else f"{RunService._seconds(active):.1f} s"
+
+    @staticmethod
+    def _save_clock(run_dir: Path, meta: runs.RunMeta, clock: tuple[float, float] | None) -> None:
+        """Add the run's time from submission to end and its wait in the queue to ``run.json``
+        (`WALL_S`, `QUEUE_WAIT_S`), so the page says both after the server let go of it."""
+        if clock is None:
+            return
+        try:
+            runs.write_meta(run_dir, replace(meta, timings={**meta.timings, **clock_timings(clock)}))
+        except OSError as exc:  # the result stands; only the wait is not on disk
+            log.warning("run %s: could not save its queue wait: %s", meta.run_id, exc)
+
     def close(self) -> None:
         """Stop the assembler child (the runner is closed by its owner)."""
         if self._assembler is not None:
@@ -616,11 +1009,22 @@ class RunService:
             for key, run in list(self._runs.items()):
                 if run.finished_at is not None and now - run.finished_at > self.keep_finished_s:
                     del self._runs[key]
+            # Results no page collected yet (a closed tab): the newest few stay in memory, the
+            # others are read from their run folder when a page asks (the server's memory
+            # grew by every finished run's arrays until keep_finished_s passed).
+            held = sorted((r for r in self._runs.values() if r.finished_at is not None and r.result is not None),
+                          key=lambda r: r.finished_at)
+            for run in held[: max(0, len(held) - KEEP_RESULTS)]:
+                _let_go_of_result(run)
+            for job_key, ej in list(self._exports.items()):  # their record in exports/ stays
+                if ej.finished_at is not None and now - ej.finished_at > self.keep_finished_s:
+                    del self._exports[job_key]
 
     def mark_collected(self, active: ActiveRun) -> None:
-        """A page showed the outcome: the in-memory result is no longer needed."""
+        """A page showed the outcome: the in-memory result is no longer needed (neither this
+        run's reference nor its job's: the job stays for its clock, without the arrays)."""
         active.collected = True
-        active.result = None
+        _let_go_of_result(active)
 
     def frames_for_retry(self, run_dir: Path) -> tuple[list[np.ndarray], bool]:
         """The frames of an earlier run, to run them again (e.g. with demo weights).
@@ -641,3 +1045,242 @@ class RunService:
             with Image.open(path) as im:
                 frames.append(np.asarray(im.convert("RGB")))
         return frames, False
+
+    def cancel(self, run_dir: Path) -> bool:
+        """Cancel the run in ``run_dir`` if this server runs it; False when there is none to cancel."""
+        run = self.get(Path(run_dir))
+        if run is None or run.finished:
+            return False
+        log.debug("run %s: cancel asked by the user", run.run_id)
+        run.cancel()
+        return True
+
+    # -- a run again with untrained demo weights -------------------------------------------
+    def retry_with_demo_weights(self, run_dir: Path, fallback_preset: str = "da3-small", over_budget_ok: bool = False) -> Any:
+        """Run an earlier run's frames again with untrained demo weights (its weights could
+        not be found: `RunOutcome.model_unavailable`).
+
+        The demo weights are built from the preset of the weights the run asked for (its hub
+        id, or its checkpoint folder's config), else from ``fallback_preset``; the worker
+        builds them once (`da3_core.worker.model.ensure_demo_weights`). The new run gets the
+        same frames (the exact arrays while this server holds them, else the saved copies:
+        `frames_for_retry`), names, source, known cameras and parameters; a chunked run is run
+        again as a chunked run with the same chunk size and overlap. Its parameters say
+        ``retry_of`` (the first run's id) and ``retry_frames`` (``exact`` or ``saved copies``).
+
+        Returns:
+            The new run, queued (an `ActiveRun` or a chunked run).
+
+        Raises:
+            ValueError: The run is still running here, or its folder is unreadable.
+            RunRefused: The run guard refused the new run (nothing saved).
+            GPUError: The runner refused the call (the new run is saved as failed).
+        """
+        run_dir = Path(run_dir)
+        live = self.get(run_dir)
+        if live is not None and not live.finished:
+            raise ValueError(f"run {run_dir.name} is still running")
+        try:
+            meta = runs.read_meta(run_dir)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"run {run_dir.name} cannot be read again: {exc}") from exc
+        preset = preset_of(meta.model)
+        model = ModelSpec("demo", preset.name if preset is not None else fallback_preset)
+        frames, exact = self.frames_for_retry(run_dir)
+        saved = runs.load_cameras(run_dir, meta)
+        cameras = None
+        if saved is not None:
+            from da3_core.cameras import KnownCameras
+
+            cameras = KnownCameras(*saved)
+        params = {k: v for k, v in meta.params.items() if k not in ("cameras", "chunked", "retry_of", "retry_frames")}
+        params.update(retry_of=meta.run_id, retry_frames="exact" if exact else "saved copies")
+        log.info("run %s: run again with untrained %s weights (%s frames)", meta.run_id, model.ref,
+                 "the exact" if exact else "the saved JPEG copies of the")
+        if runs.is_chunked(run_dir):
+            return self.submit_chunked(run_dir.parent, frames, list(meta.names), meta.source, model, params, cameras=cameras)
+        return self.submit(run_dir.parent, frames, list(meta.names), meta.source, model, params, cameras=cameras,
+                           over_budget_ok=over_budget_ok)
+
+    # -- export jobs ------------------------------------------------------------------------
+    def _export_task(self, kind: str) -> Any:
+        if kind not in EXPORT_TITLES:
+            raise ValueError(f"unknown export {kind!r}: one of {', '.join(EXPORT_TITLES)}")
+        return self.export_tasks[kind]
+
+    @staticmethod
+    def _export_args(run_dir: Path, kind: str, rec: Reconstruction, options: dict[str, Any]) -> tuple[Any, ...]:
+        """The task's arguments for an export of ``kind`` (the tasks of `da3_core.tasks`)."""
+        target = export_target(run_dir, kind)
+        if kind == "colmap":
+            meta = runs.read_meta(run_dir)
+            return rec, runs.input_paths(run_dir, meta), str(target), float(options.get("conf_percentile", 40.0))
+        if kind == "gs_ply":
+            return rec, str(target.parent.parent)
+        return (rec, str(target), str(options.get("trajectory", "interpolate_smooth")), int(options.get("fps", 24)),
+                int(options.get("crf", 18)), bool(options.get("depth_panel", False)))
+
+    def export_estimate(self, run_dir: Path, kind: str, rec: Reconstruction, **options: Any) -> ExportEstimate:
+        """The estimate of an export job (see `export_estimate`); starts nothing."""
+        task = self._export_task(kind)
+        return export_estimate(kind, rec, task.budget_s(*self._export_args(Path(run_dir), kind, rec, options)), options)
+
+    def submit_export(self, run_dir: Path, kind: str, rec: Reconstruction, **options: Any) -> ExportJob:
+        """Queue an export of the run in ``run_dir`` (returns at once).
+
+        Args:
+            run_dir: The run folder; the export lands in its ``exports/`` (`export_target`).
+            kind: ``"colmap"`` (option ``conf_percentile``), ``"gs_ply"``, or ``"gs_video"``
+                (options ``trajectory``, ``fps``, ``crf``, ``depth_panel``).
+            rec: The run's result (sent to the worker).
+
+        Returns:
+            The job, queued. Its record in exports/ says ``pending`` until it ends.
+
+        Raises:
+            ValueError: Unknown kind, or an export of this kind of this run is still queued
+                or running.
+            GPUError: The runner refused the call (recorded as failed).
+        """
+        run_dir = Path(run_dir)
+        task = self._export_task(kind)
+        args = self._export_args(run_dir, kind, rec, options)
+        estimate = export_estimate(kind, rec, task.budget_s(*args), options)
+        key = (str(run_dir), kind)
+        record = {"kind": kind, "run_id": run_dir.name, "status": "pending", "message": "", "options": _jsonable(options),
+                  "estimate": estimate.note(), "submitted": time.time()}
+        with self._lock:
+            held = self._exports.get(key)
+            if held is not None and not held.finished:
+                raise ValueError(f"the {EXPORT_TITLES[kind]} of run {run_dir.name} is already being made")
+            self._remove_partial(run_dir, kind)
+            _write_export_record(run_dir, kind, record)
+            try:
+                job = task.submit(*args, runner=self.runner)
+            except GPUError as exc:
+                log.error("run %s: the %s could not be queued: %s: %s", run_dir.name, EXPORT_TITLES[kind], type(exc).__name__,
+                          one_line(str(exc)))
+                _write_export_record(run_dir, kind, {**record, "status": "failed", "message": f"{type(exc).__name__}: {exc}"})
+                raise
+            ej = ExportJob(kind, run_dir, job, estimate, dict(options))
+            self._exports[key] = ej
+        log.info("run %s: %s queued (%s)", run_dir.name, EXPORT_TITLES[kind], one_line(estimate.note()))
+        job.add_done_callback(
+            lambda _job: threading.Thread(target=self._watch_export, args=(ej,), name=f"da3-export-{kind}-{run_dir.name}",
+                                          daemon=True).start()
+        )
+        return ej
+
+    def export_job(self, run_dir: Path, kind: str) -> ExportJob | None:
+        """The export job of ``kind`` of the run in ``run_dir`` that this server holds
+        (queued, running or finished recently), or None."""
+        self._forget_old()
+        with self._lock:
+            return self._exports.get((str(run_dir), kind))
+
+    def export_status(self, run_dir: Path, kind: str) -> ExportStatus | None:
+        """What a page shows of the last export of ``kind`` of the run in ``run_dir``: the job
+        this server holds (its new events read first), else its record in exports/, else
+        None. A record left ``pending`` by an earlier server process is marked failed
+        (interrupted) here, and whatever that writer left half-written is removed."""
+        run_dir = Path(run_dir)
+        ej = self.export_job(run_dir, kind)
+        if ej is not None:
+            ej.pump()
+            return ej.snapshot()
+        with self._lock:
+            if self._exports.get((str(run_dir), kind)) is not None:  # submitted since the look above
+                return self._exports[(str(run_dir), kind)].snapshot()
+            record = read_export_record(run_dir, kind)
+            if record is None:
+                return None
+            if record.get("status") == "pending":
+                record = {**record, "status": "failed", "message": INTERRUPTED_EXPORT}
+                try:
+                    self._remove_partial(run_dir, kind)
+                    _write_export_record(run_dir, kind, record)
+                except OSError:
+                    log.exception("run %s: could not mark the interrupted %s as failed", run_dir.name, EXPORT_TITLES[kind])
+                log.warning("run %s: the %s was pending with no job in this server: marked failed (interrupted)", run_dir.name,
+                            EXPORT_TITLES[kind])
+        return _status_from_record(kind, record)
+
+    def cancel_export(self, run_dir: Path, kind: str) -> bool:
+        """Cancel the export of ``kind`` of the run in ``run_dir``; False when none is pending."""
+        ej = self.export_job(run_dir, kind)
+        if ej is None or ej.finished:
+            return False
+        log.debug("run %s: cancel of the %s asked by the user", ej.run_id, ej.title)
+        ej.cancel()
+        return True
+
+    @staticmethod
+    def _remove_partial(run_dir: Path, kind: str) -> None:
+        """Remove what a stopped writer of this export left under a hidden name."""
+        from da3_core.atomic import remove_partial
+
+        target = export_target(run_dir, kind)
+        # The 3DGS PLY's writer works in a hidden folder beside gs_ply/ (DA3 names the file).
+        for removed in remove_partial(target.parent if kind == "gs_ply" else target):
+            log.debug("run %s: removed the unfinished %s", run_dir.name, removed.name)
+
+    def _watch_export(self, ej: ExportJob) -> None:
+        """Save how an export job ended to its record in exports/ (never leaves it pending)."""
+        job, files, info = ej.job, (), {}
+        try:
+            value = job.result()
+        except TaskCancelledError:
+            outcome = RunOutcome("cancelled", "cancelled by the user")
+        except GPUError as exc:
+            kind = getattr(exc, "type_name", type(exc).__name__)
+            message = exc.message if isinstance(exc, TaskError) else str(exc)
+            outcome = RunOutcome("failed", f"{kind}: {message}", traceback=getattr(exc, "remote_traceback", ""))
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the job must not stay pending
+            log.debug("traceback", exc_info=True)
+            outcome = RunOutcome("failed", f"the result could not be read: {type(exc).__name__}: {exc}")
+        else:
+            files, info = _export_files(ej.run_dir, value)
+            outcome = RunOutcome("done")
+        clock = job_clock(job)
+        if not outcome.ok:
+            try:
+                self._remove_partial(ej.run_dir, ej.kind)
+            except OSError:
+                log.exception("run %s: could not remove the unfinished %s", ej.run_id, ej.title)
+        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s: %s %s in %s%s", ej.run_id, ej.title,
+                outcome.status, took_text(*clock) if clock else "?", f": {one_line(outcome.message)}" if outcome.message else "")
+        if outcome.traceback:
+            log.debug("run %s: %s worker traceback:\n%s", ej.run_id, ej.title, outcome.traceback)
+        record = {"kind": ej.kind, "run_id": ej.run_id, "status": outcome.status, "message": outcome.message,
+                  "traceback": outcome.traceback, "files": list(files), "info": _jsonable(info), "options": _jsonable(ej.options),
+                  "estimate": ej.estimate.note(), "total_s": clock[0] if clock else None, "waiting_s": clock[1] if clock else None}
+        try:
+            _write_export_record(ej.run_dir, ej.kind, record)
+        except OSError as exc:  # the page still learns the outcome from memory
+            log.error("run %s: could not write the %s's record: %s", ej.run_id, ej.title, exc)
+        ej.files, ej.info = tuple(files), dict(info)
+        ej.finished_at = time.monotonic()
+        ej.outcome = outcome  # last: the job reads as finished once its record is written
+
+
+def _export_files(run_dir: Path, value: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """(files relative to exports/, other figures) from an export task's return value: a
+    list of paths (COLMAP), a path (3DGS PLY) or a dict with ``path`` (the video)."""
+    info: dict[str, Any] = {}
+    if isinstance(value, dict):
+        info = {k: v for k, v in value.items() if k != "path"}
+        paths = [value["path"]] if value.get("path") else []
+    elif isinstance(value, (list, tuple)):
+        paths = list(value)
+    else:
+        paths = [value]
+    exports = (Path(run_dir) / runs.EXPORTS_DIR).resolve()
+    files = []
+    for p in paths:
+        path = Path(str(p)).resolve()
+        files.append(str(path.relative_to(exports)) if path.is_relative_to(exports) else path.name)
+    return tuple(files), info
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, MutableMapping
 
@@ -23,7 +24,7 @@ import streamlit as st
 from da3_core import auth, geometry, runs, workspace
 from da3_core.config import Settings
 from da3_core.contract import Reconstruction
-from da3_core.run_service import ActiveRun, RunOutcome, RunService
+from da3_core.run_service import QUEUE_WAIT_S, WALL_S, ActiveRun, RunService, took_text
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +33,138 @@ ACTIVE = "active_run"
 RECS = "recs"
 WORLD = "world_cache"
 WATCHING = "watching_run"
-OUTCOME = "last_outcome"
+LAST = "last_run"  # the run folder of the run this browser watched to its end (its banner)
 RECONCILED = "reconciled"
 PREFS_FILE = "prefs.json"
 _MAX_RECS = 3
 _MAX_WORLD = 2
 # What this browser session caches about the runs of its folder: dropped when the folder changes.
-_PER_FOLDER = (ACTIVE, RECS, WORLD, WATCHING, OUTCOME, RECONCILED)
+_PER_FOLDER = (ACTIVE, RECS, WORLD, WATCHING, LAST, RECONCILED)
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How the last run this browser watched ended, for the Reconstruct page to report."""
+class RunView:
+    """A browser's view of its run: the one object the pages read for a run's state.
+
+    Made by `view_of` from the server's run while the run service holds it (queued, running,
+    or ended recently: its outcome, traceback and exact times), else from the run folder's
+    ``run.json``. ``st.session_state`` keeps only which run folder this browser watches
+    (`WATCHING`) or watched to its end (`LAST`), never a copy of the outcome.
+
+    Attributes:
+        run_id / run_dir: The run.
+        status: ``"queued"``, ``"running"``, ``"done"``, ``"failed"``, ``"cancelled"``, or
+            ``"pending"`` (run.json says pending and this server does not run it).
+        message: Why it did not finish ("" when done).
+        model_unavailable: Its weights could not be found (the page offers demo weights).
+        traceback: The worker-side traceback, while the server holds the run.
+        line / fraction / cancel_requested: The live status line, progress in [0, 1], and
+            whether cancel was asked, while it runs.
+        n_views / preset / device / params: From run.json (the result's, once done).
+        total_s / waiting_s: Seconds from submission to the end (or now), and of those in
+            the queue (None when not known: runs saved before this was recorded).
+        chunked: The chunked run's figures (``params["chunked"]``: chunks, chunk, overlap,
+            alignment, loops_closed), {} for a one-call run.
+        resumable: A chunked run's folder (Resume continues it after a stop).
+        retry_of / retry_frames: The run this one re-ran with demo weights, and whether it
+            got the exact frames or the saved copies ("" when not a re-run).
+    """
 
     run_id: str
-    outcome: RunOutcome
+    run_dir: Path
+    status: str
+    message: str = ""
+    model_unavailable: bool = False
+    traceback: str = ""
+    line: str = ""
+    fraction: float = 0.0
+    cancel_requested: bool = False
+    n_views: int = 0
+    preset: str = ""
+    device: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    total_s: float | None = None
+    waiting_s: float | None = None
+    chunked: dict[str, Any] = field(default_factory=dict)
+    resumable: bool = False
+    retry_of: str = ""
+    retry_frames: str = ""
+
+    @property
+    def pending(self) -> bool:
+        """Queued or running on this server."""
+        return self.status in ("queued", "running")
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "failed", "cancelled")
 
     @property
     def ok(self) -> bool:
-        return self.outcome.ok
+        return self.status == "done"
+
+    def took(self) -> str:
+        """``6.1 s (4.0 s running, 2.1 s waiting)``: submission to end, split between the
+        worker and the queue, as the server's log says it (``6.1 s`` when the split is unknown)."""
+        return took_text(self.total_s, self.waiting_s)
+
+    def chunk_text(self) -> str:
+        """``, 3 chunks of 8 (overlap 3), alignment sim3, 1 loop(s) closed`` ("" for a one-call run)."""
+        c = self.chunked
+        if not c:
+            return ""
+        return (f", {c.get('chunks')} chunks of {c.get('chunk')} (overlap {c.get('overlap')}), alignment "
+                f"{c.get('alignment') or 'none'}, {c.get('loops_closed', 0)} loop(s) closed")
+
+
+def view_of(service: RunService, run_dir: Path) -> RunView | None:
+    """The `RunView` of the run in ``run_dir``: from the server's run while it holds it,
+    else from the run folder; None when neither knows it."""
+    run_dir = Path(run_dir)
+    run = service.get(run_dir)
+    try:
+        meta: runs.RunMeta | None = runs.read_meta(run_dir)
+    except (OSError, ValueError, TypeError):
+        meta = None
+    if meta is None:
+        if run is None:
+            return None
+        meta = run.meta
+    assert meta is not None
+    common = {"run_id": meta.run_id, "run_dir": run_dir, "n_views": len(meta.names), "preset": meta.preset,
+              "device": meta.device, "params": dict(meta.params), "chunked": dict(meta.params.get("chunked") or {}),
+              "resumable": runs.is_chunked(run_dir), "retry_of": str(meta.params.get("retry_of") or ""),
+              "retry_frames": str(meta.params.get("retry_frames") or "")}
+    if run is not None:
+        now = time.monotonic()
+        started = run.started_at
+        # A one-call run's job end (its outcome is saved a moment later); a chunked run's end.
+        ended = (getattr(run, "ended_at", None) or run.finished_at) if run.finished else None
+        end = ended if ended is not None else now
+        waiting = (started if started is not None else end) - run.submitted_at
+        if run.chunked and started is None and run.finished:
+            waiting = None  # nobody looked while it ran: when its first chunk started is not known
+        timing = {"total_s": end - run.submitted_at, "waiting_s": waiting}
+        if not run.finished:
+            status = "queued" if started is None else "running"
+            return RunView(status=status, line=run.status_line(), fraction=float(run.fraction),
+                           cancel_requested=bool(run.cancel_requested), **timing, **common)
+        outcome = run.outcome
+        return RunView(status=outcome.status, message=outcome.message, model_unavailable=outcome.model_unavailable,
+                       traceback=outcome.traceback, fraction=1.0 if outcome.ok else float(run.fraction), **timing, **common)
+    t = meta.timings
+    total = t.get(WALL_S, t.get("total"))
+    return RunView(status=meta.status, message=meta.error, model_unavailable=meta.error.startswith("ModelUnavailableError"),
+                   fraction=1.0 if meta.status == "done" else 0.0, total_s=None if total is None else float(total),
+                   waiting_s=t.get(QUEUE_WAIT_S), **common)
+
+
+def run_view(service: RunService) -> RunView | None:
+    """This browser's run: the one it watches, else the last one it watched to its end; None
+    when it watched none (or the run is gone)."""
+    ss = state()
+    key = ss.get(WATCHING) or ss.get(LAST)
+    return view_of(service, Path(key)) if key else None
 
 
 def state() -> MutableMapping[str, Any]:
@@ -130,6 +244,18 @@ def live_partial(settings: Settings) -> tuple[Path, runs.RunMeta] | None:
     return (path, meta) if meta.status == "pending" else None
 
 
+def watched_chunked_run(settings: Settings) -> str | None:
+    """The id of the chunked run this browser watches while it is pending, else None."""
+    key = state().get(WATCHING)
+    if not key or not runs.is_chunked(Path(key)):
+        return None
+    try:
+        meta = runs.read_meta(Path(key))
+    except (OSError, ValueError):
+        return None
+    return meta.run_id if meta.status == "pending" else None
+
+
 def active_run(settings: Settings) -> tuple[Path, runs.RunMeta, Reconstruction] | None:
     """The run the pages show: the watched chunked run while it runs (its frames so far),
     else the active finished run (the newest finished one if none was chosen), or None."""
@@ -169,8 +295,14 @@ def reconstruction(path: Path, meta: runs.RunMeta) -> Reconstruction:
 
 
 def remember(run_id: str, rec: Reconstruction) -> None:
+    """Cache a result just collected; the oldest beyond `_MAX_RECS` are let go (every finished
+    run used to stay here for the life of the browser session: the server grew by each
+    run's arrays)."""
     cache: dict[str, Reconstruction] = state().setdefault(RECS, {})
+    cache.pop(run_id, None)  # newest last
     cache[run_id] = rec
+    while len(cache) > _MAX_RECS:
+        cache.pop(next(iter(cache)))
 
 
 def world_points(run_id: str, rec: Reconstruction, fov_deg: float) -> tuple[geometry.Cameras, geometry.WorldPoints]:
@@ -197,7 +329,7 @@ def watch(active: ActiveRun) -> None:
     """Watch ``active`` from now on (it was just submitted, or found again after a reload)."""
     ss = state()
     ss[WATCHING] = str(active.run_dir)
-    ss.pop(OUTCOME, None)
+    ss.pop(LAST, None)
 
 
 def collect(service: RunService, settings: Settings) -> ActiveRun | None:
@@ -206,8 +338,8 @@ def collect(service: RunService, settings: Settings) -> ActiveRun | None:
     * No run watched: a run of this session that the server still holds (e.g. started
       before a browser reload) is watched again; pending runs no job owns are marked
       failed once per browser session (`RunService.reconcile`).
-    * The watched run finished: its outcome is kept for the Reconstruct page, and a
-      finished result becomes the active run.
+    * The watched run finished: it becomes the run whose outcome the Reconstruct page
+      shows (`LAST`, read through `run_view`), and a finished result becomes the active run.
 
     Returns:
         The run still in progress, or None.
@@ -232,7 +364,7 @@ def collect(service: RunService, settings: Settings) -> ActiveRun | None:
         return active
     ss.pop(WATCHING, None)
     assert active.outcome is not None
-    ss[OUTCOME] = Outcome(active.run_id, active.outcome)
+    ss[LAST] = str(active.run_dir)
     if active.outcome.ok:
         if active.result is not None:
             remember(active.run_id, active.result)

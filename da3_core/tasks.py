@@ -11,7 +11,16 @@ from typing import Any
 
 from da3_core.config import load_settings
 from da3_core.contract import ChunkRequest, ChunkResult, ReconstructRequest, Reconstruction
-from da3_core.runner import gpu
+from da3_core.runner import Runner, gpu, set_default_runner_factory
+
+
+def _runner_from_settings() -> Runner:
+    return Runner(**load_settings().runner_options())
+
+
+# A task called without ``runner=`` before the app made its runner (a script) runs on one
+# made from the settings (DA3_ISOLATION, DA3_WORKERS, DA3_RAY_ADDRESS, DA3_CANCEL_GRACE_S).
+set_default_runner_factory(_runner_from_settings)
 
 
 def reconstruct_budget(request: ReconstructRequest, *args: Any, **kwargs: Any) -> float:
@@ -63,7 +72,10 @@ def worker_info() -> dict[str, Any]:
 
 @gpu(duration=600)
 def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0) -> list[str]:
-    """Write a COLMAP sparse model with DA3's exporter; return the files written."""
+    """Write a COLMAP sparse model with DA3's exporter into ``out_dir`` (a hidden folder
+    renamed to ``out_dir`` when complete); return the files written.
+
+    Queued by `da3_core.run_service.RunService.submit_export` (kind ``colmap``)."""
     from da3_core.worker.exports import export_colmap as run
 
     return run(rec, image_paths, out_dir, conf_percentile)
@@ -71,7 +83,10 @@ def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, con
 
 @gpu(duration=600)
 def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
-    """Write the Gaussians as a 3DGS PLY with DA3's writer; return the file path."""
+    """Write the Gaussians as a 3DGS PLY with DA3's writer (``out_dir/gs_ply/0000.ply``,
+    renamed into place when complete); return the file path.
+
+    Queued by `da3_core.run_service.RunService.submit_export` (kind ``gs_ply``)."""
     from da3_core.worker.exports import export_gs_ply as run
 
     return run(rec, out_dir)
@@ -82,7 +97,10 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
                     depth_panel: bool = False) -> dict[str, Any]:
     """DA3's novel-view video of the Gaussians (CUDA + gsplat); see `da3_core.worker.gs_video`.
 
-    The budget covers gsplat's one-time kernel compile (about 70 s on an H100).
+    The budget covers gsplat's one-time kernel compile (69.5 s and 86 s measured on H100s,
+    ``../shared/design/GPU_NOTES.md``) plus the rendering. The mp4 is written under a hidden
+    name and renamed to ``out_path`` when complete. Queued by
+    `da3_core.run_service.RunService.submit_export` (kind ``gs_video``).
     """
     from da3_core.worker.gs_video import render_gs_video as run
 

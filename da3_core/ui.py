@@ -176,21 +176,71 @@ def _pending_status_body(ctx: PageContext, compact: bool) -> None:
         return
     active = session.collect(ctx.service, ctx.settings)
     if active is None:  # it ended since the last look: redraw the whole page with the outcome
-        st.session_state[_RERUN_ASKED] = True
-        st.rerun(scope="app")
-    label = active.status_line()
+        _ask_app_rerun()
+    view = session.view_of(ctx.service, active.run_dir)
+    if view is None or not view.pending:
+        _ask_app_rerun()
+        return
     if compact:
-        box.caption(label)
-        box.progress(min(1.0, active.fraction))
+        box.caption(view.line)
+        box.progress(min(1.0, view.fraction))
         return
     with box.container(border=True):
-        st.markdown(f"**{md(label)}**")
-        st.progress(min(1.0, active.fraction))
-        if active.cancel_requested:
+        st.markdown(f"**{md(view.line)}**")
+        st.progress(min(1.0, view.fraction))
+        if view.cancel_requested:
             st.caption("Cancelling…")
         elif st.button("Cancel run", key="rc_cancel", help="Stops the run; its inputs stay in the run folder."):
-            log.debug("run %s: cancel asked by the user", active.run_id)
-            active.cancel()
+            ctx.service.cancel(view.run_dir)
+            st.caption("Cancelling…")
+
+
+def _ask_app_rerun() -> None:
+    """From a status fragment: redraw the whole page (a job ended). Asked again by the next
+    fragment run until the full run comes (`page_setup` clears the flag): one was lost when
+    two polling fragments raced."""
+    st.session_state[_RERUN_ASKED] = True
+    st.rerun(scope="app")
+
+
+def export_status(ctx: PageContext, run_dir: Path, kind: str) -> Any:
+    """The live status of an export job of the run in ``run_dir`` (queue place, stage,
+    progress, its estimate, Cancel), drawn by a fragment that re-runs twice a second only
+    while the job is queued or running; when it ends the whole page is redrawn, and the page
+    draws the end (message, download) from the returned status.
+
+    The job is the run service's (`RunService.submit_export`), found again by run folder
+    and kind: a reload, or another page and back, shows the same job.
+
+    Returns:
+        The job's `da3_core.run_service.ExportStatus` as this page run began, or None when
+        this run was never exported to ``kind``.
+    """
+    status = ctx.service.export_status(run_dir, kind)
+    every = 0.5 if status is not None and status.pending else None
+    with st.container():
+        st.fragment(run_every=every)(_export_status_body)(ctx, run_dir, kind, every is not None)
+    return status
+
+
+def _export_status_body(ctx: PageContext, run_dir: Path, kind: str, polling: bool) -> None:
+    if st.session_state.get(_RERUN_ASKED):
+        st.rerun(scope="app")
+    status = ctx.service.export_status(run_dir, kind)
+    if status is None or not status.pending:
+        if polling:  # it ended since the page was drawn: redraw it with the end and the download
+            _ask_app_rerun()
+        return
+    with st.container(border=True):
+        st.markdown(f"**{md(status.line)}**")
+        st.progress(min(1.0, status.fraction))
+        if status.estimate:
+            st.caption(md(status.estimate))
+        if status.cancel_requested:
+            st.caption("Cancelling…")
+        elif st.button("Cancel", key=f"ex_{kind}_cancel", help="Stops it; nothing half-written is kept, an earlier file stays."):
+            ctx.service.cancel_export(run_dir, kind)
+            st.caption("Cancelling…")
 
 
 # --------------------------------------------------------------------------------------
@@ -208,34 +258,52 @@ MODEL_KEYS = ("model_kind", "model_preset", "model_dir", "model_demo")
 
 
 def _init_model_state(ctx: PageContext) -> None:
-    """The model widgets' first values: this session's last choice (saved with its runs,
-    so a reload keeps it), else the configured default."""
+    """The model widgets' first values: this browser session's last choice (kept across
+    pages: Streamlit drops the state of widgets a page does not draw), else the choice saved
+    in the session folder (a reload keeps it; saved when the user changes it), else the
+    configured default."""
     ss = st.session_state
-    if "model_kind" in ss:
-        return
-    spec = ModelSpec.from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
-    kind = {"hub": MODEL_KINDS[0], "local": MODEL_KINDS[1], "demo": MODEL_KINDS[2]}[spec.kind]
-    ss["model_kind"] = kind
-    hub_preset = presets.preset_for(spec.ref) if spec.kind == "hub" else None
-    ss["model_preset"] = (hub_preset or presets.default_preset(ctx.device or "cpu")).name
     local = [str(p) for p in ctx.settings.local_checkpoints()]
-    if local:
-        ss["model_dir"] = spec.ref if spec.kind == "local" and spec.ref in local else local[0]
-    ss["model_demo"] = spec.ref if spec.kind == "demo" else presets.default_preset(ctx.device or "cpu").name
-    saved = session.load_prefs(ctx.settings).get("model", {})
-    if isinstance(saved, dict):
-        allowed = {"model_kind": MODEL_KINDS, "model_preset": tuple(PRESETS_BY_NAME), "model_dir": tuple(local),
-                   "model_demo": tuple(PRESETS_BY_NAME)}
+    allowed = {"model_kind": MODEL_KINDS, "model_preset": tuple(PRESETS_BY_NAME), "model_dir": tuple(local),
+               "model_demo": tuple(PRESETS_BY_NAME)}
+    if "model_kind" not in ss:
+        spec = ModelSpec.from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
+        kind = {"hub": MODEL_KINDS[0], "local": MODEL_KINDS[1], "demo": MODEL_KINDS[2]}[spec.kind]
+        defaults = {"model_kind": kind}
+        hub_preset = presets.preset_for(spec.ref) if spec.kind == "hub" else None
+        defaults["model_preset"] = (hub_preset or presets.default_preset(ctx.device or "cpu")).name
+        if local:
+            defaults["model_dir"] = spec.ref if spec.kind == "local" and spec.ref in local else local[0]
+        defaults["model_demo"] = spec.ref if spec.kind == "demo" else presets.default_preset(ctx.device or "cpu").name
+        saved = session.load_prefs(ctx.settings).get("model", {})
+        if isinstance(saved, dict):
+            defaults.update({k: saved[k] for k in allowed if saved.get(k) in allowed[k]})  # only values the widgets offer (the file is data)
+        # First look, or back from another page: every key set (a stale value may linger
+        # under a dropped widget's key), this session's kept choice first.
         for key, options in allowed.items():
-            if saved.get(key) in options:  # only values the widgets offer (the file is data)
-                ss[key] = saved[key]
+            value = kept(key, None) if kept(key, None) in options else defaults.get(key)
+            if value is not None:
+                ss[key] = value
+        return
+    for key, options in allowed.items():  # a widget not drawn for a while (another kind of weights)
+        if key not in ss and kept(key, None) in options:
+            ss[key] = kept(key, None)
 
 
 def _save_model_choice(ctx: PageContext) -> None:
+    """Save this session's model choice in its folder (`session.save_prefs`), so a reload keeps it."""
     ss = st.session_state
     prefs = session.load_prefs(ctx.settings)
-    prefs["model"] = {k: ss[k] for k in MODEL_KEYS if isinstance(ss.get(k), str)}
+    choice = {k: kept(k, None) for k in MODEL_KEYS} | {k: ss.get(k) for k in MODEL_KEYS if k in ss}
+    prefs["model"] = {k: v for k, v in choice.items() if isinstance(v, str)}
     session.save_prefs(ctx.settings, prefs)
+
+
+def _model_changed(ctx: PageContext, key: str) -> None:
+    """A model widget's on_change: keep the new value and save the choice (a user's change
+    only: a page visit writes nothing to disk)."""
+    keep(key, st.session_state.get(key))
+    _save_model_choice(ctx)
 
 
 def use_demo_weights() -> None:
@@ -246,11 +314,13 @@ def use_demo_weights() -> None:
 def model_picker(ctx: PageContext) -> tuple[ModelSpec | None, Preset | None]:
     """Model choice widgets; returns the spec (None if incomplete) and its preset when known."""
     _init_model_state(ctx)
-    kind = st.radio("Weights", MODEL_KINDS, horizontal=True, key="model_kind")
+    kind = st.radio("Weights", MODEL_KINDS, horizontal=True, key="model_kind", on_change=_model_changed, args=(ctx, "model_kind"))
+    keep("model_kind", kind)
     label = {p.name: f"{p.label} · {p.params} · {p.hub_id}" for p in PRESETS}
     if kind == MODEL_KINDS[0]:
-        name = st.selectbox("Preset", list(label), format_func=label.get, key="model_preset",
-                            help="Weights come from the Hugging Face hub (cached after the first download).")
+        name = st.selectbox("Preset", list(label), format_func=label.get, key="model_preset", on_change=_model_changed,
+                            args=(ctx, "model_preset"), help="Weights come from the Hugging Face hub (cached after the first download).")
+        keep("model_preset", name)
         preset = PRESETS_BY_NAME[name]
         return ModelSpec("hub", preset.hub_id), preset
     if kind == MODEL_KINDS[1]:
@@ -260,10 +330,13 @@ def model_picker(ctx: PageContext) -> tuple[ModelSpec | None, Preset | None]:
                     "to a folder of checkpoint folders (a hub download of depth-anything/DA3-* or a save_pretrained folder).")
             return None, None
         # A choice among configured folders, never a typed path: users cannot make the server read arbitrary paths.
-        folder = st.selectbox("Checkpoint folder", folders, key="model_dir",
+        folder = st.selectbox("Checkpoint folder", folders, key="model_dir", on_change=_model_changed, args=(ctx, "model_dir"),
                               format_func=lambda f: f"{Path(f).name} ({preset_of_folder(f).label if preset_of_folder(f) else 'unknown preset'})")
+        keep("model_dir", folder)
         return ModelSpec("local", folder), preset_of_folder(folder)
-    name = st.selectbox("Preset to build untrained weights from", list(label), format_func=label.get, key="model_demo")
+    name = st.selectbox("Preset to build untrained weights from", list(label), format_func=label.get, key="model_demo",
+                        on_change=_model_changed, args=(ctx, "model_demo"))
+    keep("model_demo", name)
     st.caption("Untrained weights exercise every feature offline; the geometry they produce is meaningless.")
     return ModelSpec("demo", name), PRESETS_BY_NAME[name]
 
@@ -284,9 +357,10 @@ class RunParams:
     chunk: int = 0
     overlap: int = 0
     loop_closure: bool = True
+    problems: tuple[str, ...] = ()  # values out of range, a sentence each: the run cannot start until they are fixed
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("chunk_mode", "chunk", "overlap", "loop_closure")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("chunk_mode", "chunk", "overlap", "loop_closure", "problems")}
         d["chunking"] = {"mode": self.chunk_mode, "chunk": self.chunk, "overlap": self.overlap, "loop_closure": self.loop_closure}
         return d
 
@@ -320,61 +394,106 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str], cam
     ``cameras_given``: the run will have known cameras (DA3 then selects no reference view,
     and the Gaussians are not offered: DA3 leaves them in its own frame)."""
     multi = preset is None or preset.multi_view
+    problems: list[str] = []
     cols = st.columns(3)
-    lo, hi = presets.PROCESS_RES_RANGE
-    asked = cols[0].number_input("process_res", min_value=lo, max_value=2016, value=504, step=presets.PATCH_SIZE, key="rc_res",
-                                 help="Processing resolution in pixels. DA3 runs at a multiple of 14 (the value used is shown "
-                                      "when it differs). DA3 default 504.")
-    method = cols[1].selectbox("process_res_method", presets.PROCESS_RES_METHODS, key="rc_method", format_func=lambda m: f"{m} — {_METHOD_HELP[m]}")
-    process_res = presets.snap_process_res(int(asked), method)
-    if process_res != int(asked):
+    lo, hi = PROCESS_RES_FIELD
+    asked, problem = bounded_number(cols[0], "process_res", lo, hi, 504, "rc_res", step=presets.PATCH_SIZE,
+                                    help=f"Processing resolution in pixels, {lo} to {hi}. DA3 runs at a multiple of 14 (the value "
+                                         "used is shown when it differs). DA3 default 504.")
+    problems += [problem] if problem else []
+    method = cols[1].selectbox("process_res_method", presets.PROCESS_RES_METHODS, key="rc_method",
+                               index=kept_index("rc_method", presets.PROCESS_RES_METHODS), format_func=lambda m: f"{m} — {_METHOD_HELP[m]}")
+    keep("rc_method", method)
+    process_res = presets.snap_process_res(min(max(asked, lo), hi), method)
+    if process_res != asked and not problem:
         cols[0].caption(f"DA3 runs at **{process_res}** (a multiple of 14).")
-    device = cols[2].selectbox("Device", presets.DEVICES, key="rc_device",
+    device = cols[2].selectbox("Device", presets.DEVICES, key="rc_device", index=kept_index("rc_device", presets.DEVICES),
                                help="auto: CUDA, then Apple MPS, then CPU (on CPU: float32, or bfloat16 where the processor has it).")
+    keep("rc_device", device)
     cols = st.columns(3)
     strategy = cols[0].selectbox("ref_view_strategy", presets.REF_VIEW_STRATEGIES, key="rc_strategy", disabled=not multi or cameras_given,
+                                 index=kept_index("rc_strategy", presets.REF_VIEW_STRATEGIES),
                                  help="How DA3 picks the reference view; acts with 3 or more views on multi-view presets. "
                                       "With known cameras DA3 picks none (each view gets its camera's token).")
+    keep("rc_strategy", strategy)
     options = ["auto"] + list(range(len(names)))
     if st.session_state.get("rc_ref") not in options:
-        st.session_state["rc_ref"] = "auto"  # fewer frames than before: the old choice is gone
+        # Back from another page (Streamlit dropped the widget): the kept choice; fewer frames than before: auto.
+        st.session_state["rc_ref"] = kept("rc_ref", "auto") if kept("rc_ref", "auto") in options else "auto"
     ref = cols[1].selectbox("Reference view", options, key="rc_ref", disabled=not multi or len(names) < 2,
                             format_func=lambda o: "auto (use the strategy)" if o == "auto" else f"{o}: {names[o]}",
                             help="Force one frame as the reference: the world frame follows that camera.")
+    keep("rc_ref", ref)
     gs_reason = gs_unavailable_reason(ctx, preset, device)
     if gs_reason is None and cameras_given:
         gs_reason = "not with known cameras (DA3 leaves the Gaussians in its own frame, not your cameras' world)"
-    infer_gs = cols[2].toggle("Infer 3D Gaussians", key="rc_gs", disabled=gs_reason is not None,
+    infer_gs = cols[2].toggle("Infer 3D Gaussians", bool(kept("rc_gs", False)), key="rc_gs", disabled=gs_reason is not None,
                               help="Adds DA3's 3D Gaussians: a viewer on the Point cloud page and a 3DGS PLY in the exports.")
+    keep("rc_gs", infer_gs)
     if gs_reason:
         cols[2].caption(f"Gaussians: {gs_reason}")
     if not multi:
         st.caption(f"{preset.label if preset else 'This preset'} is monocular: no camera poses and no confidence; "
                    "the point cloud uses identity poses and a stated field of view.")
     cols = st.columns([1, 2])
-    ray = cols[0].toggle("use_ray_pose", key="rc_ray", disabled=not multi,
+    ray = cols[0].toggle("use_ray_pose", bool(kept("rc_ray", False)), key="rc_ray", disabled=not multi,
                          help="Poses from DA3's ray head (RANSAC on predicted rays) instead of its camera decoder. "
                               "With known cameras it changes only the scale DA3 fits to them.")
+    keep("rc_ray", ray)
     cols[1].caption(ray_pose_cost() if multi else "use_ray_pose: monocular presets predict no poses.")
     st.markdown("**Long runs: chunks**")
     cols = st.columns([2, 1, 1, 1.4])
     mode = cols[0].selectbox("Chunked run", list(CHUNK_MODES), key="rc_chunk_mode", format_func=CHUNK_MODES.__getitem__,
+                             index=kept_index("rc_chunk_mode", list(CHUNK_MODES)),
                              help="A chunked run sends the frames as overlapping chunks, one DA3 call each (side by side on a "
                                   "pool of workers), aligns them into one world frame and closes loops: any number of frames "
                                   "in bounded memory. Saved chunk by chunk, so a stopped run can be resumed.")
-    chunk = cols[1].number_input("Chunk size", 0, 1000, 0, key="rc_chunk", help="Frames per chunk; 0: the run guard picks the "
-                                 "largest that fits in memory (at most 120, DA3-Streaming's).")
-    overlap = cols[2].number_input("Overlap", 0, 999, 0, key="rc_overlap", help="Frames shared by neighbouring chunks, on which "
-                                   "they are aligned; 0: a third of the chunk.")
-    loops = cols[3].toggle("Loop closure", True, key="rc_loops", help="When the camera comes back to a place it has seen, "
-                           "correct the drift between chunks (a pose graph over the chunks).")
-    if int(chunk) and int(overlap) >= int(chunk):
-        cols[2].caption(f"At most {int(chunk) - 1} (chunk size - 1).")
-        overlap = int(chunk) - 1
+    keep("rc_chunk_mode", mode)
+    chunk, problem = bounded_number(cols[1], "Chunk size", 0, 1000, 0, "rc_chunk", help="Frames per chunk, 0 to 1000; 0: the run "
+                                    "guard picks the largest that fits in memory (at most 120, DA3-Streaming's).")
+    problems += [problem] if problem else []
+    overlap, problem = bounded_number(cols[2], "Overlap", 0, 999, 0, "rc_overlap", help="Frames shared by neighbouring chunks, "
+                                      "0 to 999, on which they are aligned; 0: a third of the chunk.")
+    problems += [problem] if problem else []
+    loops = cols[3].toggle("Loop closure", bool(kept("rc_loops", True)), key="rc_loops", help="When the camera comes back to a "
+                           "place it has seen, correct the drift between chunks (a pose graph over the chunks).")
+    keep("rc_loops", loops)
+    chunk, overlap = min(max(chunk, 0), 1000), min(max(overlap, 0), 999)
+    if chunk and overlap >= chunk:
+        cols[2].caption(f"At most {chunk - 1} (chunk size - 1).")
+        overlap = chunk - 1
     params = RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device,
-                       use_ray_pose=bool(ray and multi), chunk_mode=str(mode), chunk=int(chunk), overlap=int(overlap),
-                       loop_closure=bool(loops))
+                       use_ray_pose=bool(ray and multi), chunk_mode=str(mode), chunk=chunk, overlap=overlap,
+                       loop_closure=bool(loops), problems=tuple(problems))
     return params
+
+
+PROCESS_RES_FIELD = (presets.PATCH_SIZE, 2016)
+"""The process_res the page takes: one patch up to 2016 (beyond, one frame alone outgrows any memory here)."""
+
+
+def bounded_number(where: Any, label: str, lo: int, hi: int, default: int, key: str, step: int = 1,
+                   help: str | None = None) -> tuple[int, str | None]:
+    """A whole-number field that takes any value and says when it is out of ``lo..hi``
+    (under the field); returns (value, the problem or None). Its value is kept across pages.
+
+    Streamlit's own ``min_value``/``max_value`` are not used: out of range, the browser marks
+    the field and keeps sending the last valid value, so a run used a number the field did
+    not show (5000 typed, 2016 run)."""
+    value = int(where.number_input(label, value=int(kept(key, default)), step=step, key=key, help=help))
+    keep(key, value)
+    if lo <= value <= hi:
+        return value, None
+    problem = f"{label} {value} is out of range: allowed {lo} to {hi}."
+    where.error(problem, icon="🚫")
+    return value, problem
+
+
+def kept_index(key: str, options: Any) -> int:
+    """The widget's ``index``: its kept value's place among ``options`` (0 when not there)."""
+    options = list(options)
+    value = kept(key, options[0])
+    return options.index(value) if value in options else 0
 
 
 def ray_pose_cost() -> str:
@@ -413,7 +532,11 @@ def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec |
     """The run guard's verdict, shown before the Run button: the estimated memory and time
     against what is available; for a run that cannot fit in one call, the chunked run with
     its own estimate (one click: the Run button runs it in chunks); else why and the ways on.
+    A parameter out of range (``params.problems``) refuses it, named here by the button.
     """
+    if params.problems:
+        st.error(md("Run is off until this is fixed under Parameters: " + " ".join(params.problems)), icon="🚫")
+        return GuardVerdict(False)
     if model is None or not sizes:
         return GuardVerdict(True)
     too_many = len(sizes) > ctx.settings.max_frames
@@ -578,6 +701,26 @@ def start_run(ctx: PageContext, images: list, names: list[str], source: str, mod
     return active
 
 
+def retry_with_demo_weights(ctx: PageContext, run_dir: Path) -> None:
+    """The "Use untrained demo weights and run again" action: the run service runs the run's
+    frames again with demo weights (`RunService.retry_with_demo_weights`); this browser
+    watches the new run. A refusal is shown on the page."""
+    from da3_core.runner.protocol import GPUError
+
+    fallback = st.session_state.get("model_demo") or presets.default_preset(ctx.device or "cpu").name
+    try:
+        active = ctx.service.retry_with_demo_weights(run_dir, fallback_preset=str(fallback))
+    except RunRefused as exc:  # the run guard: nothing saved, no worker started
+        show_error(f"The run was not started. {exc}")
+        return
+    except (ValueError, OSError, GPUError) as exc:
+        show_error(f"The run could not start: {exc}")
+        return
+    session.watch(active)
+    _save_model_choice(ctx)
+    st.rerun()
+
+
 def resume_button(ctx: PageContext, run_id: str) -> None:
     """A Resume button under a stopped chunked run: it continues from the first missing chunk."""
     run_dir = session.run_dir(ctx.settings, run_id)
@@ -627,6 +770,11 @@ def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruc
     """The active run (named under the title's place), or a pointer to the Reconstruct page and a stop."""
     found = session.active_run(ctx.settings)
     if found is None:
+        waiting = session.watched_chunked_run(ctx.settings)
+        if waiting is not None:  # a chunked run whose first chunk is not aligned yet
+            st.info(f"Run {waiting} is running in chunks: its frames show here once the first chunk is aligned.", icon="🧩")
+            _follow_partial(ctx, waiting, 0)
+            st.stop()
         st.info("No reconstruction yet in this session.")
         link("reconstruct", "Reconstruct: upload photos, a video or pick an example")
         st.stop()
@@ -647,10 +795,10 @@ def _follow_partial(ctx: PageContext, run_id: str, shown: int) -> None:
     """Rerun the page when more frames of the watched chunked run are ready, or it ended."""
 
     def check() -> None:
-        partial = session.live_partial(ctx.settings)
         from da3_core.chunks import store
 
-        now = store.frames_ready(partial[0]) if partial is not None else -1
+        pending = session.watched_chunked_run(ctx.settings)
+        now = store.frames_ready(session.run_dir(ctx.settings, pending)) if pending == run_id else -1  # -1: it ended
         if now != shown:
             st.rerun(scope="app")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from da3_core import cameras, inputs, runs, session, ui
+from da3_core import cameras, guard, inputs, runs, session, ui
 from da3_core.run_service import RunRefused
 from da3_core.runner.protocol import GPUError
 from da3_core.text import md
@@ -35,11 +35,19 @@ def image_preview(images: list) -> inputs.Batch:
     return batch
 
 
-source = st.radio("Frames from", ("Upload photos or a video", "Example scene"), horizontal=True, key="rc_source")
+# What the page was given is kept per browser session (Streamlit drops the state of widgets
+# a page run does not draw: another page, or the other source): values in `ui.keep`, and the
+# uploads themselves, which a file uploader cannot be given back.
+KEPT_UPLOADS = "rc_uploads_kept"  # uploads from before the uploader was last dropped, still in use
+LAST_UPLOADS = "rc_uploads_last"  # every upload in use at the last page run
+SOURCES = ("Upload photos or a video", "Example scene")
+source = st.radio("Frames from", SOURCES, horizontal=True, key="rc_source", index=ui.kept_index("rc_source", SOURCES))
+ui.keep("rc_source", source)
 frames: list[inputs.Frame] = []
 videos: list = []
 video_sizes: list[tuple[int, int]] = []  # (width, height) of each frame the videos will give, for the run guard
 files: list = []
+cap_problem: str | None = None  # the frame cap out of range
 shown_warnings: set[str] = set()
 
 
@@ -51,14 +59,28 @@ def warn(reason: str) -> None:
 
 
 if source.startswith("Upload"):
-    files = st.file_uploader(
+    ss = st.session_state
+    if "rc_files" not in ss and ss.get(LAST_UPLOADS):  # the uploader was dropped: it comes back empty
+        ss[KEPT_UPLOADS] = ss.pop(LAST_UPLOADS)
+    new_files = st.file_uploader(
         "Photos (jpg, png, bmp, tiff, webp, HEIC/HEIF, AVIF) and/or a video (mp4, mov, avi, mkv, webm)",
         type=list(inputs.UPLOAD_EXTENSIONS),
         accept_multiple_files=True,
         key="rc_files",
     ) or []
-    # Sniff each upload once per rerun, from its first bytes only (no copy of the whole file).
-    is_video = {f.file_id: inputs.sniff(bytes(f.getbuffer()[:64])).kind == "video" for f in files}
+    fresh = {f.file_id for f in new_files}
+    kept_files = [f for f in ss.get(KEPT_UPLOADS, []) if f.file_id not in fresh]
+    if kept_files:
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        listed = ", ".join(inputs.display_name(f.name) for f in kept_files[:5]) + (", …" if len(kept_files) > 5 else "")
+        c1.caption(md(f"{len(kept_files)} file(s) kept from before: {listed}") + " (used with any you add above).")
+        c2.button("Clear kept files", key="rc_clear_kept", on_click=lambda: ss.pop(KEPT_UPLOADS, None),
+                  help="Forget the files uploaded before you left this page; the ones in the box above stay.")
+    files = kept_files + list(new_files)
+    ss[LAST_UPLOADS] = files
+    # Sniff each upload once per rerun, from its first bytes only (no copy of the whole file); a
+    # damaged file named as a video is a video that cannot be read, not an unknown image.
+    is_video = {f.file_id: inputs.looks_like_video(f.name, bytes(f.getbuffer()[:64])) for f in files}
     infos = {}
     for video in (f for f in files if is_video[f.file_id]):
         try:
@@ -69,11 +91,15 @@ if source.startswith("Upload"):
     videos = [f for f in files if f.file_id in infos]
     if videos:
         c1, c2 = st.columns(2)
-        fps = c1.slider("Frames per second to take from the video", *inputs.TARGET_FPS_RANGE, value=inputs.DEFAULT_TARGET_FPS, step=0.1, key="rc_fps",
+        fps = c1.slider("Frames per second to take from the video", *inputs.TARGET_FPS_RANGE, step=0.1, key="rc_fps",
+                        value=float(ui.kept("rc_fps", inputs.DEFAULT_TARGET_FPS)),
                         help="DA3's rule: one frame every max(1, int(video fps / this)).")
-        cap = c2.number_input("Frame cap (whole run)", 1, settings.max_chunked_frames, min(32, settings.max_frames), key="rc_cap",
-                              help=f"One DA3 call takes at most DA3_MAX_FRAMES={settings.max_frames}; more frames run in chunks "
-                                   f"(up to DA3_MAX_CHUNKED_FRAMES={settings.max_chunked_frames}).")
+        ui.keep("rc_fps", fps)
+        cap, cap_problem = ui.bounded_number(
+            c2, "Frame cap", 1, settings.max_chunked_frames, min(32, settings.max_frames), "rc_cap",
+            help=f"Frames of the whole run, 1 to {settings.max_chunked_frames}. One DA3 call takes at most DA3_MAX_FRAMES="
+                 f"{settings.max_frames}; more frames run in chunks (up to DA3_MAX_CHUNKED_FRAMES={settings.max_chunked_frames}).")
+        cap = min(max(cap, 1), settings.max_chunked_frames)
     photos = [f for f in files if not is_video[f.file_id]]
     preview = image_preview(photos) if photos else inputs.Batch([], [], [])
 
@@ -93,19 +119,23 @@ else:
         st.error(f"No example scenes found under {md(EXAMPLES_ROOT.name)}.")
     else:
         by_key = {e.key: e for e in examples}
-        key = st.selectbox("Example", list(by_key), format_func=lambda k: f"{by_key[k].title} ({len(by_key[k].files)} views)", key="rc_example")
+        key = st.selectbox("Example", list(by_key), format_func=lambda k: f"{by_key[k].title} ({len(by_key[k].files)} views)", key="rc_example",
+                           index=ui.kept_index("rc_example", list(by_key)))
+        ui.keep("rc_example", key)
         st.caption(by_key[key].description)
         frames = inputs.load_example(by_key[key], settings)
 
 if frames:
     shown = frames[:12]
-    st.image([f.image for f in shown], caption=[f.name for f in shown], width=140)
+    # Image captions are Markdown too: names are data (`**x**.jpg` must not turn bold).
+    st.image([f.image for f in shown], caption=[md(f.name) for f in shown], width=140)
     if len(frames) > len(shown):
-        st.caption(f"+ {len(frames) - len(shown)} more")
+        st.caption(md(f"+ {len(frames) - len(shown)} more"))  # a leading "+ " would start a list
     notes = [f"{md(f.name)}: {md(f.note)}" for f in frames if f.note]
     if notes:
         with st.expander(f"Notes on {len(notes)} frame(s)"):
             st.markdown("\n".join(f"- {n}" for n in notes))
+crop_box = st.container()  # DA3's centre crop of mixed shapes: said here, once the parameters are known (below)
 
 cams_box = st.container()  # drawn here, filled once the preset is known (below)
 left, right = st.columns([3, 2])
@@ -118,11 +148,15 @@ names = [frames[i].name for i in cam_choice.frames]
 run_box = right.container(border=True)  # filled below, once the parameters are known (they sit under the columns)
 with st.expander("Parameters", expanded=False):
     params = ui.params_picker(ctx, preset, names, cameras_given=cam_choice.known is not None)
-params = dataclasses.replace(params, align_to_input_ext_scale=cam_choice.align)
+params = dataclasses.replace(params, align_to_input_ext_scale=cam_choice.align,
+                             problems=params.problems + ((cap_problem,) if videos and cap_problem else ()))
+sizes = [(frames[i].image.shape[1], frames[i].image.shape[0]) for i in cam_choice.frames] + video_sizes
+crop = guard.centre_crop_notice(sizes, params.process_res, params.process_res_method)
+if crop:
+    crop_box.info(md(crop), icon="✂️")
 with run_box:
     st.subheader("Run")
     busy = session.watching(ctx.service) is not None
-    sizes = [(frames[i].image.shape[1], frames[i].image.shape[0]) for i in cam_choice.frames] + video_sizes
     verdict = ui.run_guard(ctx, sizes, model, params) if not busy else ui.GuardVerdict(True)
     over_budget_ok = verdict.over_budget_ok
     ready = bool(frames or videos) and model is not None and not busy and verdict.fits
@@ -151,9 +185,11 @@ def start(frames_to_run: list[inputs.Frame], source_label: str, known: cameras.K
 
 if run_clicked and model is not None and not busy:
     if source.startswith("Upload"):
-        with st.spinner("Reading frames…"):
-            batch = inputs.load_batch(photos + videos, settings, target_fps=float(fps) if videos else inputs.DEFAULT_TARGET_FPS,
-                                      max_frames=int(cap) if videos else settings.max_chunked_frames)
+        if videos:
+            with st.spinner("Reading frames…"):
+                batch = inputs.load_batch(photos + videos, settings, target_fps=float(fps), max_frames=int(cap))
+        else:  # the photos as decoded for the preview: decoding them again doubled this process's share for a while
+            batch = preview
         for rejected in batch.rejected:
             warn(rejected.reason)
         to_run = list(batch.frames)
@@ -166,47 +202,35 @@ if run_clicked and model is not None and not busy:
     else:
         start([frames[i] for i in cam_choice.frames], f"example:{st.session_state.get('rc_example')}", cam_choice.known)
 
-# A retry of a run whose weights were missing, with demo weights and the same frames.
-retry = st.session_state.pop("rc_retry", None)
-if retry and model is not None and session.watching(ctx.service) is None:
-    run_dir = session.run_dir(settings, retry)
-    meta = runs.read_meta(run_dir)
-    retry_frames, exact = ctx.service.frames_for_retry(run_dir)
-    if not exact:
-        st.caption("The frames are re-read from the run folder (saved as JPEG q95: close to, not exactly, the first run's).")
-    saved = runs.load_cameras(run_dir, meta)
-    start([inputs.Frame(n, img, meta.source) for n, img in zip(meta.names, retry_frames)], meta.source,
-          None if saved is None else cameras.KnownCameras(*saved))
-
 ui.pending_status(ctx)
-if st.session_state.get(session.OUTCOME) is None and session.watching(ctx.service) is None:
+# This browser's run (the one it watches, or the last one it watched to its end): one object,
+# from the run service while it holds the run, else from the run folder.
+view = session.run_view(ctx.service)
+if view is None:
     ui.resumable_runs(ctx)  # chunked runs stopped by a server restart or an earlier session
-
-outcome: session.Outcome | None = st.session_state.get(session.OUTCOME)
-if outcome is not None and session.watching(ctx.service) is None:
-    if outcome.ok:
-        meta = runs.read_meta(session.run_dir(settings, outcome.run_id))
-        total = meta.timings.get("total", 0.0)
-        chunked = meta.params.get("chunked") or {}
-        how = (f", {chunked.get('chunks')} chunks of {chunked.get('chunk')} (overlap {chunked.get('overlap')}), alignment "
-               f"{chunked.get('alignment') or 'none'}, {chunked.get('loops_closed', 0)} loop(s) closed" if chunked else "")
-        st.success(f"Done: {len(meta.names)} view(s) with {meta.preset} on {meta.device} in {total:.1f} s{how}, "
-                   f"cameras: {cameras.describe(meta.params)} (run {meta.run_id}).")
+elif view.finished:
+    if view.ok:
+        st.success(f"Done: {view.n_views} view(s) with {view.preset} on {view.device} in {view.took()}{view.chunk_text()}, "
+                   f"cameras: {cameras.describe(view.params)} (run {view.run_id}).")
+        if view.retry_of:
+            st.caption(f"A re-run of run {view.retry_of} with untrained demo weights, on "
+                       + ("the same frames." if view.retry_frames == "exact" else
+                          "its frames re-read from the run folder (saved as JPEG q95: close to, not exactly, the first run's)."))
         for col, key in zip(st.columns(3), ("depth", "cloud", "exports")):
             with col:
                 ui.link(key)
-    elif outcome.outcome.status == "cancelled":
-        st.info(f"Cancelled: run {outcome.run_id} was stopped ({md(outcome.outcome.message)}). Its frames are kept in the run folder.", icon="⏹️")
-        ui.resume_button(ctx, outcome.run_id)
+    elif view.status == "cancelled":
+        st.info(f"Cancelled: run {view.run_id} was stopped ({md(view.message)}). Its frames are kept in the run folder.", icon="⏹️")
+        ui.resume_button(ctx, view.run_id)
     else:
-        ui.show_error(f"Run {outcome.run_id} failed. {outcome.outcome.message}", outcome.outcome.traceback)
+        ui.show_error(f"Run {view.run_id} failed. {view.message}", view.traceback)
         st.caption("Its frames are kept in the run folder.")
-        ui.resume_button(ctx, outcome.run_id)
-        if outcome.outcome.model_unavailable:
-            st.button(
-                "Use untrained demo weights and run again",
-                type="primary",
-                key="rc_use_demo",
-                on_click=lambda rid=outcome.run_id: (ui.use_demo_weights(), st.session_state.__setitem__("rc_retry", rid)),
-                help="Builds untrained weights from the preset once (about a second for DA3 Small) and re-runs the same frames.",
-            )
+        ui.resume_button(ctx, view.run_id)
+        if view.model_unavailable and st.button(
+            "Use untrained demo weights and run again",
+            type="primary",
+            key="rc_use_demo",
+            on_click=ui.use_demo_weights,  # the weights choice follows (a callback: the radio is drawn above)
+            help="Builds untrained weights from the preset once (about a second for DA3 Small) and re-runs the same frames.",
+        ):
+            ui.retry_with_demo_weights(ctx, view.run_dir)

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from da3_core import export, geometry, presets, runs, session, tasks, ui
+from da3_core import export, geometry, presets, run_service, runs, session, ui
 from da3_core.runner.protocol import GPUError
+from da3_core.text import md
 from da3_core.scene import depth_video, voxel
 
 ctx = ui.page_setup("Exports", "📦")
@@ -27,12 +28,23 @@ st.caption(f"Point formats use the Point cloud page's filters: {cs.filters.conf_
 cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)  # cached; the downloads below reuse it
 
 
+def hidden(rel: Path) -> bool:
+    """A part of the folder not offered by itself: anything under a hidden name (files being
+    written are hidden until complete)."""
+    return any(part.startswith(".") for part in rel.parts)
+
+
+# A chunked run keeps one folder per chunk and its memory-mapped arrays: listed as groups.
+GROUPED = {"input": "the frames as the model received them", "chunks": "each chunk as it landed (resume reads them)",
+           "result": "the assembled arrays (.npy, memory-mapped)"}
+
+
 def zip_folder(folder: Path, top: str) -> bytes:
     """``folder`` as a zip whose entries sit under ``top/`` (hidden files left out)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for p in sorted(folder.rglob("*")):
-            if p.is_file() and not p.name.startswith("."):
+            if p.is_file() and not hidden(p.relative_to(folder)):
                 zf.write(p, f"{top}/{p.relative_to(folder)}")
     return buf.getvalue()
 
@@ -142,6 +154,88 @@ if video_file.is_file() or png16_file.is_file():
 
 st.divider()
 st.markdown("**Made by DA3's own exporters in the worker**")
+st.caption("Each is a job of the worker's queue: it waits its turn, can be cancelled, is written to the run folder's "
+           "exports/ under a hidden name and renamed when complete, and this page finds it again after a reload.")
+
+
+def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> None:
+    """One export made in the worker: its button in ``c2`` (off while a job of this kind is
+    pending), and in ``c1`` its estimate, its live status (`ui.export_status`) and, once done,
+    its end; the download (in ``c2``) only once the job is done."""
+    before = ctx.service.export_status(run_dir, kind)
+    pending = before is not None and before.pending
+    if meta.status != "done":
+        c2.caption("Available once the run is done.")
+        return
+    if c2.button(label, key=key, width="stretch", disabled=pending,
+                 help="Being made: see its status." if pending else "Queued on the worker; this page shows its place and progress."):
+        try:
+            ctx.service.submit_export(run_dir, kind, rec, **options)
+        except (ValueError, OSError, GPUError) as exc:
+            ui.show_error(f"The {run_service.EXPORT_TITLES[kind]} could not be queued: {getattr(exc, 'message', exc)}",
+                          getattr(exc, "remote_traceback", ""))
+        else:
+            st.rerun()  # drawn again with the button off and the job's status
+    with c1:
+        status = ui.export_status(ctx, run_dir, kind)
+    if status is None or status.pending:
+        if status is None:
+            try:
+                c1.caption(md(ctx.service.export_estimate(run_dir, kind, rec, **options).note()))
+            except (ValueError, OSError):
+                pass
+        return
+    if status.ok:
+        made = export_made(kind)
+        if made is None:
+            c1.caption(f"The {status.title} made earlier is no longer in the run folder: make it again.")
+            return
+        c1.success(export_done_text(status))
+        offer_download(kind, made, c2)
+    elif status.status == "cancelled":
+        c1.info(f"The {status.title} was cancelled ({md(status.message)}); nothing half-written was kept.", icon="⏹️")
+    else:
+        with c1:
+            ui.show_error(f"The {status.title} failed: {status.message}", status.traceback)
+
+
+def export_made(kind: str) -> Path | None:
+    """The finished export on disk (the COLMAP folder, the PLY, the mp4), or None if gone."""
+    target = run_service.export_target(run_dir, kind)
+    if kind == "colmap":
+        return target if target.is_dir() and any(target.iterdir()) else None
+    return target if target.is_file() else None
+
+
+def export_done_text(status) -> str:
+    names = ", ".join(Path(f).name for f in status.files) or "no file"
+    if status.kind == "colmap":
+        what = f"COLMAP model written: {names} (exports/colmap in the run folder)"
+    elif status.kind == "gs_ply":
+        what = "3DGS PLY written (exports/gs_ply/0000.ply in the run folder)"
+    else:
+        info = status.info
+        what = (f"{info.get('frames')} frames, {info.get('width')}×{info.get('height')}, rendered in {float(info.get('render_s') or 0):.1f} s"
+                + (f" (+{float(info['compile_s']):.0f} s compiling gsplat)" if info.get("compile_s") else "")
+                + ". Saved in the run folder (exports/gs_video.mp4)")
+    return f"{what}, in {status.took()}." if status.took() else f"{what}."
+
+
+def offer_download(kind: str, made: Path, where) -> None:
+    """The download of a finished export (only when its job is done: never a half-written file)."""
+    if kind == "colmap":
+        where.download_button("Download COLMAP model (zip)", data=lambda: zip_folder(made, f"{meta.run_id}-colmap"),
+                              file_name=f"{meta.run_id}-colmap.zip", mime="application/zip", key="ex_colmap_zip",
+                              width="stretch", on_click="ignore")
+    elif kind == "gs_ply":
+        where.download_button("Download 3DGS PLY", data=lambda: made.read_bytes(), file_name=f"{meta.run_id}-gaussians.ply",
+                              mime="application/octet-stream", key="ex_gs_ply_dl", width="stretch", on_click="ignore")
+    else:
+        st.video(str(made))
+        st.download_button("Download the video (mp4)", data=lambda: made.read_bytes(), file_name=f"{meta.run_id}-gs-video.mp4",
+                           mime="video/mp4", key="ex_gsv_dl", on_click="ignore")
+
+
 c1, c2 = st.columns([3, 2])
 colmap_reason = None
 if not str(rec.params.get("process_res_method", "upper_bound_resize")).endswith("resize"):
@@ -153,39 +247,22 @@ c1.markdown("**COLMAP sparse model** — cameras, images (named as your frames) 
 if colmap_reason:
     c2.caption(f"Unavailable: {colmap_reason}.")
 else:
-    if c2.button("Make COLMAP model", key="ex_colmap", width="stretch"):
-        try:
-            with st.spinner("Writing COLMAP in the worker…"):
-                written = tasks.export_colmap.call(rec, runs.input_paths(run_dir, meta), str(out_dir / "colmap"),
-                                                   float(cs.filters.conf_percentile), runner=ctx.runner)
-            st.session_state["ex_colmap_done"] = (meta.run_id, [Path(p).name for p in written])
-        except GPUError as exc:
-            ui.show_error(f"COLMAP export failed: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
-    colmap_dir = out_dir / "colmap"
-    done = st.session_state.get("ex_colmap_done")
-    if colmap_dir.is_dir() and any(colmap_dir.rglob("*")):
-        if done and done[0] == meta.run_id:
-            c1.success(f"COLMAP model written: {', '.join(done[1]) or 'no file'} (exports/colmap in the run folder).")
-        c2.download_button("Download COLMAP model (zip)", data=lambda: zip_folder(colmap_dir, f"{meta.run_id}-colmap"),
-                           file_name=f"{meta.run_id}-colmap.zip", mime="application/zip", key="ex_colmap_zip",
-                           width="stretch", on_click="ignore")
+    worker_export("colmap", "Make COLMAP model", "ex_colmap", c1, c2, {"conf_percentile": float(cs.filters.conf_percentile)})
 c1, c2 = st.columns([3, 2])
 c1.markdown("**3D Gaussians (3DGS PLY)**")
 if rec.gaussians is None:
     c2.caption("Unavailable: this run has no Gaussians (presets with a GS head, with 'Infer 3D Gaussians').")
-elif c2.button("Make 3DGS PLY", key="ex_gs", width="stretch"):
-    try:
-        with st.spinner("Writing the 3DGS PLY in the worker…"):
-            tasks.export_gs_ply.call(rec, str(out_dir), runner=ctx.runner)
-    except GPUError as exc:
-        ui.show_error(f"3DGS export failed: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
+else:
+    worker_export("gs_ply", "Make 3DGS PLY", "ex_gs", c1, c2, {})
 
 if rec.gaussians is not None:
     st.markdown("**Novel-view video of the Gaussians** (DA3's trajectories, rendered in the worker with gsplat)")
-    video_path = out_dir / "gs_video.mp4"
     why = ctx.worker_info.get("gs_video_unavailable") if ctx.worker_info else "the worker has not reported yet"
     if why:
         st.caption(f"Unavailable here: {why}")
+        made_video = export_made("gs_video")
+        if made_video is not None:  # rendered earlier (on a GPU server): still offered
+            offer_download("gs_video", made_video, st)
     else:
         c = st.columns(4)
         trajectory = c[0].selectbox("Trajectory", presets.GS_TRAJECTORIES, key="ex_gsv_trj",
@@ -193,24 +270,23 @@ if rec.gaussians is not None:
         fps = c[1].number_input("fps", min_value=6, max_value=60, value=24, key="ex_gsv_fps")
         crf = c[2].slider("Quality (crf, lower is better)", min_value=12, max_value=35, value=18, key="ex_gsv_crf")
         depth_panel = c[3].checkbox("Depth beside colour", key="ex_gsv_depth")
-        if st.button("Render the video", key="ex_gsv", width="stretch"):
-            try:
-                with st.spinner("Rendering in the worker (the first time also compiles gsplat's kernels, about a minute)…"):
-                    info = tasks.render_gs_video.call(rec, str(video_path), trajectory, int(fps), int(crf), bool(depth_panel), runner=ctx.runner)
-                st.success(f"{info['frames']} frames, {info['width']}×{info['height']}, rendered in {info['render_s']:.1f} s"
-                           + (f" (+{info['compile_s']:.0f} s compiling gsplat)" if info["compile_s"] else "") + ". Saved in the run folder.")
-            except GPUError as exc:
-                ui.show_error(f"The video could not be rendered: {getattr(exc, 'message', exc)}", getattr(exc, "remote_traceback", ""))
-    if video_path.is_file():
-        st.video(str(video_path))
-        st.download_button("Download the video (mp4)", data=lambda: video_path.read_bytes(), file_name=f"{meta.run_id}-gs-video.mp4",
-                           mime="video/mp4", key="ex_gsv_dl", on_click="ignore")
+        button_row = st.container()  # the button above its status
+        worker_export("gs_video", "Render the video", "ex_gsv", st.container(), button_row,
+                      {"trajectory": str(trajectory), "fps": int(fps), "crf": int(crf), "depth_panel": bool(depth_panel)})
 
 st.divider()
 st.subheader("The run folder")
 st.caption(f"`{meta.run_id}` in this session's folder of the server's workspace (`DA3_WORKSPACE`).")
-files = sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+files = sorted(p for p in run_dir.rglob("*") if p.is_file() and not hidden(p.relative_to(run_dir)))
+groups: dict[str, list[Path]] = {}
 for path in files:
+    top = path.relative_to(run_dir).parts[0]
+    if top in GROUPED and len(path.relative_to(run_dir).parts) > 1 and (top != "input" or len(meta.names) > 12):
+        groups.setdefault(top, []).append(path)
+for top, members in groups.items():
+    size = sum(p.stat().st_size for p in members)
+    st.markdown(f"`{top}/` · {len(members):,} files · {size / 2**20:,.1f} MiB · {GROUPED[top]} (in the folder's zip below)")
+for path in (p for p in files if not any(p in m for m in groups.values())):
     rel = path.relative_to(run_dir)
     c1, c2 = st.columns([4, 1])
     c1.markdown(f"`{rel}` · {path.stat().st_size / 1024:,.0f} KiB")

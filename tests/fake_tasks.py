@@ -2,6 +2,11 @@
 
 Each stands in for one behaviour of a real GPU task: a result, an exception, a crash of
 each kind, an overrun, progress, a cached "model", tensors that must come back as numpy.
+
+Tasks that tests stop from outside (cancel, kill, close) report one `Progress` as their
+body starts (stage ``"running"``), so a test waits for that event
+(`tests.runner.waiting.until_running`) instead of sleeping; `gate` runs until the test
+opens it, so "this call is still running" never depends on the clock.
 """
 
 from __future__ import annotations
@@ -15,10 +20,50 @@ import time
 from typing import Any, NamedTuple
 
 from da3_core.runner import gpu
-from da3_core.runner.context import check_cancelled, report_progress
+from da3_core.runner.context import _context, check_cancelled, report_progress
 
 _FAKE_MODEL: dict[str, Any] = {}
 _LOADS = 0
+
+
+def _announce(stage: str = "running") -> None:
+    """Report ``stage`` without a cancellation checkpoint (for tasks that must not stop at one)."""
+    ctx = _context()
+    if ctx is not None:
+        ctx.send_progress(stage, None, "")
+
+
+def gate(path: str, timeout: float = 60.0) -> tuple[str, int]:
+    """Report ``"waiting"``, then run until the file ``path`` exists (the test opens the gate:
+    `tests.runner.waiting.Gate`); return its name and this worker's pid. Never a checkpoint.
+
+    Raises:
+        TimeoutError: Not opened within ``timeout`` (a broken test fails instead of hanging).
+    """
+    _announce("waiting")
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise TimeoutError(f"the gate {path} was not opened within {timeout} s")
+        time.sleep(0.005)
+    return os.path.basename(path), os.getpid()
+
+
+def progress_acked(folder: str, n: int, timeout: float = 30.0) -> int:
+    """Report ``n`` steps; after each, wait until the caller acknowledged it (the file
+    ``folder/ack-<i>``): it only finishes if every report reached the caller while the task ran.
+
+    Raises:
+        TimeoutError: A report was not acknowledged within ``timeout`` (it did not arrive).
+    """
+    for i in range(1, n + 1):
+        report_progress("step", (i - 1) / n, f"{i}/{n}")
+        ack, end = os.path.join(folder, f"ack-{i}"), time.monotonic() + timeout
+        while not os.path.exists(ack):
+            if time.monotonic() > end:
+                raise TimeoutError(f"report {i}/{n} was not acknowledged within {timeout} s")
+            time.sleep(0.005)
+    return n
 
 
 @gpu(duration=30)
@@ -96,6 +141,7 @@ def progress_steps(n: int, delay: float = 0.05) -> int:
 
 
 def cancellable(seconds: float) -> str:
+    report_progress("running")
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         check_cancelled()
@@ -146,6 +192,7 @@ def small_reconstruction() -> Any:
 
 
 def stubborn(seconds: float) -> str:
+    _announce()
     time.sleep(seconds)  # never reaches a checkpoint
     return "finished"
 

@@ -252,8 +252,13 @@ def loop_frames(run_dir: str | Path, threshold: float = 0.85, max_loops: int = 8
 
 
 def _window(plan: ChunkPlan, k: int, frame: int) -> list[int]:
+    """The frames of chunk ``k`` within ``reach`` of ``frame``. A loop chunk (two windows) is one
+    DA3 call, so it has at most ``plan.chunk`` frames: the chunk size the run guard chose to fit
+    in memory (with LOOP_WINDOW's 5 frames a side, 10-frame loop chunks were OOM-killed in a
+    2.7 GB container where the guard had chosen chunks of 6)."""
     s, e = plan.spans[k]
-    return list(range(max(s, frame - LOOP_WINDOW), min(e, frame + LOOP_WINDOW + 1)))
+    reach = max(0, min(LOOP_WINDOW, (plan.chunk // 2 - 1) // 2))
+    return list(range(max(s, frame - reach), min(e, frame + reach + 1)))
 
 
 def close_loops(run_dir: str | Path, loops: list[dict[str, Any]]) -> dict[str, Any]:

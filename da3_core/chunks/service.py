@@ -35,7 +35,7 @@ from da3_core.chunks import store
 from da3_core.chunks.plan import ChunkPlan
 from da3_core.contract import ChunkRequest, ModelSpec, ReconstructRequest
 from da3_core.logs import one_line
-from da3_core.runner import Job, Progress, Queued, Started
+from da3_core.runner import Job, Progress, Queued
 from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,12 @@ class Assembler:
 
     def submit(self, step: str, *args: Any) -> cf.Future:
         """Queue `da3_core.chunks.assemble`'s ``step(*args)`` in the child."""
-        with self._lock:
+        from da3_core.runner.backends.process import _spawn_without_main_module
+
+        # The child is spawned inside submit(). Without the main module trimmed it would re-run
+        # the parent's __main__: in the Streamlit server that is the page script being run (seen:
+        # the child ran the page in bare mode and tried to start a runner of its own).
+        with self._lock, _spawn_without_main_module():
             if self._pool is None:
                 self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
             try:
@@ -124,10 +129,12 @@ class ChunkedRun:
         self.chunks_done = self.resumed_from
         self.computed: list[int] = []  # chunks this run computed (a resumed run skips the saved ones)
         self.frames_ready = store.frames_ready(self.run_dir)
+        self.earlier_s = float((meta.timings or {}).get("attempts_s", 0.0)) if self.resumed_from else 0.0
         self.loops_found = 0
         self._chunk_seconds: list[float] = []
         self._inflight: dict[int, Job] = {}
         self._progress: dict[int, float] = {}
+        self._positions: dict[int, int] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=f"da3-chunked-{meta.run_id}", daemon=True)
 
@@ -162,17 +169,18 @@ class ChunkedRun:
         """Read the chunk jobs' events into the display fields."""
         with self._lock:
             jobs = dict(self._inflight)
-        positions = []
         for k, job in jobs.items():
             for event in job.poll_events():
                 if isinstance(event, Queued):
-                    positions.append(event.position)
-                elif isinstance(event, (Started, Progress)) and isinstance(event, Progress) and event.fraction is not None:
+                    self._positions[k] = event.position
+                elif isinstance(event, Progress) and event.fraction is not None:
                     self._progress[k] = event.fraction
             if job.started_at is not None:
                 self.started_at = self.started_at or job.started_at
-        waiting = [j for j in jobs.values() if j.started_at is None]
-        self.position = min(positions) if positions and len(waiting) == len(jobs) else None
+        # "Queued" only until the run's first chunk starts: afterwards it is running, even
+        # while its next chunk waits for a free worker (no flicker between the two).
+        known = [self._positions[k] for k in jobs if k in self._positions and jobs[k].started_at is None]
+        self.position = min(known) if known and self.started_at is None else None
         running = sum(min(1.0, self._progress.get(k, 0.0)) for k, j in jobs.items() if j.started_at is not None)
         self.fraction = min(0.99, 0.95 * (self.chunks_done + running) / max(1, self.plan.n_chunks))
 
@@ -298,24 +306,28 @@ class ChunkedRun:
                 log.info("run %s resumed: %d of %d chunk(s) already saved", self.run_id, self.resumed_from, self.plan.n_chunks)
                 self._assemble_soon()
             self._run_chunks(todo)
+            self._check_cancel()
             self.stage = "assembling"
             state = self.service.assembler.call("advance", str(self.run_dir))
+            self._check_cancel()
             self.frames_ready = int(state.get("frames_ready", 0))
             if self.options.get("loop_closure", True):
                 self.stage = "closing loops: looking for places seen twice"
                 loops = self.service.assembler.call("loop_frames", str(self.run_dir))
+                self._check_cancel()
                 self.loops_found = len(loops)
                 todo = [(n, loop["frames_i"] + loop["frames_j"], True) for n, loop in enumerate(loops)
                         if not store.chunk_done(self.run_dir, n, loop=True)]
                 if todo:
                     self.stage = f"closing loops: {len(loops)} loop chunk(s)"
                     self._run_chunks(todo)
-                if self.cancel_requested:
-                    raise ChunkedRunCancelled()
+                self._check_cancel()
                 self.stage = "closing loops: optimising the chunks' poses"
                 self.service.assembler.call("close_loops", str(self.run_dir), loops)
+                self._check_cancel()
             self.stage = "writing the result"
             self.service.assembler.call("finalize", str(self.run_dir))
+            self._check_cancel()
             if self.meta.source == "video" and self.options.get("depth_video", True):
                 self.stage = "writing the depth video"
                 fps = float(self.options.get("fps") or 10.0)
@@ -324,6 +336,7 @@ class ChunkedRun:
                 except Exception as exc:  # noqa: BLE001 - the run's result stands without its video
                     log.warning("run %s: the depth video could not be written: %s", self.run_id, one_line(f"{type(exc).__name__}: {exc}"))
                     self.options["depth_video_error"] = f"{type(exc).__name__}: {exc}"
+                self._check_cancel()
             self.meta = runs.finish_chunked(self.run_dir, self.meta, self._summary())
             self.frames_ready = self.plan.n_frames
             self.fraction = 1.0
@@ -347,6 +360,11 @@ class ChunkedRun:
         finally:
             self._on_end(self)
 
+    def _check_cancel(self) -> None:
+        """A cancel is honoured between every step, not only while chunks run."""
+        if self.cancel_requested:
+            raise ChunkedRunCancelled()
+
     def _resume_hint(self) -> str:
         done = len(store.done_chunks(self.run_dir, self.plan))
         return f"{done} of {self.plan.n_chunks} chunks are saved: Resume continues from there"
@@ -362,7 +380,10 @@ class ChunkedRun:
         log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s %s after %.1f s: %s",
                 self.run_id, outcome.status, self.elapsed_s, one_line(outcome.message))
         try:
-            self.meta = runs.fail_run(self.run_dir, self.meta, outcome.message, status=outcome.status)
+            from dataclasses import replace
+
+            spent = {**self.meta.timings, "attempts_s": self.earlier_s + self.elapsed_s}
+            self.meta = runs.fail_run(self.run_dir, replace(self.meta, timings=spent), outcome.message, status=outcome.status)
         except Exception as write_exc:  # noqa: BLE001 - the page still learns the outcome from memory
             log.error("run %s: could not write its %s status: %s", self.run_id, outcome.status, write_exc)
         self.finished_at = time.monotonic()
@@ -377,7 +398,8 @@ class ChunkedRun:
             "device": state.get("device", ""),
             "is_metric": bool(state.get("is_metric")),
             "scale_factor": state.get("scale_factor"),
-            "timings": {"total": self.elapsed_s},
+            # The time of every attempt: a resumed run adds what the earlier ones took.
+            "timings": {"total": self.earlier_s + self.elapsed_s, "this_attempt": self.elapsed_s},
             "chunked": {**self.options, "chunks": self.plan.n_chunks, "chunk": self.plan.chunk, "overlap": self.plan.overlap,
                         "alignment": state.get("mode", ""), "loops_closed": loops, "computed_here": len([c for c in self.computed if c >= 0]),
                         "resumed_from": self.resumed_from},

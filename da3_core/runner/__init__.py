@@ -8,11 +8,14 @@ Parts (see ``docs/ISOLATION.md``):
 * `protocol`: wire messages and the errors a caller receives; `shm`: large buffers in
   shared memory; `inside`: the torch-free code that runs in a worker or actor;
 * `context`: what a task may call (`report_progress`, `check_cancelled`);
-* `decorator`: ``@gpu(duration=...)``.
+* `decorator`: ``@gpu(duration=...)``; `logsetup`: workers log as their caller does.
+
+It imports nothing of the application: settings arrive as arguments (the application turns
+its own into ``Runner(...)`` arguments), and logging is the caller's (`logsetup`).
 """
 
 from da3_core.runner.backends.base import WorkerStatus
-from da3_core.runner.decorator import GPUFunction, default_runner, gpu, runner_from_settings, set_default_runner
+from da3_core.runner.decorator import GPUFunction, default_runner, gpu, set_default_runner, set_default_runner_factory
 from da3_core.runner.dispatcher import ErrorRecord, Runner, RunnerStatus
 from da3_core.runner.jobs import Event, Job, Progress, Queued, Started, wait_for
 from da3_core.runner.protocol import (
@@ -31,5 +34,5 @@ __all__ = [
     "ArgumentNotPicklableError", "ErrorRecord", "Event", "GPUError", "GPUFunction", "Job", "Progress", "Queued",
     "ResultNotCPUError", "Runner", "RunnerClosedError", "RunnerStatus", "Started", "TaskCancelledError", "TaskError",
     "TaskTimeoutError", "WorkerCrashedError", "WorkerStartError", "WorkerStatus", "default_runner", "gpu",
-    "runner_from_settings", "set_default_runner", "wait_for",
+    "set_default_runner", "set_default_runner_factory", "wait_for",
 ]

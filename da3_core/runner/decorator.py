@@ -23,6 +23,7 @@ R = TypeVar("R")
 Duration = Union[int, float, _dt.timedelta, Callable[..., Union[int, float, _dt.timedelta]]]
 
 _default_runner: Runner | None = None
+_default_factory: Callable[[], Runner] = Runner
 _default_lock = threading.Lock()
 
 
@@ -33,28 +34,22 @@ def set_default_runner(runner: Runner | None) -> None:
         _default_runner = runner
 
 
+def set_default_runner_factory(factory: Callable[[], Runner] | None) -> None:
+    """How `default_runner` makes the default runner when there is none (the application
+    passes one that reads its settings); None: ``Runner()`` with its defaults."""
+    global _default_factory
+    with _default_lock:
+        _default_factory = factory or Runner
+
+
 def default_runner() -> Runner:
-    """The process's default runner, created on first use from the settings (``DA3_ISOLATION``,
-    ``DA3_WORKERS``, ``DA3_RAY_ADDRESS``)."""
+    """The process's default runner: the one given to `set_default_runner`, else one made on
+    first use by the factory of `set_default_runner_factory` (``Runner()`` unless set)."""
     global _default_runner
     with _default_lock:
         if _default_runner is None or _default_runner._closed:
-            from da3_core.config import load_settings
-
-            _default_runner = runner_from_settings(load_settings())
+            _default_runner = _default_factory()
         return _default_runner
-
-
-def runner_from_settings(settings: Any, **overrides: Any) -> Runner:
-    """A `Runner` configured by ``settings`` (a `da3_core.config.Settings`)."""
-    options: dict[str, Any] = {
-        "isolation": settings.isolation,
-        "workers": settings.workers,
-        "cancel_grace_s": settings.cancel_grace_s,
-        "ray_address": settings.ray_address,
-    }
-    options.update(overrides)
-    return Runner(**options)
 
 
 class GPUFunction(Generic[P, R]):

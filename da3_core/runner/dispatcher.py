@@ -33,6 +33,7 @@ from typing import Any, Callable
 from da3_core.runner import shm
 from da3_core.runner.backends.base import CallPolicy, Slot, WorkerStatus
 from da3_core.runner.jobs import Event, Job, Queued, cancelled_before_start, wait_for
+from da3_core.runner.logsetup import LogSetup
 from da3_core.runner.protocol import ArgumentNotPicklableError, GPUError, Packed, RunnerClosedError, TaskCancelledError, TaskError
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class Runner:
         name: Process name of the workers.
         ray_address: With ``isolation="ray"``: ``"auto"``, ``"host:port"``, or None to start
             a local Ray instance.
+        log_setup: How the workers log (`da3_core.runner.logsetup`); default: as this
+            process's package logger is set up when the runner is made.
         slots: Ready-made slots (tests); overrides the above.
     """
 
@@ -127,6 +130,7 @@ class Runner:
         abandon_after_s: float | None = 30.0,
         name: str = "da3-worker",
         ray_address: str | None = None,
+        log_setup: LogSetup | None = None,
         slots: list[Slot] | None = None,
     ) -> None:
         if isolation not in ISOLATIONS:
@@ -138,7 +142,8 @@ class Runner:
         self._shared_args = isolation == "isolated"
         if isolation == "isolated":
             shm.sweep_orphans()  # segments of an earlier server that died
-        self.slots: list[Slot] = slots if slots is not None else _make_slots(isolation, workers, self.preload, name, ray_address)
+        log_setup = log_setup or LogSetup.of_caller()
+        self.slots: list[Slot] = slots if slots is not None else _make_slots(isolation, workers, self.preload, name, ray_address, log_setup)
         self._cv = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._ids = itertools.count(1)
@@ -389,7 +394,8 @@ class Runner:
         self.recent_errors.append(ErrorRecord(time.time(), job.task, kind, message, slot.label))
 
 
-def _make_slots(isolation: str, workers: int | str, preload: tuple[str, ...], name: str, ray_address: str | None) -> list[Slot]:
+def _make_slots(isolation: str, workers: int | str, preload: tuple[str, ...], name: str, ray_address: str | None,
+                log_setup: LogSetup) -> list[Slot]:
     if isolation == "inprocess":
         from da3_core.runner.backends.inprocess import InProcessSlot
 
@@ -397,12 +403,12 @@ def _make_slots(isolation: str, workers: int | str, preload: tuple[str, ...], na
     if isolation == "ray":
         from da3_core.runner.backends.ray import make_ray_slots
 
-        return make_ray_slots(workers, preload=preload, address=ray_address, name=name)
+        return make_ray_slots(workers, preload=preload, address=ray_address, name=name, log_setup=log_setup)
     from da3_core.runner.backends.process import ProcessSlot
     from da3_core.runner.devices import plan_workers, visible_gpus
 
     plans = plan_workers(workers, visible_gpus())
-    return [ProcessSlot(i, plan.label, plan.device, env=plan.env, preload=preload, name=name) for i, plan in enumerate(plans)]
+    return [ProcessSlot(i, plan.label, plan.device, env=plan.env, preload=preload, name=name, log_setup=log_setup) for i, plan in enumerate(plans)]
 
 
 def _pack_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], signature: inspect.Signature | None, *, shared: bool) -> Packed:

@@ -137,15 +137,26 @@ class Job:
         except Exception:  # noqa: BLE001 - a callback must never break the dispatcher
             log.exception("done-callback %r of call %d (%s) raised", fn, self.call_id, self.task)
 
-    def events(self) -> Iterator[Event]:
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Yield events (`Queued`, `Started`, `Progress`) as they come, until the call finishes.
 
         Blocks without polling: the finish wakes the waiting thread at once.
+
+        Args:
+            timeout: Stop waiting this many seconds after the first wait began, raising
+                `TimeoutError` (the call goes on); None waits as long as the call lasts.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._cond:
                 while not self._events and not self._done.is_set():
-                    self._cond.wait()
+                    if deadline is None:
+                        self._cond.wait()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"{self.task}: waited {timeout} s for its next event")
+                    self._cond.wait(left)
                 if not self._events:
                     return
                 event = self._events.popleft()
@@ -186,6 +197,19 @@ class Job:
                     received.release()
                 self._loaded = True
             return self._value
+
+    def release_value(self) -> None:
+        """Let go of the call's value (its arrays' memory), for a caller that keeps a finished
+        job for its clock and state but has taken what it needed: a later `result` returns
+        None. An unread result is released unread (its shared memory freed). A call not
+        finished yet is left alone."""
+        with self._cond:
+            if not self._done.is_set():
+                return
+            received, self._received = self._received, None
+            self._value, self._loaded = None, True
+        if received is not None:
+            received.release()
 
     @property
     def elapsed_s(self) -> float:

@@ -2,18 +2,22 @@
 
 Both DA3 exporters take a ``Prediction`` and edit some of its arrays in place; they get a
 fresh Prediction built from copies, so the caller's `Reconstruction` is never touched.
+Both write under a hidden temporary name and rename when complete (`da3_core.atomic`), so
+the final path only ever holds a whole model or file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from da3_core.atomic import atomic_dir, partial_name
 from da3_core.contract import Reconstruction
 from da3_core.runner.context import report_progress
 
@@ -85,18 +89,20 @@ def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, con
         raise ValueError(f"COLMAP export got {len(image_paths)} image paths for {rec.n_views} views")
     from depth_anything_3.utils.export.colmap import export_to_colmap
 
-    report_progress("writing COLMAP", 0.2)
+    report_progress("writing the COLMAP model", 0.2, f"{rec.n_views} views")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="da3-colmap-names-") as tmp:
+        # Written into a hidden folder beside ``out`` and renamed when complete: ``out`` is
+        # never a half-written model (the page offered a partial points3D.bin before).
+        with tempfile.TemporaryDirectory(prefix="da3-colmap-names-") as tmp, atomic_dir(out) as partial:
             named = []
             for i, (path, name) in enumerate(zip(image_paths, colmap_image_names(rec, list(image_paths)))):
                 folder = Path(tmp) / str(i)  # one folder per link: names stay exactly the frames'
                 folder.mkdir()
                 (folder / name).symlink_to(Path(path).resolve())
                 named.append(str(folder / name))
-            export_to_colmap(_prediction(rec), str(out), named, conf_percentile, method)
+            export_to_colmap(_prediction(rec), str(partial), named, conf_percentile, method)
+            report_progress("renaming the finished model into place", 0.95)
     except Exception:
         log.debug("COLMAP export of %d view(s) to %s failed", rec.n_views, out, exc_info=True)  # the server logs the error
         raise
@@ -113,12 +119,21 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
         raise ValueError("This run has no 3D Gaussians: run a preset with a GS head (giant, nested) with 'Infer 3D Gaussians' on")
     from depth_anything_3.utils.export.gs import export_to_gs_ply
 
-    report_progress("writing 3DGS PLY", 0.2)
+    report_progress("writing the 3DGS PLY", 0.2, f"{len(rec.gaussians.means):,} Gaussians")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    final = out / "gs_ply" / "0000.ply"
+    # DA3's writer names the file itself (<folder>/gs_ply/0000.ply): it writes into a hidden
+    # folder beside, and the finished file is renamed into place (same file system).
+    scratch = partial_name(out / "gs_ply")
     try:
-        export_to_gs_ply(_prediction(rec), str(out))
+        scratch.mkdir(parents=True)
+        export_to_gs_ply(_prediction(rec), str(scratch))
+        report_progress("renaming the finished file into place", 0.95)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(scratch / "gs_ply" / "0000.ply", final)
     except Exception:
         log.debug("3DGS PLY export of %s to %s failed", rec.preset, out, exc_info=True)  # the server logs the error
         raise
-    return str(out / "gs_ply" / "0000.ply")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return str(final)

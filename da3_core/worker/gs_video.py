@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from da3_core.atomic import atomic_file
 from da3_core.contract import Reconstruction
 from da3_core.presets import GS_TRAJECTORIES
 from da3_core.runner.context import report_progress
@@ -126,13 +127,17 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
     render_s = time.perf_counter() - t
     report_progress("writing the mp4", 0.9, f"{len(frames)} frames")
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # x264 needs even sizes; yuv420p plays everywhere.
     even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-    with imageio.get_writer(out, fps=fps, codec="libx264", quality=None, macro_block_size=1,
-                            ffmpeg_params=["-crf", str(int(crf)), "-preset", "medium", "-pix_fmt", "yuv420p"]) as writer:
-        for frame in even:
+    # Written under a hidden name and renamed when complete: the page never plays or offers
+    # a half-written mp4 (`da3_core.atomic`).
+    with atomic_file(out) as partial, imageio.get_writer(
+            partial, format="FFMPEG", fps=fps, codec="libx264", quality=None, macro_block_size=1,
+            ffmpeg_params=["-crf", str(int(crf)), "-preset", "medium", "-pix_fmt", "yuv420p"]) as writer:
+        for i, frame in enumerate(even):
             writer.append_data(frame)
+            if i % 16 == 0:
+                report_progress("writing the mp4", 0.9 + 0.09 * i / max(1, len(even)), f"{i} of {len(even)} frames")
     del gaussians, color, depth, frames_t
     torch.cuda.empty_cache()
     log.debug("novel-view video: %d frames %dx%d (%s) in %.1f s (+%.1f s compiling) -> %s",

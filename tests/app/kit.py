@@ -108,3 +108,18 @@ def run_picker(at):
     found = [s for s in at.sidebar.selectbox if s.label == "Run"]
     assert len(found) == 1, [s.label for s in at.sidebar.selectbox]
     return found[0]
+
+
+def wait_export(at, done_prefix: str, timeout: float = 120, poll_s: float = 0.3) -> tuple[list[str], list[str]]:
+    """Rerun the Exports page until an export job's end shows: a success starting with
+    ``done_prefix``, an error, or a "was cancelled" note; return (successes, errors)."""
+    t0 = time.monotonic()
+    while True:
+        check(at, "waiting for the export")
+        done = [s for s in texts(at.success) if s.startswith(done_prefix)]
+        errors = texts(at.error) + [i for i in texts(at.info) if " was cancelled " in i]
+        if done or errors:
+            return done, errors
+        assert time.monotonic() - t0 < timeout, f"no end of the export after {timeout:.0f} s; page says {texts(at.markdown)[-3:]}"
+        time.sleep(poll_s)
+        at.run()

@@ -4,12 +4,25 @@
 
 from __future__ import annotations
 
-from tests.app.kit import HOME, PAGES, check, has_viewer, keys, run_picker, runner_counts, texts
+import re
+
+from tests.app.kit import HOME, PAGES, check, has_viewer, keys, run_picker, runner_counts, texts, wait_export
 from tests.unit import synthetic
 
 
+# The Point cloud caption ends with the time the filtering took: never compared.
+ELAPSED = re.compile(r" · filtered and drawn in \d+ ms \(no model call\)$")
+
+
 def points_caption(at) -> list[str]:
-    return [c for c in texts(at.caption) if "points shown" in c]
+    """The Point cloud page's points caption(s), without the elapsed milliseconds at the end."""
+    found = [c for c in texts(at.caption) if "points shown" in c]
+    assert all(ELAPSED.search(c) for c in found), found
+    return [ELAPSED.sub("", c) for c in found]
+
+
+def points_shown(caption: str) -> int:
+    return int(re.match(r"([\d,]+) points shown", caption)[1].replace(",", ""))
 
 
 def test_every_page_without_a_run(new_app):
@@ -78,7 +91,9 @@ def test_pages_on_finished_runs_never_call_the_worker(new_app, app_env):
     check(at, "cloud refilter")
     at.toggle(key="pc_cams_w").set_value(False).run()
     check(at, "cloud cameras off")
-    assert points_caption(at) != first
+    refiltered = points_caption(at)
+    assert refiltered and refiltered != first  # counts and threshold, not the timing text
+    assert points_shown(refiltered[0]) < points_shown(first[0])  # a higher confidence cut keeps fewer points
     at.multiselect(key="pc_views_w").set_value([0, 1]).run()
     check(at, "cloud two views")
     at.button(key="pc_full").click().run()
@@ -133,7 +148,8 @@ def test_a_session_id_from_the_url_finds_its_runs_and_a_bad_one_is_ignored(new_a
 
 
 def test_exports_made_by_da3_in_the_worker(new_app, app_env):
-    """COLMAP and 3DGS PLY come from DA3's own exporters, in the worker, into the run folder."""
+    """COLMAP and 3DGS PLY come from DA3's own exporters, in the worker, into the run folder:
+    each a job of the worker's queue that the page follows to its end (never a blocking call)."""
     sid, session_dir = app_env.new_session()
     crop_dir, crop = synthetic.write_finished_run(session_dir, synthetic.box_scene(2), params={"process_res_method": "upper_bound_crop"})
     # 3 views, not 2: two runs of one second with the same view count and preset get the same
@@ -145,7 +161,8 @@ def test_exports_made_by_da3_in_the_worker(new_app, app_env):
     check(at, "exports")
     at.button(key="ex_colmap").click().run()
     check(at, "colmap")
-    assert texts(at.error) == []
+    done, errors = wait_export(at, "COLMAP model written: ")
+    assert errors == [] and texts(at.error) == []
     colmap = sorted(p.name for p in (run_dir / "exports" / "colmap").iterdir())
     assert {"cameras.bin", "images.bin", "points3D.bin"} <= set(colmap), colmap
     assert "ex_file_exports/colmap/cameras.bin" in keys(at.get("download_button"))  # the page lists the new files
@@ -154,9 +171,13 @@ def test_exports_made_by_da3_in_the_worker(new_app, app_env):
     assert "ex_colmap_zip" in keys(at.get("download_button"))
     at.button(key="ex_gs").click().run()
     check(at, "3dgs")
-    assert texts(at.error) == []
+    done, errors = wait_export(at, "3DGS PLY written")
+    assert errors == [] and texts(at.error) == []
     ply = run_dir / "exports" / "gs_ply" / "0000.ply"
     assert ply.is_file() and ply.read_bytes().startswith(b"ply\n")
+    assert "ex_gs_ply_dl" in keys(at.get("download_button"))
+    # Written under hidden names and renamed when complete: nothing half-written is left.
+    assert not [p for p in (run_dir / "exports").rglob(".*") if ".part" in p.name]
 
     # A run made with a crop method cannot be exported to COLMAP, and has no Gaussians.
     run_picker(at).set_value(crop.run_id).run()

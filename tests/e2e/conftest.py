@@ -1,4 +1,5 @@
-"""Fixtures for the browser tests: one real Streamlit server per module, headless Chromium.
+"""Fixtures for the browser tests: one real Streamlit server for the package's modules that
+use `app_server` (started once, stopped after the last test in tests/e2e/), headless Chromium.
 
 The browser is Debian's Chromium (``/usr/bin/chromium``), not Playwright's own download;
 when it is missing the tests fail with a message saying how to install it (never a skip).
@@ -47,9 +48,14 @@ def chromium_path() -> str:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def app_server(tmp_path_factory):
-    """The real app on a free port with its own workspace; on teardown no worker may survive it."""
+    """The real app on a free port with its own workspace; on teardown no worker may survive it.
+
+    Shared by the modules of tests/e2e/ (each test works in sessions of its own), so the
+    server starts once and its worker imports torch and loads the model once; stopped after
+    the package's last test. Modules that need other settings start their own `AppServer`.
+    """
     chromium_path()  # fail before starting anything when there is no browser
     workspace = tmp_path_factory.mktemp("e2e-workspace")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

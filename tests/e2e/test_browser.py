@@ -38,7 +38,7 @@ MAIN = '[data-testid="stMain"]'
 RUN_PICKER = f'{SIDEBAR} [class*="st-key-sb_run_"] input[role="combobox"]'
 DONE = re.compile(r"^Done: \d+ view\(s\) with .* \(run (run-[0-9]{8}-[0-9]{6}-[0-9a-f]+)\)\.$")
 SID = re.compile(r"[?&]s=([0-9a-f]{32})\b")
-STATUS_LINE = re.compile(r"^(Running \d+ frames?: |Queued \(position \d+ in the queue)")
+STATUS_LINE = re.compile(r"^(Running \d+ frames?: |Queued(: position \d+ \(\d+ ahead\))? · \d+ frames?)")
 
 
 def RUN_STATUS(page):  # noqa: N802 - reads like the constants beside it
@@ -488,7 +488,7 @@ def test_three_pages_at_once(app_server, browser):
         url = pages[1].url
         contexts[1].close()
         # The last run waits behind the other two: its page says so, with its place, not "Running".
-        queued = re.compile(r"^Queued \(position [12] in the queue \([12] ahead\)\) · 4 frames")
+        queued = re.compile(r"^Queued: position [12] \([12] ahead\) · 4 frames")
         expect(pages[-1].locator(MAIN).get_by_text(queued)).to_be_visible()
         # A reload (F5) while the run waits finds it again, with the model choice kept
         # (before: no progress, the choice back to "Hub preset", the run killed as abandoned

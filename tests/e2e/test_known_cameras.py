@@ -1,8 +1,8 @@
 """Known cameras in headless Chromium: upload photos plus a COLMAP model, read the match table,
 run with untrained demo weights, and find the given cameras in the finished run.
 
-Same server and browser fixtures as `tests/e2e/test_browser.py` (one Streamlit server for this
-module, the real worker running DA3 on CPU). Waits are on visible text and selectors.
+Same server and browser fixtures as `tests/e2e/test_browser.py` (one Streamlit server shared
+by tests/e2e/, the real worker running DA3 on CPU). Waits are on visible text and selectors.
 """
 
 from __future__ import annotations

@@ -43,6 +43,14 @@ def slow_scene(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def slower_scene(tmp_path_factory):
+    """A model that takes 1 s a chunk: the assembler (a process spawned on first use, slow
+    on a loaded machine) has written the first frames long before the run ends."""
+    return oracle.make_oracle(tmp_path_factory.mktemp("oracle-slower"), n_frames=40, path="line", width=64, height=48,
+                              options=oracle.OracleOptions(delay_s=1.0))
+
+
+@pytest.fixture(scope="module")
 def loop_scene(tmp_path_factory):
     return oracle.make_oracle(tmp_path_factory.mktemp("oracle-loop"), n_frames=60, path="loop", width=64, height=48,
                               options=oracle.OracleOptions(drift_deg=3.0, drift_scale=0.02, depth_noise=0.005))
@@ -102,8 +110,8 @@ def test_a_chunked_run_ends_as_one_aligned_run(service, tmp_path, line_scene):
     assert max(ratios) / min(ratios) < 1.02, ratios
 
 
-def test_frames_so_far_are_readable_while_the_run_goes_on(service, tmp_path, slow_scene):
-    line_scene = slow_scene
+def test_frames_so_far_are_readable_while_the_run_goes_on(service, tmp_path, slower_scene):
+    line_scene = slower_scene
     run = start(service, tmp_path, line_scene, chunk=6, overlap=2)
     deadline = time.monotonic() + 60
     while store.frames_ready(run.run_dir) == 0:  # the first chunk is aligned and written
@@ -130,7 +138,7 @@ def run_to_completion(service, tmp_path, scene, tag, chunk=10, overlap=3):
 
 
 def arrays(run_dir: Path) -> dict[str, np.ndarray]:
-    return {p.stem: np.load(p) for p in sorted(store.result_dir(run_dir).glob("*.npy"))}
+    return {p.stem: np.load(p, allow_pickle=False) for p in sorted(store.result_dir(run_dir).glob("*.npy"))}
 
 
 def test_cancel_then_resume_computes_no_chunk_twice_and_matches_an_uninterrupted_run(service, tmp_path, slow_scene):

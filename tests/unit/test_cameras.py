@@ -370,12 +370,16 @@ def test_malformed_colmap_text_lines(tmp_path):
     assert "unknown camera model" in read_error({"cameras.txt": cams, "images.txt": files["images.txt"]}).problem
 
 
-def test_a_crafted_binary_cannot_exhaust_memory(tmp_path):
-    """images.bin declaring 2^40 2D points: pycolmap runs in a memory-limited child, so the
+def test_a_crafted_binary_cannot_exhaust_memory(tmp_path, monkeypatch):
+    """images.bin declaring 2^40 2D points: the walk over the records refuses it as corrupt
+    before pycolmap sees it; and pycolmap runs in a memory-limited child anyway, so the
     server gets an error, not an out-of-memory kill."""
     files = colmap_model(tmp_path / "m", "bin")
     data = struct.pack("<Q", 1) + struct.pack("<I", 1) + struct.pack("<7d", 1, 0, 0, 0, 0, 0, 0) + struct.pack("<I", 1)
     data += b"a.jpg\0" + struct.pack("<Q", 2**40)
+    err = read_error({"cameras.bin": files["cameras.bin"], "images.bin": data})
+    assert err.file == "images.bin" and "truncated or corrupt" in err.problem and "1,099,511,627,776 2D points" in err.problem
+    monkeypatch.setattr(C, "check_colmap_binary", lambda *args: None)  # the child's own limit, alone
     err = read_error({"cameras.bin": files["cameras.bin"], "images.bin": data})
     assert "cameras.bin + images.bin" in str(err)
 

@@ -4,6 +4,7 @@ probe's answers (fakes stand in for the runner: no process is started)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -64,10 +65,12 @@ def test_janitor_runs_at_most_once_per_period(tmp_path, monkeypatch):
     janitor = holder.Janitor(load_settings({"DA3_WORKSPACE": str(tmp_path)}), every_s=3600)
     janitor.maybe_clean(keep=(tmp_path,))
     janitor.maybe_clean(keep=(tmp_path,))
-    deadline = time.monotonic() + 5
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)
+    # Every clean-up thread started so far has finished (no sleep standing for "a second one
+    # would have run by now"): exactly one ran.
+    for thread in threading.enumerate():
+        if thread.name == "da3-janitor":
+            thread.join(timeout=30)
+            assert not thread.is_alive()
     assert calls == [(tmp_path,)]
 
 

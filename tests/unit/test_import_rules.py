@@ -18,17 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY_PACKAGE = "da3_core.worker"  # the DA3 code that imports torch; runs only in a worker
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def parent_files() -> list[Path]:
+def parent_files(root: Path = ROOT) -> list[Path]:
     """Every Python file the server process may import: all of da3_core but da3_core/worker/."""
-    files = [ROOT / "streamlit_app.py", *sorted((ROOT / "pages").rglob("*.py"))]
-    files += [p for p in sorted((ROOT / "da3_core").rglob("*.py")) if not module_name(p).startswith(HEAVY_PACKAGE + ".") and module_name(p) != HEAVY_PACKAGE]
+    files = [root / "streamlit_app.py", *sorted((root / "pages").rglob("*.py"))]
+    files += [p for p in sorted((root / "da3_core").rglob("*.py"))
+              if not module_name(p, root).startswith(HEAVY_PACKAGE + ".") and module_name(p, root) != HEAVY_PACKAGE]
     return [f for f in files if f.exists()]
 
 
@@ -50,13 +51,13 @@ def imports(tree: ast.AST):
     yield from visit(tree, True)
 
 
-def problems_in(path: Path) -> list[str]:
+def problems_in(path: Path, root: Path = ROOT) -> list[str]:
     found = []
     for module, top in imports(ast.parse(path.read_text(), str(path))):
         if module.split(".")[0] in FORBIDDEN_PACKAGES:
-            found.append(f"{path.relative_to(ROOT)} imports {module}")
+            found.append(f"{path.relative_to(root)} imports {module}")
         elif module.startswith(HEAVY_PACKAGE + ".") and top:
-            found.append(f"{path.relative_to(ROOT)} imports {module} at module level (only inside a task body)")
+            found.append(f"{path.relative_to(root)} imports {module} at module level (only inside a task body)")
     return found
 
 
@@ -74,13 +75,21 @@ def test_rule_checker_catches_violations(tmp_path):
     assert ("torch", True) in found
     assert ("da3_core.worker.model", True) in found
     assert ("da3_core.worker.model", False) in found
-    nested = ROOT / "da3_core" / "runner" / "backends" / "_rule_probe_tmp.py"
-    try:
-        nested.write_text("def f():\n    import gsplat\n")
-        assert nested in parent_files()
-        assert problems_in(nested) == [f"{nested.relative_to(ROOT)} imports gsplat"]
-    finally:
-        nested.unlink()
+    # A new nested sub-package is scanned without touching this test; da3_core/worker/ is not.
+    # (A copy of the layout under tmp_path: nothing is written into the source tree.)
+    nested = tmp_path / "da3_core" / "runner" / "backends" / "_rule_probe.py"
+    worker = tmp_path / "da3_core" / "worker" / "sub" / "model.py"
+    for path in (nested, worker):
+        path.parent.mkdir(parents=True)
+        path.write_text("def f():\n    import gsplat\n")
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "9_Probe.py").write_text("from da3_core.worker.model import get_model\n")
+    files = parent_files(tmp_path)
+    assert nested in files and worker not in files and tmp_path / "pages" / "9_Probe.py" in files
+    assert problems_in(nested, tmp_path) == ["da3_core/runner/backends/_rule_probe.py imports gsplat"]
+    assert problems_in(tmp_path / "pages" / "9_Probe.py", tmp_path) == [
+        "pages/9_Probe.py imports da3_core.worker.model at module level (only inside a task body)",
+        "pages/9_Probe.py imports da3_core.worker.model.get_model at module level (only inside a task body)"]
 
 
 def test_one_list_of_forbidden_packages():

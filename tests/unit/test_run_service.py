@@ -115,8 +115,7 @@ def test_retry_gets_the_exact_frames_while_held_then_the_saved_copies(service, t
     assert exact and len(again) == 3
     for a, b in zip(again, submitted):
         np.testing.assert_array_equal(a, b)  # bit-equal: not JPEG-decoded copies
-    service.keep_finished_s = 0.0  # the server let go of it
-    time.sleep(0.01)
+    service.keep_finished_s = -1.0  # the server let go of it (any age is past this; no sleep)
     again, exact = service.frames_for_retry(active.run_dir)
     assert not exact and [a.shape for a in again] == [b.shape for b in submitted]
 
@@ -173,9 +172,89 @@ def test_status_line_says_queued_not_running(service, tmp_path):
         time.sleep(0.02)
     second.pump()
     line = second.status_line()
-    assert line.startswith("Queued (position 1 in the queue (1 ahead)) · 4 frames"), line
-    assert "Running" not in line
+    assert line.startswith("Queued: position 1 (1 ahead) · 4 frames · waiting "), line
+    assert "Running" not in line and "in the queue" not in line
     wait_finished(first)
     wait_finished(second)
     first.pump()
     assert first.status_line().startswith("Running 2 frames: ")
+
+
+def test_the_time_says_both_the_wait_in_the_queue_and_the_run(service, tmp_path):
+    """run.json keeps the time from submission to the end and the wait in the queue, so the
+    Done banner says what the log says ("in 6.1 s (4.0 s running, 2.1 s waiting)")."""
+    from da3_core.session import view_of
+
+    session = tmp_path / "ws" / "sessions" / ("6" * 32)
+    first = service.submit(session, frames(), ["slow", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    second = service.submit(session, frames(), ["x", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    wait_finished(first)
+    wait_finished(second)
+    timings = status_on_disk(second)["timings"]
+    assert timings[run_service.QUEUE_WAIT_S] > 1.0  # it waited behind the slow one (2 s)
+    assert timings[run_service.WALL_S] >= timings[run_service.QUEUE_WAIT_S]
+    view = view_of(service, second.run_dir)  # from the service's run
+    assert view.status == "done" and view.waiting_s == pytest.approx(timings[run_service.QUEUE_WAIT_S])
+    running = timings[run_service.WALL_S] - timings[run_service.QUEUE_WAIT_S]
+    assert view.took() == (f"{timings[run_service.WALL_S]:.1f} s ({running:.1f} s running, "
+                           f"{timings[run_service.QUEUE_WAIT_S]:.1f} s waiting)")
+    service.keep_finished_s = 0.0  # the server let go of it: the folder says the same
+    time.sleep(0.01)
+    assert service.get(second.run_dir) is None
+    again = view_of(service, second.run_dir)
+    assert again.status == "done" and again.took() == view.took()
+
+
+def test_retry_with_demo_weights_runs_the_same_frames_again(service, tmp_path):
+    from da3_core.session import view_of
+
+    session = tmp_path / "ws" / "sessions" / ("7" * 32)
+    submitted = frames(3)
+    missing = service.submit(session, submitted, ["no-weights", "b", "c"], "upload", ModelSpec("hub", "depth-anything/DA3-BASE"),
+                             {**PARAMS, "process_res": 126})
+    wait_finished(missing)
+    view = view_of(service, missing.run_dir)
+    assert view.status == "failed" and view.model_unavailable and "ModelUnavailableError" in view.message
+    assert "Traceback" in view.traceback
+    again = service.retry_with_demo_weights(missing.run_dir)
+    assert again.run_dir != missing.run_dir and again.run_dir.parent == session
+    assert again.meta.model_kind == "demo" and again.meta.model_ref == "da3-base"  # the preset the run asked for
+    assert again.meta.names == ["no-weights", "b", "c"] and again.meta.params["process_res"] == 126
+    assert again.meta.params["retry_of"] == missing.run_id and again.meta.params["retry_frames"] == "exact"
+    assert again.images and all((a == b).all() for a, b in zip(again.images, submitted))
+    assert wait_finished(again).ok
+    done = view_of(service, again.run_dir)
+    assert done.ok and done.retry_of == missing.run_id
+    # Once the server let go of the first run, its saved frames are used, and the view of the
+    # failed run still says its weights were missing (read from run.json).
+    service.keep_finished_s = 0.0
+    time.sleep(0.01)
+    assert view_of(service, missing.run_dir).model_unavailable
+    third = service.retry_with_demo_weights(missing.run_dir)
+    assert third.meta.params["retry_frames"] == "saved copies"
+    assert wait_finished(third).ok
+
+
+def test_the_view_of_a_run_from_its_folder_alone(service, tmp_path):
+    """What the Done banner reads once the server no longer holds the run: run.json's status,
+    message, times and a chunked run's figures (`session.RunView`)."""
+    from dataclasses import replace
+
+    from da3_core.session import view_of
+
+    session = tmp_path / "ws" / "sessions" / ("8" * 32)
+    run_dir, meta = runs.start_run(session, frames(), ["a", "b"], "video", ModelSpec("demo", "da3-small"), PARAMS)
+    chunked = {"chunks": 3, "chunk": 8, "overlap": 3, "alignment": "sim3", "loops_closed": 1}
+    runs.write_meta(run_dir, replace(meta, status="done", preset="da3-small", device="cpu", params={**meta.params, "chunked": chunked},
+                                     timings={"total": 6.1, run_service.WALL_S: 6.1, run_service.QUEUE_WAIT_S: 2.1}))
+    view = view_of(service, run_dir)
+    assert view.ok and view.finished and not view.pending and view.n_views == 2
+    assert view.took() == "6.1 s (4.0 s running, 2.1 s waiting)"
+    assert view.chunk_text() == ", 3 chunks of 8 (overlap 3), alignment sim3, 1 loop(s) closed"
+    runs.fail_run(run_dir, runs.read_meta(run_dir), "ModelUnavailableError: Could not load model x/y")
+    failed = view_of(service, run_dir)
+    assert failed.status == "failed" and failed.model_unavailable and failed.traceback == ""
+    old = replace(runs.read_meta(run_dir), status="done", error="", timings={"total": 1.5})  # saved before the wait was recorded
+    runs.write_meta(run_dir, old)
+    assert view_of(service, run_dir).took() == "1.5 s"
+    assert view_of(service, tmp_path / "nowhere") is None

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from da3_core.logs import one_line
+from da3_core.runner.logsetup import one_line
 from da3_core.runner.protocol import ExceptionResult, GPUError, Notice, ResultNotCPUError, TaskCancelledError, TaskError, merge_notices
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from da3_core.runner import shm
 from da3_core.runner.backends.base import CallPolicy, WorkerSlot, cancel_or_kill_due, error_for_reply, next_wake
 from da3_core.runner.jobs import Job, Progress, Started
+from da3_core.runner.logsetup import LogSetup
 from da3_core.runner.protocol import (
     CallDone,
     CallRequest,
@@ -50,13 +51,16 @@ class ProcessSlot(WorkerSlot):
             ``{"CUDA_VISIBLE_DEVICES": "1"}``).
         preload: Modules the worker imports right after it starts.
         name: The worker's process name.
+        log_setup: How the worker logs (default: as this process's package logger does).
     """
 
-    def __init__(self, index: int, label: str, device: str, *, env: dict[str, str] | None = None, preload: tuple[str, ...] = (), name: str = "da3-worker") -> None:
+    def __init__(self, index: int, label: str, device: str, *, env: dict[str, str] | None = None, preload: tuple[str, ...] = (), name: str = "da3-worker",
+                 log_setup: LogSetup | None = None) -> None:
         super().__init__(index, label, device)
         self.env = dict(env or {})
         self.preload = tuple(preload)
         self.name = name
+        self.log_setup = log_setup or LogSetup.of_caller()
         self._ctx = mp.get_context("spawn")
         self._lock = threading.RLock()  # guards _proc/_conn (start, kill, read)
         self._proc: Any = None
@@ -226,7 +230,7 @@ class ProcessSlot(WorkerSlot):
                 parent_conn, child_conn = self._ctx.Pipe(duplex=True)
                 proc = self._ctx.Process(
                     target=worker_main,
-                    args=(child_conn, os.getpid(), self.preload, self.env),
+                    args=(child_conn, os.getpid(), self.preload, self.env, self.log_setup),
                     name=self.name,
                     daemon=True,  # multiprocessing ends it at a normal exit of the parent
                 )

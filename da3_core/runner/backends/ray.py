@@ -40,6 +40,7 @@ from da3_core.runner import shm
 from da3_core.runner.devices import worker_count
 from da3_core.runner.backends.base import CallPolicy, WorkerSlot, cancel_or_kill_due, error_for_reply, next_wake
 from da3_core.runner.jobs import Job, Progress, Started
+from da3_core.runner.logsetup import LogSetup
 from da3_core.runner.protocol import (
     CallRequest,
     ExceptionResult,
@@ -67,7 +68,8 @@ _init_lock = threading.Lock()
 _actor_class: Any = None
 
 
-def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address: str | None = None, name: str = "da3-worker") -> list[RaySlot]:
+def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address: str | None = None, name: str = "da3-worker",
+                   log_setup: LogSetup | None = None) -> list[RaySlot]:
     """The slots of a Ray runner; connects to Ray first if this process is not connected yet.
 
     Args:
@@ -77,6 +79,7 @@ def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address
         address: ``None`` (start a local Ray instance), ``"auto"`` (the cluster this machine
             belongs to) or ``"host:port"`` of a cluster's head (its GCS port, 6379 by default).
         name: Prefix of the runner's thread names.
+        log_setup: How the actors log (default: as this process's package logger does).
 
     Raises:
         WorkerStartError: Ray is not installed, or the cluster cannot be reached.
@@ -93,7 +96,9 @@ def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address
     count = count_setting if count_setting is not None else max(1, gpus)
     # More actors than GPUs share them, as worker processes do: each asks for a fraction.
     gpu_share = 1.0 / math.ceil(count / gpus) if gpus else 0.0
-    slots = [RaySlot(i, f"actor {i + 1}", use_gpu=bool(gpus), gpu_share=gpu_share or 1.0, preload=preload, name=name, runtime_env=runtime_env)
+    log_setup = log_setup or LogSetup.of_caller()
+    slots = [RaySlot(i, f"actor {i + 1}", use_gpu=bool(gpus), gpu_share=gpu_share or 1.0, preload=preload, name=name, runtime_env=runtime_env,
+                     log_setup=log_setup)
              for i in range(count)]
     log.info("Ray runner: %d %s actor(s)%s on a cluster with %d GPU(s), %g CPU(s)", count, "GPU" if gpus else "CPU",
              f" ({gpu_share:g} GPU each)" if gpus and gpu_share < 1 else "", gpus, ray.cluster_resources().get("CPU", 0))
@@ -110,7 +115,9 @@ def connect(address: str | None) -> bool:
 
     ``None`` starts a local instance; ``"auto"`` and ``"host:port"`` (or ``ray://host:port``)
     connect to a running cluster, failing within seconds, never hanging, when it cannot be
-    reached.
+    reached. A cluster that requires a token (Ray's token authentication) gets this machine's
+    token when it runs on this machine or was found with ``"auto"``, as ``ray.init()`` does;
+    otherwise the error says how to pass it (see `_settle_token`).
 
     Raises:
         WorkerStartError: Ray is missing or the cluster cannot be reached; says what to check.
@@ -134,7 +141,9 @@ def connect(address: str | None) -> bool:
             return True
         target = _resolve_address(address)
         _check_reachable(address, target)
-        _init_bounded(address, target)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        _settle_token(address, target, deadline)
+        _init_bounded(address, target, deadline)
         log.info("connected to the Ray cluster at %s in %.1f s (%g CPU, %g GPU)", target, time.monotonic() - t0,
                  ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
         return True
@@ -143,9 +152,9 @@ def connect(address: str | None) -> bool:
 def _cannot_connect(address: str, why: str) -> WorkerStartError:
     return WorkerStartError(
         f"cannot connect to the Ray cluster at DA3_RAY_ADDRESS={address!r}: {why}. Check that the cluster runs "
-        "(`ray status` on its head node), that this machine reaches the head's GCS port (6379 unless "
-        "`ray start --head --port` said otherwise), and that both run Ray 2.60; or unset DA3_RAY_ADDRESS to run "
-        "without Ray"
+        "(`ray status` on its head node; `RAY_AUTH_MODE=token ray status` where it uses a Ray token), that this "
+        "machine reaches the head's GCS port (6379 unless `ray start --head --port` said otherwise), and that both "
+        "run Ray 2.60; or unset DA3_RAY_ADDRESS to run without Ray"
     )
 
 
@@ -186,10 +195,14 @@ def _check_reachable(address: str, target: str) -> None:
         raise _cannot_connect(address, f"nothing answers at {hostport} ({exc})") from None
 
 
-def _init_bounded(address: str, target: str) -> None:
-    """``ray.init(target)`` in a helper thread, given up after `CONNECT_TIMEOUT_S` (Ray's own
-    client retries for many minutes when the port answers but is not a Ray head)."""
+def _init_bounded(address: str, target: str, deadline: float | None = None) -> None:
+    """``ray.init(target)`` in a helper thread, given up at ``deadline`` (default: in
+    `CONNECT_TIMEOUT_S`; Ray's own client retries for many minutes when the port answers but
+    is not a Ray head)."""
     import ray
+
+    if deadline is None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
 
     outcome: dict[str, BaseException | None] = {}
 
@@ -202,12 +215,170 @@ def _init_bounded(address: str, target: str) -> None:
 
     thread = threading.Thread(target=init, name="da3-ray-connect", daemon=True)
     thread.start()
-    thread.join(CONNECT_TIMEOUT_S)
+    thread.join(max(0.0, deadline - time.monotonic()))
     if "error" not in outcome:
-        raise _cannot_connect(address, f"{target} did not answer as a Ray cluster within {CONNECT_TIMEOUT_S:.0f} s (restart the server after fixing it)")
+        raise _no_answer(address, target)
     if outcome["error"] is not None:
         exc = outcome["error"]
+        if _is_auth_error(exc):
+            raise _token_error(address, target, str(exc)) from exc
         raise _cannot_connect(address, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+
+
+def _no_answer(address: str, target: str) -> WorkerStartError:
+    return _cannot_connect(address, f"{target} did not answer as a Ray cluster within {CONNECT_TIMEOUT_S:.0f} s (restart the server after fixing it)")
+
+
+# --------------------------------------------------------------------------------------
+# Token authentication
+# --------------------------------------------------------------------------------------
+# Ray 2.60 turns token authentication on for a cluster that `ray start --head` starts where a
+# token exists (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``). A client
+# then needs ``RAY_AUTH_MODE=token`` and the same token: `ray.init("auto")` turns the mode on
+# by itself when a token exists, `ray.init("host:port")` never does (so that a token is not
+# sent to any address unasked), and without it the connection fails after about 20 s with
+# "Failed to connect to Ray cluster", which does not mention the token.
+
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+
+
+def _settle_token(address: str, target: str, deadline: float) -> None:
+    """Before `ray.init`: ask the cluster's GCS whether it accepts this process without a
+    token (an answer in milliseconds, where `ray.init` takes 20 s to fail). If it wants one,
+    send this machine's token when the cluster runs on this machine or was found with
+    ``auto`` and ``RAY_AUTH_MODE`` is unset (what `ray.init("auto")` does); otherwise raise an
+    error that says how to pass the token.
+
+    Raises:
+        WorkerStartError: The cluster refuses this process (says why and what to set), or
+            does not answer as a Ray cluster before ``deadline``.
+    """
+    if target.startswith("ray://"):
+        return  # Ray Client: its server checks the token; ray.init reports a refusal
+    refusal = _refusal(address, target, deadline)
+    if refusal is None:
+        return
+    token = _token_source()
+    if os.environ.get(AUTH_MODE_VAR) is None and token is not None and (address.strip() == "auto" or _on_this_machine(target)):
+        _enable_token_mode()
+        log.info("the Ray cluster at %s requires a token: sending this machine's (%s), as `ray.init()` does for a cluster "
+                 "on this machine; %s=token is set in this process", target, token, AUTH_MODE_VAR)
+        refusal = _refusal(address, target, deadline)
+        if refusal is None:
+            return
+    raise _token_error(address, target, refusal)
+
+
+def _refusal(address: str, target: str, deadline: float) -> str | None:
+    """Ray's message when the GCS at ``target`` refuses this process's credentials; None when
+    it accepts them, or when the question cannot be asked (`ray.init` then reports)."""
+    try:
+        from ray._raylet import GcsClient
+    except Exception:  # noqa: BLE001 - a private class: if it moved, let ray.init find out
+        return None
+    outcome: dict[str, BaseException | None] = {}
+
+    def probe() -> None:
+        try:
+            GcsClient(address=target)
+            outcome["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=probe, name="da3-ray-probe", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if "error" not in outcome:
+        raise _no_answer(address, target)  # a Ray GCS answers in milliseconds
+    exc = outcome["error"]
+    if exc is None or not _is_auth_error(exc):
+        if exc is not None:
+            log.debug("Ray GCS probe of %s: %r (ray.init decides)", target, exc)
+        return None
+    return str(exc).strip() or type(exc).__name__
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return "AuthenticationError" in text or "InvalidAuthToken" in text or "Unauthenticated" in text
+
+
+def _token_source() -> str | None:
+    """Where Ray would read a token in this process (as its loader looks), or None."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if path:
+        return f"RAY_AUTH_TOKEN_PATH={path}" if Path(path).expanduser().is_file() else None
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+def _on_this_machine(target: str) -> bool:
+    """``host:port`` names an address of this machine (loopback or one of its interfaces)."""
+    import ipaddress
+
+    import psutil
+
+    host = target.rpartition(":")[0].strip("[]")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    mine = {a.address.split("%")[0] for nics in psutil.net_if_addrs().values() for a in nics}
+    for text in addresses:
+        try:
+            if ipaddress.ip_address(text.split("%")[0]).is_loopback or text in mine:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _enable_token_mode() -> None:
+    """``RAY_AUTH_MODE=token`` for this process (and what it starts), as Ray sets it itself."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()  # sets the variable and refreshes Ray's cached config
+    except Exception:  # noqa: BLE001 - a private helper: set the variable and refresh by hand
+        os.environ[AUTH_MODE_VAR] = "token"
+        with contextlib.suppress(Exception):
+            from ray._raylet import Config
+
+            Config.initialize("")
+
+
+def _token_error(address: str, target: str, refusal: str) -> WorkerStartError:
+    """The error for a cluster that refused this process's token (or its lack of one)."""
+    mode = os.environ.get(AUTH_MODE_VAR)
+    token = _token_source()
+    where = "~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+    copy = ("put the cluster's token (`ray get-auth-token` on its head prints it) in ~/.ray/auth_token here, or pass "
+            "it as RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file>")
+    run = f"e.g. `RAY_AUTH_MODE=token DA3_RAY_ADDRESS={address.strip()} make run`"
+    if mode is not None and mode.lower() != "token":
+        why = f"this process has {AUTH_MODE_VAR}={mode}, which sends no token"
+        how = f"set {AUTH_MODE_VAR}=token with the cluster's token in {where} (or unset it: a cluster on this machine then gets this machine's token)"
+    elif mode is None and token is None:
+        why = "no Ray token is found here"
+        how = f"{copy}, and set {AUTH_MODE_VAR}=token"
+    elif mode is None:
+        why = (f"{AUTH_MODE_VAR} is not set, and the token found here ({token}) is sent unasked only to a cluster on this "
+               "machine or found with DA3_RAY_ADDRESS=auto")
+        how = f"if it is this cluster's token, set {AUTH_MODE_VAR}=token; else {copy} and set {AUTH_MODE_VAR}=token"
+    elif token is None:
+        why = f"{AUTH_MODE_VAR}=token is set but no token is found here ({where})"
+        how = copy
+    else:
+        why = f"it refused the token found here ({token}): it is not this cluster's"
+        how = copy.replace("put", "use", 1) + " instead"
+    first = refusal.strip().splitlines()[0] if refusal.strip() else ""
+    return WorkerStartError(
+        f"cannot connect to the Ray cluster at DA3_RAY_ADDRESS={address!r} ({target}): the cluster requires a Ray token "
+        f"(token authentication, which `ray start --head` turns on where a token exists) and {why}. To connect: {how}; "
+        f"{run}. Ray said: {first[:200]}"
+    )
 
 
 def _pythonpath() -> str:
@@ -305,10 +476,11 @@ class RaySlot(WorkerSlot):
         preload: Modules the actor imports right after it starts.
         name: Prefix of thread names.
         runtime_env: The actors' Ray runtime_env (None: the job's).
+        log_setup: How the actor logs (default: as this process's package logger does).
     """
 
     def __init__(self, index: int, label: str, *, use_gpu: bool, gpu_share: float = 1.0, preload: tuple[str, ...] = (),
-                 name: str = "da3-worker", runtime_env: dict[str, Any] | None = None) -> None:
+                 name: str = "da3-worker", runtime_env: dict[str, Any] | None = None, log_setup: LogSetup | None = None) -> None:
         self.kind = "GPU" if use_gpu else "CPU"
         super().__init__(index, label, f"Ray {self.kind}")
         self.use_gpu = use_gpu
@@ -316,6 +488,7 @@ class RaySlot(WorkerSlot):
         self.preload = tuple(preload)
         self.name = name
         self.runtime_env = runtime_env
+        self.log_setup = log_setup or LogSetup.of_caller()
         self.node_ip: str | None = None
         self._lock = threading.RLock()  # guards _actor/_pid/_kill_reason
         self._actor: Any = None
@@ -465,7 +638,7 @@ class RaySlot(WorkerSlot):
                 options["runtime_env"] = self.runtime_env
             t0 = time.monotonic()
             try:
-                actor = _remote_actor_class().options(**options).remote(self.preload, self.label)
+                actor = _remote_actor_class().options(**options).remote(self.preload, self.label, self.log_setup)
             except Exception as exc:  # noqa: BLE001 - e.g. Ray shut down
                 self._starting = False
                 raise WorkerStartError(f"the Ray actor could not be created: {exc}") from exc

@@ -42,6 +42,7 @@ from da3_core.runner import shm
 from da3_core.runner.inside import capture
 from da3_core.runner.inside.calls import exception_reply, run_value, worker_state
 from da3_core.runner.inside.tocpu import CPUOnlyPickler, NotCPUDataError
+from da3_core.runner.logsetup import LogSetup
 from da3_core.runner.protocol import CallRequest, ExceptionResult, Packed, ProgressMsg
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,14 @@ class CallActor:
     Args:
         preload: Modules to import in the background right after start.
         label: The slot's label, for log lines.
+        log_setup: How the server logs; the actor's lines go the same way (its stderr, which
+            Ray forwards to the driver's terminal; a log file where the path exists on its node).
     """
 
-    def __init__(self, preload: tuple[str, ...] = (), label: str = "actor") -> None:
-        from da3_core import logs
-
-        logs.setup(announce=False)  # the actor's lines go to its stderr, which Ray forwards to the driver's terminal
-        capture.install()  # third-party warnings become notices for the Runner page
+    def __init__(self, preload: tuple[str, ...] = (), label: str = "actor", log_setup: LogSetup | None = None) -> None:
+        log_setup = log_setup or LogSetup()
+        log_setup.apply()
+        capture.install(tee=log_setup.tee, echo_format=log_setup.echo_format)  # third-party warnings become notices for the Runner page
         self.label = label
         self._lock = threading.Lock()
         self._call_id: int | None = None

@@ -18,7 +18,8 @@ Not captured: output written straight to file descriptors 1 and 2 by C/C++ code 
 ``fprintf(stderr, ...)`` in an extension, CUDA's own messages, a crash report). It still
 reaches the terminal: a pipe reader inside the worker would lose a dying worker's last words.
 
-With ``tee`` (``DA3_APP_LOG_LEVEL=DEBUG``) everything is also printed as before.
+With ``tee`` (the server logs at DEBUG: ``DA3_APP_LOG_LEVEL=DEBUG`` in the app) everything is also
+printed as before.
 Torch-free, like the rest of `da3_core.runner.inside`.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import sys
 import threading
@@ -34,6 +34,7 @@ import time
 import warnings
 from typing import Any, TextIO
 
+from da3_core.runner.logsetup import DEFAULT_FORMAT
 from da3_core.runner.protocol import Notice
 
 log = logging.getLogger(__name__)
@@ -138,14 +139,12 @@ class NoticeHandler(logging.Handler):
     """Turns third-party log records into notices. Records at ERROR and above, and every
     record when ``echo`` is given, are also written to ``echo`` (errors stay in the terminal)."""
 
-    def __init__(self, book: NoticeBook, echo: TextIO | None = None, tee: bool = False) -> None:
+    def __init__(self, book: NoticeBook, echo: TextIO | None = None, tee: bool = False, echo_format: str = DEFAULT_FORMAT) -> None:
         super().__init__(logging.WARNING)
         self.book = book
         self.echo = echo
         self.tee = tee
-        from da3_core.logs import FORMAT
-
-        self.setFormatter(logging.Formatter(FORMAT))
+        self.setFormatter(logging.Formatter(echo_format))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -260,11 +259,13 @@ BOOK: NoticeBook | None = None
 _original: dict[str, Any] = {}
 
 
-def install(tee: bool | None = None) -> NoticeBook:
+def install(tee: bool = False, echo_format: str = DEFAULT_FORMAT) -> NoticeBook:
     """Capture warnings, third-party log records and prints in this process from now on.
 
     Args:
-        tee: Also print everything as before; default: when ``DA3_APP_LOG_LEVEL`` is DEBUG.
+        tee: Also print everything as before (the worker passes True when the server logs
+            at DEBUG: `da3_core.runner.logsetup.LogSetup.tee`).
+        echo_format: The format of the error records still written to stderr (the server's).
 
     Returns:
         The book the notices go to (also `BOOK`). Idempotent.
@@ -272,8 +273,6 @@ def install(tee: bool | None = None) -> NoticeBook:
     global BOOK
     if BOOK is not None:
         return BOOK
-    if tee is None:
-        tee = os.environ.get("DA3_APP_LOG_LEVEL", "").strip().upper() == "DEBUG"
     book = NoticeBook()
     real_out, real_err = sys.stdout, sys.stderr
     _original.update(stdout=real_out, stderr=real_err, showwarning=warnings.showwarning,
@@ -287,7 +286,7 @@ def install(tee: bool | None = None) -> NoticeBook:
 
     warnings.showwarning = showwarning
     root = logging.getLogger()
-    root.addHandler(NoticeHandler(book, echo=real_err, tee=tee))
+    root.addHandler(NoticeHandler(book, echo=real_err, tee=tee, echo_format=echo_format))
     if real_out is not None:
         sys.stdout = CaptureStream("stdout", real_out, book, tee)
     if real_err is not None:

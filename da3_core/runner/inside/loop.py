@@ -26,16 +26,18 @@ from typing import Any
 
 from da3_core.runner.inside import capture
 from da3_core.runner.inside.calls import exception_reply, release, run_call, worker_state
+from da3_core.runner.logsetup import LogSetup
 from da3_core.runner.protocol import CallDone, CallRequest, CancelRequest, ExceptionResult, NoticesMsg, OkResult, WorkerReady
 
-# Our lines go to stderr, which the worker shares with the server (`da3_core.logs`);
-# third-party warnings and prints are captured as notices (`capture`) and sent to the parent.
+# Our lines go where the server's go (stderr, which the worker shares with it; a log file),
+# as the server set them up (`da3_core.runner.logsetup`); third-party warnings and prints are captured as notices (`capture`) and sent to the parent.
 log = logging.getLogger(__name__)
 
 _send_lock = threading.Lock()
 
 
-def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                log_setup: LogSetup | None = None) -> None:
     """Entry point of the worker process.
 
     Args:
@@ -45,12 +47,13 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
             module), so the first real call does not pay for the import.
         env: Environment to set before anything else is imported (``CUDA_VISIBLE_DEVICES``
             pins the worker to its GPU: CUDA reads it when torch first initialises it).
+        log_setup: How the server logs; the worker's lines go the same way, marked with its
+            process name (default: stderr at INFO).
     """
     os.environ.update(env or {})
-    from da3_core import logs
-
-    logs.setup(announce=False)  # the worker's lines go where the server's go (stderr, DA3_LOG_FILE), marked with its process name
-    capture.install()  # before any heavy import: what libraries print becomes notices for the Runner page
+    log_setup = log_setup or LogSetup()
+    log_setup.apply()
+    capture.install(tee=log_setup.tee, echo_format=log_setup.echo_format)  # before any heavy import: what libraries print becomes notices for the Runner page
     inbox: queue.Queue[CallRequest | None] = queue.Queue()
     busy = threading.Event()
     cancelled: dict[int, threading.Event] = {}

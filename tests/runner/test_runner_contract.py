@@ -5,12 +5,17 @@ imports them by name, as it imports the real DA3 task.
 
 Every test about the contract runs on both backends: ``[process]`` (spawned worker
 processes) and ``[ray]`` (Ray actors, on the session's local Ray cluster of
-tests/ray_support.py). Tests about spawned processes themselves (spawn, parent death) and
+tests/runner/ray_support.py). Tests about spawned processes themselves (spawn, parent death) and
 about in-process mode run once.
 
 Tests that leave the worker alive and healthy share one module-scoped runner per backend
 (``warm``), which saves a worker start, and for the tensor tests a torch import, per test.
 Tests that kill, break, restart or count the worker get a fresh one (``any_runner``).
+
+No test sleeps to let a call start: each waits for the call's own events
+(`tests.runner.waiting`), and a call that must stay running while the test looks at the
+queue is a `Gate` the test opens. Time bounds are the contract's own (2 s for a crash) or
+`PROMPT_S`, far from the broken alternative each test names.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from da3_core.contract import ModelSpec, ReadOnlyDict, Reconstruction
 from da3_core.runner.protocol import ArgumentNotPicklableError, ResultNotCPUError, TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError
 from da3_core.runner import Progress, Queued, Runner, Started, gpu
 from tests import fake_tasks
-from tests.ray_support import any_runner, backend, is_ray, make_runner, ray_cluster, ray_module_runner, settled  # noqa: F401 (fixtures)
+from tests.runner.ray_support import any_runner, backend, is_ray, make_runner, ray_cluster, ray_module_runner, settled  # noqa: F401 (fixtures)
+from tests.runner.waiting import EVENT_TIMEOUT_S, PROMPT_S, Gate, until_running, until_started
 
 FT = "tests.fake_tasks"
 
@@ -225,7 +231,7 @@ def test_worker_killed_from_outside_mid_call(any_runner):
     runner = any_runner
     pid = runner.call(f"{FT}:worker_pid")
     job = runner.submit(f"{FT}:stubborn", (30,), duration=60)
-    time.sleep(0.3)
+    until_running(job)  # mid-call: the task's body runs
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
     with pytest.raises(WorkerCrashedError, match="process died" if is_ray(runner) else "SIGKILL"):
@@ -251,10 +257,11 @@ def test_exception_keeps_type_message_traceback(warm):
 
 
 # 9. One call at a time, first come first served; many callers; no result to the wrong caller.
-def test_many_threads_fifo_and_positions(warm):
+def test_many_threads_fifo_and_positions(warm, tmp_path):
     warm.call(f"{FT}:worker_pid")
-    blocker = warm.submit(f"{FT}:tagged", ("blocker", 0.5))
-    assert any(isinstance(e, Started) for e in _until_started(blocker))
+    gate = Gate(tmp_path, "blocker")
+    blocker = warm.submit(f"{FT}:gate", gate.args)
+    until_started(blocker)  # it runs until the gate opens: the eight below queue behind it
     jobs = []
     for i in range(8):
         jobs.append(warm.submit(f"{FT}:tagged", (f"caller-{i}", 0.02)))
@@ -262,6 +269,7 @@ def test_many_threads_fifo_and_positions(warm):
     assert all(isinstance(e, Queued) for e in first_positions)
     assert [e.position for e in first_positions] == list(range(1, 9))
     assert [e.ahead for e in first_positions] == list(range(1, 9))
+    gate.open()
 
     results: dict[int, object] = {}
 
@@ -273,30 +281,28 @@ def test_many_threads_fifo_and_positions(warm):
         t.start()
     for t in threads:
         t.join()
-    assert blocker.result(10)[0] == "blocker"
+    assert blocker.result(10)[0] == gate.name
     assert [results[i][0] for i in range(8)] == [f"caller-{i}" for i in range(8)]
     starts = [j.started_at for j in jobs]
     assert starts == sorted(starts)  # served in submission order
     assert all(j.started_at >= blocker.finished_at for j in jobs)  # one at a time
 
 
-def _until_started(job):
-    for event in job.events():
-        yield event
-        if isinstance(event, Started):
-            return
-
-
-def test_positions_move_up_as_queue_drains(warm):
+def test_positions_move_up_as_queue_drains(warm, tmp_path):
     warm.call(f"{FT}:worker_pid")
-    first = warm.submit(f"{FT}:tagged", ("a", 0.3))
-    list(_until_started(first))
-    warm.submit(f"{FT}:tagged", ("b", 0.3))
+    gates = [Gate(tmp_path, "a"), Gate(tmp_path, "b")]
+    first = warm.submit(f"{FT}:gate", gates[0].args)
+    until_started(first)
+    second = warm.submit(f"{FT}:gate", gates[1].args)
     last = warm.submit(f"{FT}:tagged", ("c", 0.0))
-    seen = list(last.events())
-    assert [(e.position, e.ahead) for e in seen if isinstance(e, Queued)] == [(2, 2), (1, 1)]
-    assert isinstance(seen[-1], Started) or any(isinstance(e, Started) for e in seen)
-    assert last.result(5)[0] == "c"
+    assert last.poll_events() == [Queued(2, 2)]
+    gates[0].open()  # the first ends: the second starts and the last moves up
+    moved = next((e for e in last.events(timeout=EVENT_TIMEOUT_S) if isinstance(e, Queued)), None)
+    assert moved == Queued(1, 1)
+    gates[1].open()
+    assert any(isinstance(e, Started) for e in until_started(last))
+    assert last.result(30)[0] == "c"
+    assert second.result(30)[0] == gates[1].name
 
 
 # 10. Progress streams while the task runs; cancel and giving up do not leave the worker busy.
@@ -313,12 +319,15 @@ def test_progress_events_stream_in_order(warm):
 def test_cancel_cooperative_keeps_worker(warm):
     pid = warm.call(f"{FT}:worker_pid")
     job = warm.submit(f"{FT}:cancellable", (30,), duration=60)
-    time.sleep(0.3)
+    until_running(job)
     t0 = time.monotonic()
     job.cancel()
-    with pytest.raises(TaskCancelledError):
+    with pytest.raises(TaskCancelledError) as info:
         job.result(10)
-    assert time.monotonic() - t0 < 1.0
+    # Seen at the task's next checkpoint (every 20 ms), not at its end (30 s) or budget (60 s)...
+    assert time.monotonic() - t0 < PROMPT_S
+    # ...and by the task itself: no kill after the grace period, the same worker goes on.
+    assert "restarted" not in str(info.value)
     assert warm.call(f"{FT}:worker_pid") == pid
 
 
@@ -326,20 +335,23 @@ def test_cancel_stubborn_task_kills_after_grace(any_runner):
     runner = any_runner
     pid = runner.call(f"{FT}:worker_pid")
     job = runner.submit(f"{FT}:stubborn", (30,), duration=60)
-    time.sleep(0.3)
+    until_running(job)
     job.cancel()
     with pytest.raises(TaskCancelledError, match="restarted"):
         job.result(10)
     assert runner.call(f"{FT}:worker_pid") != pid
 
 
-def test_cancel_while_queued(warm):
+def test_cancel_while_queued(warm, tmp_path):
     warm.call(f"{FT}:worker_pid")
-    warm.submit(f"{FT}:tagged", ("a", 0.5))
+    gate = Gate(tmp_path, "a")
+    blocker = warm.submit(f"{FT}:gate", gate.args)
     queued = warm.submit(f"{FT}:square", (2,))
     queued.cancel()
     with pytest.raises(TaskCancelledError, match="queued"):
         queued.result(1)
+    gate.open()
+    assert blocker.result(30)[0] == gate.name
 
 
 def test_caller_giving_up_cancels_the_call(warm):
@@ -356,7 +368,7 @@ def test_caller_giving_up_cancels_the_call(warm):
         warm.call(f"{FT}:progress_steps", 1000, 0.05, on_event=on_event, duration=120)
     t0 = time.monotonic()
     assert warm.call(f"{FT}:square", 7) == 49  # the worker was freed, not busy for 50 s
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < PROMPT_S
     assert warm.worker_pid == pid
 
 
@@ -439,6 +451,29 @@ def test_inprocess_mode_and_isolated_default(monkeypatch):
         set_default_runner(None)
 
 
+def test_the_default_runner_is_made_as_the_application_says(monkeypatch):
+    """The runner reads no settings: the application hands `default_runner` a factory
+    (`da3_core.tasks`: from the DA3_* settings); without one it is ``Runner()``."""
+    from da3_core import tasks
+    from da3_core.runner import default_runner, set_default_runner, set_default_runner_factory
+
+    monkeypatch.setenv("DA3_ISOLATION", "inprocess")
+    monkeypatch.setenv("DA3_CANCEL_GRACE_S", "3")
+    set_default_runner(None)
+    try:
+        d = default_runner()
+        assert (d.isolation, d.policy.cancel_grace_s) == ("inprocess", 3.0)
+        assert default_runner() is d
+        d.close()
+        set_default_runner_factory(None)
+        d = default_runner()  # the closed one is replaced, by Runner()'s defaults this time
+        assert (d.isolation, d.policy.cancel_grace_s) == ("isolated", 10.0)
+        d.close()
+    finally:
+        set_default_runner_factory(tasks._runner_from_settings)
+        set_default_runner(None)
+
+
 def test_memory_exhaustion_in_worker_recovers(any_runner):
     runner = any_runner
     runner.call(f"{FT}:worker_pid")
@@ -459,7 +494,7 @@ def test_close_during_a_call_ends_it_cleanly(backend):
     pid = r.worker_pid
     running = r.submit(f"{FT}:stubborn", (30,), duration=60)
     queued = r.submit(f"{FT}:square", (2,))
-    time.sleep(0.3)
+    until_running(running)
     r.close()
     with pytest.raises(RunnerClosedError):
         running.result(5)
@@ -493,8 +528,7 @@ def test_cancelled_call_reads_as_cancelled(request, isolation):
     r = warm or Runner(isolation="inprocess")
     try:
         job = r.submit(f"{FT}:progress_steps", (1000, 0.05), duration=120)
-        list(_until_started(job))
-        time.sleep(0.1)
+        until_running(job)
         job.cancel()
         with pytest.raises(TaskCancelledError) as info:
             job.result(10)
@@ -516,29 +550,31 @@ def test_checkpoint_exception_without_a_cancel_stays_a_task_error(warm):
 def test_cancel_reaches_the_worker_without_waiting_for_a_deadline(warm):
     """The slot's thread wakes when a caller cancels; nothing ticks, and its wait would
     otherwise last until the call's budget runs out (60 s here)."""
-    warm.call(f"{FT}:worker_pid")
+    pid = warm.call(f"{FT}:worker_pid")
     job = warm.submit(f"{FT}:cancellable", (30,), duration=60)
-    list(_until_started(job))
-    time.sleep(0.2)  # the slot's thread now sits in a wait until the budget's end
+    # The task runs and the slot's thread, having passed its first report on, waits until the
+    # budget's end (a cancel that lands before the wait begins is in the wake-up pipe: the
+    # wait returns at once all the same).
+    until_running(job)
     t0 = time.monotonic()
     job.cancel()
-    with pytest.raises(TaskCancelledError):
+    with pytest.raises(TaskCancelledError) as info:
         job.result(10)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < PROMPT_S  # not at the budget's end (60 s)
+    assert "restarted" not in str(info.value) and warm.call(f"{FT}:worker_pid") == pid  # the task saw it: no kill
 
 
 def test_inprocess_cancel_reaches_a_task_that_only_checks():
     """In-process, `Job.cancel` sets the call's event at once: `check_cancelled` alone sees it."""
     r = Runner(isolation="inprocess")
     try:
-        job = r.submit(f"{FT}:cancellable", (5,), duration=60)  # never reports progress
-        list(_until_started(job))
-        time.sleep(0.1)
+        job = r.submit(f"{FT}:cancellable", (30,), duration=60)  # reports once, then only checks
+        until_running(job)
         t0 = time.monotonic()
         job.cancel()
         with pytest.raises(TaskCancelledError):
-            job.result(3)
-        assert time.monotonic() - t0 < 1.0
+            job.result(PROMPT_S)
+        assert time.monotonic() - t0 < PROMPT_S  # not at the task's end (30 s): nothing kills in-process
     finally:
         r.close()
 
@@ -569,8 +605,8 @@ def test_inprocess_abandoned_call_is_cancelled_at_a_progress_report():
         job.touch()  # watched once, then never again: a closed tab
         t0 = time.monotonic()
         with pytest.raises(TaskCancelledError):
-            job.result(5)
-        assert time.monotonic() - t0 < 2.0
+            job.result(10)
+        assert time.monotonic() - t0 < PROMPT_S  # 0.3 s silent, then the next report (0.05 s); not the task's 50 s
     finally:
         r.close()
 
@@ -588,14 +624,13 @@ def test_budget_enforced_while_the_task_floods_progress(any_runner):
 
 def test_cancel_while_the_task_floods_progress(warm):
     pid = warm.call(f"{FT}:worker_pid")
-    job = warm.submit(f"{FT}:progress_flood", (8,), duration=60)
-    list(_until_started(job))
-    time.sleep(0.3)
+    job = warm.submit(f"{FT}:progress_flood", (30,), duration=60)
+    until_running(job)  # flooding
     t0 = time.monotonic()
     job.cancel()
     with pytest.raises(TaskCancelledError):
-        job.result(10)
-    assert time.monotonic() - t0 < 2.0
+        job.result(40)
+    assert time.monotonic() - t0 < PROMPT_S  # not starved until the flood's end (30 s)
     assert warm.call(f"{FT}:worker_pid") == pid
 
 
@@ -624,9 +659,10 @@ def test_done_callback_after_ok_and_error_runs_once_in_the_dispatcher(warm):
     assert warm.call(f"{FT}:square", 4) == 16
 
 
-def test_done_callback_on_cancel_while_queued(warm):
+def test_done_callback_on_cancel_while_queued(warm, tmp_path):
     warm.call(f"{FT}:worker_pid")
-    blocker = warm.submit(f"{FT}:tagged", ("a", 0.5))
+    gate = Gate(tmp_path, "a")
+    blocker = warm.submit(f"{FT}:gate", gate.args)
     queued = warm.submit(f"{FT}:square", (2,))
     rec = _Recorder()
     queued.add_done_callback(rec)
@@ -635,7 +671,8 @@ def test_done_callback_on_cancel_while_queued(warm):
     assert rec.calls == [(queued.call_id, threading.current_thread().name, True)]
     with pytest.raises(TaskCancelledError):
         queued.result(0)
-    assert blocker.result(10)[0] == "a"
+    gate.open()
+    assert blocker.result(30)[0] == gate.name
     assert len(rec.calls) == 1
 
 

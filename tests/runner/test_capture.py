@@ -154,8 +154,8 @@ def test_merge_adds_counts_over_worker_starts():
 
 INSTALL_SCRIPT = r"""
 import json, logging, sys, threading, warnings
-from da3_core import logs
-logs.setup(announce=False)
+from da3_core.runner.logsetup import LogSetup
+LogSetup().apply()  # as a worker of a server that logs to stderr at INFO
 from da3_core.runner.inside import capture
 capture.install(tee=TEE)
 warnings.warn("warned", UserWarning)
@@ -212,3 +212,34 @@ def test_an_exception_that_ends_the_process_still_reaches_the_terminal():
 def test_install_is_not_used_by_the_parent():
     # The server process never installs it: only the worker loop and the Ray actor do.
     assert run_python("import da3_core.runner, da3_core.holder\nfrom da3_core.runner.inside import capture\nprint(capture.BOOK)").strip() == "None"
+
+
+def test_workers_log_as_their_caller_does(tmp_path):
+    """The runner reads no settings: a worker's logging is a copy of its caller's logger (its
+    stderr and file handlers, their format, its level), made when the runner is made."""
+    import pickle
+
+    from da3_core.runner.logsetup import LogSetup
+
+    log_file = tmp_path / "server.log"
+    name = "logsetup_test"  # a logger of its own: the suite's are left alone
+    logger = logging.getLogger(name)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("F %(levelname)s %(processName)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        setup = LogSetup.of_caller(name)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = "F %(levelname)s %(processName)s %(name)s: %(message)s"
+    assert setup == LogSetup(name, logging.DEBUG, False, None, ((str(log_file), fmt),))
+    assert setup.tee and setup.echo_format == fmt  # at DEBUG, third-party output is printed too
+    assert LogSetup.of_caller("nothing.set.up") == LogSetup("nothing.set.up")  # the default: stderr at INFO
+    assert not LogSetup().tee
+    # Applied in a fresh interpreter, as a worker does first: its lines land in the caller's file.
+    run_python(f"import logging, pickle\nsetup = pickle.loads({pickle.dumps(setup)!r})\nsetup.apply()\nsetup.apply()\n"
+               f"logging.getLogger('{name}.worker').debug('from the worker')\n")
+    assert log_file.read_text().splitlines() == [f"F DEBUG MainProcess {name}.worker: from the worker"]  # once: apply is idempotent

@@ -14,6 +14,7 @@ import pytest
 
 from da3_core.runner import Runner, shm
 from da3_core.runner.protocol import TaskCancelledError, TaskTimeoutError, WorkerCrashedError
+from tests.runner.waiting import Gate
 
 FT = "tests.fake_tasks"
 
@@ -140,9 +141,9 @@ def test_crash_after_making_a_segment_leaves_nothing(runner):
     assert not mine()  # swept when the dead worker was reaped
 
 
-def test_cancelled_queued_and_closed_calls_free_their_arguments(runner):
+def test_cancelled_queued_and_closed_calls_free_their_arguments(runner, tmp_path):
     frames = [np.ones((480, 640, 3), np.uint8)] * 8
-    blocker = runner.submit(f"{FT}:sleep_for", (1.0,))
+    blocker = runner.submit(f"{FT}:gate", Gate(tmp_path, "never-opened").args)  # holds the worker: the two below stay queued
     queued = runner.submit(f"{FT}:sum_arrays", (frames,))
     left = runner.submit(f"{FT}:sum_arrays", (frames,))
     assert len(mine()) == 2  # the two queued calls' arguments

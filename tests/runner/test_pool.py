@@ -1,12 +1,14 @@
 """A pool of workers on one machine: one per GPU (found without torch), pinned with
-CUDA_VISIBLE_DEVICES, one global FIFO with true queue positions, faults kept to their call."""
+CUDA_VISIBLE_DEVICES, one global FIFO with true queue positions, faults kept to their call.
+
+Calls that must run side by side, or keep a worker busy while the test looks, are `Gate`s
+(`tests.runner.waiting`): what is asserted never depends on how fast this machine is."""
 
 from __future__ import annotations
 
 import os
 import stat
 import threading
-import time
 
 import pytest
 
@@ -14,6 +16,7 @@ from da3_core.config import ConfigError, load_settings
 from da3_core.runner import Queued, Runner, Started
 from da3_core.runner.devices import GPU, plan_workers, visible_gpus
 from da3_core.runner.protocol import TaskCancelledError, TaskTimeoutError, WorkerCrashedError
+from tests.runner.waiting import Gate, until_running, until_started
 
 FT = "tests.fake_tasks"
 
@@ -74,11 +77,16 @@ def test_da3_workers_setting_is_checked():
         load_settings({"DA3_WORKERS": "zero"})
 
 
-def test_auto_starts_one_pinned_worker_per_gpu(two_gpus):
+def test_auto_starts_one_pinned_worker_per_gpu(two_gpus, tmp_path):
     r = Runner(workers="auto")
     try:
         assert [s.device for s in r.slots] == ["GPU 0 · NVIDIA H100 80GB HBM3", "GPU 1 · NVIDIA H100 80GB HBM3"]
-        jobs = [r.submit(f"{FT}:tagged", ("x", 0.5)), r.submit(f"{FT}:tagged", ("y", 0.5))]
+        gates = [Gate(tmp_path, "x"), Gate(tmp_path, "y")]
+        jobs = [r.submit(f"{FT}:gate", g.args) for g in gates]
+        for job in jobs:
+            until_running(job)  # both running: at once, so on both workers
+        for g in gates:
+            g.open()
         pids = {job.result(60)[1] for job in jobs}
         assert len(pids) == 2  # both workers served, at once
         # Each worker sees only its GPU (CUDA reads this when torch initialises it there).
@@ -88,26 +96,33 @@ def test_auto_starts_one_pinned_worker_per_gpu(two_gpus):
         r.close()
 
 
-def test_two_workers_run_two_calls_at_once(pool):
-    # Both workers started first (each starts on its first call, which takes up to a second
-    # on a loaded machine): what is timed is two calls side by side, not the starts.
-    for job in [pool.submit(f"{FT}:tagged", (str(i), 0.3)) for i in range(2)]:
-        job.result(30)
-    assert all(w.pid for w in pool.status().workers)
-    t0 = time.monotonic()
-    jobs = [pool.submit(f"{FT}:tagged", (str(i), 0.6)) for i in range(2)]
+def test_two_workers_run_two_calls_at_once(pool, tmp_path):
+    # Side by side, shown by events rather than timed (a 1.1 s bound on two 0.6 s calls failed
+    # on a loaded machine): both calls run at once, each holding its worker until the test
+    # opens its gate; one worker alone could never run the second before the first ended.
+    gates = [Gate(tmp_path, str(i)) for i in range(2)]
+    jobs = [pool.submit(f"{FT}:gate", g.args) for g in gates]
+    for job in jobs:
+        until_running(job)
+    assert all(not job.done() for job in jobs)
+    for g in gates:
+        g.open()
     pids = {job.result(30)[1] for job in jobs}
-    assert time.monotonic() - t0 < 1.1  # not 1.2 s: side by side
     assert len(pids) == 2 and pids == {w.pid for w in pool.status().workers}
+    # Their times in the workers overlap too, as the caller saw them.
+    first, second = jobs
+    assert first.started_at < second.finished_at and second.started_at < first.finished_at
 
 
-def test_one_fifo_with_true_positions(pool):
-    # Blockers of different lengths: the workers free up at different moments, so the order
-    # in which the waiting calls start is the dispatcher's, not a race between two slots
-    # starting at the same instant (CI saw two starts 0.16 ms apart recorded out of order).
-    blockers = [pool.submit(f"{FT}:sleep_for", (d,)) for d in (0.8, 1.6)]
+def test_one_fifo_with_true_positions(pool, tmp_path):
+    # Both workers held by gates while the waiting calls queue; then the gates open one after
+    # the other, so the order in which the waiting calls start is the dispatcher's, not a race
+    # between two slots freed at the same instant (CI saw two starts 0.16 ms apart recorded
+    # out of order).
+    gates = [Gate(tmp_path, str(i)) for i in range(2)]
+    blockers = [pool.submit(f"{FT}:gate", g.args) for g in gates]
     for b in blockers:
-        assert any(isinstance(e, Started) for e in _until_started(b))
+        assert any(isinstance(e, Started) for e in until_started(b))
     waiting = [pool.submit(f"{FT}:tagged", (str(i),)) for i in range(3)]
     # Each sees its place: position 1 runs next; ahead counts the two running calls too.
     assert [w.poll_events()[0] for w in waiting] == [Queued(1, 2), Queued(2, 3), Queued(3, 4)]
@@ -115,37 +130,48 @@ def test_one_fifo_with_true_positions(pool):
     lock = threading.Lock()
     for w in waiting:
         w.add_done_callback(lambda job: (lock.acquire(), order.append(job.call_id), lock.release()))
-    started = {w.call_id: next(e for e in w.events() if isinstance(e, Started)) for w in waiting}
+    gates[0].open()
+    started = {waiting[0].call_id: until_started(waiting[0])[-1]}  # on the freed worker
+    gates[1].open()
+    started.update({w.call_id: until_started(w)[-1] for w in waiting[1:]})
     for w in waiting:
         w.result(30)
     # First come, first served: calls started in the order they were submitted.
     starts = [waiting[i].started_at for i in range(3)]
     assert starts == sorted(starts)
     assert all(s.worker for s in started.values())
+    for b in blockers:
+        b.result(30)
     status = pool.status()
     assert len(status.workers) == 2 and status.queue_length == 0
 
 
-def test_a_crash_touches_only_its_own_call(pool):
-    slow = pool.submit(f"{FT}:tagged", ("slow", 1.0))
-    assert any(isinstance(e, Started) for e in _until_started(slow))
+def test_a_crash_touches_only_its_own_call(pool, tmp_path):
+    gate = Gate(tmp_path, "slow")
+    slow = pool.submit(f"{FT}:gate", gate.args)
+    until_running(slow)
     with pytest.raises(WorkerCrashedError):
         pool.call(f"{FT}:die_by_sigkill")
-    assert slow.result(30)[0] == "slow"  # the other worker went on
+    assert not slow.done()  # still running through the other worker's crash
+    gate.open()
+    assert slow.result(30)[0] == gate.name  # the other worker went on
     assert pool.call(f"{FT}:square", 3) == 9
 
 
-def test_a_timeout_and_a_cancel_touch_only_their_own_call(pool):
-    slow = pool.submit(f"{FT}:tagged", ("slow", 1.5))
-    assert any(isinstance(e, Started) for e in _until_started(slow))
+def test_a_timeout_and_a_cancel_touch_only_their_own_call(pool, tmp_path):
+    gate = Gate(tmp_path, "slow")
+    slow = pool.submit(f"{FT}:gate", gate.args)
+    until_running(slow)
     with pytest.raises(TaskTimeoutError):
         pool.call(f"{FT}:overrun", 30, duration=1)  # its worker is killed
     stubborn = pool.submit(f"{FT}:stubborn", (30,))  # ignores the cancel: killed after the grace
-    assert any(isinstance(e, Started) for e in _until_started(stubborn))
+    until_running(stubborn)
     stubborn.cancel()
     with pytest.raises(TaskCancelledError):
         stubborn.result(10)
-    assert slow.result(30)[0] == "slow"
+    assert not slow.done()  # still running through both kills
+    gate.open()
+    assert slow.result(30)[0] == gate.name
     assert pool.call(f"{FT}:square", 4) == 16
 
 
@@ -157,9 +183,3 @@ def test_status_shows_each_worker(pool):
     assert status.worker_starts == sum(w.starts for w in status.workers)
     assert status.calls_ok == sum(w.calls_ok for w in status.workers)
 
-
-def _until_started(job):
-    for event in job.events():
-        yield event
-        if isinstance(event, Started):
-            return
