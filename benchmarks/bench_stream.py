@@ -309,7 +309,7 @@ def oracle_run(service: Any, ws: Path, scene: Path, n: int, chunk: int, overlap:
 def result_arrays(run_dir: Path) -> dict[str, np.ndarray]:
     from da3_core.chunks import store
 
-    return {p.stem: np.load(p) for p in sorted(store.result_dir(run_dir).glob("*.npy"))}
+    return {p.stem: np.load(p, allow_pickle=False) for p in sorted(store.result_dir(run_dir).glob("*.npy"))}
 
 
 def oracle_figures(tmp: Path) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """The one place that ties Streamlit to the runner: `st.cache_resource` holders.
 
-One runner (so one worker process) per server, shared by every session. Nothing here
+One runner per server (a pool of worker processes, one per GPU, or Ray actors), shared by
+every session, and the run service that owns every job on it. Nothing here
 holds a model or a tensor: the model lives in the worker's `_MODEL_CACHE`.
 """
 

@@ -146,7 +146,11 @@ def write_chunk_frames(run_dir: Path, plan: ChunkPlan, k: int, sim: Sim3, arrays
     arrays["depth"][first:end] = depth
     for name in ("conf", "images", "sky"):
         if name in arrays:
-            a = np.asarray(store.chunk_array(run_dir, k, name)[rows])  # type: ignore[index]
+            source = store.chunk_array(run_dir, k, name)
+            if source is None:  # e.g. chunk 0 saw sky and this chunk none: DA3 gives no mask then
+                arrays[name][first:end] = False if name == "sky" else 1.0
+                continue
+            a = np.asarray(source[rows])
             arrays[name][first:end] = _resize_nearest(a, hw) if own_hw != hw else a
     if "intrinsics" in arrays:
         ixt = np.array(store.chunk_array(run_dir, k, "intrinsics")[rows], dtype=np.float32)  # type: ignore[index]

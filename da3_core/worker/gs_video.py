@@ -6,7 +6,7 @@ because DA3's exporter fixes the frame rate at 24 and the quality to three prese
 page offers both as controls.
 
 gsplat 1.5.3 is a pure-Python wheel that compiles its CUDA kernels the first time it
-renders (about 70 s on an H100, `../shared/design/GPU_NOTES.md`); that stage is reported to
+renders (86 s on an H100 on 2026-11-27, `docs/gpu/README.md`); that stage is reported to
 the page as "compiling gsplat kernels".
 """
 

@@ -222,3 +222,30 @@ def test_gaussians_are_refused_for_a_chunked_run(service, tmp_path, line_scene):
     with pytest.raises(ValueError, match="Gaussians"):
         service.submit_chunked(session_dir(tmp_path, "h"), oracle.frames(line_scene)[:4], list("abcd"), "upload",
                                oracle.oracle_model(line_scene), {**PARAMS, "infer_gs": True, "chunking": {"chunk": 2, "overlap": 1}})
+
+
+def test_a_chunk_without_a_sky_mask_after_one_with_it_is_assembled(tmp_path):
+    """DA3 gives no sky mask for frames without sky: a later chunk may lack what chunk 0 had."""
+    from da3_core.chunks import assemble
+    from da3_core.chunks.plan import plan_chunks
+    from da3_core.contract import ChunkResult, ModelSpec, Reconstruction
+
+    plan = plan_chunks(6, 4, 2)
+    store.write_plan(tmp_path, plan, {"loop_closure": False})
+    rng = np.random.default_rng(0)
+    ext = np.tile(np.hstack([np.eye(3), np.zeros((3, 1))])[None], (4, 1, 1)).astype(np.float32)
+    ixt = np.tile(np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]], np.float32)[None], (4, 1, 1))
+    for k, (s, e) in enumerate(plan.spans):
+        sky = np.zeros((4, 12, 16), bool) if k == 0 else None
+        if sky is not None:
+            sky[:, :2] = True
+        rec = Reconstruction(depth=rng.uniform(1, 2, (4, 12, 16)).astype(np.float32), conf=np.ones((4, 12, 16), np.float32) * 2,
+                             extrinsics=ext, intrinsics=ixt, images=np.zeros((4, 12, 16, 3), np.uint8), sky=sky, is_metric=False,
+                             scale_factor=None, gaussians=None, names=tuple(f"f{i}" for i in range(s, e)),
+                             model=ModelSpec("demo", "da3-small"), preset="da3-small", device="cpu",
+                             params={"cameras": "estimated"})
+        store.save_chunk(tmp_path, k, ChunkResult(rec, tuple(range(s, e)), k))
+    state = assemble.finalize(tmp_path)
+    assert state["frames_ready"] == 6
+    sky = np.load(store.result_dir(tmp_path) / "sky.npy", allow_pickle=False)
+    assert sky[:3, :2].all() and not sky[3:].any()
