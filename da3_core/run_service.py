@@ -127,8 +127,48 @@ def job_clock(job: Job) -> tuple[float, float] | None:
     return job.finished_at - job.submitted_at, started - job.submitted_at
 
 
+class OneJob:
+    """What a handle with one runner job behind it (`ActiveRun`, `ExportJob`) reads from it.
+
+    `da3_core.chunks.service.ChunkedRun` offers the same surface over many jobs."""
+
+    job: Job
+    outcome: Any
+
+    chunked = False
+
+    @property
+    def submitted_at(self) -> float:
+        return self.job.submitted_at
+
+    @property
+    def started_at(self) -> float | None:
+        """When a worker took the job (monotonic), None while it waits."""
+        return self.job.started_at
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.job.cancel_requested
+
+    def cancel(self) -> None:
+        """Removed from the queue if waiting; stopped if running."""
+        self.job.cancel()
+
+    @property
+    def finished(self) -> bool:
+        """True once the outcome is saved (the page may show it)."""
+        return self.outcome is not None
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds running (or waiting, while queued)."""
+        if self.job.started_at is not None:
+            return self.job.elapsed_s
+        return time.monotonic() - self.job.submitted_at
+
+
 @dataclass
-class ActiveRun:
+class ActiveRun(OneJob):
     """A run this server submitted: its folder, its job and what it last reported.
 
     Attributes:
@@ -156,47 +196,17 @@ class ActiveRun:
     collected: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    chunked = False
-
     @property
     def run_id(self) -> str:
         return self.meta.run_id
-
-    @property
-    def submitted_at(self) -> float:
-        return self.job.submitted_at
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self.job.cancel_requested
-
-    def cancel(self) -> None:
-        self.job.cancel()
 
     @property
     def session_id(self) -> str:
         return self.run_dir.parent.name
 
     @property
-    def finished(self) -> bool:
-        """True once the outcome is saved (the page may show it)."""
-        return self.outcome is not None
-
-    @property
     def queued(self) -> bool:
         return self.position is not None and self.job.started_at is None
-
-    @property
-    def elapsed_s(self) -> float:
-        """Seconds running (or waiting, while queued)."""
-        if self.job.started_at is not None:
-            return self.job.elapsed_s
-        return time.monotonic() - self.job.submitted_at
-
-    @property
-    def started_at(self) -> float | None:
-        """When a worker took the job (monotonic), None while it waits."""
-        return self.job.started_at
 
     @property
     def ended_at(self) -> float | None:
@@ -423,7 +433,7 @@ class ExportStatus:
 
 
 @dataclass
-class ExportJob:
+class ExportJob(OneJob):
     """An export job of this server (same surface as `ActiveRun`: run_id, run_dir,
     submitted_at, finished, outcome, pump, status_line, fraction, cancel, cancel_requested).
 
@@ -454,8 +464,6 @@ class ExportJob:
     finished_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    chunked = False
-
     @property
     def title(self) -> str:
         return EXPORT_TITLES[self.kind]
@@ -463,29 +471,6 @@ class ExportJob:
     @property
     def run_id(self) -> str:
         return self.run_dir.name
-
-    @property
-    def submitted_at(self) -> float:
-        return self.job.submitted_at
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self.job.cancel_requested
-
-    def cancel(self) -> None:
-        """Removed from the queue if waiting; stopped if running (nothing half-written stays)."""
-        self.job.cancel()
-
-    @property
-    def finished(self) -> bool:
-        return self.outcome is not None
-
-    @property
-    def elapsed_s(self) -> float:
-        """Seconds running (or waiting, while queued)."""
-        if self.job.started_at is not None:
-            return self.job.elapsed_s
-        return time.monotonic() - self.job.submitted_at
 
     def pump(self) -> None:
         """Read the job's new events into the display fields.
