@@ -11,7 +11,7 @@ PORT ?= 8501
 COV := --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered
 ARGS ?=
 
-.PHONY: run test test-fast coverage bench demo-weights clean
+.PHONY: run test test-fast lint coverage bench demo-weights clean
 
 # Installer: INSTALLER=auto (default) uses uv (bootstrapped from PyPI, pinned; it installs this
 # project several times faster than pip: benchmarks/setup_time.md) and falls back to pip if uv
@@ -34,8 +34,14 @@ $(RAY_STAMP): $(STAMP) requirements-ray.txt
 run: $(STAMP)
 	$(VENV)/bin/streamlit run streamlit_app.py --server.port $(PORT)
 
-test: $(STAMP) $(RAY_STAMP)
+test: $(STAMP) $(RAY_STAMP) lint
 	$(PY) -m pytest $(COV) --durations=15 $(ARGS)
+
+# Lint, format and types (settings in pyproject.toml); `make test` runs this first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Everything but the real-model and browser tests (seconds, for quick iterations).
 test-fast: $(STAMP) $(RAY_STAMP)

@@ -7,7 +7,6 @@ import streamlit as st
 from da3_core import presets, session, ui
 from da3_core.contract import ModelSpec
 
-
 ctx = ui.page_setup("Home", "🛰️", status_in_main=True)
 st.title("Depth Anything 3 dashboard")
 st.markdown(
@@ -22,10 +21,20 @@ default = ModelSpec.from_setting(ctx.settings.model, ctx.settings.model_dir, ctx
 c = st.columns(4)
 c[0].metric("Worker", status.state, help="A separate process that alone imports torch; it is replaced if it crashes.")
 c[1].metric("Device", info.get("device", "starting…"))
-c[2].metric("Default model", (presets.preset_for(default.ref).label if default.kind == "hub" and presets.preset_for(default.ref) else default.describe()))
+c[2].metric(
+    "Default model",
+    (
+        presets.preset_for(default.ref).label
+        if default.kind == "hub" and presets.preset_for(default.ref)
+        else default.describe()
+    ),
+)
 loaded = status.worker_state.get("models_loaded") or info.get("models_loaded") or []
-c[3].metric("Loaded in the worker", loaded[0].split(" on ")[0].split(":", 1)[-1] if loaded else "none yet",
-            help=f"In the worker's cache: {', '.join(loaded)}" if loaded else "The model loads on the first run.")
+c[3].metric(
+    "Loaded in the worker",
+    loaded[0].split(" on ")[0].split(":", 1)[-1] if loaded else "none yet",
+    help=f"In the worker's cache: {', '.join(loaded)}" if loaded else "The model loads on the first run.",
+)
 if "error" in info:
     st.error(f"The worker did not answer: {info['error']}")
 
@@ -48,11 +57,26 @@ metas = session.list_runs(ctx.settings)
 if metas:
     st.subheader("Your runs" if ctx.user is not None else "Runs in this session")
     st.dataframe(
-        [{"run": m.run_id, "frames": len(m.names), "model": m.preset or m.model_ref, "untrained": m.model_kind == "demo",
-          "status": m.status, "seconds": round(m.timings.get("total", 0.0), 1), "error": m.error[:120]} for m in metas],
+        [
+            {
+                "run": m.run_id,
+                "frames": len(m.names),
+                "model": m.preset or m.model_ref,
+                "untrained": m.model_kind == "demo",
+                "status": m.status,
+                "seconds": round(m.timings.get("total", 0.0), 1),
+                "error": m.error[:120],
+            }
+            for m in metas
+        ],
         width="stretch",
         hide_index=True,
     )
-    st.caption("Pick the run to explore in the sidebar. " + (
-        "They are kept under your account: sign in from any device and they are here." if ctx.user is not None else
-        "The page address keeps this session: reload it and your runs are still here. Anyone with the address sees them."))
+    st.caption(
+        "Pick the run to explore in the sidebar. "
+        + (
+            "They are kept under your account: sign in from any device and they are here."
+            if ctx.user is not None
+            else "The page address keeps this session: reload it and your runs are still here. Anyone with the address sees them."
+        )
+    )

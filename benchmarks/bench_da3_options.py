@@ -55,7 +55,9 @@ def workload(n: int = 4, process_res: int = 504, hw: tuple[int, int] = (240, 320
         yy, xx = np.mgrid[0:h, 0:w]
         base = np.stack([(xx + 30 * i) % 256, yy % 256, (xx ^ yy) % 256], -1).astype(np.float32)
         frames.append(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8))
-    return ReconstructRequest(tuple(frames), tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", "da3-small"), process_res=process_res)
+    return ReconstructRequest(
+        tuple(frames), tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", "da3-small"), process_res=process_res
+    )
 
 
 def cameras_for(request: ReconstructRequest) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +89,12 @@ def timed_call(request: ReconstructRequest, demo_root: str) -> dict[str, Any]:
 
     wall, cpu = time.perf_counter(), time.process_time()
     rec = reconstruct(request, demo_root)
-    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "precision": rec.params.get("cpu_precision"),
-            "alignment": rec.params.get("camera_alignment", "")}
+    return {
+        "wall": time.perf_counter() - wall,
+        "cpu": time.process_time() - cpu,
+        "precision": rec.params.get("cpu_precision"),
+        "alignment": rec.params.get("camera_alignment", ""),
+    }
 
 
 def run(rounds: int = 4, process_res: int = 504) -> dict[str, float]:
@@ -128,9 +134,13 @@ def run(rounds: int = 4, process_res: int = 504) -> dict[str, float]:
         "ray_pose_cpu_cost_ratio": cpu["ray"] / cpu["decoder"],
         "known_cameras_cpu_cost_ratio": cpu["cameras"] / cpu["decoder"],
     }
-    print(f"  bench_da3_options: 4 frames at {process_res}, {rounds} rounds, CPU precision {got['precision']}; wall "
-          f"{json.dumps({k: [round(x, 2) for x in v] for k, v in walls.items()})}; cpu "
-          f"{json.dumps({k: [round(x, 2) for x in v] for k, v in cpus.items()})}", file=sys.stderr, flush=True)
+    print(
+        f"  bench_da3_options: 4 frames at {process_res}, {rounds} rounds, CPU precision {got['precision']}; wall "
+        f"{json.dumps({k: [round(x, 2) for x in v] for k, v in walls.items()})}; cpu "
+        f"{json.dumps({k: [round(x, 2) for x in v] for k, v in cpus.items()})}",
+        file=sys.stderr,
+        flush=True,
+    )
     return out
 
 

@@ -22,8 +22,8 @@ import psutil
 
 from da3_core import tasks
 from da3_core.contract import ModelSpec, ReconstructRequest
-from da3_core.runner.protocol import GPUError
 from da3_core.runner import Runner
+from da3_core.runner.protocol import GPUError
 
 GOALS = {"fault_recovery_s": 2.0, "rss_growth_pct_100_calls": 10.0}
 FT = "tests.fake_tasks"
@@ -64,7 +64,11 @@ def fault_recovery_s(repeats: int = 5) -> float:
 
 
 def rss_growth_pct(
-    calls: int = 100, warmup: int = 10, workspace: Path | None = None, runner: Runner | None = None, process_res: int = 112
+    calls: int = 100,
+    warmup: int = 10,
+    workspace: Path | None = None,
+    runner: Runner | None = None,
+    process_res: int = 112,
 ) -> dict[str, float]:
     """Percent growth of parent and worker RSS over ``calls`` real reconstructions after ``warmup``.
 

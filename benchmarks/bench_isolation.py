@@ -121,7 +121,11 @@ def pool_speedup(tasks: int = 16, seconds: float = 0.5) -> dict[str, float]:
             walls[workers] = time_sleepers(runner, workers, tasks, seconds)
         finally:
             runner.close()
-    return {"pool_speedup_2_workers": walls[1] / walls[2], "pool_wall_1_worker_s": walls[1], "pool_wall_2_workers_s": walls[2]}
+    return {
+        "pool_speedup_2_workers": walls[1] / walls[2],
+        "pool_wall_1_worker_s": walls[1],
+        "pool_wall_2_workers_s": walls[2],
+    }
 
 
 def run() -> dict[str, float]:

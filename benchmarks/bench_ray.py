@@ -55,7 +55,11 @@ class BareActor:
         n = len(pickle.loads(data))
         time.sleep(seconds)
         h, w = 378, 504  # as benchmarks.sim_tasks.gpu_sim
-        return {"depth": np.ones((n, h, w), np.float32), "conf": np.ones((n, h, w), np.float32), "img": np.ones((n, h, w, 3), np.uint8)}
+        return {
+            "depth": np.ones((n, h, w), np.float32),
+            "conf": np.ones((n, h, w), np.float32),
+            "img": np.ones((n, h, w, 3), np.uint8),
+        }
 
     def gen(self, data: bytes, seconds: float):  # noqa: ANN201 - a Ray streaming generator
         yield self.work(data, seconds)
@@ -124,7 +128,9 @@ def run() -> dict[str, float]:
     from da3_core.runner.backends.ray import connect
 
     if ray.is_initialized():
-        raise RuntimeError("benchmarks.bench_ray starts its own Ray instances: run it in a process not connected to Ray")
+        raise RuntimeError(
+            "benchmarks.bench_ray starts its own Ray instances: run it in a process not connected to Ray"
+        )
     out: dict[str, float] = {}
     t = time.perf_counter()
     connect(None)  # a local instance, as Runner(isolation="ray") without an address starts one

@@ -46,10 +46,14 @@ def workload(n: int = 4, process_res: int = 504) -> ReconstructRequest:
         yy, xx = np.mgrid[0:480, 0:640]
         base = np.stack([(xx + 30 * i) % 256, yy % 256, (xx ^ yy) % 256], -1).astype(np.float32)
         frames.append(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8))
-    return ReconstructRequest(tuple(frames), tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", "da3-small"), process_res=process_res)
+    return ReconstructRequest(
+        tuple(frames), tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", "da3-small"), process_res=process_res
+    )
 
 
-def stock_vs_ours(runner: Runner, request: ReconstructRequest, demo_root: str, rounds: int, both_precisions: bool | None = None) -> dict[str, list[float]]:
+def stock_vs_ours(
+    runner: Runner, request: ReconstructRequest, demo_root: str, rounds: int, both_precisions: bool | None = None
+) -> dict[str, list[float]]:
     """Stock DA3 (in a second, plain worker: its own autocast, default threads and allocator)
     against our path, alternating call by call so the machine's drift hits both alike.
 
@@ -81,10 +85,14 @@ def stock_vs_ours(runner: Runner, request: ReconstructRequest, demo_root: str, r
         if both_precisions:
             runner.call(ours_task, request, demo_root, other, duration=1800)  # warm
         for _ in range(rounds):
-            out["stock"].append(stock_runner.call("benchmarks.worker_tasks:time_stock_once", folder, request, duration=1800))
+            out["stock"].append(
+                stock_runner.call("benchmarks.worker_tasks:time_stock_once", folder, request, duration=1800)
+            )
             out["ours"].append(runner.call(ours_task, request, demo_root, precision, duration=1800)[0])
             if both_precisions:
-                out.setdefault(f"ours_{other}", []).append(runner.call(ours_task, request, demo_root, other, duration=1800)[0])
+                out.setdefault(f"ours_{other}", []).append(
+                    runner.call(ours_task, request, demo_root, other, duration=1800)[0]
+                )
         out[f"ours_{precision}"] = list(out["ours"])
     finally:
         stock_runner.close()
@@ -189,7 +197,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=4, help="frames (--speed-only)")
     parser.add_argument("--process-res", type=int, default=504, help="process_res (--speed-only)")
     parser.add_argument("--rounds", type=int, default=4, help="timed calls per side (--speed-only)")
-    parser.add_argument("--both-precisions", action="store_true", default=None, help="also time the precision auto did not pick")
+    parser.add_argument(
+        "--both-precisions", action="store_true", default=None, help="also time the precision auto did not pick"
+    )
     args = parser.parse_args(argv)
     if args.speed_only:
         print(json.dumps(run_speed_only(args.frames, args.process_res, args.rounds, args.both_precisions), indent=2))

@@ -27,15 +27,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from da3_core import geometry, splat  # noqa: E402
-from da3_core.contract import Gaussians  # noqa: E402
+from da3_core import geometry, splat  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.contract import Gaussians  # noqa: E402 - run as a script: the repo root joins sys.path first
 
 GOALS = {"splat_payload_mb_117k": splat.PAYLOAD_GOAL_MB_117K}
 
 N_VIEWS, H, W = 2, 210, 280  # 117,600 Gaussians
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage"]  # as tests/e2e/conftest.py
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]  # as tests/e2e/conftest.py
 
 
 def synthetic_gaussians(seed: int = 0) -> tuple[Gaussians, geometry.Cameras]:
@@ -75,7 +84,9 @@ def chromium() -> str:
     for candidate in (os.environ.get("DA3_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise SystemExit("bench_splat needs Debian's Chromium at /usr/bin/chromium (or DA3_CHROMIUM=<path>): apt-get install -y chromium")
+    raise SystemExit(
+        "bench_splat needs Debian's Chromium at /usr/bin/chromium (or DA3_CHROMIUM=<path>): apt-get install -y chromium"
+    )
 
 
 def ready_seconds(html: str, repeats: int = 3) -> list[float]:
@@ -92,7 +103,9 @@ def ready_seconds(html: str, repeats: int = 3) -> list[float]:
                 ctx = browser.new_context(viewport={"width": 1280, "height": 720})
                 page = ctx.new_page()
                 page.goto(page_path.as_uri(), wait_until="commit")
-                page.wait_for_selector('#da3-splat[data-state="ready"], #da3-splat[data-state="error"]', timeout=300_000)
+                page.wait_for_selector(
+                    '#da3-splat[data-state="ready"], #da3-splat[data-state="error"]', timeout=300_000
+                )
                 state = page.evaluate("window.__da3Splat")
                 ctx.close()
                 if state.get("state") != "ready":

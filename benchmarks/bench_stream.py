@@ -53,8 +53,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +71,13 @@ GOALS = {
     "stream_resume_redone_chunks": 0.0,
 }
 
-PARAMS = {"process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
-          "reference_view": None, "infer_gs": False, "device": "cpu"}
+PARAMS = {
+    "process_res_method": "upper_bound_resize",
+    "ref_view_strategy": "saddle_balanced",
+    "reference_view": None,
+    "infer_gs": False,
+    "device": "cpu",
+}
 DA3_RES = 140
 FRAME_WH = (160, 120)
 ORACLE_WH = (64, 48)
@@ -166,15 +172,28 @@ def one(n: int, workspace: Path, chunk: int = 8, overlap: int = 2) -> dict[str, 
     runner = Runner(start_timeout_s=300)
     service = RunService(runner, settings)
     try:
-        warm = ReconstructRequest(tuple(frame(i) for i in range(2)), ("a", "b"), ModelSpec("demo", "da3-small"), process_res=DA3_RES, device="cpu")
+        warm = ReconstructRequest(
+            tuple(frame(i) for i in range(2)),
+            ("a", "b"),
+            ModelSpec("demo", "da3-small"),
+            process_res=DA3_RES,
+            device="cpu",
+        )
         tasks.reconstruct.call(warm, str(settings.demo_weights_dir), runner=runner)  # loads the model
         pid = runner.worker_pid
         worker_reset = reset_hwm(pid)
         worker_before = vm_mb("VmRSS", pid)
         parent_before = vm_mb("VmHWM")
         t = time.perf_counter()
-        run = service.submit_chunked(session(workspace), frames_gen(n), names(n), "upload", ModelSpec("demo", "da3-small"),
-                                     da3_params(chunk, overlap), sizes=[FRAME_WH] * n)
+        run = service.submit_chunked(
+            session(workspace),
+            frames_gen(n),
+            names(n),
+            "upload",
+            ModelSpec("demo", "da3-small"),
+            da3_params(chunk, overlap),
+            sizes=[FRAME_WH] * n,
+        )
         outcome = wait(run)
         wall = time.perf_counter() - t
         if not outcome.ok:
@@ -183,9 +202,15 @@ def one(n: int, workspace: Path, chunk: int = 8, overlap: int = 2) -> dict[str, 
         assert rec.n_views == n
         del rec
         assert runner.worker_pid == pid, "the worker restarted during the run"
-        return {"worker_peak_mb": vm_mb("VmHWM", pid), "worker_before_mb": worker_before, "worker_reset": float(worker_reset),
-                "parent_peak_mb": vm_mb("VmHWM"), "parent_before_mb": parent_before, "wall_s": wall,
-                "chunks": float(run.plan.n_chunks)}
+        return {
+            "worker_peak_mb": vm_mb("VmHWM", pid),
+            "worker_before_mb": worker_before,
+            "worker_reset": float(worker_reset),
+            "parent_peak_mb": vm_mb("VmHWM"),
+            "parent_before_mb": parent_before,
+            "wall_s": wall,
+            "chunks": float(run.plan.n_chunks),
+        }
     finally:
         service.close()
         runner.close()
@@ -193,8 +218,14 @@ def one(n: int, workspace: Path, chunk: int = 8, overlap: int = 2) -> dict[str, 
 
 def one_in_subprocess(n: int, workspace: Path) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_stream", "--one", str(n), "--workspace", str(workspace)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_stream", "--one", str(n), "--workspace", str(workspace)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"--one {n} failed ({out.returncode}): {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -243,7 +274,9 @@ def time_ratio(workspace: Path, n: int = 32, chunk: int = 16, overlap: int = 5, 
         cpu = cpu_s(pid)
         t = time.perf_counter()
         if chunked:
-            run = service.submit_chunked(session(workspace), imgs[:k], names(k), "upload", model, da3_params(chunk, overlap))
+            run = service.submit_chunked(
+                session(workspace), imgs[:k], names(k), "upload", model, da3_params(chunk, overlap)
+            )
         else:
             run = service.submit(session(workspace), imgs[:k], names(k), "upload", model, da3_params())
         outcome = wait(run)
@@ -272,14 +305,19 @@ def time_ratio(workspace: Path, n: int = 32, chunk: int = 16, overlap: int = 5, 
 
     c, o = statistics.median(walls[True]), statistics.median(walls[False])
     plan = plan_chunks(n, chunk, overlap)
-    return {"stream_time_ratio_32": c / o, "stream_time_ratio_32_best": min(walls[True]) / min(walls[False]),
-            # the chunks see overlapping frames twice: the ratio per frame the network saw
-            "stream_time_ratio_32_per_frame_computed": (c / plan.frames_computed) / (o / n),
-            "stream_chunked_32_s": c, "stream_one_call_32_s": o, "stream_chunked_32_frames_computed": float(plan.frames_computed),
-            "stream_chunked_32_in_worker_s": statistics.median(in_worker[True]),
-            "stream_one_call_32_in_worker_s": statistics.median(in_worker[False]),
-            # the worker's CPU seconds: less stretched than wall time by other work on the machine
-            "stream_time_ratio_32_worker_cpu": statistics.median(worker_cpu[True]) / statistics.median(worker_cpu[False])}
+    return {
+        "stream_time_ratio_32": c / o,
+        "stream_time_ratio_32_best": min(walls[True]) / min(walls[False]),
+        # the chunks see overlapping frames twice: the ratio per frame the network saw
+        "stream_time_ratio_32_per_frame_computed": (c / plan.frames_computed) / (o / n),
+        "stream_chunked_32_s": c,
+        "stream_one_call_32_s": o,
+        "stream_chunked_32_frames_computed": float(plan.frames_computed),
+        "stream_chunked_32_in_worker_s": statistics.median(in_worker[True]),
+        "stream_one_call_32_in_worker_s": statistics.median(in_worker[False]),
+        # the worker's CPU seconds: less stretched than wall time by other work on the machine
+        "stream_time_ratio_32_worker_cpu": statistics.median(worker_cpu[True]) / statistics.median(worker_cpu[False]),
+    }
 
 
 # -- oracle: alignment, loop closure, pool, resume ---------------------------------------------
@@ -290,15 +328,21 @@ def ate_pct(run_dir: Path, scene: Path) -> float:
 
     rec = runs.load_result(run_dir)
     gt = oracle.load_gt(scene)
-    rmse, length = ate_rmse(camera_centres(np.asarray(rec.extrinsics, np.float64)), camera_centres(gt["extrinsics"][: rec.n_views]))
+    rmse, length = ate_rmse(
+        camera_centres(np.asarray(rec.extrinsics, np.float64)), camera_centres(gt["extrinsics"][: rec.n_views])
+    )
     return 100.0 * rmse / length
 
 
-def oracle_run(service: Any, ws: Path, scene: Path, n: int, chunk: int, overlap: int, loops: bool = False, finish: bool = True) -> Any:
+def oracle_run(
+    service: Any, ws: Path, scene: Path, n: int, chunk: int, overlap: int, loops: bool = False, finish: bool = True
+) -> Any:
     from tests import oracle
 
     params = {**PARAMS, "process_res": 112, "chunking": {"chunk": chunk, "overlap": overlap, "loop_closure": loops}}
-    run = service.submit_chunked(session(ws), oracle.frames(scene, range(n)), names(n), "upload", oracle.oracle_model(scene), params)
+    run = service.submit_chunked(
+        session(ws), oracle.frames(scene, range(n)), names(n), "upload", oracle.oracle_model(scene), params
+    )
     if finish:
         outcome = wait(run)
         if not outcome.ok:
@@ -324,12 +368,25 @@ def oracle_figures(tmp: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     t = time.perf_counter()
     line = oracle.make_oracle(tmp / "line", n_frames=128, path="line", width=w, height=h)
-    loop = oracle.make_oracle(tmp / "loop", n_frames=128, path="loop", width=w, height=h,
-                              options=oracle.OracleOptions(drift_deg=3.0, drift_scale=0.02))
+    loop = oracle.make_oracle(
+        tmp / "loop",
+        n_frames=128,
+        path="loop",
+        width=w,
+        height=h,
+        options=oracle.OracleOptions(drift_deg=3.0, drift_scale=0.02),
+    )
     # A slow "model" for the pool and resume: the "room" scene (no sky: the courtyard's chunks of 8
     # on the line path include some without sky pixels, which the assembler does not take yet).
-    slow = oracle.make_oracle(tmp / "slow", n_frames=74, path="line", width=w, height=h, scene="room",
-                              options=oracle.OracleOptions(delay_s=0.5))
+    slow = oracle.make_oracle(
+        tmp / "slow",
+        n_frames=74,
+        path="line",
+        width=w,
+        height=h,
+        scene="room",
+        options=oracle.OracleOptions(delay_s=0.5),
+    )
     out["stream_oracle_render_s"] = time.perf_counter() - t
     ws = tmp / "ws"
 
@@ -348,9 +405,15 @@ def oracle_figures(tmp: Path) -> dict[str, float]:
         out["stream_oracle_128_loops_s"] = time.perf_counter() - t
         without, with_loops = ate_pct(plain.run_dir, loop), ate_pct(closed.run_dir, loop)
         graph = store.read_json(store.chunks_dir(closed.run_dir) / "graph.json")
-        out.update({"stream_loop_ate_open_pct": without, "stream_loop_ate_closed_pct": with_loops,
-                    "stream_loop_ate_ratio": with_loops / without, "stream_loop_ate_reduction": without / with_loops,
-                    "stream_loops_closed": float(len(graph.get("loops", [])))})
+        out.update(
+            {
+                "stream_loop_ate_open_pct": without,
+                "stream_loop_ate_closed_pct": with_loops,
+                "stream_loop_ate_ratio": with_loops / without,
+                "stream_loop_ate_reduction": without / with_loops,
+                "stream_loops_closed": float(len(graph.get("loops", []))),
+            }
+        )
 
         # The pool: 74 frames in 12 chunks of 8 (overlap 2), 0.5 s each; 1 worker (this runner) vs 2.
         n_pool = 74
@@ -405,8 +468,13 @@ def oracle_figures(tmp: Path) -> dict[str, float]:
     finally:
         service.close()
         pool.close()
-    out.update({"stream_pool_speedup_2_workers": one_worker / two_workers, "stream_pool_1_worker_s": one_worker,
-                "stream_pool_2_workers_s": two_workers})
+    out.update(
+        {
+            "stream_pool_speedup_2_workers": one_worker / two_workers,
+            "stream_pool_1_worker_s": one_worker,
+            "stream_pool_2_workers_s": two_workers,
+        }
+    )
     return out
 
 
@@ -427,7 +495,9 @@ def run() -> dict[str, float]:
         workspace = tmp / "da3"
         setup = Runner(start_timeout_s=300)
         try:
-            tasks.build_demo_weights.call("da3-small", str(Settings(workspace=workspace).demo_weights_dir), runner=setup)
+            tasks.build_demo_weights.call(
+                "da3-small", str(Settings(workspace=workspace).demo_weights_dir), runner=setup
+            )
         finally:
             setup.close()
         t = time.perf_counter()
@@ -448,7 +518,9 @@ def run() -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_stream", description=__doc__.splitlines()[0])
-    parser.add_argument("--one", type=int, default=0, help="internal: one chunked DA3 run of this many frames; prints JSON")
+    parser.add_argument(
+        "--one", type=int, default=0, help="internal: one chunked DA3 run of this many frames; prints JSON"
+    )
     parser.add_argument("--workspace", default="", help="internal: with --one, the workspace (demo weights built)")
     args = parser.parse_args(argv)
     if args.one:

@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from da3_core import inputs  # noqa: E402
-from da3_core.config import Settings  # noqa: E402
+from da3_core import inputs  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.config import Settings  # noqa: E402 - run as a script: the repo root joins sys.path first
 
 GOALS = {"video_seek_speedup": 10.0}
 
@@ -43,9 +43,31 @@ def long_video() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = VIDEO.with_suffix(".part.mp4")
     print(f"making {VIDEO.name} (once, about a minute) ...", file=sys.stderr, flush=True)
-    subprocess.run([inputs._ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30:duration=600",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-crf", "40", "-g", "60", "-pix_fmt", "yuv420p", str(tmp)],
-                   check=True, timeout=1800)
+    subprocess.run(
+        [
+            inputs._ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30:duration=600",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "40",
+            "-g",
+            "60",
+            "-pix_fmt",
+            "yuv420p",
+            str(tmp),
+        ],
+        check=True,
+        timeout=1800,
+    )
     tmp.replace(VIDEO)
     return VIDEO
 
@@ -71,8 +93,10 @@ def run(repeats: int = 1) -> dict[str, float]:
         t, _, _ = _timed(data, "auto")
         new_times.append(t)
     assert [f.frame_index for f in new_frames] == [f.frame_index for f in old_frames] and len(new_frames) == MAX_FRAMES
-    assert all(np.array_equal(a.image, b.image) and a.name == b.name and a.note == b.note
-               for a, b in zip(new_frames, old_frames)), "seek and scan frames differ"
+    assert all(
+        np.array_equal(a.image, b.image) and a.name == b.name and a.note == b.note
+        for a, b in zip(new_frames, old_frames)
+    ), "seek and scan frames differ"
     new, old = statistics.median(new_times), statistics.median(old_times)
     return {
         "video_sample_10_of_600s_s": new,

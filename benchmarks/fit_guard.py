@@ -38,20 +38,29 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from da3_core import presets, tasks  # noqa: E402
-from da3_core.contract import ModelSpec, ReconstructRequest  # noqa: E402
-from benchmarks.worker_tasks import reset_hwm, vm_kb  # noqa: E402
-from da3_core.guard import ktokens  # noqa: E402
+from benchmarks.worker_tasks import reset_hwm, vm_kb  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core import presets, tasks  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.contract import ModelSpec, ReconstructRequest  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.guard import ktokens  # noqa: E402 - run as a script: the repo root joins sys.path first
 
 GRIDS = {
     # (preset, frames, process_res)
     "quick": [("da3-small", n, 504) for n in (1, 4)],
-    "cpu": ([("da3-small", n, 504) for n in (1, 4, 8, 16, 32)] + [("da3-small", n, 1008) for n in (1, 4, 8)]
-            + [("da3-base", n, 504) for n in (1, 4, 8)] + [("da3-large", n, 504) for n in (1, 4)]
-            + [("da3-giant", n, 504) for n in (1, 2)]),
-    "cuda": ([("da3-small", n, r) for r in (504, 1008) for n in (1, 8, 32)] + [("da3-base", 1, 504), ("da3-base", 8, 504), ("da3-base", 8, 1008)]
-             + [("da3-large", n, 504) for n in (1, 8, 32)] + [("da3-large", n, 1008) for n in (1, 8)]
-             + [("da3-giant", n, 504) for n in (1, 8, 32, 64)] + [("da3-giant", n, 1008) for n in (1, 8)]),
+    "cpu": (
+        [("da3-small", n, 504) for n in (1, 4, 8, 16, 32)]
+        + [("da3-small", n, 1008) for n in (1, 4, 8)]
+        + [("da3-base", n, 504) for n in (1, 4, 8)]
+        + [("da3-large", n, 504) for n in (1, 4)]
+        + [("da3-giant", n, 504) for n in (1, 2)]
+    ),
+    "cuda": (
+        [("da3-small", n, r) for r in (504, 1008) for n in (1, 8, 32)]
+        + [("da3-base", 1, 504), ("da3-base", 8, 504), ("da3-base", 8, 1008)]
+        + [("da3-large", n, 504) for n in (1, 8, 32)]
+        + [("da3-large", n, 1008) for n in (1, 8)]
+        + [("da3-giant", n, 504) for n in (1, 8, 32, 64)]
+        + [("da3-giant", n, 1008) for n in (1, 8)]
+    ),
 }
 
 
@@ -90,12 +99,17 @@ def measure(grid: str, demo: str, runner, out: Path | None = None) -> list[dict]
     """The grid's points; each is also written to ``out`` as it comes (a killed run keeps them)."""
     points: list[dict] = []
     built: set[str] = set()
-    print(f"{'preset':<12}{'frames':>7}{'res':>6}{'ktok':>8}{'infer s':>9}{'worker MB':>11}{'GPU MB':>9}{'parent+MB':>11}{'result MB':>11}", flush=True)
+    print(
+        f"{'preset':<12}{'frames':>7}{'res':>6}{'ktok':>8}{'infer s':>9}{'worker MB':>11}{'GPU MB':>9}{'parent+MB':>11}{'result MB':>11}",
+        flush=True,
+    )
     for preset, n, res in GRIDS[grid]:
         if preset not in built:
             tasks.build_demo_weights.call(preset, demo, runner=runner)
             built.add(preset)
-        req = ReconstructRequest(frames(n), tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", preset), process_res=res)
+        req = ReconstructRequest(
+            frames(n), tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", preset), process_res=res
+        )
         # A fresh worker per point: a process keeps (part of) the memory its earlier, larger runs
         # freed, so its peak would read high. A run in a new worker is what the guard estimates.
         runner.restart()
@@ -106,15 +120,20 @@ def measure(grid: str, demo: str, runner, out: Path | None = None) -> list[dict]
                 m, growth = parent_cycle(req, demo, runner, Path(folder))
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: the row says so and the grid goes on
             print(f"{preset:<12}{n:>7}{res:>6}  failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-            points.append({"preset": preset, "frames": n, "process_res": res, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            points.append(
+                {"preset": preset, "frames": n, "process_res": res, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            )
             continue
         k, q = ktokens(n, res, 640 / 480), n * ktokens(1, res, 640 / 480) ** 2
         m.update(preset=preset, frames=n, process_res=res, ktokens=k, q=q, parent_growth_mb=growth)
         points.append(m)
         if out is not None:
             out.write_text(json.dumps({"points": points}, indent=1, default=float))
-        print(f"{preset:<12}{n:>7}{res:>6}{m['ktokens']:>8.1f}{m['inference_s']:>9.2f}{m['rss_peak_mb']:>11.0f}"
-              f"{m.get('cuda_peak_reserved_mb', 0):>9.0f}{m['parent_growth_mb']:>11.0f}{m['result_mb']:>11.1f}", flush=True)
+        print(
+            f"{preset:<12}{n:>7}{res:>6}{m['ktokens']:>8.1f}{m['inference_s']:>9.2f}{m['rss_peak_mb']:>11.0f}"
+            f"{m.get('cuda_peak_reserved_mb', 0):>9.0f}{m['parent_growth_mb']:>11.0f}{m['result_mb']:>11.1f}",
+            flush=True,
+        )
     return points
 
 
@@ -153,7 +172,10 @@ def fit_memory(points: list[dict], key: str) -> dict[str, dict[str, float]]:
     32 at 504 do, with the same tokens. A preset never measured past 8 frames cannot tell b
     from d: its slope is split as in the preset measured furthest (DA3-SMALL)."""
     out: dict[str, dict[str, float]] = {}
-    groups = {preset: [p for p in points if p["preset"] == preset and key in p] for preset in sorted({p["preset"] for p in points})}
+    groups = {
+        preset: [p for p in points if p["preset"] == preset and key in p]
+        for preset in sorted({p["preset"] for p in points})
+    }
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
         return out
@@ -161,8 +183,10 @@ def fit_memory(points: list[dict], key: str) -> dict[str, dict[str, float]]:
     share_b = 0.0
     pts = groups[ref]
     if any(p["frames"] > CHUNK for p in pts):
-        _, b, d = envelope([np.ones(len(pts)), np.array([p["ktokens"] for p in pts]), np.array([chunk_ktokens(p) for p in pts])],
-                           np.array([p[key] for p in pts]))
+        _, b, d = envelope(
+            [np.ones(len(pts)), np.array([p["ktokens"] for p in pts]), np.array([chunk_ktokens(p) for p in pts])],
+            np.array([p[key] for p in pts]),
+        )
         share_b = b / (b + d) if b + d > 0 else 0.0
     for preset, pts in groups.items():
         k = np.array([p["ktokens"] for p in pts])
@@ -174,8 +198,14 @@ def fit_memory(points: list[dict], key: str) -> dict[str, dict[str, float]]:
             a, slope = line_over(k, y)
             b, d = slope * share_b, slope * (1 - share_b)
         over = (a + b * k + d * h) / y - 1
-        out[preset] = {"a_mb": round(a, 1), "b_mb_per_ktoken": round(b, 2), "d_mb_per_chunk_ktoken": round(d, 2), "points": len(pts),
-                       "ktokens_max": round(float(k.max()), 1), "max_over_estimate": round(float(over.max()), 3)}
+        out[preset] = {
+            "a_mb": round(a, 1),
+            "b_mb_per_ktoken": round(b, 2),
+            "d_mb_per_chunk_ktoken": round(d, 2),
+            "points": len(pts),
+            "ktokens_max": round(float(k.max()), 1),
+            "max_over_estimate": round(float(over.max()), 3),
+        }
     return out
 
 
@@ -207,17 +237,39 @@ def fit_time(points: list[dict]) -> dict[str, float]:
     coef, _ = nnls(design * w[:, None], t * w)
     pred = design @ coef
     rel = np.abs(pred - t) / t
-    return {"c0_s_per_gparam": float(coef[0]), "c1_s_per_gparam_ktoken": float(coef[1]),
-            "c2_s_per_gparam_ktoken2": float(coef[2]), "c3_s_per_gparam_q": float(coef[3]), "max_rel_error": round(float(rel.max()), 3),
-            "median_rel_error": round(float(np.median(rel)), 3), "points": len(pts)}
+    return {
+        "c0_s_per_gparam": float(coef[0]),
+        "c1_s_per_gparam_ktoken": float(coef[1]),
+        "c2_s_per_gparam_ktoken2": float(coef[2]),
+        "c3_s_per_gparam_q": float(coef[3]),
+        "max_rel_error": round(float(rel.max()), 3),
+        "median_rel_error": round(float(np.median(rel)), 3),
+        "points": len(pts),
+    }
 
 
 def fit(points: list[dict], device: str) -> dict:
     ok = [p for p in points if "error" not in p]
-    model = {"worker_mb": fit_memory(ok, "rss_peak_mb"), "time": fit_time(ok),
-             "parent_mb": dict(zip(("a_mb", "b_per_result_mb", "e_per_frame_result_mb"), (round(v, 2) for v in envelope(
-                 [np.ones(len(ok)), np.array([p["result_mb"] for p in ok]), np.array([p["result_mb"] / p["frames"] for p in ok])],
-                 np.array([p["parent_growth_mb"] for p in ok])))))}
+    model = {
+        "worker_mb": fit_memory(ok, "rss_peak_mb"),
+        "time": fit_time(ok),
+        "parent_mb": dict(
+            zip(
+                ("a_mb", "b_per_result_mb", "e_per_frame_result_mb"),
+                (
+                    round(v, 2)
+                    for v in envelope(
+                        [
+                            np.ones(len(ok)),
+                            np.array([p["result_mb"] for p in ok]),
+                            np.array([p["result_mb"] / p["frames"] for p in ok]),
+                        ],
+                        np.array([p["parent_growth_mb"] for p in ok]),
+                    )
+                ),
+            )
+        ),
+    }
     if device == "cuda":
         model["gpu_mb"] = fit_memory(ok, "cuda_peak_reserved_mb")
     return model
@@ -228,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", choices=sorted(GRIDS), default="cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "guard_points.json"))
     ap.add_argument("--merge", default="", help="model file to write this device's fit into")
-    ap.add_argument("--fit-only", default="", help="fit the points of this file (written by an earlier run) instead of measuring")
+    ap.add_argument(
+        "--fit-only", default="", help="fit the points of this file (written by an earlier run) instead of measuring"
+    )
     args = ap.parse_args(argv)
     if args.fit_only:
         data = json.loads(Path(args.fit_only).read_text())
@@ -248,9 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - t0
     finally:
         runner.close()
-    machine = {"device": device, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "gpu": info.get("cuda_device"), "torch": info.get("torch_version"), "date": time.strftime("%Y-%m-%d %H:%M"),
-               "grid": args.grid, "seconds": round(took, 1)}
+    machine = {
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "gpu": info.get("cuda_device"),
+        "torch": info.get("torch_version"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "grid": args.grid,
+        "seconds": round(took, 1),
+    }
     return write_fit(points, machine, args.out, args.merge)
 
 

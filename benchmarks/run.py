@@ -17,7 +17,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODULES = ("bench_runner", "bench_isolation", "bench_ray", "bench_geometry", "bench_splat", "bench_video", "bench_da3_options", "bench_hardening", "bench_stream")
+MODULES = (
+    "bench_runner",
+    "bench_isolation",
+    "bench_ray",
+    "bench_geometry",
+    "bench_splat",
+    "bench_video",
+    "bench_da3_options",
+    "bench_hardening",
+    "bench_stream",
+)
 
 
 def machine() -> dict[str, str | int]:
@@ -30,7 +40,13 @@ def machine() -> dict[str, str | int]:
     except OSError:
         pass
     mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    return {"cpu": cpu, "cores": os.cpu_count() or 0, "memory_gb": mem_gb, "python": platform.python_version(), "os": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "memory_gb": mem_gb,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
 
 
 def verdict(name: str, value: float, goal: float | None) -> str:
@@ -62,7 +78,12 @@ def main(argv: list[str]) -> int:
     out = HERE / "latest.json"
     previous = json.loads(out.read_text()) if out.exists() and only else {}
     merged = {**previous.get("results", {}), **results}
-    doc = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": merged, "goals": {**previous.get("goals", {}), **goals}}
+    doc = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "results": merged,
+        "goals": {**previous.get("goals", {}), **goals},
+    }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     width = max(len(k) for k in merged) if merged else 10
     print(f"\nmachine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['memory_gb']} GB")

@@ -7,7 +7,9 @@ import time
 from da3_core.contract import ReconstructRequest
 
 
-def time_inprocess(request: ReconstructRequest, demo_root: str, repeats: int = 1, cpu_precision: str = "auto") -> list[float]:
+def time_inprocess(
+    request: ReconstructRequest, demo_root: str, repeats: int = 1, cpu_precision: str = "auto"
+) -> list[float]:
     """Wall seconds of our reconstruction called directly in this process (no runner)."""
     from da3_core.worker.reconstruct import reconstruct
 
@@ -41,7 +43,9 @@ def time_stock_once(folder: str, request: ReconstructRequest) -> float:
         _STOCK[folder] = DepthAnything3.from_pretrained(folder).eval()
         _STOCK[folder].inference(list(request.images), process_res=request.process_res)  # warm-up
     t = time.perf_counter()
-    _STOCK[folder].inference(list(request.images), process_res=request.process_res, process_res_method=request.process_res_method)
+    _STOCK[folder].inference(
+        list(request.images), process_res=request.process_res, process_res_method=request.process_res_method
+    )
     return time.perf_counter() - t
 
 
@@ -84,9 +88,16 @@ def measure_run(request: ReconstructRequest, demo_root: str) -> dict:
     inference = float(rec.timings.get("inference", wall))
     if not cuda:  # on a busy CPU, wall time includes waiting: scale by the share of the threads' time actually used
         inference *= min(1.0, cpu / max(1e-6, torch.get_num_threads() * wall))
-    out = {"wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads(), "inference_s": inference, "device": rec.device,
-           "rss_before_mb": before_mb, "rss_peak_mb": vm_kb("VmHWM") / 1024,
-           "result_mb": sum(getattr(a, "nbytes", 0) for a in (rec.depth, rec.conf, rec.images)) / 2**20}
+    out = {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "threads": torch.get_num_threads(),
+        "inference_s": inference,
+        "device": rec.device,
+        "rss_before_mb": before_mb,
+        "rss_peak_mb": vm_kb("VmHWM") / 1024,
+        "result_mb": sum(getattr(a, "nbytes", 0) for a in (rec.depth, rec.conf, rec.images)) / 2**20,
+    }
     if cuda:
         out["cuda_peak_alloc_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20

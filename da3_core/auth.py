@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SHARED_KEYS = ("redirect_uri", "cookie_secret")
 PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")
 DEFAULT_PROVIDER = "default"  # st.login's name for the provider written in [auth] itself
-_SECRETS_HELP = "see .streamlit/secrets.toml.example and the README's \"For teams: sign-in\""
+_SECRETS_HELP = 'see .streamlit/secrets.toml.example and the README\'s "For teams: sign-in"'
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,26 @@ def auth_state(secrets: Mapping[str, Any] | None) -> AuthState:
         return AuthState(on=True, problem=f"[auth] in secrets.toml must be a table of settings; {_SECRETS_HELP}")
     missing = [k for k in SHARED_KEYS if not section.get(k)]
     if missing:
-        return AuthState(on=True, problem=f"[auth] in secrets.toml lacks {', '.join(missing)}; add it ({_SECRETS_HELP})")
+        return AuthState(
+            on=True, problem=f"[auth] in secrets.toml lacks {', '.join(missing)}; add it ({_SECRETS_HELP})"
+        )
     found = providers(section)
     if not found:
         partial = [k for k in PROVIDER_KEYS if not section.get(k)]
-        return AuthState(on=True, problem=(
-            f"[auth] in secrets.toml names no complete provider: add {', '.join(partial)} to [auth], or a table "
-            f"[auth.<name>] with {', '.join(PROVIDER_KEYS)} ({_SECRETS_HELP})"))
+        return AuthState(
+            on=True,
+            problem=(
+                f"[auth] in secrets.toml names no complete provider: add {', '.join(partial)} to [auth], or a table "
+                f"[auth.<name>] with {', '.join(PROVIDER_KEYS)} ({_SECRETS_HELP})"
+            ),
+        )
     bad = [p for p in found if "_" in p]
     if bad:
-        return AuthState(on=True, problem=f"provider name(s) {', '.join(bad)} in secrets.toml contain an underscore, "
-                                          "which Streamlit does not allow; rename the table (e.g. [auth.my-idp])")
+        return AuthState(
+            on=True,
+            problem=f"provider name(s) {', '.join(bad)} in secrets.toml contain an underscore, "
+            "which Streamlit does not allow; rename the table (e.g. [auth.my-idp])",
+        )
     return AuthState(on=True, providers=tuple(found))
 
 
@@ -150,9 +159,14 @@ def current_state() -> AuthState:
         if not st.secrets.load_if_toml_exists():
             unreadable = [p for p in _secrets_paths() if os.path.exists(p)]
             if unreadable:
-                log.error("secrets file(s) %s exist but could not be read (Streamlit logged why at start-up)", unreadable)
-                return AuthState(on=True, problem="the secrets file could not be read (a TOML syntax error? the server "
-                                                  "log says which file); fix it")
+                log.error(
+                    "secrets file(s) %s exist but could not be read (Streamlit logged why at start-up)", unreadable
+                )
+                return AuthState(
+                    on=True,
+                    problem="the secrets file could not be read (a TOML syntax error? the server "
+                    "log says which file); fix it",
+                )
             return AuthState(on=False)
         return auth_state(st.secrets.to_dict())
     except Exception as exc:  # noqa: BLE001 - a broken secrets file must show, not crash the page
@@ -202,15 +216,21 @@ def require_sign_in() -> dict[str, Any] | None:
     if state.problem:
         _stop_with(f"Sign-in is set up wrongly: {state.problem}. Then restart the app.")
     if not authlib_installed():
-        _stop_with("Sign-in is configured but Authlib is not installed: run `pip install -r requirements-app.txt` "
-                   "(it pins `streamlit[auth]`, which brings Authlib), then restart the app.", literal=False)
+        _stop_with(
+            "Sign-in is configured but Authlib is not installed: run `pip install -r requirements-app.txt` "
+            "(it pins `streamlit[auth]`, which brings Authlib), then restart the app.",
+            literal=False,
+        )
     user = st.user.to_dict()
     if user.get("is_logged_in"):
         try:
             identity_key(user)
         except ValueError as exc:
-            _stop_with(f"Signed in, but {exc}: ask the administrator to request the openid and email scopes "
-                       "from the provider (client_kwargs in secrets.toml).", sign_out=True)
+            _stop_with(
+                f"Signed in, but {exc}: ask the administrator to request the openid and email scopes "
+                "from the provider (client_kwargs in secrets.toml).",
+                sign_out=True,
+            )
         return dict(user)
     sign_in_page(state.providers)
     st.stop()
@@ -221,14 +241,18 @@ def sign_in_page(names: tuple[str, ...]) -> None:
     """The page a visitor who is not signed in sees: one button per configured provider."""
     st.title("Depth Anything 3 dashboard")
     st.subheader("Sign in")
-    st.markdown("This dashboard is for signed-in team members. Your runs are kept under your account: "
-                "you find them again from any browser or device, and nobody else sees them.")
+    st.markdown(
+        "This dashboard is for signed-in team members. Your runs are kept under your account: "
+        "you find them again from any browser or device, and nobody else sees them."
+    )
     for name in names:
         label = "Sign in" if name == DEFAULT_PROVIDER or len(names) == 1 else f"Sign in with {name.capitalize()}"
         if st.button(label, key=f"au_login_{name}", type="primary"):
             st.login(None if name == DEFAULT_PROVIDER else name)
-    st.caption("You are sent to your organisation's sign-in page and back here. Trouble signing in? "
-               "Ask the person who runs this dashboard.")
+    st.caption(
+        "You are sent to your organisation's sign-in page and back here. Trouble signing in? "
+        "Ask the person who runs this dashboard."
+    )
 
 
 def sidebar_account(user: Mapping[str, Any] | None) -> None:
@@ -254,12 +278,16 @@ def require_admin(settings: Settings) -> None:
         return
     st.title("Runner")
     if not settings.admins:
-        st.warning("The Runner page is closed: sign-in is on and no admin is listed. To open it, set DA3_ADMINS "
-                   "to the admins' emails, comma-separated (DA3_ADMINS=you@example.com), and restart the app.")
+        st.warning(
+            "The Runner page is closed: sign-in is on and no admin is listed. To open it, set DA3_ADMINS "
+            "to the admins' emails, comma-separated (DA3_ADMINS=you@example.com), and restart the app."
+        )
     else:
         who = md(str((user or {}).get("email") or "this account"))
-        st.warning(f"The Runner page is for admins only, and {who} is not one. Ask an admin to add your email "
-                   "to DA3_ADMINS if you need it. Your own runs are on the other pages.")
+        st.warning(
+            f"The Runner page is for admins only, and {who} is not one. Ask an admin to add your email "
+            "to DA3_ADMINS if you need it. Your own runs are on the other pages."
+        )
     st.stop()
 
 

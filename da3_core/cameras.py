@@ -32,6 +32,11 @@ Decisions (also in the conventions):
 * When a camera's width/height differ from the frame's (frames may be downscaled on upload,
   ``DA3_MAX_SIDE``), the intrinsics are scaled the way DA3 scales them (``K[0] *= W/w``,
   ``K[1] *= H/h``); an aspect ratio that differs by more than 1 % is refused for that frame.
+* Implausible focal lengths are refused, naming the camera: fx and fy more than
+  `MAX_FOCAL_RATIO` apart, or a field of view outside `FOV_RANGE_DEG` for the image size
+  (the file's, else the frame's: that camera is then not used); fx and fy more than 10 %
+  apart are taken and noted. A ``.bin`` that ends early or runs on past its last record is
+  refused as truncated or corrupt before pycolmap reads it.
 * Cameras for only some frames: DA3's ``inference()`` takes extrinsics and intrinsics for
   all views or for none (its input processor checks the lengths; the camera encoder embeds
   every view). `Match.known` is then None; the page offers to run only the frames that
@@ -49,13 +54,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
-
-from da3_core.contract import CAMERA_SOURCES as SOURCES  # one list for both modules
 
 CAMERA_EXTENSIONS = ("txt", "bin", "json", "npz", "zip")
 ROTATION_TOL = 1e-3
@@ -70,8 +74,10 @@ COLMAP_MEMORY_BYTES = 4 * 2**30
 PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 DISTORTION_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
 """Pinhole plus radial/tangential distortion: the pinhole part is used, the distortion ignored."""
-_REFUSED_HELP = ("DA3 takes pinhole cameras only. Undistort the images to a pinhole model first "
-                 "(e.g. `colmap image_undistorter`) and upload that model.")
+_REFUSED_HELP = (
+    "DA3 takes pinhole cameras only. Undistort the images to a pinhole model first "
+    "(e.g. `colmap image_undistorter`) and upload that model."
+)
 
 
 class CameraFileError(ValueError):
@@ -144,7 +150,7 @@ class KnownCameras:
     def label(self) -> str:
         return f"given ({self.source})"
 
-    def subset(self, indices: Sequence[int]) -> "KnownCameras":
+    def subset(self, indices: Sequence[int]) -> KnownCameras:
         idx = list(indices)
         return KnownCameras(self.extrinsics[idx].copy(), self.intrinsics[idx].copy(), self.source)
 
@@ -163,10 +169,19 @@ class MatchRow:
 
     def as_dict(self) -> dict[str, str]:
         """The row as the page shows it (strings: "—" where there is no camera)."""
-        focal = "—" if self.fx is None else (f"{self.fx:.1f}" if abs(self.fx - (self.fy or 0)) < 0.05 else f"{self.fx:.1f} / {self.fy:.1f}")
+        focal = (
+            "—"
+            if self.fx is None
+            else (f"{self.fx:.1f}" if abs(self.fx - (self.fy or 0)) < 0.05 else f"{self.fx:.1f} / {self.fy:.1f}")
+        )
         centre = "—" if self.cx is None else f"({self.cx:.1f}, {self.cy:.1f})"
-        return {"frame": self.frame, "camera found": self.camera or "— none", "focal length (px)": focal,
-                "centre (px)": centre, "note": self.note}
+        return {
+            "frame": self.frame,
+            "camera found": self.camera or "— none",
+            "focal length (px)": focal,
+            "centre (px)": centre,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,18 +229,27 @@ class Match:
     def summary(self) -> str:
         """What DA3 will do with these cameras, in plain words."""
         n, k = len(self.rows), len(self.matched)
-        extra = f" {len(self.unused)} camera(s) in the file name no frame: {', '.join(self.unused[:5])}" + (
-            " …" if len(self.unused) > 5 else "") + "." if self.unused else ""
+        extra = (
+            f" {len(self.unused)} camera(s) in the file name no frame: {', '.join(self.unused[:5])}"
+            + (" …" if len(self.unused) > 5 else "")
+            + "."
+            if self.unused
+            else ""
+        )
         implausible = [r for r in self.rows if r.camera is None and "implausible" in r.note]
         if implausible:
-            extra += "".join(f" Frame {r.frame}: {r.note}." for r in implausible[:3]) + (" …" if len(implausible) > 3 else "")
+            extra += "".join(f" Frame {r.frame}: {r.note}." for r in implausible[:3]) + (
+                " …" if len(implausible) > 3 else ""
+            )
         if n and k == n:
             return f"Every frame ({n}) has a camera: DA3 runs with them (cameras: given ({self.source})).{extra}"
         if k == 0:
             return f"No frame has a camera in this file (matched by image name): DA3 estimates every camera.{extra}"
-        return (f"{k} of {n} frames have a camera. DA3's inference() takes cameras for all views or for none, "
-                f"so DA3 cannot use them for only some frames: run only the {k} frames with cameras, or let DA3 "
-                f"estimate every camera (the file is then ignored).{extra}")
+        return (
+            f"{k} of {n} frames have a camera. DA3's inference() takes cameras for all views or for none, "
+            f"so DA3 cannot use them for only some frames: run only the {k} frames with cameras, or let DA3 "
+            f"estimate every camera (the file is then ignored).{extra}"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -257,12 +281,20 @@ def read_camera_files(files: Sequence[tuple[str, bytes]]) -> CameraSet:
         raise CameraFileError("camera files", "", "no file was given")
     for name, data in files:
         if _ext(name) not in CAMERA_EXTENSIONS:
-            raise CameraFileError(name, "", f"not a camera file: give a COLMAP model (.txt/.bin, or a .zip of them), a .json or a .npz")
+            raise CameraFileError(
+                name, "", "not a camera file: give a COLMAP model (.txt/.bin, or a .zip of them), a .json or a .npz"
+            )
         if len(data) > MAX_FILE_BYTES:
-            raise CameraFileError(name, "", f"{len(data) / 2**20:.0f} MB is more than the {MAX_FILE_BYTES // 2**20} MB allowed")
+            raise CameraFileError(
+                name, "", f"{len(data) / 2**20:.0f} MB is more than the {MAX_FILE_BYTES // 2**20} MB allowed"
+            )
     kinds = {_ext(n) for n, _ in files}
     if kinds & {"json", "npz", "zip"} and len(files) > 1:
-        raise CameraFileError(", ".join(n for n, _ in files), "", "give one .json, one .npz, one .zip, or the loose COLMAP files, not a mix")
+        raise CameraFileError(
+            ", ".join(n for n, _ in files),
+            "",
+            "give one .json, one .npz, one .zip, or the loose COLMAP files, not a mix",
+        )
     name, data = files[0]
     if kinds == {"json"}:
         return read_json(name, data)
@@ -292,7 +324,9 @@ def _colmap_files_from_zip(zip_name: str, data: bytes) -> dict[str, bytes]:
                 raise CameraFileError(zip_name, info.filename, f"{info.file_size / 2**20:.0f} MB is more than allowed")
             found[base] = zf.read(info)
     if not found:
-        raise CameraFileError(zip_name, "", "no COLMAP cameras/images file (cameras.txt + images.txt, or .bin) in the zip")
+        raise CameraFileError(
+            zip_name, "", "no COLMAP cameras/images file (cameras.txt + images.txt, or .bin) in the zip"
+        )
     return {f"{zip_name}/{n}": d for n, d in found.items()}
 
 
@@ -314,22 +348,29 @@ def read_colmap(files: dict[str, bytes]) -> CameraSet:
     """
     roles: dict[str, tuple[str, bytes]] = {}
     for name, data in files.items():
-        stem, ext = _colmap_role(name)
+        stem, suffix = _colmap_role(name)
         if stem in ("cameras", "images"):
             if stem in roles:
                 raise CameraFileError(name, "", f"two {stem} files were given ({roles[stem][0]} and {name})")
             roles[stem] = (name, data)
-        elif stem not in ("points3D", "rigs", "frames") or ext not in ("txt", "bin"):
-            raise CameraFileError(name, "", "not a COLMAP model file (cameras, images, points3D, rigs or frames .txt/.bin)")
+        elif stem not in ("points3D", "rigs", "frames") or suffix not in ("txt", "bin"):
+            raise CameraFileError(
+                name, "", "not a COLMAP model file (cameras, images, points3D, rigs or frames .txt/.bin)"
+            )
     for needed in ("cameras", "images"):
         if needed not in roles:
             other = "images" if needed == "cameras" else "cameras"
-            raise CameraFileError(roles[other][0] if other in roles else "COLMAP model", "",
-                                  f"the {needed} file is missing: upload {needed}.txt or {needed}.bin as well")
+            raise CameraFileError(
+                roles[other][0] if other in roles else "COLMAP model",
+                "",
+                f"the {needed} file is missing: upload {needed}.txt or {needed}.bin as well",
+            )
     (cam_name, cam_data), (img_name, img_data) = roles["cameras"], roles["images"]
     fmt = _colmap_role(cam_name)[1]
     if _colmap_role(img_name)[1] != fmt:
-        raise CameraFileError(img_name, "", f"{cam_name} and {img_name} are in different formats: give both as .txt or both as .bin")
+        raise CameraFileError(
+            img_name, "", f"{cam_name} and {img_name} are in different formats: give both as .txt or both as .bin"
+        )
     if fmt == "bin":  # before pycolmap, which blames a cut-off file on a missing rig or camera
         check_colmap_binary(cam_name, cam_data, "cameras")
         check_colmap_binary(img_name, img_data, "images")
@@ -347,14 +388,22 @@ def read_colmap(files: dict[str, bytes]) -> CameraSet:
         for n, tokens in _image_pose_lines(texts[1]):
             if tokens and tokens[0] not in read_ids:
                 name = tokens[9] if len(tokens) > 9 else tokens[0]
-                raise CameraFileError(img_name, f"line {n}", f"image {name!r} was not read: COLMAP needs two lines per image "
-                                      "(the pose, then its 2D points, which may be an empty line)")
+                raise CameraFileError(
+                    img_name,
+                    f"line {n}",
+                    f"image {name!r} was not read: COLMAP needs two lines per image "
+                    "(the pose, then its 2D points, which may be an empty line)",
+                )
     entries = []
     for im in sorted(out["images"], key=lambda r: int(r["id"])):
         cam = cams.get(int(im["camera_id"]))
         img_where = _image_where(img_name, int(im["id"]), texts)
         if cam is None:  # pycolmap refuses this itself; kept for safety
-            raise CameraFileError(img_name, img_where, f"image {im['name']!r} uses camera {im['camera_id']}, which {cam_name} does not have")
+            raise CameraFileError(
+                img_name,
+                img_where,
+                f"image {im['name']!r} uses camera {im['camera_id']}, which {cam_name} does not have",
+            )
         cam_where = _camera_where(int(cam["id"]), texts)
         model = str(cam["model"])
         if model not in PINHOLE_MODELS + DISTORTION_MODELS:
@@ -373,8 +422,18 @@ def read_colmap(files: dict[str, bytes]) -> CameraSet:
             names = cam["extra_names"]
             coeffs = ", ".join(f"{n}={v:.3g}" for n, v in zip(names, extra))
             note = "; ".join(filter(None, [note, f"{model} distortion ignored ({coeffs}): DA3 takes pinhole cameras"]))
-        entries.append(CameraEntry(str(im["name"]), ext, k, int(cam["width"]), int(cam["height"]), model, note,
-                                   f"{img_name} {img_where}".strip()))
+        entries.append(
+            CameraEntry(
+                str(im["name"]),
+                ext,
+                k,
+                int(cam["width"]),
+                int(cam["height"]),
+                model,
+                note,
+                f"{img_name} {img_where}".strip(),
+            )
+        )
     if not entries:
         raise CameraFileError(img_name, "", "holds no image")
     return CameraSet("COLMAP", (cam_name, img_name), tuple(entries))
@@ -382,8 +441,26 @@ def read_colmap(files: dict[str, bytes]) -> CameraSet:
 
 # COLMAP's camera model ids and their parameter counts (colmap/sensor/models.h), for
 # walking cameras.bin; an id not listed is left to pycolmap.
-_COLMAP_PARAMS = {0: 3, 1: 4, 2: 4, 3: 5, 4: 8, 5: 8, 6: 12, 7: 5, 8: 4, 9: 5, 10: 12, 11: 16, 12: 4, 13: 5, 14: 3, 15: 4,
-                  16: 6, 17: 2}
+_COLMAP_PARAMS = {
+    0: 3,
+    1: 4,
+    2: 4,
+    3: 5,
+    4: 8,
+    5: 8,
+    6: 12,
+    7: 5,
+    8: 4,
+    9: 5,
+    10: 12,
+    11: 16,
+    12: 4,
+    13: 5,
+    14: 3,
+    15: 4,
+    16: 6,
+    17: 2,
+}
 _IMAGE_FIXED = struct.calcsize("<I4d3dI")  # image_id, qvec, tvec, camera_id
 _POINT2D = struct.calcsize("<ddq")  # x, y, point3D_id
 _CAMERA_FIXED = struct.calcsize("<IiQQ")  # camera_id, model_id, width, height
@@ -408,8 +485,11 @@ def check_colmap_binary(name: str, data: bytes, kind: str) -> None:
     size = len(data)
 
     def broken(detail: str) -> CameraFileError:
-        return CameraFileError(name, "", f"the file is truncated or corrupt: {detail}. Export the COLMAP model again "
-                                         "(or upload the .txt files)")
+        return CameraFileError(
+            name,
+            "",
+            f"the file is truncated or corrupt: {detail}. Export the COLMAP model again (or upload the .txt files)",
+        )
 
     if size < 8:
         raise broken(f"it has {size} byte(s), too few for even the {kind} count")
@@ -471,15 +551,24 @@ sys.stdout.write(json.dumps(out))
 def _read_colmap_isolated(folder: str, fmt: str, cam_name: str, img_name: str) -> dict[str, Any]:
     """pycolmap's reading of ``folder`` done in a child process (memory and time limited)."""
     try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, folder, fmt, str(COLMAP_MEMORY_BYTES)], capture_output=True,
-                              timeout=COLMAP_TIMEOUT_S, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, folder, fmt, str(COLMAP_MEMORY_BYTES)],
+            capture_output=True,
+            timeout=COLMAP_TIMEOUT_S,
+            text=True,
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+        )
     except subprocess.TimeoutExpired:
-        raise CameraFileError(f"{cam_name} + {img_name}", "", f"reading the model took more than {COLMAP_TIMEOUT_S:.0f} s") from None
+        raise CameraFileError(
+            f"{cam_name} + {img_name}", "", f"reading the model took more than {COLMAP_TIMEOUT_S:.0f} s"
+        ) from None
     try:
         return json.loads(proc.stdout)
     except ValueError:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise CameraFileError(f"{cam_name} + {img_name}", "", f"pycolmap could not read the model ({tail[0][:300]})") from None
+        raise CameraFileError(
+            f"{cam_name} + {img_name}", "", f"pycolmap could not read the model ({tail[0][:300]})"
+        ) from None
 
 
 def _data_lines(text: str) -> list[tuple[int, str]]:
@@ -542,24 +631,44 @@ def _colmap_error(err: dict[str, str], cam_name: str, img_name: str, texts: tupl
     if "]" in message and message.startswith("["):
         message = message.split("]", 1)[1].strip()
     if err.get("type") == "MemoryError":
-        return CameraFileError(f"{cam_name} + {img_name}", "", "the model declares more data than can be read (a damaged or crafted file)")
+        return CameraFileError(
+            f"{cam_name} + {img_name}", "", "the model declares more data than can be read (a damaged or crafted file)"
+        )
     if texts is not None:
         for n, ln in _data_lines(texts[0]):
             t = ln.split()
-            if len(t) < 5 or not _is_int(t[0]) or not _is_int(t[2]) or not _is_int(t[3]) or not all(_is_c_float(v) for v in t[4:]):
-                return CameraFileError(cam_name, f"line {n}", "expected CAMERA_ID MODEL WIDTH HEIGHT PARAMS... (numbers; no nan or inf)")
+            if (
+                len(t) < 5
+                or not _is_int(t[0])
+                or not _is_int(t[2])
+                or not _is_int(t[3])
+                or not all(_is_c_float(v) for v in t[4:])
+            ):
+                return CameraFileError(
+                    cam_name, f"line {n}", "expected CAMERA_ID MODEL WIDTH HEIGHT PARAMS... (numbers; no nan or inf)"
+                )
         known = {ln.split()[0] for _, ln in _data_lines(texts[0])}
         for n, t in _image_pose_lines(texts[1]):
             if len(t) < 10 or not _is_int(t[0]) or not _is_int(t[8]) or not all(_is_c_float(v) for v in t[1:8]):
-                return CameraFileError(img_name, f"line {n}", "expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME (numbers; no nan or inf)")
+                return CameraFileError(
+                    img_name,
+                    f"line {n}",
+                    "expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME (numbers; no nan or inf)",
+                )
             if t[8] not in known:
-                return CameraFileError(img_name, f"line {n}", f"image {t[9]!r} uses camera {t[8]}, which {cam_name} does not have")
+                return CameraFileError(
+                    img_name, f"line {n}", f"image {t[9]!r} uses camera {t[8]}, which {cam_name} does not have"
+                )
         if "model" in message.lower():
             return CameraFileError(cam_name, "", f"unknown camera model ({message})")
         return CameraFileError(f"{cam_name} + {img_name}", "", f"pycolmap could not read the model: {message}")
     if "Rig with ID" in message or "Camera with ID" in message:
-        return CameraFileError(img_name, "", f"an image names a camera that {cam_name} does not have, or the file is damaged ({message})")
-    return CameraFileError(f"{cam_name} + {img_name}", "", f"pycolmap could not read the binary model (damaged or not COLMAP): {message}")
+        return CameraFileError(
+            img_name, "", f"an image names a camera that {cam_name} does not have, or the file is damaged ({message})"
+        )
+    return CameraFileError(
+        f"{cam_name} + {img_name}", "", f"pycolmap could not read the binary model (damaged or not COLMAP): {message}"
+    )
 
 
 def read_json(name: str, data: bytes) -> CameraSet:
@@ -583,8 +692,16 @@ def read_json(name: str, data: bytes) -> CameraSet:
         except (ValueError, TypeError):
             raise CameraFileError(name, key, "must be an array of numbers (nested lists of equal lengths)") from None
 
-    return _from_fields(name, "JSON", array("extrinsics"), array("intrinsics"), _names_field(name, doc),
-                        array("width"), array("height"), None)
+    return _from_fields(
+        name,
+        "JSON",
+        array("extrinsics"),
+        array("intrinsics"),
+        _names_field(name, doc),
+        array("width"),
+        array("height"),
+        None,
+    )
 
 
 def _names_field(name: str, doc: Any) -> list[str] | None:
@@ -625,7 +742,9 @@ def read_npz(name: str, data: bytes) -> CameraSet:
                     image_hw = (int(shape[1]), int(shape[2]))
                 continue
             if dtype.hasobject:
-                raise CameraFileError(name, key, "holds Python objects; save it without pickling (plain numbers or unicode strings)")
+                raise CameraFileError(
+                    name, key, "holds Python objects; save it without pickling (plain numbers or unicode strings)"
+                )
             if int(np.prod(shape, dtype=np.int64)) > MAX_VALUES:
                 raise CameraFileError(name, key, f"shape {tuple(shape)} is too large")
             with zf.open(members[key]) as f:
@@ -662,8 +781,16 @@ def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
-def _from_fields(name: str, source: str, ext: np.ndarray | None, ixt: np.ndarray | None, names: list[str] | None,
-                 width: np.ndarray | None, height: np.ndarray | None, image_hw: tuple[int, int] | None) -> CameraSet:
+def _from_fields(
+    name: str,
+    source: str,
+    ext: np.ndarray | None,
+    ixt: np.ndarray | None,
+    names: list[str] | None,
+    width: np.ndarray | None,
+    height: np.ndarray | None,
+    image_hw: tuple[int, int] | None,
+) -> CameraSet:
     """Check DA3-named fields and make the entries."""
     if ext is None:
         raise CameraFileError(name, "extrinsics", "missing: give (N, 4, 4) or (N, 3, 4) world-to-camera matrices")
@@ -679,7 +806,9 @@ def _from_fields(name: str, source: str, ext: np.ndarray | None, ixt: np.ndarray
     if ixt.shape == (3, 3):
         ixt = np.broadcast_to(ixt, (n, 3, 3)).copy()
     if ixt.shape != (n, 3, 3):
-        raise CameraFileError(name, "intrinsics", f"shape {ixt.shape}: expected ({n}, 3, 3) or (3, 3), one per extrinsic")
+        raise CameraFileError(
+            name, "intrinsics", f"shape {ixt.shape}: expected ({n}, 3, 3) or (3, 3), one per extrinsic"
+        )
     if len(names) != n:
         raise CameraFileError(name, "names", f"{len(names)} names for {n} cameras")
     for i, nm in enumerate(names):
@@ -695,7 +824,9 @@ def _from_fields(name: str, source: str, ext: np.ndarray | None, ixt: np.ndarray
         w = np.broadcast_to(width.reshape(-1), (n,)) if width.size == 1 else width.reshape(-1)
         h = np.broadcast_to(height.reshape(-1), (n,)) if height.size == 1 else height.reshape(-1)
         if w.shape != (n,) or h.shape != (n,):
-            raise CameraFileError(name, "width" if w.shape != (n,) else "height", f"one value, or {n} values (one per camera)")
+            raise CameraFileError(
+                name, "width" if w.shape != (n,) else "height", f"one value, or {n} values (one per camera)"
+            )
         if not (np.isfinite(w).all() and np.isfinite(h).all() and (w >= 1).all() and (h >= 1).all()):
             raise CameraFileError(name, "width/height", "must be positive pixel counts")
         sizes = [(int(round(a)), int(round(b))) for a, b in zip(w, h)]
@@ -707,7 +838,11 @@ def _from_fields(name: str, source: str, ext: np.ndarray | None, ixt: np.ndarray
         e[: ext.shape[1], :] = ext[i]
         _check_extrinsic(e, name, f"extrinsics[{i}] ({names[i]})", full=ext[i] if ext.shape[1] == 4 else None)
         _check_intrinsic(ixt[i], name, f"intrinsics[{i}] ({names[i]})", sizes[i])
-        entries.append(CameraEntry(names[i], e, ixt[i].copy(), sizes[i][0], sizes[i][1], "PINHOLE", focal_note(ixt[i]), f"{name} [{i}]"))
+        entries.append(
+            CameraEntry(
+                names[i], e, ixt[i].copy(), sizes[i][0], sizes[i][1], "PINHOLE", focal_note(ixt[i]), f"{name} [{i}]"
+            )
+        )
     return CameraSet(source, (name,), tuple(entries))
 
 
@@ -726,7 +861,9 @@ def _check_extrinsic(e: np.ndarray, file: str, where: str, full: np.ndarray | No
     if not np.isfinite(e).all() or (full is not None and not np.isfinite(full).all()):
         raise CameraFileError(file, where, "NaN or inf in the pose")
     if full is not None and np.abs(full[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-9:
-        raise CameraFileError(file, where, f"the last row of a 4x4 must be [0, 0, 0, 1], got {np.round(full[3], 6).tolist()}")
+        raise CameraFileError(
+            file, where, f"the last row of a 4x4 must be [0, 0, 0, 1], got {np.round(full[3], 6).tolist()}"
+        )
     problem = rotation_problem(e[:3, :3])
     if problem:
         raise CameraFileError(file, where, problem)
@@ -737,7 +874,9 @@ def _check_intrinsic(k: np.ndarray, file: str, where: str, size: tuple[int | Non
         raise CameraFileError(file, where, "NaN or inf in the intrinsics")
     if k[0, 0] <= 0 or k[1, 1] <= 0:
         sign = "negative" if min(k[0, 0], k[1, 1]) < 0 else "zero"
-        raise CameraFileError(file, where, f"{sign} focal length (fx={k[0, 0]:g}, fy={k[1, 1]:g}): focal lengths must be > 0")
+        raise CameraFileError(
+            file, where, f"{sign} focal length (fx={k[0, 0]:g}, fy={k[1, 1]:g}): focal lengths must be > 0"
+        )
     if abs(k[1, 0]) > 1e-9 or abs(k[2, 0]) > 1e-9 or abs(k[2, 1]) > 1e-9 or abs(k[2, 2] - 1.0) > 1e-9:
         raise CameraFileError(file, where, "not a pinhole K: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]]")
     problem = focal_problem(k, *size)
@@ -764,16 +903,20 @@ def focal_problem(k: np.ndarray, width: int | None = None, height: int | None = 
     fx, fy = float(k[0, 0]), float(k[1, 1])
     ratio = max(fx, fy) / min(fx, fy)
     if ratio > MAX_FOCAL_RATIO:
-        return (f"implausible focal lengths fx={fx:.6g} and fy={fy:.6g} px (they differ {ratio:,.3g}-fold; a real camera's "
-                f"differ by at most {MAX_FOCAL_RATIO:g}x): a typo or a damaged file?")
+        return (
+            f"implausible focal lengths fx={fx:.6g} and fy={fy:.6g} px (they differ {ratio:,.3g}-fold; a real camera's "
+            f"differ by at most {MAX_FOCAL_RATIO:g}x): a typo or a damaged file?"
+        )
     lo, hi = FOV_RANGE_DEG
     for axis, focal, side in (("horizontal", fx, width), ("vertical", fy, height)):
         if side:
             fov = _fov_deg(focal, side)
             if not lo <= fov <= hi:
-                return (f"implausible focal length {'fx' if axis == 'horizontal' else 'fy'}={focal:.6g} px for an image "
-                        f"{side} px {'wide' if axis == 'horizontal' else 'high'}: a {axis} field of view of {fov:.3g}° "
-                        f"(a pinhole camera has {lo:g}° to {hi:g}°): a typo, or intrinsics of another image size?")
+                return (
+                    f"implausible focal length {'fx' if axis == 'horizontal' else 'fy'}={focal:.6g} px for an image "
+                    f"{side} px {'wide' if axis == 'horizontal' else 'high'}: a {axis} field of view of {fov:.3g}° "
+                    f"(a pinhole camera has {lo:g}° to {hi:g}°): a typo, or intrinsics of another image size?"
+                )
     return None
 
 
@@ -823,12 +966,15 @@ def match_cameras(cams: CameraSet, names: Sequence[str], sizes: Sequence[tuple[i
     n = len(names)
     ext = np.full((n, 4, 4), np.nan)
     ixt = np.full((n, 3, 3), np.nan)
-    rows, used, refused = [], {}, set()
+    rows: list[MatchRow] = []
+    used: dict[int, str] = {}
+    refused: set[int] = set()
     for i, (frame, (w, h)) in enumerate(zip(names, sizes)):
-        j = next((level[key] for level, key in zip(levels, _keys(frame)) if level.get(key) is not None), None)
-        if j is None:
+        found = next((level[key] for level, key in zip(levels, _keys(frame)) if level.get(key) is not None), None)
+        if found is None:
             rows.append(MatchRow(frame, None, note=f"no camera named like this frame in {', '.join(cams.files)}"))
             continue
+        j = found
         entry = cams.entries[j]
         if j in used:
             rows.append(MatchRow(frame, None, note=f"camera {entry.name!r} already serves frame {used[j]!r}"))
@@ -837,8 +983,16 @@ def match_cameras(cams: CameraSet, names: Sequence[str], sizes: Sequence[tuple[i
         if entry.width is not None and entry.height is not None and (entry.width, entry.height) != (w, h):
             a_cam, a_frame = entry.width / entry.height, w / h
             if abs(a_cam - a_frame) / a_frame > ASPECT_TOL:
-                rows.append(MatchRow(frame, None, note=(f"camera {entry.name!r} is {entry.width}x{entry.height}, the frame "
-                                                        f"{w}x{h}: the aspect ratios differ (a rotated photo?), so it is not used")))
+                rows.append(
+                    MatchRow(
+                        frame,
+                        None,
+                        note=(
+                            f"camera {entry.name!r} is {entry.width}x{entry.height}, the frame "
+                            f"{w}x{h}: the aspect ratios differ (a rotated photo?), so it is not used"
+                        ),
+                    )
+                )
                 continue
             k = rescale_intrinsic(k, (entry.width, entry.height), (w, h))
             notes.append(f"intrinsics rescaled from {entry.width}x{entry.height} to the frame's {w}x{h}")
@@ -849,7 +1003,11 @@ def match_cameras(cams: CameraSet, names: Sequence[str], sizes: Sequence[tuple[i
             continue
         used[j] = frame
         ext[i], ixt[i] = entry.extrinsic, k
-        rows.append(MatchRow(frame, entry.name, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), "; ".join(notes)))
+        rows.append(
+            MatchRow(
+                frame, entry.name, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), "; ".join(notes)
+            )
+        )
     unused = tuple(e.name for j, e in enumerate(cams.entries) if j not in used and j not in refused)
     return Match(cams.source, tuple(rows), ext, ixt, unused)
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from da3_core.presets import DEVICES
 
@@ -124,8 +125,12 @@ class Settings:
     def runner_options(self) -> dict[str, Any]:
         """The runner's settings as plain ``Runner`` arguments (the runner reads no settings
         itself): ``Runner(**settings.runner_options(), preload=...)``."""
-        return {"isolation": self.isolation, "workers": self.workers, "cancel_grace_s": self.cancel_grace_s,
-                "ray_address": self.ray_address}
+        return {
+            "isolation": self.isolation,
+            "workers": self.workers,
+            "cancel_grace_s": self.cancel_grace_s,
+            "ray_address": self.ray_address,
+        }
 
 
 _ENV = {
@@ -190,7 +195,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ConfigError: A variable's value is not allowed; the message names it.
     """
     env = os.environ if env is None else env
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # field name -> its value, parsed to the field's type below
     defaults = Settings()
     for f in fields(Settings):
         var = _ENV[f.name]
@@ -211,16 +216,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                     "model.safetensors (e.g. a download of depth-anything/DA3-SMALL), or unset it"
                 )
             if not (path / "config.json").is_file():
-                raise ConfigError(f"{var}={raw!r} has no config.json; it must hold a DA3 checkpoint saved with save_pretrained")
+                raise ConfigError(
+                    f"{var}={raw!r} has no config.json; it must hold a DA3 checkpoint saved with save_pretrained"
+                )
             values[f.name] = path.resolve()
         elif f.name == "models_root":
             path = Path(raw).expanduser()
             if not path.is_dir():
-                raise ConfigError(f"{var}={raw!r} is not a folder; point it at a folder of DA3 checkpoint folders, or unset it")
+                raise ConfigError(
+                    f"{var}={raw!r} is not a folder; point it at a folder of DA3 checkpoint folders, or unset it"
+                )
             values[f.name] = path.resolve()
         elif f.name == "workers":
             if raw.lower() != "auto" and not (raw.isdigit() and 1 <= int(raw) <= 256):
-                raise ConfigError(f"{var}={raw!r} is not allowed; use auto (one worker per GPU) or a whole number from 1 to 256")
+                raise ConfigError(
+                    f"{var}={raw!r} is not allowed; use auto (one worker per GPU) or a whole number from 1 to 256"
+                )
             values[f.name] = raw.lower()
         elif f.name == "workspace":
             values[f.name] = Path(raw).expanduser()
@@ -228,8 +239,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             emails = tuple(dict.fromkeys(e.strip().lower() for e in raw.split(",") if e.strip()))
             bad = [e for e in emails if not _EMAIL.fullmatch(e)]
             if bad:
-                raise ConfigError(f"{var}={raw!r}: {', '.join(repr(e) for e in bad)} is not an email address; use emails "
-                                  "separated by commas (admin@example.com,ops@example.com), or unset it")
+                raise ConfigError(
+                    f"{var}={raw!r}: {', '.join(repr(e) for e in bad)} is not an email address; use emails "
+                    "separated by commas (admin@example.com,ops@example.com), or unset it"
+                )
             values[f.name] = emails
         elif isinstance(default, (int, float)):
             kind = int if isinstance(default, int) else float
@@ -246,5 +259,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if values.get("ray_address") and "isolation" not in values:
         values["isolation"] = "ray"
     if values.get("ray_address") and values["isolation"] != "ray":
-        raise ConfigError(f"DA3_RAY_ADDRESS is set but DA3_ISOLATION={values['isolation']!r}; unset one of them (Ray runs isolated by itself)")
-    return Settings(**values)  # type: ignore[arg-type]
+        raise ConfigError(
+            f"DA3_RAY_ADDRESS is set but DA3_ISOLATION={values['isolation']!r}; unset one of them (Ray runs isolated by itself)"
+        )
+    return Settings(**values)

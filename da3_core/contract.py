@@ -51,7 +51,7 @@ class ModelSpec:
             raise ValueError("ModelSpec.ref must be a non-empty string (hub id, folder or preset name)")
 
     @classmethod
-    def from_setting(cls, value: str, model_dir: "Path | None", device: str | None) -> "ModelSpec":
+    def from_setting(cls, value: str, model_dir: Path | None, device: str | None) -> ModelSpec:
         """The default model: ``DA3_MODEL_DIR`` if set, else ``DA3_MODEL`` read as below.
 
         ``DA3_MODEL`` may be ``auto`` (a default per device), a preset name (its hub id), a
@@ -68,7 +68,9 @@ class ModelSpec:
         if value.startswith("demo:"):
             name = value[len("demo:") :]
             if name not in PRESETS_BY_NAME:
-                raise ValueError(f"DA3_MODEL={value!r}: unknown preset {name!r}; use one of {', '.join(PRESETS_BY_NAME)}")
+                raise ValueError(
+                    f"DA3_MODEL={value!r}: unknown preset {name!r}; use one of {', '.join(PRESETS_BY_NAME)}"
+                )
             return cls("demo", name)
         if value.lower() in PRESETS_BY_NAME:
             return cls("hub", PRESETS_BY_NAME[value.lower()].hub_id)
@@ -174,8 +176,10 @@ class ReconstructRequest:
         if ext.shape == (n, 3, 4):
             ext = np.concatenate([ext, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (n, 1, 1))], axis=1)
         if ext.shape != (n, 4, 4):
-            raise ValueError(f"ReconstructRequest.extrinsics must be ({n}, 4, 4) or ({n}, 3, 4) (one per frame: DA3 takes "
-                             f"cameras for all views or none), got {ext.shape}")
+            raise ValueError(
+                f"ReconstructRequest.extrinsics must be ({n}, 4, 4) or ({n}, 3, 4) (one per frame: DA3 takes "
+                f"cameras for all views or none), got {ext.shape}"
+            )
         if ixt.shape != (n, 3, 3):
             raise ValueError(f"ReconstructRequest.intrinsics must be ({n}, 3, 3), got {ixt.shape}")
         if not (np.isfinite(ext).all() and np.isfinite(ixt).all()):
@@ -183,20 +187,28 @@ class ReconstructRequest:
         rot = ext[:, :3, :3]
         det = np.linalg.det(rot)
         off = np.abs(rot @ np.swapaxes(rot, 1, 2) - np.eye(3)).max(axis=(1, 2))
-        bad = np.flatnonzero((np.abs(det - 1.0) > 1e-3) | (off > 1e-3) | (np.abs(ext[:, 3] - [0, 0, 0, 1]).max(axis=1) > 1e-9))
+        bad = np.flatnonzero(
+            (np.abs(det - 1.0) > 1e-3) | (off > 1e-3) | (np.abs(ext[:, 3] - [0, 0, 0, 1]).max(axis=1) > 1e-9)
+        )
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"ReconstructRequest.extrinsics[{i}] ({self.names[i]}) is not a rigid world-to-camera pose "
-                             f"(det {det[i]:.4g}, max |R Rᵀ − I| {off[i]:.3g})")
+            raise ValueError(
+                f"ReconstructRequest.extrinsics[{i}] ({self.names[i]}) is not a rigid world-to-camera pose "
+                f"(det {det[i]:.4g}, max |R Rᵀ − I| {off[i]:.3g})"
+            )
         bad = np.flatnonzero((ixt[:, 0, 0] <= 0) | (ixt[:, 1, 1] <= 0))
         if bad.size:
             i = int(bad[0])
             raise ValueError(f"ReconstructRequest.intrinsics[{i}] ({self.names[i]}) has a focal length <= 0")
         if self.camera_source and self.camera_source not in CAMERA_SOURCES:
-            raise ValueError(f"ReconstructRequest.camera_source must be one of {', '.join(CAMERA_SOURCES)} (or empty), got {self.camera_source!r}")
+            raise ValueError(
+                f"ReconstructRequest.camera_source must be one of {', '.join(CAMERA_SOURCES)} (or empty), got {self.camera_source!r}"
+            )
         if self.infer_gs:
-            raise ValueError("ReconstructRequest: infer_gs with given cameras is not offered: DA3 leaves the Gaussians in its "
-                             "own predicted frame, not the given cameras' world")
+            raise ValueError(
+                "ReconstructRequest: infer_gs with given cameras is not offered: DA3 leaves the Gaussians in its "
+                "own predicted frame, not the given cameras' world"
+            )
         ext.setflags(write=False)
         ixt.setflags(write=False)
         object.__setattr__(self, "extrinsics", ext)
@@ -407,7 +419,9 @@ class ChunkRequest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "frame_ids", tuple(int(i) for i in self.frame_ids))
         if len(self.frame_ids) != self.request.n_frames:
-            raise ValueError(f"ChunkRequest.frame_ids has {len(self.frame_ids)} entries for {self.request.n_frames} frames")
+            raise ValueError(
+                f"ChunkRequest.frame_ids has {len(self.frame_ids)} entries for {self.request.n_frames} frames"
+            )
         if len(set(self.frame_ids)) != len(self.frame_ids) or min(self.frame_ids) < 0:
             raise ValueError("ChunkRequest.frame_ids must be distinct run-wide frame indices >= 0")
 

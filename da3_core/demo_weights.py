@@ -25,10 +25,12 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     runner = Runner(**{**settings.runner_options(), "workers": 1})
     try:
-        folder = tasks.build_demo_weights.call(preset, str(settings.demo_weights_dir), runner=runner)
+        folder = tasks.build_demo_weights.call(preset, str(settings.demo_weights_dir), runner=runner)  # type: ignore[call-arg]  # runner= is GPUFunction's own keyword, which ParamSpec cannot declare
     finally:
         runner.close()
-    print(f"Untrained {preset} weights are in {folder}. Choose 'Demo weights' in the app, or set DA3_MODEL=demo:{preset}.")
+    print(
+        f"Untrained {preset} weights are in {folder}. Choose 'Demo weights' in the app, or set DA3_MODEL=demo:{preset}."
+    )
     return 0
 
 

@@ -328,11 +328,11 @@ def export_bytes(
     ``hw``: the image size ``cameras``' intrinsics belong to, when not ``rec``'s (a long
     run's figures take every s-th pixel: `da3_core.geometry.strided`).
     """
-    if fmt in ("glb", "ply") and cloud is None:
-        raise ValueError(f"{fmt} export needs the filtered point cloud (cloud=apply_filters(...))")
-    if fmt == "glb":
-        return glb_bytes(cloud, cameras, hw or rec.hw, show_cameras=show_cameras)
-    if fmt == "ply":
+    if fmt in ("glb", "ply"):
+        if cloud is None:
+            raise ValueError(f"{fmt} export needs the filtered point cloud (cloud=apply_filters(...))")
+        if fmt == "glb":
+            return glb_bytes(cloud, cameras, hw or rec.hw, show_cameras=show_cameras)
         return ply_bytes(cloud)
     if fmt == "npz":
         return npz_bytes(rec)

@@ -104,7 +104,7 @@ def palette_colorscale(palette: np.ndarray) -> list[list[Any]]:
     Returns:
         ``[[i / (K - 1), "#rrggbb"], ...]`` (two stops of one colour when K == 1).
     """
-    hexes = ["#%02x%02x%02x" % (r, g, b) for r, g, b in np.asarray(palette, dtype=np.uint8).tolist()]
+    hexes = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in np.asarray(palette, dtype=np.uint8).tolist()]
     if len(hexes) == 1:
         return [[0.0, hexes[0]], [1.0, hexes[0]]]
     k = len(hexes) - 1
@@ -118,7 +118,7 @@ def palette_colorscale(palette: np.ndarray) -> list[list[Any]]:
 
 def camera_color(i: int, n: int) -> str:
     """Distinct colour of camera ``i`` of ``n`` (DA3's hue wheel), as ``"#rrggbb"``."""
-    return "#%02x%02x%02x" % camera_rgb(i, n)
+    return "#{:02x}{:02x}{:02x}".format(*camera_rgb(i, n))
 
 
 def frustum_traces(
@@ -483,7 +483,9 @@ def confidence_figure(
     shown = np.where(np.isfinite(conf), conf, np.nan).astype(np.float32)
     if zrange is None:
         finite = shown[np.isfinite(shown)]
-        zrange = tuple(float(x) for x in np.percentile(finite, [2, 98])) if finite.size else None
+        if finite.size:
+            lo, hi = np.percentile(finite, [2, 98])
+            zrange = (float(lo), float(hi))
     stride = display_stride(hw, max_side)
     heat = _heatmap(shown, stride, colormap, reverse, zrange, "confidence")
     return _figure([heat], _image_layout(hw, height, title, uirevision))

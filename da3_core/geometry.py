@@ -18,6 +18,7 @@ import colorsys
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+
 import numpy as np
 
 from da3_core.contract import Reconstruction
@@ -221,19 +222,32 @@ def strided(rec: Reconstruction, stride: int) -> Reconstruction:
         return rec
     s = int(stride)
 
-    def take(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.ascontiguousarray(a[:, ::s, ::s])
+    def take(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a[:, ::s, ::s])
+
+    def take_optional(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else take(a)
 
     ixt = None
     if rec.intrinsics is not None:
         ixt = np.array(rec.intrinsics, dtype=np.float32)
         ixt[:, :2, :] /= np.float32(s)
     return Reconstruction(
-        depth=take(rec.depth), conf=take(rec.conf),  # type: ignore[arg-type]
+        depth=take(rec.depth),
+        conf=take_optional(rec.conf),
         extrinsics=None if rec.extrinsics is None else np.asarray(rec.extrinsics, dtype=np.float32),
-        intrinsics=ixt, images=take(rec.images), sky=take(rec.sky),  # type: ignore[arg-type]
-        is_metric=rec.is_metric, scale_factor=rec.scale_factor, gaussians=rec.gaussians, names=rec.names, model=rec.model,
-        preset=rec.preset, device=rec.device, timings=dict(rec.timings), params={**rec.params, "pixel_stride": s},
+        intrinsics=ixt,
+        images=take(rec.images),
+        sky=take_optional(rec.sky),
+        is_metric=rec.is_metric,
+        scale_factor=rec.scale_factor,
+        gaussians=rec.gaussians,
+        names=rec.names,
+        model=rec.model,
+        preset=rec.preset,
+        device=rec.device,
+        timings=dict(rec.timings),
+        params={**rec.params, "pixel_stride": s},
     )
 
 
@@ -401,7 +415,7 @@ def filter_mask(world: WorldPoints, params: FilterParams) -> tuple[np.ndarray, f
         # Views are contiguous blocks of H*W pixels: a broadcast beats a per-pixel gather.
         keep.reshape(n, h * w)[~chosen] = False
     thr = conf_threshold(world, params)
-    if thr is not None:
+    if thr is not None and world.conf is not None:  # a threshold exists only with confidence
         keep &= world.conf >= thr
     if params.filter_black_bg:
         keep &= ~world.black
@@ -567,16 +581,17 @@ def depth_range(
     if mask is not None:
         valid &= mask
     vals = depth[valid]
+    pct = (percentiles[0], percentiles[1])  # a copy, as a pair
     if vals.size == 0:
         nan = float("nan")
-        return DepthRange(nan, nan, nan, nan, tuple(percentiles), 0, int(depth.size), unit)
+        return DepthRange(nan, nan, nan, nan, pct, 0, int(depth.size), unit)
     lo, hi = np.percentile(vals, percentiles)
     return DepthRange(
         min=float(vals.min()),
         max=float(vals.max()),
         p_low=float(lo),
         p_high=float(hi),
-        percentiles=tuple(percentiles),
+        percentiles=pct,
         n_valid=int(vals.size),
         n_total=int(depth.size),
         unit=unit,
@@ -658,9 +673,7 @@ def pixel_to_world(
     return d, point
 
 
-def measure(
-    rec: Reconstruction, cameras: Cameras, view: int, p1: tuple[int, int], p2: tuple[int, int]
-) -> Measurement:
+def measure(rec: Reconstruction, cameras: Cameras, view: int, p1: tuple[int, int], p2: tuple[int, int]) -> Measurement:
     """Depths, world points and 3D distance of two pixels of one view.
 
     Args:
@@ -684,4 +697,3 @@ def measure(
         unit=rec.depth_unit,
         assumed_cameras=cameras.assumed,
     )
-

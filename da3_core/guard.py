@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from da3_core.presets import PATCH_SIZE, PRESETS, Preset, snap_process_res
 
@@ -52,7 +53,11 @@ def processed_size(width: int, height: int, process_res: int, method: str = "upp
     methods floor)."""
     side = max(width, height) if method.startswith("upper") else min(width, height)
     scale = process_res / max(1, side)
-    w, h = (width, height) if side == process_res else (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    w, h = (
+        (width, height)
+        if side == process_res
+        else (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    )
 
     def snap(v: int) -> int:
         down = (v // PATCH_SIZE) * PATCH_SIZE
@@ -63,7 +68,9 @@ def processed_size(width: int, height: int, process_res: int, method: str = "upp
     return snap(w), snap(h)
 
 
-def centre_crop_notice(sizes: Sequence[tuple[int, int]], process_res: int, method: str = "upper_bound_resize") -> str | None:
+def centre_crop_notice(
+    sizes: Sequence[tuple[int, int]], process_res: int, method: str = "upper_bound_resize"
+) -> str | None:
     """What DA3 cuts from frames of different shapes, in a sentence (Markdown-free), or None.
 
     DA3 processes one size per call: when the frames' processed sizes differ (portrait and
@@ -84,12 +91,16 @@ def centre_crop_notice(sizes: Sequence[tuple[int, int]], process_res: int, metho
     portrait = sum(1 for w, h in sizes if h > w)
     landscape = sum(1 for w, h in sizes if w > h)
     square = len(sizes) - portrait - landscape
-    shapes = ", ".join(f"{n} {what}" for n, what in ((landscape, "landscape"), (portrait, "portrait"), (square, "square")) if n)
+    shapes = ", ".join(
+        f"{n} {what}" for n, what in ((landscape, "landscape"), (portrait, "portrait"), (square, "square")) if n
+    )
     kinds = ", ".join(f"{w}x{h}" for w, h in sorted(set(processed), key=lambda s: -s[0] * s[1])[:4])
-    return (f"These frames differ in shape ({shapes}; at process_res {process_res} they become {kinds}), and DA3 runs "
-            f"one size per call: it centre-crops every frame to {w_min}x{h_min}, cutting up to {lost:.0%} of a frame "
-            "(the depth, the cloud and the exports then cover the crop only). To keep every pixel, run frames of one "
-            "orientation (rotate the others) or one shape.")
+    return (
+        f"These frames differ in shape ({shapes}; at process_res {process_res} they become {kinds}), and DA3 runs "
+        f"one size per call: it centre-crops every frame to {w_min}x{h_min}, cutting up to {lost:.0%} of a frame "
+        "(the depth, the cloud and the exports then cover the crop only). To keep every pixel, run frames of one "
+        "orientation (rotate the others) or one shape."
+    )
 
 
 def ktokens(n_frames: int, process_res: int, aspect: float = 4 / 3, method: str = "upper_bound_resize") -> float:
@@ -98,7 +109,9 @@ def ktokens(n_frames: int, process_res: int, aspect: float = 4 / 3, method: str 
     return n_frames * (w // PATCH_SIZE) * (h // PATCH_SIZE) / 1000
 
 
-def frame_ktokens(sizes: Iterable[tuple[int, int]], process_res: int, method: str = "upper_bound_resize") -> tuple[float, float, float, int]:
+def frame_ktokens(
+    sizes: Iterable[tuple[int, int]], process_res: int, method: str = "upper_bound_resize"
+) -> tuple[float, float, float, int]:
     """(ktokens, q, h, processed pixels) over frames of the given (width, height): q sums
     (ktokens per frame)^2 (DA3's per-frame attention, for time); h is the ktokens of the
     largest chunk of `CHUNK` frames, which DA3's DPT head decodes at once (for memory)."""
@@ -144,7 +157,12 @@ def _memory_line(fits: dict[str, dict[str, float]], preset: Preset) -> tuple[flo
     ratio = gparams(preset) / by_size[near]
     f = fits[near]
     grow = max(1.0, math.sqrt(ratio))
-    return f["a_mb"] * max(1.0, ratio), f["b_mb_per_ktoken"] * grow, f["d_mb_per_chunk_ktoken"] * grow, f"scaled from {near}"
+    return (
+        f["a_mb"] * max(1.0, ratio),
+        f["b_mb_per_ktoken"] * grow,
+        f["d_mb_per_chunk_ktoken"] * grow,
+        f"scaled from {near}",
+    )
 
 
 @dataclass(frozen=True)
@@ -212,7 +230,11 @@ class Estimate:
             gpu_need, gpu_have = gb_pair(self.gpu_mb * MARGIN, self.available.gpu_mb)
             gpu_free = f" of {gpu_have}" if self.available.gpu_mb is not None else ""
             parts.append(f"{gpu_need}{gpu_free} of GPU memory")
-        how = "at this server's measured speed" if self.calibrated else f"on a {self.device.upper()} like the one measured"
+        how = (
+            "at this server's measured speed"
+            if self.calibrated
+            else f"on a {self.device.upper()} like the one measured"
+        )
         parts.append(f"about {duration(self.seconds)} {how} (budget {duration(self.budget_s)})")
         return f"{self.preset.label}, {self.frames} frame(s) at {self.process_res}: " + ", ".join(parts) + "."
 
@@ -238,9 +260,18 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
 
 
-def estimate(preset: Preset, sizes: Sequence[tuple[int, int]], process_res: int, device: str, available: Available,
-             budget_s: float, method: str = "upper_bound_resize", model_loaded: bool = False,
-             speed_factor: float | None = None, fitted: dict[str, Any] | None = None) -> Estimate:
+def estimate(
+    preset: Preset,
+    sizes: Sequence[tuple[int, int]],
+    process_res: int,
+    device: str,
+    available: Available,
+    budget_s: float,
+    method: str = "upper_bound_resize",
+    model_loaded: bool = False,
+    speed_factor: float | None = None,
+    fitted: dict[str, Any] | None = None,
+) -> Estimate:
     """The estimate for ``sizes`` (each frame's width, height) at ``process_res`` on ``device``.
 
     ``speed_factor``: this server's measured time / the model's (`Calibration`), or None.
@@ -257,15 +288,36 @@ def estimate(preset: Preset, sizes: Sequence[tuple[int, int]], process_res: int,
         gpu = ga + gb_ * k + gd * h
     largest = max((w * h for w, h in (processed_size(fw, fh, process_res, method) for fw, fh in sizes)), default=0)
     pm = part["parent_mb"]
-    parent = pm["a_mb"] + (pm["b_per_result_mb"] * pixels + pm.get("e_per_frame_result_mb", 0.0) * largest) * RESULT_BYTES_PER_PIXEL / 2**20
+    parent = (
+        pm["a_mb"]
+        + (pm["b_per_result_mb"] * pixels + pm.get("e_per_frame_result_mb", 0.0) * largest)
+        * RESULT_BYTES_PER_PIXEL
+        / 2**20
+    )
     t = part["time"]
-    seconds = gparams(preset) * (t["c0_s_per_gparam"] + t["c1_s_per_gparam_ktoken"] * k + t["c2_s_per_gparam_ktoken2"] * k * k
-                                 + t.get("c3_s_per_gparam_q", 0.0) * q)
+    seconds = gparams(preset) * (
+        t["c0_s_per_gparam"]
+        + t["c1_s_per_gparam_ktoken"] * k
+        + t["c2_s_per_gparam_ktoken2"] * k * k
+        + t.get("c3_s_per_gparam_q", 0.0) * q
+    )
     seconds *= speed_factor or 1.0
     if not model_loaded:
         seconds += LOAD_S_PER_GB * gparams(preset) * 4
-    return Estimate(preset, len(sizes), process_res, device, worker, parent, gpu, seconds, available, budget_s, basis,
-                    calibrated=speed_factor is not None)
+    return Estimate(
+        preset,
+        len(sizes),
+        process_res,
+        device,
+        worker,
+        parent,
+        gpu,
+        seconds,
+        available,
+        budget_s,
+        basis,
+        calibrated=speed_factor is not None,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -285,6 +337,7 @@ def headroom(available: Available) -> Available:
 def largest_first(sizes: Sequence[tuple[int, int]], process_res: int, method: str) -> list[tuple[int, int]]:
     """``sizes`` with the frames that cost most (patch tokens at ``process_res``) first: the
     first n are the worst n frames a user could keep."""
+
     def tokens(wh: tuple[int, int]) -> int:
         w, h = processed_size(wh[0], wh[1], process_res, method)
         return (w // PATCH_SIZE) * (h // PATCH_SIZE)
@@ -315,8 +368,11 @@ def ways_on(est: Estimate, sizes: Sequence[tuple[int, int]], method: str, budget
         return e.passes  # the refusal's own test
 
     # Lower process_res values: DA3's own steps (multiples of 14), snapped as DA3 snaps them.
-    lower = sorted({snap_process_res(r, method) for r in range(est.process_res - PATCH_SIZE * 4, 139, -PATCH_SIZE * 4)}
-                   - {est.process_res}, reverse=True)
+    lower = sorted(
+        {snap_process_res(r, method) for r in range(est.process_res - PATCH_SIZE * 4, 139, -PATCH_SIZE * 4)}
+        - {est.process_res},
+        reverse=True,
+    )
     out = []
     n_ok = next((n for n in range(est.frames - 1, 0, -1) if ok(again(est.preset, n, est.process_res))), 0)
     if n_ok:
@@ -345,21 +401,27 @@ def memory_problem(est: Estimate, ways: Sequence[str]) -> str:
     """Why a run that cannot fit in memory is refused, with the numbers and the ways on."""
     if est.memory_mb > est.available.mb:
         need, have = gb_pair(est.memory_mb, est.available.mb)
-        what = (f"needs about {need} of memory (the worker {gb(est.worker_mb * MARGIN)}, this server "
-                f"{gb(est.parent_mb * MARGIN)}) and {have} is available ({est.available.source})")
+        what = (
+            f"needs about {need} of memory (the worker {gb(est.worker_mb * MARGIN)}, this server "
+            f"{gb(est.parent_mb * MARGIN)}) and {have} is available ({est.available.source})"
+        )
     else:
         need, have = gb_pair((est.gpu_mb or 0) * MARGIN, est.available.gpu_mb)
         what = f"needs about {need} of GPU memory and the GPU has {have}"
-    return (f"{est.preset.label}, {est.frames} frame(s) at process_res {est.process_res}, {what}; it would be killed "
-            f"part-way." + (" Ways on: " + "; ".join(ways) + "." if ways else ""))
+    return (
+        f"{est.preset.label}, {est.frames} frame(s) at process_res {est.process_res}, {what}; it would be killed "
+        f"part-way." + (" Ways on: " + "; ".join(ways) + "." if ways else "")
+    )
 
 
 def time_problem(est: Estimate, ways: Sequence[str]) -> str:
     """Why a run will probably not finish within its budget, with the numbers and the ways on."""
-    return (f"{est.preset.label}, {est.frames} frame(s) at process_res {est.process_res}, should take about "
-            f"{duration(est.seconds)} on this {est.device.upper()}, more than its budget of {duration(est.budget_s)} "
-            "(DA3_DURATION_S + DA3_DURATION_PER_FRAME_S per frame): it would be stopped at the budget."
-            + (" Ways on: " + "; ".join(ways) + "." if ways else ""))
+    return (
+        f"{est.preset.label}, {est.frames} frame(s) at process_res {est.process_res}, should take about "
+        f"{duration(est.seconds)} on this {est.device.upper()}, more than its budget of {duration(est.budget_s)} "
+        "(DA3_DURATION_S + DA3_DURATION_PER_FRAME_S per frame): it would be stopped at the budget."
+        + (" Ways on: " + "; ".join(ways) + "." if ways else "")
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -389,7 +451,14 @@ def cgroup_limit(proc_cgroup: str | None = None, root: Path = Path("/sys/fs/cgro
             candidates.append((root / rel.lstrip("/"), "memory.max", "memory.current", "inactive_file"))
             candidates.append((root / "unified" / rel.lstrip("/"), "memory.max", "memory.current", "inactive_file"))
         elif "memory" in controllers.split(","):
-            candidates.append((root / "memory" / rel.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+            candidates.append(
+                (
+                    root / "memory" / rel.lstrip("/"),
+                    "memory.limit_in_bytes",
+                    "memory.usage_in_bytes",
+                    "total_inactive_file",
+                )
+            )
     best: tuple[float, float] | None = None
     for folder, limit_name, usage_name, inactive_name in candidates:
         d = folder
@@ -441,8 +510,12 @@ def release_free_heap() -> bool:
     return True
 
 
-def available_memory(limit_mb: float = 0.0, workers_rss_mb: float = 0.0, parent_rss_mb: float | None = None,
-                     gpu_total_mb: float | None = None) -> Available:
+def available_memory(
+    limit_mb: float = 0.0,
+    workers_rss_mb: float = 0.0,
+    parent_rss_mb: float | None = None,
+    gpu_total_mb: float | None = None,
+) -> Available:
     """What a run may use now. ``workers_rss_mb``: the workers' current memory (theirs to
     reuse); ``parent_rss_mb``: this process's (counted as used under ``limit_mb``)."""
     import psutil
@@ -489,10 +562,20 @@ class Calibration:
         values = sorted(self.ratios.get(device, []))
         return values[len(values) // 2] if values else None
 
-    def record(self, device: str, preset: Preset, sizes: Sequence[tuple[int, int]], process_res: int, method: str,
-               inference_s: float, fitted: dict[str, Any] | None = None) -> None:
+    def record(
+        self,
+        device: str,
+        preset: Preset,
+        sizes: Sequence[tuple[int, int]],
+        process_res: int,
+        method: str,
+        inference_s: float,
+        fitted: dict[str, Any] | None = None,
+    ) -> None:
         """Add one finished run (its measured inference seconds)."""
-        est = estimate(preset, sizes, process_res, device, Available(0, ""), 0, method, model_loaded=True, fitted=fitted)
+        est = estimate(
+            preset, sizes, process_res, device, Available(0, ""), 0, method, model_loaded=True, fitted=fitted
+        )
         if est.seconds <= 0 or inference_s <= 0:
             return
         with self._lock:
@@ -505,5 +588,19 @@ class Calibration:
                 pass
 
 
-__all__ = ["Available", "Calibration", "Estimate", "available_memory", "cgroup_limit", "estimate", "frame_ktokens",
-           "gb_pair", "headroom", "ktokens", "memory_problem", "processed_size", "time_problem", "ways_on"]
+__all__ = [
+    "Available",
+    "Calibration",
+    "Estimate",
+    "available_memory",
+    "cgroup_limit",
+    "estimate",
+    "frame_ktokens",
+    "gb_pair",
+    "headroom",
+    "ktokens",
+    "memory_problem",
+    "processed_size",
+    "time_problem",
+    "ways_on",
+]

@@ -19,8 +19,8 @@ import streamlit as st
 
 from da3_core import logs
 from da3_core.config import ConfigError, Settings, load_settings
-from da3_core.runner import Job, Runner, set_default_runner
 from da3_core.run_service import RunService
+from da3_core.runner import Job, Runner, set_default_runner
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,25 @@ class Janitor:
         from da3_core import workspace
 
         try:
-            report = workspace.cleanup(self.settings.workspace, self.settings.workspace_max_age_h,
-                                       self.settings.workspace_max_gb, keep=keep)
+            report = workspace.cleanup(
+                self.settings.workspace, self.settings.workspace_max_age_h, self.settings.workspace_max_gb, keep=keep
+            )
         except Exception as exc:  # noqa: BLE001 - clean-up must never take the app down
             log.exception("workspace clean-up failed")
             self.problems.append(f"{time.strftime('%H:%M:%S')} clean-up failed: {type(exc).__name__}: {exc}")
             return
         if report.removed:
-            log.debug("workspace clean-up removed %d item(s), freed %.1f MB", len(report.removed), report.freed_bytes / 2**20)
+            log.debug(
+                "workspace clean-up removed %d item(s), freed %.1f MB", len(report.removed), report.freed_bytes / 2**20
+            )
         for error in report.errors:
             log.warning("workspace clean-up: %s", error)
             self.problems.append(f"{time.strftime('%H:%M:%S')} {error}")
         if report.over_limit:
-            message = (f"the workspace is still over DA3_WORKSPACE_MAX_GB ({report.size_after / 2**30:.2f} GiB of "
-                       f"{report.limit_bytes / 2**30:.2f} GiB): what is left is in use or too recent to delete")
+            message = (
+                f"the workspace is still over DA3_WORKSPACE_MAX_GB ({report.size_after / 2**30:.2f} GiB of "
+                f"{report.limit_bytes / 2**30:.2f} GiB): what is left is in use or too recent to delete"
+            )
             log.warning("workspace clean-up: %s", message)
             self.problems.append(f"{time.strftime('%H:%M:%S')} {message}")
 
@@ -113,9 +118,9 @@ class RunnerHolder:
         from da3_core import tasks
 
         try:
-            self.probe = tasks.worker_info.submit(runner=self.runner)
+            self.probe = tasks.worker_info.submit(runner=self.runner)  # type: ignore[call-arg]  # runner=: ParamSpec cannot declare it
             for _ in self.runner.slots[1:]:  # one probe per free worker: every worker starts now
-                tasks.worker_info.submit(runner=self.runner)
+                tasks.worker_info.submit(runner=self.runner)  # type: ignore[call-arg]  # runner=: ParamSpec cannot declare it
         except Exception:  # noqa: BLE001 - the runner may be closed during shutdown
             log.exception("the worker probe could not be queued")
             self.probe = None
@@ -126,11 +131,14 @@ def get_holder() -> RunnerHolder:
     """Start the server's runner once; its worker starts and imports DA3 in the background."""
     settings = get_settings()
     # After `get_settings`, which set up logging: the workers log as this process does.
-    runner = Runner(**settings.runner_options(), preload=("da3_core.worker.reconstruct",), abandon_after_s=settings.abandon_after_s)
+    runner = Runner(
+        **settings.runner_options(), preload=("da3_core.worker.reconstruct",), abandon_after_s=settings.abandon_after_s
+    )
     set_default_runner(runner)
-    holder = RunnerHolder(runner, None, Janitor(settings), RunService(runner, settings))
+    janitor = Janitor(settings)
+    holder = RunnerHolder(runner, None, janitor, RunService(runner, settings))
     holder.refresh_probe()  # starts the worker now, not at the first user's click
-    holder.janitor.maybe_clean()
+    janitor.maybe_clean()
     return holder
 
 

@@ -47,10 +47,11 @@ import subprocess
 import tempfile
 import threading
 import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -164,8 +165,10 @@ class Frame:
     def __post_init__(self) -> None:
         img = self.image
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"Frame {self.name!r}: image must be (H, W, 3) uint8, got "
-                             f"{getattr(img, 'shape', None)} {getattr(img, 'dtype', type(img).__name__)}")
+            raise ValueError(
+                f"Frame {self.name!r}: image must be (H, W, 3) uint8, got "
+                f"{getattr(img, 'shape', None)} {getattr(img, 'dtype', type(img).__name__)}"
+            )
 
     @property
     def height(self) -> int:
@@ -324,8 +327,7 @@ class Example:
 
 # Invisible characters that reorder or hide text (bidi controls, BOM); ZWJ/ZWNJ are kept
 # because emoji and some scripts need them.
-_HIDDEN = {0x061C, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E,
-           0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF}
+_HIDDEN = {0x061C, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0xFEFF}
 
 
 def display_name(raw: object, max_chars: int = MAX_NAME_CHARS) -> str:
@@ -447,7 +449,7 @@ def sniff(data: bytes) -> Sniffed:
         if brand in _HEIF_BRANDS:
             # A generic major brand (mif1/msf1) with only AV1 brands listed is an AVIF.
             box_end = min(len(head), max(16, int.from_bytes(head[0:4], "big")))
-            compatible = {head[i:i + 4] for i in range(16, box_end - 3, 4)}
+            compatible = {head[i : i + 4] for i in range(16, box_end - 3, 4)}
             if compatible & _AVIF_BRANDS and not compatible & _HEVC_BRANDS:
                 return Sniffed("image", "avif")
             return Sniffed("image", "heic")
@@ -498,8 +500,10 @@ def _check_upload_size(name: str, data: bytes, settings: Settings) -> None:
         )
 
 
-_UNREADABLE_VIDEO = ("this is a video that could not be read: the file is damaged or incomplete (content not recognised). "
-                     "Re-export it as MP4 (H.264), or upload images instead.")
+_UNREADABLE_VIDEO = (
+    "this is a video that could not be read: the file is damaged or incomplete (content not recognised). "
+    "Re-export it as MP4 (H.264), or upload images instead."
+)
 
 
 def looks_like_video(name: str, data: bytes) -> bool:
@@ -671,13 +675,15 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
     if mode == "F":
         values = np.asarray(im)
         finite = values[np.isfinite(values)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if lo >= 0.0 and hi <= 1.0:
+        flo, fhi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if flo >= 0.0 and fhi <= 1.0:
             scaled = np.clip(np.nan_to_num(values, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
             return _grey_to_rgb(scaled), "float values 0..1 scaled to 0..255"
-        return _grey_to_rgb(_stretch(values)), f"float values {lo:g}..{hi:g} stretched to 0..255"
+        return _grey_to_rgb(_stretch(values)), f"float values {flo:g}..{fhi:g} stretched to 0..255"
     converted = im.convert("RGB")
-    note = {"CMYK": "CMYK converted to RGB", "P": "", "L": "", "1": "", "YCbCr": "", "LAB": "Lab converted to RGB"}.get(mode, "")
+    note = {"CMYK": "CMYK converted to RGB", "P": "", "L": "", "1": "", "YCbCr": "", "LAB": "Lab converted to RGB"}.get(
+        mode, ""
+    )
     return np.asarray(converted), note
 
 
@@ -773,13 +779,21 @@ def _probe(name: str, path: str, timeline_path: str | None = None) -> tuple[Vide
         out = ["-f", "null", "-"]
     cmd = [_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", path, "-map", "0:v:0?", "-c", "copy", *out]
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              timeout=_PROBE_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         if timeline_path is not None:
             Path(timeline_path).unlink(missing_ok=True)
             return _probe(name, path)
-        raise InputError(name, f"reading the video's header took over {_PROBE_TIMEOUT_S:.0f} s; the file may be damaged.") from None
+        raise InputError(
+            name, f"reading the video's header took over {_PROBE_TIMEOUT_S:.0f} s; the file may be damaged."
+        ) from None
     text = proc.stderr.decode("utf-8", errors="replace")
     if timeline_path is not None and (proc.returncode != 0 or _file_size(timeline_path) >= _MAX_TIMELINE_BYTES):
         # The plain pass decides what is wrong, as always; at the size cap ffmpeg stopped
@@ -795,13 +809,15 @@ def _probe(name: str, path: str, timeline_path: str | None = None) -> tuple[Vide
     inputs = text.split("Stream mapping:", 1)[0].split("Output #0", 1)[0]
     stream = _RE_VIDEO_STREAM.search(inputs)
     if stream is None:
-        raise InputError(name, "the file has no video stream (audio only or empty container). Upload a video with picture.")
+        raise InputError(
+            name, "the file has no video stream (audio only or empty container). Upload a video with picture."
+        )
     desc = stream.group(1)
     codec = desc.split(" ", 1)[0].strip(",")
     size = None
-    for m in _RE_SIZE.finditer(desc):
-        if int(m.group(1)) > 0 and int(m.group(2)) > 0:
-            size = (int(m.group(1)), int(m.group(2)))
+    for found in _RE_SIZE.finditer(desc):
+        if int(found.group(1)) > 0 and int(found.group(2)) > 0:
+            size = (int(found.group(1)), int(found.group(2)))
             break
     fps = 0.0
     for rx in (_RE_FPS, _RE_TBR):
@@ -814,7 +830,7 @@ def _probe(name: str, path: str, timeline_path: str | None = None) -> tuple[Vide
     if m:
         duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
     rotation = 0
-    m = _RE_ROTATION.search(inputs[stream.start():])
+    m = _RE_ROTATION.search(inputs[stream.start() :])
     if m:
         rotation = int(round(float(m.group(1)))) % 360
     counts = _RE_FRAMES.findall(text.split("Stream mapping:", 1)[-1])
@@ -834,8 +850,16 @@ def _probe(name: str, path: str, timeline_path: str | None = None) -> tuple[Vide
         width, height = height, width
     if n_frames <= 0:
         raise InputError(name, "the video contains no frames. Upload a video with at least one frame.")
-    info = VideoInfo(fps=fps, n_frames=n_frames, duration_s=duration, width=width, height=height,
-                     n_frames_estimated=estimated, codec=codec, rotation=rotation)
+    info = VideoInfo(
+        fps=fps,
+        n_frames=n_frames,
+        duration_s=duration,
+        width=width,
+        height=height,
+        n_frames_estimated=estimated,
+        codec=codec,
+        rotation=rotation,
+    )
     return info, inputs
 
 
@@ -925,8 +949,16 @@ def plan_video(info: VideoInfo, target_fps: float = DEFAULT_TARGET_FPS, max_fram
     else:
         picks = np.floor(np.linspace(0, n_sampled - 1, max_frames) + 0.5).astype(np.int64)  # half up
         indices = tuple(int(p) * step for p in picks)
-    return VideoPlan(indices=indices, step=step, n_sampled=n_sampled, n_dropped=n_sampled - len(indices),
-                     target_fps=target_fps, max_frames=max_frames, fps=fps, n_video_frames=n_video)
+    return VideoPlan(
+        indices=indices,
+        step=step,
+        n_sampled=n_sampled,
+        n_dropped=n_sampled - len(indices),
+        target_fps=target_fps,
+        max_frames=max_frames,
+        fps=fps,
+        n_video_frames=n_video,
+    )
 
 
 def _select_filter(indices: Sequence[int]) -> str:
@@ -1085,18 +1117,19 @@ def _read_timeline(timeline_path: str, probe_log: str, info: VideoInfo) -> _Time
     if tb is None or tb <= 0 or len(stamps) != info.n_frames:
         return None
     stamps.sort()
-    pts = tuple(p for p, _ in stamps)
+    times = tuple(p for p, _ in stamps)
     keys = tuple(i for i, (_, key) in enumerate(stamps) if key)
     if not keys or keys[0] != 0:
         return None
-    if len(pts) > 1 and min(b - a for a, b in zip(pts, pts[1:])) * tb < _MIN_FRAME_GAP_S:
+    if len(times) > 1 and min(b - a for a, b in zip(times, times[1:])) * tb < _MIN_FRAME_GAP_S:
         return None
-    leading = frozenset(i for i, p in enumerate(pts) if p in leading_pts)
-    return _Timeline(tb=tb, pts=pts, keys=keys, start=start, leading=leading)
+    leading = frozenset(i for i, p in enumerate(times) if p in leading_pts)
+    return _Timeline(tb=tb, pts=times, keys=keys, start=start, leading=leading)
 
 
-def _plan_runs(wanted: Sequence[int], timeline: _Timeline, width: int, height: int,
-               every_frame: bool = False) -> list[list[int]]:
+def _plan_runs(
+    wanted: Sequence[int], timeline: _Timeline, width: int, height: int, every_frame: bool = False
+) -> list[list[int]]:
     """Group the planned frames into runs (see "Which is faster" above); the first run starts at 0.
 
     With ``every_frame``, each frame after the first run's gets its own seek (for tests and
@@ -1122,8 +1155,9 @@ def _read_exact(stream: Any, size: int) -> bytes | None:
     return buf if len(buf) == size else None
 
 
-def _decode_run(path: str, timeline: _Timeline, start: int, indices: Sequence[int],
-                width: int, height: int) -> list[bytes]:
+def _decode_run(
+    path: str, timeline: _Timeline, start: int, indices: Sequence[int], width: int, height: int
+) -> list[bytes]:
     """Decode frames ``indices`` (ascending, all >= start), seeking to frame ``start`` first.
 
     Returns:
@@ -1135,10 +1169,34 @@ def _decode_run(path: str, timeline: _Timeline, start: int, indices: Sequence[in
     rel = [i - start for i in indices]
     seek = ["-ss", timeline.seek_arg(start)] if start > 0 else []
     log_path = Path(path).with_name(f"run-{start}.log")
-    cmd = [_ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-copyts", *seek, "-i", path,
-           "-map", "0:v:0", "-vf", _select_filter(rel) + ",showinfo", "-fps_mode", "passthrough",
-           "-frames:v", str(len(rel)), "-an", "-sn", "-dn",
-           "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe", "-"]
+    cmd = [
+        _ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-copyts",
+        *seek,
+        "-i",
+        path,
+        "-map",
+        "0:v:0",
+        "-vf",
+        _select_filter(rel) + ",showinfo",
+        "-fps_mode",
+        "passthrough",
+        "-frames:v",
+        str(len(rel)),
+        "-an",
+        "-sn",
+        "-dn",
+        "-pix_fmt",
+        "rgb24",
+        "-vcodec",
+        "rawvideo",
+        "-f",
+        "image2pipe",
+        "-",
+    ]
     size = width * height * 3
     raws: list[bytes] = []
     with open(log_path, "wb") as log:
@@ -1149,7 +1207,8 @@ def _decode_run(path: str, timeline: _Timeline, start: int, indices: Sequence[in
                 if raw is None:
                     break
                 raws.append(raw)
-            proc.stdout.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
             rc = proc.wait(timeout=_PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             rc = -1
@@ -1167,13 +1226,22 @@ def _decode_run(path: str, timeline: _Timeline, start: int, indices: Sequence[in
     for k, (n, pts, w, h) in enumerate(shown):
         want = timeline.pts[indices[k]] * timeline.tb
         if int(n) != k or int(pts) * tb != want or (int(w), int(h)) != (width, height):
-            raise _SeekMiss(f"run from frame {start}: frame {indices[k]} expected at {float(want):.6f} s "
-                            f"{width}x{height}, got {float(int(pts) * tb):.6f} s {w}x{h}")
+            raise _SeekMiss(
+                f"run from frame {start}: frame {indices[k]} expected at {float(want):.6f} s "
+                f"{width}x{height}, got {float(int(pts) * tb):.6f} s {w}x{h}"
+            )
     return raws
 
 
-def _seek_frames(path: str, timeline: _Timeline, runs: Sequence[Sequence[int]], width: int, height: int,
-                 make: Callable[[int, bytes], Frame], report: dict[str, Any]) -> list[Frame]:
+def _seek_frames(
+    path: str,
+    timeline: _Timeline,
+    runs: Sequence[Sequence[int]],
+    width: int,
+    height: int,
+    make: Callable[[int, bytes], Frame],
+    report: dict[str, Any],
+) -> list[Frame]:
     """Decode every run (`_decode_run`) into frames (``make(index, raw)``).
 
     A missed seek is retried once from the keyframe at or before its first frame (the one
@@ -1200,15 +1268,18 @@ def _seek_frames(path: str, timeline: _Timeline, runs: Sequence[Sequence[int]], 
     return frames
 
 
-def _video_frame(name: str, idx: int, raw: bytes, width: int, height: int, fps: float, digits: int,
-                 settings: Settings) -> Frame:
+def _video_frame(
+    name: str, idx: int, raw: bytes, width: int, height: int, fps: float, digits: int, settings: Settings
+) -> Frame:
     image, size_note = limit_side(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3), settings.max_side)
     t = idx / fps if fps > 0 else None
     return Frame(
         name=f"{name} #{idx:0{digits}d}",
         image=image,
         source=name,
-        note=f"video frame {idx}" + (f" at {t:.2f} s" if t is not None else "") + (f"; {size_note}" if size_note else ""),
+        note=f"video frame {idx}"
+        + (f" at {t:.2f} s" if t is not None else "")
+        + (f"; {size_note}" if size_note else ""),
         frame_index=idx,
         time_s=t,
     )
@@ -1225,14 +1296,27 @@ def _scan_frames(name: str, path: str, plan: VideoPlan, settings: Settings) -> l
     reader = imageio_ffmpeg.read_frames(
         path,
         input_params=["-nostdin"],
-        output_params=["-map", "0:v:0", "-vf", _select_filter(wanted), "-fps_mode", "passthrough",
-                       "-frames:v", str(len(wanted)), "-an", "-sn", "-dn"],
+        output_params=[
+            "-map",
+            "0:v:0",
+            "-vf",
+            _select_filter(wanted),
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            str(len(wanted)),
+            "-an",
+            "-sn",
+            "-dn",
+        ],
     )
     try:
         try:
             meta = next(reader)
         except (OSError, RuntimeError) as exc:
-            raise InputError(name, f"the video cannot be decoded ({_short(exc)}). Re-export it as MP4 (H.264).") from None
+            raise InputError(
+                name, f"the video cannot be decoded ({_short(exc)}). Re-export it as MP4 (H.264)."
+            ) from None
         w, h = (int(v) for v in meta["size"])
         for k, raw in enumerate(reader):
             idx = wanted[k] if k < len(wanted) else wanted[-1]
@@ -1240,7 +1324,9 @@ def _scan_frames(name: str, path: str, plan: VideoPlan, settings: Settings) -> l
             if len(frames) >= len(wanted):
                 break
     except RuntimeError as exc:
-        raise InputError(name, f"the video broke off while decoding ({_short(exc)}). Re-export it as MP4 (H.264).") from None
+        raise InputError(
+            name, f"the video broke off while decoding ({_short(exc)}). Re-export it as MP4 (H.264)."
+        ) from None
     finally:
         reader.close()  # stops ffmpeg before the temp folder goes
     return frames
@@ -1249,8 +1335,15 @@ def _scan_frames(name: str, path: str, plan: VideoPlan, settings: Settings) -> l
 _METHODS = ("auto", "scan", "seek")
 
 
-def _extract(name: str, data: bytes, target_fps: float, max_frames: int, settings: Settings,
-             method: str = "auto", report: dict[str, Any] | None = None) -> tuple[list[Frame], VideoPlan, VideoInfo]:
+def _extract(
+    name: str,
+    data: bytes,
+    target_fps: float,
+    max_frames: int,
+    settings: Settings,
+    method: str = "auto",
+    report: dict[str, Any] | None = None,
+) -> tuple[list[Frame], VideoPlan, VideoInfo]:
     """Probe, plan and decode a video's planned frames.
 
     Args:
@@ -1295,7 +1388,9 @@ def _extract(name: str, data: bytes, target_fps: float, max_frames: int, setting
             frames = _scan_frames(name, path, plan, settings)
             report.update(method="scan", runs=1)
     if not frames:
-        raise InputError(name, "no frame could be decoded from the video; it is damaged or empty. Re-export it as MP4 (H.264).")
+        raise InputError(
+            name, "no frame could be decoded from the video; it is damaged or empty. Re-export it as MP4 (H.264)."
+        )
     return frames, plan, info
 
 
@@ -1304,8 +1399,13 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def extract_frames(name: str, data: bytes, target_fps: float = DEFAULT_TARGET_FPS, max_frames: int | None = None,
-                   settings: Settings | None = None) -> list[Frame]:
+def extract_frames(
+    name: str,
+    data: bytes,
+    target_fps: float = DEFAULT_TARGET_FPS,
+    max_frames: int | None = None,
+    settings: Settings | None = None,
+) -> list[Frame]:
     """Decode the planned frames of a video (`plan_video`).
 
     Frames far apart are reached by seeking (one ffmpeg per group of nearby frames, decoding
@@ -1351,8 +1451,12 @@ def _name_and_bytes(item: Any) -> tuple[str, bytes]:
     return str(name), data
 
 
-def load_batch(files: Iterable[Any], settings: Settings | None = None, target_fps: float = DEFAULT_TARGET_FPS,
-               max_frames: int | None = None) -> Batch:
+def load_batch(
+    files: Iterable[Any],
+    settings: Settings | None = None,
+    target_fps: float = DEFAULT_TARGET_FPS,
+    max_frames: int | None = None,
+) -> Batch:
     """Turn uploads (images and videos, mixed) into frames; keep the good, list the bad.
 
     Files are read in order. Each image gives one frame; each video gives the frames of
@@ -1388,11 +1492,16 @@ def load_batch(files: Iterable[Any], settings: Settings | None = None, target_fp
     for (raw_name, data), name in zip(pairs, names):
         left = budget - len(frames)
         if left <= 0:
-            rejected.append(Rejected(name, (
-                f"{name}: not used: the batch already has {budget} frames, the most one run takes "
-                f"(frame cap; DA3_MAX_FRAMES={settings.max_frames}). Remove some files, lower the video "
-                "frames per second, or raise the cap."
-            )))
+            rejected.append(
+                Rejected(
+                    name,
+                    (
+                        f"{name}: not used: the batch already has {budget} frames, the most one run takes "
+                        f"(frame cap; DA3_MAX_FRAMES={settings.max_frames}). Remove some files, lower the video "
+                        "frames per second, or raise the cap."
+                    ),
+                )
+            )
             continue
         try:
             if data and looks_like_video(raw_name, data):
@@ -1411,8 +1520,13 @@ def load_batch(files: Iterable[Any], settings: Settings | None = None, target_fp
         except MemoryError:
             rejected.append(Rejected(name, f"{name}: not enough memory to read it. Use a smaller file."))
         except Exception as exc:  # noqa: BLE001 - one bad file must not sink the batch
-            rejected.append(Rejected(name, f"{name}: could not be read ({type(exc).__name__}: {_short(exc)}). "
-                                           "Re-export the file or use another one."))
+            rejected.append(
+                Rejected(
+                    name,
+                    f"{name}: could not be read ({type(exc).__name__}: {_short(exc)}). "
+                    "Re-export the file or use another one.",
+                )
+            )
     return Batch(frames=frames, rejected=rejected, notes=notes)
 
 
@@ -1458,9 +1572,18 @@ def list_examples(root: Path) -> list[Example]:
             continue
         if not files:
             continue
-        out.append(Example(key=folder.name, title=str(meta.get("title", folder.name)),
-                           description=str(meta.get("description", "")), folder=folder, files=tuple(files),
-                           extrinsics=extrinsics, intrinsics=intrinsics, meta=meta))
+        out.append(
+            Example(
+                key=folder.name,
+                title=str(meta.get("title", folder.name)),
+                description=str(meta.get("description", "")),
+                folder=folder,
+                files=tuple(files),
+                extrinsics=extrinsics,
+                intrinsics=intrinsics,
+                meta=meta,
+            )
+        )
     return out
 
 

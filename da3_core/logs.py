@@ -57,9 +57,13 @@ def setup(level: str | None = None, announce: bool = True) -> str:
             except OSError as exc:
                 root.warning("DA3_LOG_FILE=%s cannot be opened (%s); logging to stderr only", log_file, exc)
                 where = "stderr"
-    root.log(logging.INFO if announce else logging.DEBUG,
-             "DA3 dashboard logs go to %s (level %s; third-party warnings of the workers are on the Runner page, "
-             "DA3_APP_LOG_LEVEL=DEBUG prints everything)", where, logging.getLevelName(root.level))
+    root.log(
+        logging.INFO if announce else logging.DEBUG,
+        "DA3 dashboard logs go to %s (level %s; third-party warnings of the workers are on the Runner page, "
+        "DA3_APP_LOG_LEVEL=DEBUG prints everything)",
+        where,
+        logging.getLevelName(root.level),
+    )
     return where
 
 

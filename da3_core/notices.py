@@ -46,8 +46,12 @@ class Pattern:
     action: str = ""
 
 
-UNKNOWN = Meaning("", "Not known to this dashboard: shown as printed.", None,
-                  "If runs work, it is most likely harmless; DA3_APP_LOG_LEVEL=DEBUG prints it in the terminal with the rest.")
+UNKNOWN = Meaning(
+    "",
+    "Not known to this dashboard: shown as printed.",
+    None,
+    "If runs work, it is most likely harmless; DA3_APP_LOG_LEVEL=DEBUG prints it in the terminal with the rest.",
+)
 
 # First match wins: the more specific rows first. Searched case-insensitively.
 PATTERNS: tuple[Pattern, ...] = (

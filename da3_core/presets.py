@@ -49,8 +49,19 @@ PRESETS: tuple[Preset, ...] = (
         True,
         True,
     ),
-    Preset("da3metric-large", "depth-anything/DA3METRIC-LARGE", "DA3 Metric Large (mono)", "0.35B", False, True, True, False),
-    Preset("da3mono-large", "depth-anything/DA3MONO-LARGE", "DA3 Mono Large (mono)", "0.35B", False, False, True, False),
+    Preset(
+        "da3metric-large",
+        "depth-anything/DA3METRIC-LARGE",
+        "DA3 Metric Large (mono)",
+        "0.35B",
+        False,
+        True,
+        True,
+        False,
+    ),
+    Preset(
+        "da3mono-large", "depth-anything/DA3MONO-LARGE", "DA3 Mono Large (mono)", "0.35B", False, False, True, False
+    ),
 )
 
 PRESETS_BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}
@@ -100,7 +111,15 @@ def snap_process_res(value: int, method: str = "upper_bound_resize") -> int:
 
 # DA3's camera paths for the novel-view video of the Gaussians (its ``trj_mode``), the
 # page's default first. Plain data here so the page and the worker share one list.
-GS_TRAJECTORIES: tuple[str, ...] = ("interpolate_smooth", "smooth", "interpolate", "extend", "wander", "dolly_zoom", "original")
+GS_TRAJECTORIES: tuple[str, ...] = (
+    "interpolate_smooth",
+    "smooth",
+    "interpolate",
+    "extend",
+    "wander",
+    "dolly_zoom",
+    "original",
+)
 
 
 def preset_for(name_or_hub_id: str) -> Preset | None:
@@ -128,6 +147,7 @@ def preset_name_in_folder(folder: str | Path) -> str | None:
         unreadable, or has no string ``model_name``.
     """
     import json
+
     try:
         name = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8"))["model_name"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -24,18 +24,19 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from da3_core import guard, presets, runs, tasks
 from da3_core.config import Settings
-from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction
+from da3_core.contract import ModelSpec, ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.logs import one_line
-from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
 from da3_core.runner import Job, Progress, Queued, Runner, Started
+from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +265,16 @@ class ChunkChoice:
 
     def summary(self) -> str:
         est = self.per_chunk
-        mem = f"about {guard.gb(est.memory_mb)} of memory per chunk ({guard.gb(est.available.mb)} available)" if est else ""
+        mem = (
+            f"about {guard.gb(est.memory_mb)} of memory per chunk ({guard.gb(est.available.mb)} available)"
+            if est
+            else ""
+        )
         t = f", about {guard.duration(self.seconds)} in all" if self.seconds is not None else ""
-        return (f"{self.plan.n_frames} frames as {self.plan.n_chunks} chunk(s) of {self.chunk} overlapping by {self.overlap} "
-                f"({self.plan.frames_computed} frame passes): {mem}{t}.")
+        return (
+            f"{self.plan.n_frames} frames as {self.plan.n_chunks} chunk(s) of {self.chunk} overlapping by {self.overlap} "
+            f"({self.plan.frames_computed} frame passes): {mem}{t}."
+        )
 
 
 # -- export jobs ---------------------------------------------------------------------------
@@ -280,8 +287,9 @@ EXPORT_TITLES = {"colmap": "COLMAP model", "gs_ply": "3DGS PLY", "gs_video": "no
 # What each kind leaves in exports/ when done (a folder for COLMAP, a file for the others).
 EXPORT_TARGETS = {"colmap": "colmap", "gs_ply": "gs_ply/0000.ply", "gs_video": "gs_video.mp4"}
 EXPORT_RECORD = ".{kind}.job.json"  # the job's state in exports/ (hidden: not offered as a download)
-INTERRUPTED_EXPORT = ("interrupted: the server stopped while this export was running; nothing half-written was kept, "
-                      "make it again")
+INTERRUPTED_EXPORT = (
+    "interrupted: the server stopped while this export was running; nothing half-written was kept, make it again"
+)
 # What the estimates rest on. COLMAP and 3DGS PLY: DA3's exporters measured in this project's
 # worker on a 2-core shared CPU (3 views of 48x64, best and worst of repeated runs): the COLMAP
 # exporter adds every kept point to pycolmap one by one in Python, 20-50 us and 83 bytes on
@@ -317,8 +325,10 @@ class ExportEstimate:
         """One line for the page, e.g. ``Estimate: about 3 s, 40 MB of worker memory, writes
         about 5 MB; stopped after 10 min. Rests on: ...``."""
         out = f", writes about {_mb(self.output_mb)}" if self.output_mb is not None else ""
-        return (f"Estimate: about {guard.duration(self.seconds)}, {_mb(self.memory_mb)} of worker memory{out}; "
-                f"stopped after {guard.duration(self.budget_s)}. Rests on: {self.basis}")
+        return (
+            f"Estimate: about {guard.duration(self.seconds)}, {_mb(self.memory_mb)} of worker memory{out}; "
+            f"stopped after {guard.duration(self.budget_s)}. Rests on: {self.basis}"
+        )
 
 
 def _mb(mb: float) -> str:
@@ -351,7 +361,9 @@ def gs_video_frames(n_views: int, trajectory: str) -> int:
     return frames
 
 
-def export_estimate(kind: str, rec: Reconstruction, budget_s: float, options: dict[str, Any] | None = None) -> ExportEstimate:
+def export_estimate(
+    kind: str, rec: Reconstruction, budget_s: float, options: dict[str, Any] | None = None
+) -> ExportEstimate:
     """The estimate of an export job of ``kind`` (see the constants above for its basis).
 
     Memory: the run's arrays three times over (the copy sent to the worker, DA3's Prediction
@@ -362,24 +374,39 @@ def export_estimate(kind: str, rec: Reconstruction, budget_s: float, options: di
     n, h, w = rec.depth.shape
     if kind == "colmap":
         kept = n * h * w * (1.0 - float(options.get("conf_percentile", 40.0)) / 100.0)
-        return ExportEstimate(budget_s, 1.0 + kept * COLMAP_S_PER_POINT, 3 * arrays, kept * COLMAP_BYTES_PER_POINT / 2**20,
-                              f"{int(kept):,} points kept of {n * h * w:,} pixels; DA3's exporter measured at 20-50 us and "
-                              f"{COLMAP_BYTES_PER_POINT} bytes per point on a 2-core CPU (it adds the points one by one).")
+        return ExportEstimate(
+            budget_s,
+            1.0 + kept * COLMAP_S_PER_POINT,
+            3 * arrays,
+            kept * COLMAP_BYTES_PER_POINT / 2**20,
+            f"{int(kept):,} points kept of {n * h * w:,} pixels; DA3's exporter measured at 20-50 us and "
+            f"{COLMAP_BYTES_PER_POINT} bytes per point on a 2-core CPU (it adds the points one by one).",
+        )
     if kind == "gs_ply":
         if rec.gaussians is None:
             raise ValueError("this run has no 3D Gaussians")
         g = len(rec.gaussians.means)
         floats = 11 + 3 * int(np.prod(rec.gaussians.harmonics.shape[2:]) or 1)  # xyz, opacity, scale, rotation, colour
-        return ExportEstimate(budget_s, 1.0 + g * GS_PLY_S_PER_GAUSSIAN, 3 * arrays, g * floats * 4 / 2**20,
-                              f"{g:,} Gaussians of {floats} floats each; DA3's writer measured at 8-35 us per Gaussian on a 2-core CPU.")
+        return ExportEstimate(
+            budget_s,
+            1.0 + g * GS_PLY_S_PER_GAUSSIAN,
+            3 * arrays,
+            g * floats * 4 / 2**20,
+            f"{g:,} Gaussians of {floats} floats each; DA3's writer measured at 8-35 us per Gaussian on a 2-core CPU.",
+        )
     if kind == "gs_video":
         frames = gs_video_frames(n, str(options.get("trajectory", "interpolate_smooth")))
         seconds = GSPLAT_COMPILE_S + frames * GSPLAT_S_PER_FRAME
-        return ExportEstimate(budget_s, seconds, 3 * arrays + frames * h * w * 3 * 2 / 2**20, None,
-                              f"about {frames} frames of {w}x{h}; the budget covers gsplat's one-time kernel compile "
-                              f"(69.5 s and {GSPLAT_COMPILE_S:.0f} s measured on H100s, counted here: the first video of a "
-                              f"worker compiles) plus {GSPLAT_S_PER_FRAME} s per rendered view measured there; x264 "
-                              f"encoding not measured.")
+        return ExportEstimate(
+            budget_s,
+            seconds,
+            3 * arrays + frames * h * w * 3 * 2 / 2**20,
+            None,
+            f"about {frames} frames of {w}x{h}; the budget covers gsplat's one-time kernel compile "
+            f"(69.5 s and {GSPLAT_COMPILE_S:.0f} s measured on H100s, counted here: the first video of a "
+            f"worker compiles) plus {GSPLAT_S_PER_FRAME} s per rendered view measured there; x264 "
+            f"encoding not measured.",
+        )
     raise ValueError(f"unknown export {kind!r}: one of {', '.join(EXPORT_TITLES)}")
 
 
@@ -495,12 +522,29 @@ class ExportJob(OneJob):
         if outcome is None:
             status = "queued" if self.job.started_at is None else "running"
             waiting = (self.job.started_at or time.monotonic()) - self.job.submitted_at
-            return ExportStatus(self.kind, status, self.status_line(), self.fraction, estimate=self.estimate.note(),
-                                total_s=time.monotonic() - self.job.submitted_at, waiting_s=waiting,
-                                cancel_requested=self.cancel_requested)
-        return ExportStatus(self.kind, outcome.status, "", 1.0 if outcome.ok else self.fraction, outcome.message, outcome.traceback,
-                            self.files, dict(self.info), clock[0] if clock else None, clock[1] if clock else None,
-                            self.estimate.note())
+            return ExportStatus(
+                self.kind,
+                status,
+                self.status_line(),
+                self.fraction,
+                estimate=self.estimate.note(),
+                total_s=time.monotonic() - self.job.submitted_at,
+                waiting_s=waiting,
+                cancel_requested=self.cancel_requested,
+            )
+        return ExportStatus(
+            self.kind,
+            outcome.status,
+            "",
+            1.0 if outcome.ok else self.fraction,
+            outcome.message,
+            outcome.traceback,
+            self.files,
+            dict(self.info),
+            clock[0] if clock else None,
+            clock[1] if clock else None,
+            self.estimate.note(),
+        )
 
 
 def export_target(run_dir: Path, kind: str) -> Path:
@@ -531,10 +575,18 @@ def _write_export_record(run_dir: Path, kind: str, record: dict[str, Any]) -> No
 
 def _status_from_record(kind: str, record: dict[str, Any]) -> ExportStatus:
     status = str(record.get("status", "failed"))
-    return ExportStatus(kind, "failed" if status == "pending" else status, message=str(record.get("message", "")),
-                        traceback=str(record.get("traceback") or ""), files=tuple(str(f) for f in record.get("files") or ()), info=dict(record.get("info") or {}),
-                        total_s=record.get("total_s"), waiting_s=record.get("waiting_s"), estimate=str(record.get("estimate", "")),
-                        fraction=1.0 if status == "done" else 0.0)
+    return ExportStatus(
+        kind,
+        "failed" if status == "pending" else status,
+        message=str(record.get("message", "")),
+        traceback=str(record.get("traceback") or ""),
+        files=tuple(str(f) for f in record.get("files") or ()),
+        info=dict(record.get("info") or {}),
+        total_s=record.get("total_s"),
+        waiting_s=record.get("waiting_s"),
+        estimate=str(record.get("estimate", "")),
+        fraction=1.0 if status == "done" else 0.0,
+    )
 
 
 def preset_of(model: ModelSpec) -> presets.Preset | None:
@@ -560,8 +612,15 @@ class RunService:
             ``gs_video``; tests pass light stand-ins with the same signatures).
     """
 
-    def __init__(self, runner: Runner, settings: Settings, keep_finished_s: float = 600.0, task: Any = None,
-                 chunk_task: Any = None, export_tasks: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        settings: Settings,
+        keep_finished_s: float = 600.0,
+        task: Any = None,
+        chunk_task: Any = None,
+        export_tasks: dict[str, Any] | None = None,
+    ) -> None:
         self.runner = runner
         self.settings = settings
         self.keep_finished_s = keep_finished_s
@@ -569,8 +628,12 @@ class RunService:
         self.chunk_task = chunk_task or tasks.reconstruct_chunk
         self._assembler: Any = None
         self._runs: dict[str, ActiveRun] = {}
-        self.export_tasks: dict[str, Any] = {"colmap": tasks.export_colmap, "gs_ply": tasks.export_gs_ply,
-                                             "gs_video": tasks.render_gs_video, **(export_tasks or {})}
+        self.export_tasks: dict[str, Any] = {
+            "colmap": tasks.export_colmap,
+            "gs_ply": tasks.export_gs_ply,
+            "gs_video": tasks.render_gs_video,
+            **(export_tasks or {}),
+        }
         self._exports: dict[tuple[str, str], ExportJob] = {}
         self._lock = threading.Lock()
         self.calibration = guard.Calibration.load(Path(settings.workspace) / "guard_calibration.json")
@@ -600,8 +663,9 @@ class RunService:
         """A run's time budget: ``DA3_DURATION_S + DA3_DURATION_PER_FRAME_S * frames``."""
         return self.settings.duration_base_s + self.settings.duration_per_frame_s * n_frames
 
-    def estimate(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any],
-                 ways: bool = True) -> tuple[guard.Estimate, list[str]] | None:
+    def estimate(
+        self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any], ways: bool = True
+    ) -> tuple[guard.Estimate, list[str]] | None:
         """The run guard's estimate for frames of these (width, height) sizes, and the ways on
         when it does not fit; None when the model's preset is unknown (nothing to go by).
 
@@ -615,17 +679,39 @@ class RunService:
             available = guard.Available(float("inf"), "Ray cluster: not checked here")
         else:
             gpu_sizes = [m for m in self._gpus() if m]
-            available = guard.available_memory(self.settings.memory_limit_mb, sum(w.rss_mb or 0.0 for w in workers),
-                                               gpu_total_mb=min(gpu_sizes) * 0.95 if device == "cuda" and gpu_sizes else None)
-        loaded = any(preset.name in m.lower() or preset.hub_id.lower() in m.lower()
-                     for w in workers for m in ((w.state_report or {}).get("models_loaded") or []))
+            available = guard.available_memory(
+                self.settings.memory_limit_mb,
+                sum(w.rss_mb or 0.0 for w in workers),
+                gpu_total_mb=min(gpu_sizes) * 0.95 if device == "cuda" and gpu_sizes else None,
+            )
+        loaded = any(
+            preset.name in m.lower() or preset.hub_id.lower() in m.lower()
+            for w in workers
+            for m in ((w.state_report or {}).get("models_loaded") or [])
+        )
         method = str(params.get("process_res_method", "upper_bound_resize"))
-        opts = {"model_loaded": loaded, "speed_factor": self.calibration.factor(device)}
-        est = guard.estimate(preset, sizes, int(params["process_res"]), device, available, self.budget_s(len(sizes)), method, **opts)
-        found = [] if not ways or (est.fits_memory and est.fits_time) else guard.ways_on(est, sizes, method, self.budget_s, **opts)
+        speed = self.calibration.factor(device)
+        est = guard.estimate(
+            preset,
+            sizes,
+            int(params["process_res"]),
+            device,
+            available,
+            self.budget_s(len(sizes)),
+            method,
+            model_loaded=loaded,
+            speed_factor=speed,
+        )
+        found = (
+            []
+            if not ways or (est.fits_memory and est.fits_time)
+            else guard.ways_on(est, sizes, method, self.budget_s, model_loaded=loaded, speed_factor=speed)
+        )
         return est, found
 
-    def check(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any], over_budget_ok: bool = False) -> guard.Estimate | None:
+    def check(
+        self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any], over_budget_ok: bool = False
+    ) -> guard.Estimate | None:
         """Raise `RunRefused` for a run that cannot fit in memory, or (unless
         ``over_budget_ok``) cannot finish within its time budget; else return the estimate."""
         found = self.estimate(sizes, model, params)
@@ -671,13 +757,23 @@ class RunService:
             c = min(chunk_plan.MAX_CHUNK, max(chunk_plan.MIN_CHUNK, n))
             reason = "no memory estimate for this model: DA3-Streaming's chunk size"
         else:
-            c = chunk_plan.largest_chunk(lambda k: bool((e := self.estimate(sizes[:k], model, params, ways=False)) and e[0].fits_memory), n)
+            c = chunk_plan.largest_chunk(
+                lambda k: bool((e := self.estimate(sizes[:k], model, params, ways=False)) and e[0].fits_memory), n
+            )
             if c == 0:
                 est = found[0]
-                raise RunRefused("Not even a chunk of two frames fits in memory: " + est.summary()
-                                 + " Try a lower process_res or a smaller preset.", est, "memory")
-            reason = (f"the largest chunk whose estimate fits in the memory available" if c < min(n, chunk_plan.MAX_CHUNK)
-                      else f"{c} frames per chunk (at most {chunk_plan.MAX_CHUNK}, DA3-Streaming's size)")
+                raise RunRefused(
+                    "Not even a chunk of two frames fits in memory: "
+                    + est.summary()
+                    + " Try a lower process_res or a smaller preset.",
+                    est,
+                    "memory",
+                )
+            reason = (
+                "the largest chunk whose estimate fits in the memory available"
+                if c < min(n, chunk_plan.MAX_CHUNK)
+                else f"{c} frames per chunk (at most {chunk_plan.MAX_CHUNK}, DA3-Streaming's size)"
+            )
         o = wanted_o or chunk_plan.default_overlap(c)
         o = max(1, min(o, c - 1))
         if not wanted_o:
@@ -690,8 +786,17 @@ class RunService:
             seconds = each * plan.n_chunks if per[0].frames == min(n, plan.chunk) else None
         return ChunkChoice(c, o, plan, per[0] if per else None, seconds, reason)
 
-    def submit_chunked(self, session_dir: Path, images: Any, names: Sequence[str], source: str, model: ModelSpec,
-                       params: dict[str, Any], cameras: Any = None, sizes: Sequence[tuple[int, int]] | None = None) -> Any:
+    def submit_chunked(
+        self,
+        session_dir: Path,
+        images: Any,
+        names: Sequence[str],
+        source: str,
+        model: ModelSpec,
+        params: dict[str, Any],
+        cameras: Any = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> Any:
         """Save the frames and start a chunked run (`da3_core.chunks.service.ChunkedRun`).
 
         ``images`` may be any iterable of (H, W, 3) uint8 frames (a generator keeps only one
@@ -706,26 +811,37 @@ class RunService:
         from da3_core.chunks.service import ChunkedRun
 
         if params.get("infer_gs"):
-            raise ValueError("3D Gaussians are not offered for chunked runs: each chunk's Gaussians would need merging; "
-                             "turn infer_gs off or run fewer frames in one call")
+            raise ValueError(
+                "3D Gaussians are not offered for chunked runs: each chunk's Gaussians would need merging; "
+                "turn infer_gs off or run fewer frames in one call"
+            )
         images = images if sizes is not None else list(images)
         sizes = list(sizes) if sizes is not None else [(im.shape[1], im.shape[0]) for im in images]
         if not sizes:
             raise ValueError("a chunked run needs at least one frame")
         choice = self.choose_chunks(sizes, model, params)
         opts = dict(params.get("chunking") or {})
-        options = {"loop_closure": bool(opts.get("loop_closure", True)), "depth_video": bool(opts.get("depth_video", True)),
-                   "fps": opts.get("fps"), "cameras_given": cameras is not None, "parallel": max(1, len(self.runner.status().workers)),
-                   "reason": choice.reason}
+        options = {
+            "loop_closure": bool(opts.get("loop_closure", True)),
+            "depth_video": bool(opts.get("depth_video", True)),
+            "fps": opts.get("fps"),
+            "cameras_given": cameras is not None,
+            "parallel": max(1, len(self.runner.status().workers)),
+            "reason": choice.reason,
+        }
         saved = None if cameras is None else (cameras.extrinsics, cameras.intrinsics, cameras.source)
-        run_params = {**params, "chunking": {**opts, "chunk": choice.chunk, "overlap": choice.overlap},
-                      "cameras": "estimated" if cameras is None else f"given ({cameras.source})", "infer_gs": False,
-                      "reference_view": None}
+        run_params = {
+            **params,
+            "chunking": {**opts, "chunk": choice.chunk, "overlap": choice.overlap},
+            "cameras": "estimated" if cameras is None else f"given ({cameras.source})",
+            "infer_gs": False,
+            "reference_view": None,
+        }
         with self._lock:
             run_dir, meta = runs.start_run(session_dir, images, names, source, model, run_params, cameras=saved)
             store.write_plan(run_dir, choice.plan, options)
             run = ChunkedRun(self, run_dir, meta, choice.plan, options, self.chunk_task, self._chunked_ended)
-            self._runs[str(run_dir)] = run
+            self._runs[str(run_dir)] = run  # type: ignore[assignment]  # duck-typed: a ChunkedRun has what the pages read of an ActiveRun
         run.start()
         log.debug("run %s queued as %d chunk(s): %s", meta.run_id, choice.plan.n_chunks, choice.reason)
         return run
@@ -757,7 +873,7 @@ class RunService:
             runs.write_meta(run_dir, meta)
             options = {**options, "parallel": max(1, len(self.runner.status().workers))}
             run = ChunkedRun(self, run_dir, meta, plan, options, self.chunk_task, self._chunked_ended)
-            self._runs[str(run_dir)] = run
+            self._runs[str(run_dir)] = run  # type: ignore[assignment]  # duck-typed: a ChunkedRun has what the pages read of an ActiveRun
         run.start()
         return run
 
@@ -830,13 +946,20 @@ class RunService:
             use_ray_pose=bool(params.get("use_ray_pose", False)),
             camera_source="" if cameras is None else cameras.source,
         )
-        saved = None if cameras is None else (request.extrinsics, request.intrinsics, request.camera_source)
+        saved: tuple[np.ndarray, np.ndarray, str] | None = None
+        if request.extrinsics is not None and request.intrinsics is not None:  # cameras given
+            saved = (request.extrinsics, request.intrinsics, request.camera_source)
         params = {**params, "cameras": request.camera_label}
         with self._lock:  # reconcile() must not see the folder before the run is registered
             run_dir, meta = runs.start_run(session_dir, images, names, source, model, params, cameras=saved)
             try:
-                job = self.task.submit(request, str(self.settings.demo_weights_dir), self.settings.cpu_threads,
-                                       self.settings.cpu_precision, runner=self.runner)
+                job = self.task.submit(
+                    request,
+                    str(self.settings.demo_weights_dir),
+                    self.settings.cpu_threads,
+                    self.settings.cpu_precision,
+                    runner=self.runner,
+                )  # type: ignore[call-arg]  # runner= is GPUFunction's own keyword, which ParamSpec cannot declare
             except GPUError as exc:
                 log.error("run %s could not be queued: %s: %s", meta.run_id, type(exc).__name__, one_line(str(exc)))
                 log.debug("traceback", exc_info=True)
@@ -851,7 +974,9 @@ class RunService:
         # Saving may take a second (compressing the arrays): it runs in a thread of its own,
         # started when the job ends, never in the runner's dispatcher.
         job.add_done_callback(
-            lambda _job: threading.Thread(target=self._watch, args=(active,), name=f"da3-run-{meta.run_id}", daemon=True).start()
+            lambda _job: threading.Thread(
+                target=self._watch, args=(active,), name=f"da3-run-{meta.run_id}", daemon=True
+            ).start()
         )
         return active
 
@@ -906,55 +1031,94 @@ class RunService:
         except GPUError as exc:
             kind = getattr(exc, "type_name", type(exc).__name__)
             message = exc.message if isinstance(exc, TaskError) else str(exc)
-            outcome = RunOutcome("failed", f"{kind}: {message}", isinstance(exc, ModelUnavailableError),
-                                 getattr(exc, "remote_traceback", ""))
+            outcome = RunOutcome(
+                "failed",
+                f"{kind}: {message}",
+                isinstance(exc, ModelUnavailableError),
+                getattr(exc, "remote_traceback", ""),
+            )
             self._settle(active, outcome, exc)
             return
         except BaseException as exc:  # noqa: BLE001 - whatever happens, the run must not stay pending
-            log.error("run %s: reading the result failed: %s: %s", active.run_id, type(exc).__name__, one_line(str(exc)))
+            log.error(
+                "run %s: reading the result failed: %s: %s", active.run_id, type(exc).__name__, one_line(str(exc))
+            )
             log.debug("traceback", exc_info=True)
-            self._settle(active, RunOutcome("failed", f"the result could not be read: {type(exc).__name__}: {exc}"), exc)
+            self._settle(
+                active, RunOutcome("failed", f"the result could not be read: {type(exc).__name__}: {exc}"), exc
+            )
             return
         try:
             done = runs.finish_run(active.run_dir, active.meta, rec)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions, a removed folder...
             log.error("run %s: saving the result failed: %s: %s", active.run_id, type(exc).__name__, one_line(str(exc)))
             log.debug("traceback", exc_info=True)
-            self._settle(active, RunOutcome("failed", f"the result could not be saved: {type(exc).__name__}: {exc}"), exc)
+            self._settle(
+                active, RunOutcome("failed", f"the result could not be saved: {type(exc).__name__}: {exc}"), exc
+            )
             return
         self._save_clock(active.run_dir, done, job_clock(job))
         self._calibrate(active, rec)
         active.result = rec
         active.images = ()
-        log.info("run %s done in %s (%d frame(s), %s%s on %s)", active.run_id, self._took(active), len(active.meta.names),
-                 rec.preset or active.meta.model_ref, " untrained" if rec.untrained else "", rec.device)
+        log.info(
+            "run %s done in %s (%d frame(s), %s%s on %s)",
+            active.run_id,
+            self._took(active),
+            len(active.meta.names),
+            rec.preset or active.meta.model_ref,
+            " untrained" if rec.untrained else "",
+            rec.device,
+        )
         active.finished_at = time.monotonic()
         active.outcome = RunOutcome("done")  # last: the run reads as finished once its line is out
 
     def _calibrate(self, active: ActiveRun, rec: Reconstruction) -> None:
         """Teach the run guard this server's speed from a finished run's inference time."""
-        preset = presets.preset_for(rec.preset or "") or preset_of(ModelSpec(active.meta.model_kind, active.meta.model_ref))
+        preset = presets.preset_for(rec.preset or "") or preset_of(active.meta.model)
         inference = float(rec.timings.get("inference") or 0.0)
         if preset is None or inference <= 0 or not active.images or rec.params.get("infer_gs"):
             return
         try:
-            self.calibration.record(rec.device, preset, [(im.shape[1], im.shape[0]) for im in active.images], int(rec.params["process_res"]),
-                                    str(rec.params.get("process_res_method", "upper_bound_resize")), inference)
+            self.calibration.record(
+                rec.device,
+                preset,
+                [(im.shape[1], im.shape[0]) for im in active.images],
+                int(rec.params["process_res"]),
+                str(rec.params.get("process_res_method", "upper_bound_resize")),
+                inference,
+            )
         except (KeyError, ValueError, TypeError) as exc:  # a guard model without this device: nothing to calibrate
             log.debug("no calibration from run %s: %s", active.run_id, exc)
 
     def _settle(self, active: ActiveRun, outcome: RunOutcome, exc: BaseException) -> None:
         """Write a run that did not finish as ``failed`` or ``cancelled``, then publish it."""
         # The run's one line (the error itself was logged where it happened, also one line).
-        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s %s after %s: %s",
-                active.run_id, outcome.status, self._took(active), one_line(outcome.message))
+        log.log(
+            logging.WARNING if outcome.status == "failed" else logging.INFO,
+            "run %s %s after %s: %s",
+            active.run_id,
+            outcome.status,
+            self._took(active),
+            one_line(outcome.message),
+        )
         if outcome.traceback:
             log.debug("run %s worker traceback:\n%s", active.run_id, outcome.traceback)
         try:
-            runs.fail_run(active.run_dir, replace(active.meta, timings={**active.meta.timings, **clock_timings(job_clock(active.job))}),
-                          outcome.message, status=outcome.status)
+            runs.fail_run(
+                active.run_dir,
+                replace(active.meta, timings={**active.meta.timings, **clock_timings(job_clock(active.job))}),
+                outcome.message,
+                status=outcome.status,
+            )
         except Exception as exc:  # noqa: BLE001 - the page still learns the outcome from memory
-            log.error("run %s: could not write its %s status: %s: %s", active.run_id, outcome.status, type(exc).__name__, one_line(str(exc)))
+            log.error(
+                "run %s: could not write its %s status: %s: %s",
+                active.run_id,
+                outcome.status,
+                type(exc).__name__,
+                one_line(str(exc)),
+            )
             log.debug("traceback", exc_info=True)
         if not outcome.model_unavailable:
             active.images = ()
@@ -997,8 +1161,10 @@ class RunService:
             # Results no page collected yet (a closed tab): the newest few stay in memory, the
             # others are read from their run folder when a page asks (the server's memory
             # grew by every finished run's arrays until keep_finished_s passed).
-            held = sorted((r for r in self._runs.values() if r.finished_at is not None and r.result is not None),
-                          key=lambda r: r.finished_at)
+            held = sorted(
+                (r for r in self._runs.values() if r.finished_at is not None and r.result is not None),
+                key=lambda r: r.finished_at or 0.0,
+            )  # never None here: filtered above
             for run in held[: max(0, len(held) - KEEP_RESULTS)]:
                 _let_go_of_result(run)
             for job_key, ej in list(self._exports.items()):  # their record in exports/ stays
@@ -1041,7 +1207,9 @@ class RunService:
         return True
 
     # -- a run again with untrained demo weights -------------------------------------------
-    def retry_with_demo_weights(self, run_dir: Path, fallback_preset: str = "da3-small", over_budget_ok: bool = False) -> Any:
+    def retry_with_demo_weights(
+        self, run_dir: Path, fallback_preset: str = "da3-small", over_budget_ok: bool = False
+    ) -> Any:
         """Run an earlier run's frames again with untrained demo weights (its weights could
         not be found: `RunOutcome.model_unavailable`).
 
@@ -1080,12 +1248,26 @@ class RunService:
             cameras = KnownCameras(*saved)
         params = {k: v for k, v in meta.params.items() if k not in ("cameras", "chunked", "retry_of", "retry_frames")}
         params.update(retry_of=meta.run_id, retry_frames="exact" if exact else "saved copies")
-        log.info("run %s: run again with untrained %s weights (%s frames)", meta.run_id, model.ref,
-                 "the exact" if exact else "the saved JPEG copies of the")
+        log.info(
+            "run %s: run again with untrained %s weights (%s frames)",
+            meta.run_id,
+            model.ref,
+            "the exact" if exact else "the saved JPEG copies of the",
+        )
         if runs.is_chunked(run_dir):
-            return self.submit_chunked(run_dir.parent, frames, list(meta.names), meta.source, model, params, cameras=cameras)
-        return self.submit(run_dir.parent, frames, list(meta.names), meta.source, model, params, cameras=cameras,
-                           over_budget_ok=over_budget_ok)
+            return self.submit_chunked(
+                run_dir.parent, frames, list(meta.names), meta.source, model, params, cameras=cameras
+            )
+        return self.submit(
+            run_dir.parent,
+            frames,
+            list(meta.names),
+            meta.source,
+            model,
+            params,
+            cameras=cameras,
+            over_budget_ok=over_budget_ok,
+        )
 
     # -- export jobs ------------------------------------------------------------------------
     def _export_task(self, kind: str) -> Any:
@@ -1102,8 +1284,14 @@ class RunService:
             return rec, runs.input_paths(run_dir, meta), str(target), float(options.get("conf_percentile", 40.0))
         if kind == "gs_ply":
             return rec, str(target.parent.parent)
-        return (rec, str(target), str(options.get("trajectory", "interpolate_smooth")), int(options.get("fps", 24)),
-                int(options.get("crf", 18)), bool(options.get("depth_panel", False)))
+        return (
+            rec,
+            str(target),
+            str(options.get("trajectory", "interpolate_smooth")),
+            int(options.get("fps", 24)),
+            int(options.get("crf", 18)),
+            bool(options.get("depth_panel", False)),
+        )
 
     def export_estimate(self, run_dir: Path, kind: str, rec: Reconstruction, **options: Any) -> ExportEstimate:
         """The estimate of an export job (see `export_estimate`); starts nothing."""
@@ -1132,8 +1320,15 @@ class RunService:
         args = self._export_args(run_dir, kind, rec, options)
         estimate = export_estimate(kind, rec, task.budget_s(*args), options)
         key = (str(run_dir), kind)
-        record = {"kind": kind, "run_id": run_dir.name, "status": "pending", "message": "", "options": _jsonable(options),
-                  "estimate": estimate.note(), "submitted": time.time()}
+        record = {
+            "kind": kind,
+            "run_id": run_dir.name,
+            "status": "pending",
+            "message": "",
+            "options": _jsonable(options),
+            "estimate": estimate.note(),
+            "submitted": time.time(),
+        }
         with self._lock:
             held = self._exports.get(key)
             if held is not None and not held.finished:
@@ -1143,16 +1338,24 @@ class RunService:
             try:
                 job = task.submit(*args, runner=self.runner)
             except GPUError as exc:
-                log.error("run %s: the %s could not be queued: %s: %s", run_dir.name, EXPORT_TITLES[kind], type(exc).__name__,
-                          one_line(str(exc)))
-                _write_export_record(run_dir, kind, {**record, "status": "failed", "message": f"{type(exc).__name__}: {exc}"})
+                log.error(
+                    "run %s: the %s could not be queued: %s: %s",
+                    run_dir.name,
+                    EXPORT_TITLES[kind],
+                    type(exc).__name__,
+                    one_line(str(exc)),
+                )
+                _write_export_record(
+                    run_dir, kind, {**record, "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+                )
                 raise
             ej = ExportJob(kind, run_dir, job, estimate, dict(options))
             self._exports[key] = ej
         log.info("run %s: %s queued (%s)", run_dir.name, EXPORT_TITLES[kind], one_line(estimate.note()))
         job.add_done_callback(
-            lambda _job: threading.Thread(target=self._watch_export, args=(ej,), name=f"da3-export-{kind}-{run_dir.name}",
-                                          daemon=True).start()
+            lambda _job: threading.Thread(
+                target=self._watch_export, args=(ej,), name=f"da3-export-{kind}-{run_dir.name}", daemon=True
+            ).start()
         )
         return ej
 
@@ -1185,9 +1388,14 @@ class RunService:
                     self._remove_partial(run_dir, kind)
                     _write_export_record(run_dir, kind, record)
                 except OSError:
-                    log.exception("run %s: could not mark the interrupted %s as failed", run_dir.name, EXPORT_TITLES[kind])
-                log.warning("run %s: the %s was pending with no job in this server: marked failed (interrupted)", run_dir.name,
-                            EXPORT_TITLES[kind])
+                    log.exception(
+                        "run %s: could not mark the interrupted %s as failed", run_dir.name, EXPORT_TITLES[kind]
+                    )
+                log.warning(
+                    "run %s: the %s was pending with no job in this server: marked failed (interrupted)",
+                    run_dir.name,
+                    EXPORT_TITLES[kind],
+                )
         return _status_from_record(kind, record)
 
     def cancel_export(self, run_dir: Path, kind: str) -> bool:
@@ -1211,7 +1419,9 @@ class RunService:
 
     def _watch_export(self, ej: ExportJob) -> None:
         """Save how an export job ended to its record in exports/ (never leaves it pending)."""
-        job, files, info = ej.job, (), {}
+        job = ej.job
+        files: tuple[str, ...] = ()
+        info: dict[str, Any] = {}
         try:
             value = job.result()
         except TaskCancelledError:
@@ -1232,13 +1442,30 @@ class RunService:
                 self._remove_partial(ej.run_dir, ej.kind)
             except OSError:
                 log.exception("run %s: could not remove the unfinished %s", ej.run_id, ej.title)
-        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s: %s %s in %s%s", ej.run_id, ej.title,
-                outcome.status, took_text(*clock) if clock else "?", f": {one_line(outcome.message)}" if outcome.message else "")
+        log.log(
+            logging.WARNING if outcome.status == "failed" else logging.INFO,
+            "run %s: %s %s in %s%s",
+            ej.run_id,
+            ej.title,
+            outcome.status,
+            took_text(*clock) if clock else "?",
+            f": {one_line(outcome.message)}" if outcome.message else "",
+        )
         if outcome.traceback:
             log.debug("run %s: %s worker traceback:\n%s", ej.run_id, ej.title, outcome.traceback)
-        record = {"kind": ej.kind, "run_id": ej.run_id, "status": outcome.status, "message": outcome.message,
-                  "traceback": outcome.traceback, "files": list(files), "info": _jsonable(info), "options": _jsonable(ej.options),
-                  "estimate": ej.estimate.note(), "total_s": clock[0] if clock else None, "waiting_s": clock[1] if clock else None}
+        record = {
+            "kind": ej.kind,
+            "run_id": ej.run_id,
+            "status": outcome.status,
+            "message": outcome.message,
+            "traceback": outcome.traceback,
+            "files": list(files),
+            "info": _jsonable(info),
+            "options": _jsonable(ej.options),
+            "estimate": ej.estimate.note(),
+            "total_s": clock[0] if clock else None,
+            "waiting_s": clock[1] if clock else None,
+        }
         try:
             _write_export_record(ej.run_dir, ej.kind, record)
         except OSError as exc:  # the page still learns the outcome from memory

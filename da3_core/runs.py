@@ -17,15 +17,16 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
 from da3_core import export, workspace
-from da3_core.contract import Gaussians, ModelSpec, Reconstruction
+from da3_core.contract import Gaussians, ModelKind, ModelSpec, Reconstruction
 
 RESULT_FILE = "result.npz"
 META_FILE = "run.json"
@@ -72,14 +73,17 @@ class RunMeta:
 
     @property
     def model(self) -> ModelSpec:
-        return ModelSpec(self.model_kind, self.model_ref)  # type: ignore[arg-type]
+        # run.json holds text: ModelSpec refuses a kind other than the three.
+        return ModelSpec(cast(ModelKind, self.model_kind), self.model_ref)
 
     def label(self) -> str:
         """Short text for run pickers, e.g. ``14:02:11 · 4 views · da3-small`` (``· untrained``,
         ``· failed`` when so)."""
         when = time.strftime("%H:%M:%S", time.localtime(self.created))
         what = self.preset or self.model_ref.rsplit("/", 1)[-1]
-        extra = (" · untrained" if self.model_kind == "demo" else "") + ("" if self.status == "done" else f" · {self.status}")
+        extra = (" · untrained" if self.model_kind == "demo" else "") + (
+            "" if self.status == "done" else f" · {self.status}"
+        )
         return f"{when} · {len(self.names)} views · {what}{extra}"
 
 
@@ -100,8 +104,15 @@ def read_meta(run_dir: Path) -> RunMeta:
     return RunMeta(**known)
 
 
-def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[str], source: str, model: ModelSpec, params: dict[str, Any],
-              cameras: tuple[np.ndarray, np.ndarray, str] | None = None) -> tuple[Path, RunMeta]:
+def start_run(
+    session_dir: Path,
+    images: Sequence[np.ndarray],
+    names: Sequence[str],
+    source: str,
+    model: ModelSpec,
+    params: dict[str, Any],
+    cameras: tuple[np.ndarray, np.ndarray, str] | None = None,
+) -> tuple[Path, RunMeta]:
     """Create a run folder and save its frames and metadata before anything runs.
 
     Args:
@@ -127,8 +138,13 @@ def start_run(session_dir: Path, images: Sequence[np.ndarray], names: Sequence[s
     cameras_file = ""
     if cameras is not None:
         ext, ixt, camera_source = cameras
-        np.savez(run_dir / CAMERAS_FILE, extrinsics=np.asarray(ext, np.float64), intrinsics=np.asarray(ixt, np.float64),
-                 names=np.asarray(list(names), dtype=str), source=np.asarray(camera_source))
+        np.savez(
+            run_dir / CAMERAS_FILE,
+            extrinsics=np.asarray(ext, np.float64),
+            intrinsics=np.asarray(ixt, np.float64),
+            names=np.asarray(list(names), dtype=str),
+            source=np.asarray(camera_source),
+        )
         cameras_file = CAMERAS_FILE
     meta = RunMeta(
         run_id=run_dir.name,
@@ -226,8 +242,14 @@ def load_result(run_dir: Path, meta: RunMeta | None = None) -> Reconstruction:
         from da3_core.chunks import store
 
         # Memory-mapped, read-only: the server's memory does not grow with the frames.
-        return store.load_result(run_dir, list(meta.names), meta.model, params=dict(meta.params), timings=dict(meta.timings),
-                                 ready_only=meta.status != "done")
+        return store.load_result(
+            run_dir,
+            list(meta.names),
+            meta.model,
+            params=dict(meta.params),
+            timings=dict(meta.timings),
+            ready_only=meta.status != "done",
+        )
     with np.load(run_dir / RESULT_FILE, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     gaussians = None

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, MutableMapping
+from typing import Any
 
 import streamlit as st
 
@@ -113,8 +114,10 @@ class RunView:
         c = self.chunked
         if not c:
             return ""
-        return (f", {c.get('chunks')} chunks of {c.get('chunk')} (overlap {c.get('overlap')}), alignment "
-                f"{c.get('alignment') or 'none'}, {c.get('loops_closed', 0)} loop(s) closed")
+        return (
+            f", {c.get('chunks')} chunks of {c.get('chunk')} (overlap {c.get('overlap')}), alignment "
+            f"{c.get('alignment') or 'none'}, {c.get('loops_closed', 0)} loop(s) closed"
+        )
 
 
 def view_of(service: RunService, run_dir: Path) -> RunView | None:
@@ -131,10 +134,19 @@ def view_of(service: RunService, run_dir: Path) -> RunView | None:
             return None
         meta = run.meta
     assert meta is not None
-    common = {"run_id": meta.run_id, "run_dir": run_dir, "n_views": len(meta.names), "preset": meta.preset,
-              "device": meta.device, "params": dict(meta.params), "chunked": dict(meta.params.get("chunked") or {}),
-              "resumable": runs.is_chunked(run_dir), "retry_of": str(meta.params.get("retry_of") or ""),
-              "retry_frames": str(meta.params.get("retry_frames") or "")}
+    common = RunView(
+        run_id=meta.run_id,
+        run_dir=run_dir,
+        status=meta.status,
+        n_views=len(meta.names),
+        preset=meta.preset,
+        device=meta.device,
+        params=dict(meta.params),
+        chunked=dict(meta.params.get("chunked") or {}),
+        resumable=runs.is_chunked(run_dir),
+        retry_of=str(meta.params.get("retry_of") or ""),
+        retry_frames=str(meta.params.get("retry_frames") or ""),
+    )
     if run is not None:
         now = time.monotonic()
         started = run.started_at
@@ -144,19 +156,39 @@ def view_of(service: RunService, run_dir: Path) -> RunView | None:
         waiting = (started if started is not None else end) - run.submitted_at
         if run.chunked and started is None and run.finished:
             waiting = None  # nobody looked while it ran: when its first chunk started is not known
-        timing = {"total_s": end - run.submitted_at, "waiting_s": waiting}
-        if not run.finished:
-            status = "queued" if started is None else "running"
-            return RunView(status=status, line=run.status_line(), fraction=float(run.fraction),
-                           cancel_requested=bool(run.cancel_requested), **timing, **common)
+        total_s = end - run.submitted_at
         outcome = run.outcome
-        return RunView(status=outcome.status, message=outcome.message, model_unavailable=outcome.model_unavailable,
-                       traceback=outcome.traceback, fraction=1.0 if outcome.ok else float(run.fraction), **timing, **common)
+        if outcome is None:  # not finished
+            status = "queued" if started is None else "running"
+            return replace(
+                common,
+                status=status,
+                line=run.status_line(),
+                fraction=float(run.fraction),
+                cancel_requested=bool(run.cancel_requested),
+                total_s=total_s,
+                waiting_s=waiting,
+            )
+        return replace(
+            common,
+            status=outcome.status,
+            message=outcome.message,
+            model_unavailable=outcome.model_unavailable,
+            traceback=outcome.traceback,
+            fraction=1.0 if outcome.ok else float(run.fraction),
+            total_s=total_s,
+            waiting_s=waiting,
+        )
     t = meta.timings
     total = t.get(WALL_S, t.get("total"))
-    return RunView(status=meta.status, message=meta.error, model_unavailable=meta.error.startswith("ModelUnavailableError"),
-                   fraction=1.0 if meta.status == "done" else 0.0, total_s=None if total is None else float(total),
-                   waiting_s=t.get(QUEUE_WAIT_S), **common)
+    return replace(
+        common,
+        message=meta.error,
+        model_unavailable=meta.error.startswith("ModelUnavailableError"),
+        fraction=1.0 if meta.status == "done" else 0.0,
+        total_s=None if total is None else float(total),
+        waiting_s=t.get(QUEUE_WAIT_S),
+    )
 
 
 def run_view(service: RunService) -> RunView | None:
@@ -167,7 +199,7 @@ def run_view(service: RunService) -> RunView | None:
     return view_of(service, Path(key)) if key else None
 
 
-def state() -> MutableMapping[str, Any]:
+def state() -> MutableMapping[str | int, Any]:  # Streamlit's keys: str or int
     return st.session_state
 
 

@@ -188,7 +188,9 @@ def pack_spz(g: Gaussians, *, min_opacity: float = MIN_OPACITY, compresslevel: i
     scales = _u8((np.log(np.asarray(g.scales, dtype=np.float64)[keep]) + 10.0) * 16.0)
     rotations = _pack_quaternions(np.asarray(g.rotations)[keep])
     header = struct.pack("<IIIBBBB", SPZ_MAGIC, SPZ_VERSION, n, 0, fb, 0, 0)
-    body = b"".join([header, positions.tobytes(), alphas.tobytes(), colors.tobytes(), scales.tobytes(), rotations.tobytes()])
+    body = b"".join(
+        [header, positions.tobytes(), alphas.tobytes(), colors.tobytes(), scales.tobytes(), rotations.tobytes()]
+    )
     return gzip.compress(body, compresslevel=compresslevel, mtime=0)
 
 
@@ -252,9 +254,24 @@ def read_spz(data: bytes) -> SpzContents:
 # 3DGS PLY (DA3's writer) -> Gaussians
 # --------------------------------------------------------------------------------------
 
-_PLY_TYPES = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1", "uint8": "u1", "char": "i1",
-              "int8": "i1", "ushort": "u2", "uint16": "u2", "short": "i2", "int16": "i2", "uint": "u4", "uint32": "u4",
-              "int": "i4", "int32": "i4"}
+_PLY_TYPES = {
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
+    "uchar": "u1",
+    "uint8": "u1",
+    "char": "i1",
+    "int8": "i1",
+    "ushort": "u2",
+    "uint16": "u2",
+    "short": "i2",
+    "int16": "i2",
+    "uint": "u4",
+    "uint32": "u4",
+    "int": "i4",
+    "int32": "i4",
+}
 
 
 def read_gs_ply(data: bytes) -> Gaussians:
@@ -274,7 +291,8 @@ def read_gs_ply(data: bytes) -> Gaussians:
     lines = data[:end].decode("ascii", "replace").splitlines()
     if "format binary_little_endian 1.0" not in (ln.strip() for ln in lines):
         raise ValueError("only binary little-endian PLY is read")
-    count, fields, in_vertex = 0, [], False
+    count, in_vertex = 0, False
+    fields: list[tuple[str, str]] = []  # (name, numpy type) of each vertex property
     for ln in lines:
         parts = ln.split()
         if parts[:1] == ["element"]:
@@ -290,12 +308,30 @@ def read_gs_ply(data: bytes) -> Gaussians:
                 raise ValueError("list properties are not expected in a 3DGS PLY")
             fields.append((parts[2], "<" + _PLY_TYPES[parts[1]]))
     names = [f for f, _ in fields]
-    need = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    need = [
+        "x",
+        "y",
+        "z",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     missing = [f for f in need if f not in names]
     if missing:
         raise ValueError(f"not a 3DGS PLY: missing vertex properties {missing}")
     v = np.frombuffer(data, dtype=np.dtype(fields), count=count, offset=body_start)
-    col = lambda *ks: np.stack([v[k].astype(np.float32) for k in ks], axis=1)  # noqa: E731
+
+    def col(*ks: str) -> np.ndarray:
+        return np.stack([v[k].astype(np.float32) for k in ks], axis=1)
+
     rest = sorted((f for f in names if re.fullmatch(r"f_rest_\d+", f)), key=lambda f: int(f[7:]))
     dc = col("f_dc_0", "f_dc_1", "f_dc_2")[:, :, None]
     if rest:  # 3DGS order: all R coefficients, then G, then B
@@ -354,8 +390,8 @@ def _quat_xyzw(r: np.ndarray) -> list[float]:
     else:
         s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
         q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    q = np.asarray(q)
-    return [float(x) for x in q / np.linalg.norm(q)]
+    qa = np.asarray(q)
+    return [float(x) for x in qa / np.linalg.norm(qa)]
 
 
 # OpenCV camera (x right, y down, z forward) -> three.js camera (x right, y up, looks along -z).
@@ -419,8 +455,18 @@ class SplatPayload:
     n_total: int
 
 
-def splat_payload(g: Gaussians, cameras: geometry.Cameras, hw: tuple[int, int], *, splat_scale: float = 1.0, show_cameras: bool = True,
-                  background: str = "#0e1117", mode: str = "orbit", camera_size: float = 0.03, reference: int | None = None) -> SplatPayload:
+def splat_payload(
+    g: Gaussians,
+    cameras: geometry.Cameras,
+    hw: tuple[int, int],
+    *,
+    splat_scale: float = 1.0,
+    show_cameras: bool = True,
+    background: str = "#0e1117",
+    mode: str = "orbit",
+    camera_size: float = 0.03,
+    reference: int | None = None,
+) -> SplatPayload:
     """Pack ``g`` and the viewer's options (start camera, frustums, controls).
 
     Args:
@@ -457,8 +503,18 @@ def splat_payload(g: Gaussians, cameras: geometry.Cameras, hw: tuple[int, int], 
     return SplatPayload(spz, options, int(keep.sum()), int(len(keep)))
 
 
-def splat_viewer_html(g: Gaussians, cameras: geometry.Cameras, hw: tuple[int, int], *, height: int = 620, splat_scale: float = 1.0,
-                      show_cameras: bool = True, background: str = "#0e1117", mode: str = "orbit", reference: int | None = None) -> str:
+def splat_viewer_html(
+    g: Gaussians,
+    cameras: geometry.Cameras,
+    hw: tuple[int, int],
+    *,
+    height: int = 620,
+    splat_scale: float = 1.0,
+    show_cameras: bool = True,
+    background: str = "#0e1117",
+    mode: str = "orbit",
+    reference: int | None = None,
+) -> str:
     """A self-contained HTML page that renders ``g`` in the browser (for ``st.iframe``).
 
     Controls inside the page: orbit / fly, splat scale, cameras on/off, reset to the
@@ -470,8 +526,16 @@ def splat_viewer_html(g: Gaussians, cameras: geometry.Cameras, hw: tuple[int, in
     Returns:
         HTML with the script and the data inlined; no external requests.
     """
-    payload = splat_payload(g, cameras, hw, splat_scale=splat_scale, show_cameras=show_cameras, background=background, mode=mode,
-                            reference=reference)
+    payload = splat_payload(
+        g,
+        cameras,
+        hw,
+        splat_scale=splat_scale,
+        show_cameras=show_cameras,
+        background=background,
+        mode=mode,
+        reference=reference,
+    )
     return html_page(payload, height=height)
 
 
@@ -523,8 +587,10 @@ def html_page(payload: SplatPayload, *, height: int = 620) -> str:
 # A run's viewer (what the Point cloud page shows)
 # --------------------------------------------------------------------------------------
 
-NO_GAUSSIANS = ("3D Gaussian viewer: this run has no Gaussians (they come from presets with a GS head, "
-                "DA3 Giant or Nested Giant-Large, run with 'Infer 3D Gaussians').")
+NO_GAUSSIANS = (
+    "3D Gaussian viewer: this run has no Gaussians (they come from presets with a GS head, "
+    "DA3 Giant or Nested Giant-Large, run with 'Infer 3D Gaussians')."
+)
 """The one line the page shows when the viewer cannot be offered."""
 
 
@@ -547,7 +613,9 @@ class RunViewer:
     payload_mb: float
 
 
-def run_viewer(rec: Reconstruction, cameras: geometry.Cameras, *, show_cameras: bool = True, height: int = 620) -> RunViewer:
+def run_viewer(
+    rec: Reconstruction, cameras: geometry.Cameras, *, show_cameras: bool = True, height: int = 620
+) -> RunViewer:
     """The Gaussian viewer of a run: its Gaussians with its cameras (in the Gaussians' frame).
 
     Raises:
@@ -557,7 +625,9 @@ def run_viewer(rec: Reconstruction, cameras: geometry.Cameras, *, show_cameras: 
         raise ValueError(NO_GAUSSIANS)
     payload = splat_payload(rec.gaussians, gaussian_cameras(rec, cameras), rec.hw, show_cameras=show_cameras)
     html = html_page(payload, height=height)
-    return RunViewer(html, payload.n_sent, payload.n_total, int(payload.options["camera"]["index"]), len(html.encode("utf-8")) / 1e6)
+    return RunViewer(
+        html, payload.n_sent, payload.n_total, int(payload.options["camera"]["index"]), len(html.encode("utf-8")) / 1e6
+    )
 
 
 def run_viewer_caption(view: RunViewer, names: tuple[str, ...] | list[str]) -> str:
@@ -565,7 +635,13 @@ def run_viewer_caption(view: RunViewer, names: tuple[str, ...] | list[str]) -> s
     (the view name is escaped)."""
     hidden = view.n_total - view.n_sent
     left_out = f" ({hidden:,} fully transparent or invalid left out)" if hidden else ""
-    ref = f"view {view.reference}: {md(names[view.reference])}" if 0 <= view.reference < len(names) else f"view {view.reference}"
-    return (f"{view.n_sent:,} of {view.n_total:,} Gaussians{left_out}, drawn by your browser (WebGL2, Spark): nothing renders on the "
-            f"server. Starts at the reference camera ({ref}); orbit or fly, splat scale, cameras and reset are in the viewer's bar. "
-            f"Page size {view.payload_mb:.1f} MB.")
+    ref = (
+        f"view {view.reference}: {md(names[view.reference])}"
+        if 0 <= view.reference < len(names)
+        else f"view {view.reference}"
+    )
+    return (
+        f"{view.n_sent:,} of {view.n_total:,} Gaussians{left_out}, drawn by your browser (WebGL2, Spark): nothing renders on the "
+        f"server. Starts at the reference camera ({ref}); orbit or fly, splat scale, cameras and reset are in the viewer's bar. "
+        f"Page size {view.payload_mb:.1f} MB."
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from da3_core.config import load_settings
-from da3_core.contract import ChunkRequest, ChunkResult, ReconstructRequest, Reconstruction
+from da3_core.contract import ChunkRequest, ChunkResult, Reconstruction, ReconstructRequest
 from da3_core.runner import Runner, gpu, set_default_runner_factory
 
 
@@ -30,7 +30,9 @@ def reconstruct_budget(request: ReconstructRequest, *args: Any, **kwargs: Any) -
 
 
 @gpu(duration=reconstruct_budget)
-def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> Reconstruction:
+def reconstruct(
+    request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto"
+) -> Reconstruction:
     """Run DA3 on ``request`` in the worker. See `da3_core.worker.reconstruct.reconstruct`.
 
     ``cpu_precision`` is ``auto`` (``DA3_CPU_PRECISION`` if set, else bfloat16 where the CPU
@@ -56,12 +58,11 @@ def build_demo_weights(preset: str, demo_root: str) -> str:
 @gpu(duration=120)
 def worker_info() -> dict[str, Any]:
     """Device, torch version, cached models and memory of the worker."""
-    from da3_core.runner.inside.calls import worker_state
-    from da3_core.worker.model import resolve_device
-
     import importlib.util
 
+    from da3_core.runner.inside.calls import worker_state
     from da3_core.worker.gs_video import unavailable_reason
+    from da3_core.worker.model import resolve_device
 
     state = worker_state()
     state["device"] = resolve_device("auto")
@@ -71,7 +72,9 @@ def worker_info() -> dict[str, Any]:
 
 
 @gpu(duration=600)
-def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0) -> list[str]:
+def export_colmap(
+    rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0
+) -> list[str]:
     """Write a COLMAP sparse model with DA3's exporter into ``out_dir`` (a hidden folder
     renamed to ``out_dir`` when complete); return the files written.
 
@@ -93,8 +96,14 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
 
 
 @gpu(duration=900)
-def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "interpolate_smooth", fps: int = 24, crf: int = 18,
-                    depth_panel: bool = False) -> dict[str, Any]:
+def render_gs_video(
+    rec: Reconstruction,
+    out_path: str,
+    trajectory: str = "interpolate_smooth",
+    fps: int = 24,
+    crf: int = 18,
+    depth_panel: bool = False,
+) -> dict[str, Any]:
     """DA3's novel-view video of the Gaussians (CUDA + gsplat); see `da3_core.worker.gs_video`.
 
     The budget covers gsplat's one-time kernel compile (69.5 s and 86 s measured on H100s,
@@ -114,7 +123,9 @@ def chunk_budget(chunk: ChunkRequest, *args: Any, **kwargs: Any) -> float:
 
 
 @gpu(duration=chunk_budget)
-def reconstruct_chunk(chunk: ChunkRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> ChunkResult:
+def reconstruct_chunk(
+    chunk: ChunkRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto"
+) -> ChunkResult:
     """One chunk of a chunked run (`da3_core.chunks`): DA3 on its frames, in the chunk's own
     frame, plus a descriptor per frame. See `da3_core.worker.chunk.reconstruct_chunk`."""
     from da3_core.worker.chunk import reconstruct_chunk as run

@@ -19,17 +19,17 @@ from typing import Any
 # Imported here, whole, before any page draws a figure: Plotly reads pandas from sys.modules
 # without the import lock, and a second browser session's first page could see it half
 # imported ("partially initialized module 'pandas'", seen on a fresh server).
-import pandas  # noqa: F401
+import pandas  # noqa: F401 - imported before any figure: a fresh server's first pages raced on importing it
 import streamlit as st
 
 from da3_core import auth, presets, runs, session
 from da3_core.cameras import describe
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec, Reconstruction
-from da3_core.runner import Runner
 from da3_core.holder import RunnerHolder, get_holder, settings_or_stop
 from da3_core.presets import PRESETS, PRESETS_BY_NAME, Preset
-from da3_core.run_service import ActiveRun, RunRefused, RunService
+from da3_core.run_service import RunRefused, RunService
+from da3_core.runner import Runner
 from da3_core.text import md
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ def sidebar(ctx: PageContext, status: bool = True) -> None:
                 index=ids.index(active),
                 format_func=lambda rid: labels[rid],
                 key=f"sb_run_{active}_{len(ids)}",
-                help="Your runs (kept on disk under your account, on any device)." if ctx.user is not None
+                help="Your runs (kept on disk under your account, on any device)."
+                if ctx.user is not None
                 else "Your runs in this session (kept on disk; the URL brings them back after a reload).",
             )
             if chosen != active:
@@ -177,6 +178,7 @@ def _pending_status_body(ctx: PageContext, compact: bool) -> None:
     active = session.collect(ctx.service, ctx.settings)
     if active is None:  # it ended since the last look: redraw the whole page with the outcome
         _ask_app_rerun()
+        return
     view = session.view_of(ctx.service, active.run_dir)
     if view is None or not view.pending:
         _ask_app_rerun()
@@ -238,7 +240,9 @@ def _export_status_body(ctx: PageContext, run_dir: Path, kind: str, polling: boo
             st.caption(md(status.estimate))
         if status.cancel_requested:
             st.caption("Cancelling…")
-        elif st.button("Cancel", key=f"ex_{kind}_cancel", help="Stops it; nothing half-written is kept, an earlier file stays."):
+        elif st.button(
+            "Cancel", key=f"ex_{kind}_cancel", help="Stops it; nothing half-written is kept, an earlier file stays."
+        ):
             ctx.service.cancel_export(run_dir, kind)
             st.caption("Cancelling…")
 
@@ -264,8 +268,12 @@ def _init_model_state(ctx: PageContext) -> None:
     configured default."""
     ss = st.session_state
     local = [str(p) for p in ctx.settings.local_checkpoints()]
-    allowed = {"model_kind": MODEL_KINDS, "model_preset": tuple(PRESETS_BY_NAME), "model_dir": tuple(local),
-               "model_demo": tuple(PRESETS_BY_NAME)}
+    allowed = {
+        "model_kind": MODEL_KINDS,
+        "model_preset": tuple(PRESETS_BY_NAME),
+        "model_dir": tuple(local),
+        "model_demo": tuple(PRESETS_BY_NAME),
+    }
     if "model_kind" not in ss:
         spec = ModelSpec.from_setting(ctx.settings.model, ctx.settings.model_dir, ctx.device)
         kind = {"hub": MODEL_KINDS[0], "local": MODEL_KINDS[1], "demo": MODEL_KINDS[2]}[spec.kind]
@@ -277,7 +285,9 @@ def _init_model_state(ctx: PageContext) -> None:
         defaults["model_demo"] = spec.ref if spec.kind == "demo" else presets.default_preset(ctx.device or "cpu").name
         saved = session.load_prefs(ctx.settings).get("model", {})
         if isinstance(saved, dict):
-            defaults.update({k: saved[k] for k in allowed if saved.get(k) in allowed[k]})  # only values the widgets offer (the file is data)
+            defaults.update(
+                {k: saved[k] for k in allowed if saved.get(k) in allowed[k]}
+            )  # only values the widgets offer (the file is data)
         # First look, or back from another page: every key set (a stale value may linger
         # under a dropped widget's key), this session's kept choice first.
         for key, options in allowed.items():
@@ -311,34 +321,62 @@ def use_demo_weights() -> None:
     st.session_state["model_kind"] = MODEL_KINDS[2]
 
 
+def _folder_label(folder: str) -> str:
+    preset = preset_of_folder(folder)
+    return f"{Path(folder).name} ({preset.label if preset else 'unknown preset'})"
+
+
 def model_picker(ctx: PageContext) -> tuple[ModelSpec | None, Preset | None]:
     """Model choice widgets; returns the spec (None if incomplete) and its preset when known."""
     _init_model_state(ctx)
-    kind = st.radio("Weights", MODEL_KINDS, horizontal=True, key="model_kind", on_change=_model_changed, args=(ctx, "model_kind"))
+    kind = st.radio(
+        "Weights", MODEL_KINDS, horizontal=True, key="model_kind", on_change=_model_changed, args=(ctx, "model_kind")
+    )
     keep("model_kind", kind)
     label = {p.name: f"{p.label} · {p.params} · {p.hub_id}" for p in PRESETS}
     if kind == MODEL_KINDS[0]:
-        name = st.selectbox("Preset", list(label), format_func=label.get, key="model_preset", on_change=_model_changed,
-                            args=(ctx, "model_preset"), help="Weights come from the Hugging Face hub (cached after the first download).")
+        name = st.selectbox(
+            "Preset",
+            list(label),
+            format_func=label.__getitem__,
+            key="model_preset",
+            on_change=_model_changed,
+            args=(ctx, "model_preset"),
+            help="Weights come from the Hugging Face hub (cached after the first download).",
+        )
         keep("model_preset", name)
-        preset = PRESETS_BY_NAME[name]
+        preset = PRESETS_BY_NAME[str(name)]
         return ModelSpec("hub", preset.hub_id), preset
     if kind == MODEL_KINDS[1]:
         folders = [str(p) for p in ctx.settings.local_checkpoints()]
         if not folders:
-            st.info("No local checkpoint is configured. Set DA3_MODEL_DIR to a checkpoint folder, or DA3_MODELS_ROOT "
-                    "to a folder of checkpoint folders (a hub download of depth-anything/DA3-* or a save_pretrained folder).")
+            st.info(
+                "No local checkpoint is configured. Set DA3_MODEL_DIR to a checkpoint folder, or DA3_MODELS_ROOT "
+                "to a folder of checkpoint folders (a hub download of depth-anything/DA3-* or a save_pretrained folder)."
+            )
             return None, None
         # A choice among configured folders, never a typed path: users cannot make the server read arbitrary paths.
-        folder = st.selectbox("Checkpoint folder", folders, key="model_dir", on_change=_model_changed, args=(ctx, "model_dir"),
-                              format_func=lambda f: f"{Path(f).name} ({preset_of_folder(f).label if preset_of_folder(f) else 'unknown preset'})")
+        folder = st.selectbox(
+            "Checkpoint folder",
+            folders,
+            key="model_dir",
+            on_change=_model_changed,
+            args=(ctx, "model_dir"),
+            format_func=_folder_label,
+        )
         keep("model_dir", folder)
-        return ModelSpec("local", folder), preset_of_folder(folder)
-    name = st.selectbox("Preset to build untrained weights from", list(label), format_func=label.get, key="model_demo",
-                        on_change=_model_changed, args=(ctx, "model_demo"))
+        return ModelSpec("local", str(folder)), preset_of_folder(str(folder))
+    name = st.selectbox(
+        "Preset to build untrained weights from",
+        list(label),
+        format_func=label.__getitem__,
+        key="model_demo",
+        on_change=_model_changed,
+        args=(ctx, "model_demo"),
+    )
     keep("model_demo", name)
     st.caption("Untrained weights exercise every feature offline; the geometry they produce is meaningless.")
-    return ModelSpec("demo", name), PRESETS_BY_NAME[name]
+    return ModelSpec("demo", str(name)), PRESETS_BY_NAME[str(name)]
 
 
 @dataclass(frozen=True)
@@ -360,8 +398,17 @@ class RunParams:
     problems: tuple[str, ...] = ()  # values out of range, a sentence each: the run cannot start until they are fixed
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("chunk_mode", "chunk", "overlap", "loop_closure", "problems")}
-        d["chunking"] = {"mode": self.chunk_mode, "chunk": self.chunk, "overlap": self.overlap, "loop_closure": self.loop_closure}
+        d = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("chunk_mode", "chunk", "overlap", "loop_closure", "problems")
+        }
+        d["chunking"] = {
+            "mode": self.chunk_mode,
+            "chunk": self.chunk,
+            "overlap": self.overlap,
+            "loop_closure": self.loop_closure,
+        }
         return d
 
 
@@ -375,8 +422,10 @@ CHUNK_MODES = {
 # What use_ray_pose costs, measured by benchmarks/bench_da3_options.py (the same run both ways,
 # alternating; medians of 4): DA3-SMALL, 4 frames at process_res 504, float32 on a 2-core
 # Xeon (shared). Its RANSAC runs mostly on one core, so the wall ratio exceeds the CPU ratio (x3.1).
-RAY_POSE_COST = ("poses from DA3's ray head instead of its camera decoder: more accurate, slower. Measured on the same run "
-                 "(DA3-SMALL, 4 frames at 504 px, 2-core CPU): {ray_s:.1f} s against {decoder_s:.1f} s (x{ratio:.1f}).")
+RAY_POSE_COST = (
+    "poses from DA3's ray head instead of its camera decoder: more accurate, slower. Measured on the same run "
+    "(DA3-SMALL, 4 frames at 504 px, 2-core CPU): {ray_s:.1f} s against {decoder_s:.1f} s (x{ratio:.1f})."
+)
 RAY_POSE_MEASURED = {"decoder_s": 4.20, "ray_s": 17.89, "ratio": 4.26}
 
 
@@ -397,74 +446,150 @@ def params_picker(ctx: PageContext, preset: Preset | None, names: list[str], cam
     problems: list[str] = []
     cols = st.columns(3)
     lo, hi = PROCESS_RES_FIELD
-    asked, problem = bounded_number(cols[0], "process_res", lo, hi, 504, "rc_res", step=presets.PATCH_SIZE,
-                                    help=f"Processing resolution in pixels, {lo} to {hi}. DA3 runs at a multiple of 14 (the value "
-                                         "used is shown when it differs). DA3 default 504.")
+    asked, problem = bounded_number(
+        cols[0],
+        "process_res",
+        lo,
+        hi,
+        504,
+        "rc_res",
+        step=presets.PATCH_SIZE,
+        help=f"Processing resolution in pixels, {lo} to {hi}. DA3 runs at a multiple of 14 (the value "
+        "used is shown when it differs). DA3 default 504.",
+    )
     problems += [problem] if problem else []
-    method = cols[1].selectbox("process_res_method", presets.PROCESS_RES_METHODS, key="rc_method",
-                               index=kept_index("rc_method", presets.PROCESS_RES_METHODS), format_func=lambda m: f"{m} — {_METHOD_HELP[m]}")
+    method = cols[1].selectbox(
+        "process_res_method",
+        presets.PROCESS_RES_METHODS,
+        key="rc_method",
+        index=kept_index("rc_method", presets.PROCESS_RES_METHODS),
+        format_func=lambda m: f"{m} — {_METHOD_HELP[m]}",
+    )
     keep("rc_method", method)
     process_res = presets.snap_process_res(min(max(asked, lo), hi), method)
     if process_res != asked and not problem:
         cols[0].caption(f"DA3 runs at **{process_res}** (a multiple of 14).")
-    device = cols[2].selectbox("Device", presets.DEVICES, key="rc_device", index=kept_index("rc_device", presets.DEVICES),
-                               help="auto: CUDA, then Apple MPS, then CPU (on CPU: float32, or bfloat16 where the processor has it).")
+    device = cols[2].selectbox(
+        "Device",
+        presets.DEVICES,
+        key="rc_device",
+        index=kept_index("rc_device", presets.DEVICES),
+        help="auto: CUDA, then Apple MPS, then CPU (on CPU: float32, or bfloat16 where the processor has it).",
+    )
     keep("rc_device", device)
     cols = st.columns(3)
-    strategy = cols[0].selectbox("ref_view_strategy", presets.REF_VIEW_STRATEGIES, key="rc_strategy", disabled=not multi or cameras_given,
-                                 index=kept_index("rc_strategy", presets.REF_VIEW_STRATEGIES),
-                                 help="How DA3 picks the reference view; acts with 3 or more views on multi-view presets. "
-                                      "With known cameras DA3 picks none (each view gets its camera's token).")
+    strategy = cols[0].selectbox(
+        "ref_view_strategy",
+        presets.REF_VIEW_STRATEGIES,
+        key="rc_strategy",
+        disabled=not multi or cameras_given,
+        index=kept_index("rc_strategy", presets.REF_VIEW_STRATEGIES),
+        help="How DA3 picks the reference view; acts with 3 or more views on multi-view presets. "
+        "With known cameras DA3 picks none (each view gets its camera's token).",
+    )
     keep("rc_strategy", strategy)
     options = ["auto"] + list(range(len(names)))
     if st.session_state.get("rc_ref") not in options:
         # Back from another page (Streamlit dropped the widget): the kept choice; fewer frames than before: auto.
         st.session_state["rc_ref"] = kept("rc_ref", "auto") if kept("rc_ref", "auto") in options else "auto"
-    ref = cols[1].selectbox("Reference view", options, key="rc_ref", disabled=not multi or len(names) < 2,
-                            format_func=lambda o: "auto (use the strategy)" if o == "auto" else f"{o}: {names[o]}",
-                            help="Force one frame as the reference: the world frame follows that camera.")
+    ref = cols[1].selectbox(
+        "Reference view",
+        options,
+        key="rc_ref",
+        disabled=not multi or len(names) < 2,
+        format_func=lambda o: "auto (use the strategy)" if o == "auto" else f"{o}: {names[o]}",
+        help="Force one frame as the reference: the world frame follows that camera.",
+    )
     keep("rc_ref", ref)
     gs_reason = gs_unavailable_reason(ctx, preset, device)
     if gs_reason is None and cameras_given:
         gs_reason = "not with known cameras (DA3 leaves the Gaussians in its own frame, not your cameras' world)"
-    infer_gs = cols[2].toggle("Infer 3D Gaussians", bool(kept("rc_gs", False)), key="rc_gs", disabled=gs_reason is not None,
-                              help="Adds DA3's 3D Gaussians: a viewer on the Point cloud page and a 3DGS PLY in the exports.")
+    infer_gs = cols[2].toggle(
+        "Infer 3D Gaussians",
+        bool(kept("rc_gs", False)),
+        key="rc_gs",
+        disabled=gs_reason is not None,
+        help="Adds DA3's 3D Gaussians: a viewer on the Point cloud page and a 3DGS PLY in the exports.",
+    )
     keep("rc_gs", infer_gs)
     if gs_reason:
         cols[2].caption(f"Gaussians: {gs_reason}")
     if not multi:
-        st.caption(f"{preset.label if preset else 'This preset'} is monocular: no camera poses and no confidence; "
-                   "the point cloud uses identity poses and a stated field of view.")
-    cols = st.columns([1, 2])
-    ray = cols[0].toggle("use_ray_pose", bool(kept("rc_ray", False)), key="rc_ray", disabled=not multi,
-                         help="Poses from DA3's ray head (RANSAC on predicted rays) instead of its camera decoder. "
-                              "With known cameras it changes only the scale DA3 fits to them.")
+        st.caption(
+            f"{preset.label if preset else 'This preset'} is monocular: no camera poses and no confidence; "
+            "the point cloud uses identity poses and a stated field of view."
+        )
+    row = st.columns([1, 2])
+    ray = row[0].toggle(
+        "use_ray_pose",
+        bool(kept("rc_ray", False)),
+        key="rc_ray",
+        disabled=not multi,
+        help="Poses from DA3's ray head (RANSAC on predicted rays) instead of its camera decoder. "
+        "With known cameras it changes only the scale DA3 fits to them.",
+    )
     keep("rc_ray", ray)
-    cols[1].caption(ray_pose_cost() if multi else "use_ray_pose: monocular presets predict no poses.")
+    row[1].caption(ray_pose_cost() if multi else "use_ray_pose: monocular presets predict no poses.")
     st.markdown("**Long runs: chunks**")
-    cols = st.columns([2, 1, 1, 1.4])
-    mode = cols[0].selectbox("Chunked run", list(CHUNK_MODES), key="rc_chunk_mode", format_func=CHUNK_MODES.__getitem__,
-                             index=kept_index("rc_chunk_mode", list(CHUNK_MODES)),
-                             help="A chunked run sends the frames as overlapping chunks, one DA3 call each (side by side on a "
-                                  "pool of workers), aligns them into one world frame and closes loops: any number of frames "
-                                  "in bounded memory. Saved chunk by chunk, so a stopped run can be resumed.")
+    chunk_cols = st.columns([2, 1, 1, 1.4])
+    mode = chunk_cols[0].selectbox(
+        "Chunked run",
+        list(CHUNK_MODES),
+        key="rc_chunk_mode",
+        format_func=CHUNK_MODES.__getitem__,
+        index=kept_index("rc_chunk_mode", list(CHUNK_MODES)),
+        help="A chunked run sends the frames as overlapping chunks, one DA3 call each (side by side on a "
+        "pool of workers), aligns them into one world frame and closes loops: any number of frames "
+        "in bounded memory. Saved chunk by chunk, so a stopped run can be resumed.",
+    )
     keep("rc_chunk_mode", mode)
-    chunk, problem = bounded_number(cols[1], "Chunk size", 0, 1000, 0, "rc_chunk", help="Frames per chunk, 0 to 1000; 0: the run "
-                                    "guard picks the largest that fits in memory (at most 120, DA3-Streaming's).")
+    chunk, problem = bounded_number(
+        chunk_cols[1],
+        "Chunk size",
+        0,
+        1000,
+        0,
+        "rc_chunk",
+        help="Frames per chunk, 0 to 1000; 0: the run "
+        "guard picks the largest that fits in memory (at most 120, DA3-Streaming's).",
+    )
     problems += [problem] if problem else []
-    overlap, problem = bounded_number(cols[2], "Overlap", 0, 999, 0, "rc_overlap", help="Frames shared by neighbouring chunks, "
-                                      "0 to 999, on which they are aligned; 0: a third of the chunk.")
+    overlap, problem = bounded_number(
+        chunk_cols[2],
+        "Overlap",
+        0,
+        999,
+        0,
+        "rc_overlap",
+        help="Frames shared by neighbouring chunks, 0 to 999, on which they are aligned; 0: a third of the chunk.",
+    )
     problems += [problem] if problem else []
-    loops = cols[3].toggle("Loop closure", bool(kept("rc_loops", True)), key="rc_loops", help="When the camera comes back to a "
-                           "place it has seen, correct the drift between chunks (a pose graph over the chunks).")
+    loops = chunk_cols[3].toggle(
+        "Loop closure",
+        bool(kept("rc_loops", True)),
+        key="rc_loops",
+        help="When the camera comes back to a "
+        "place it has seen, correct the drift between chunks (a pose graph over the chunks).",
+    )
     keep("rc_loops", loops)
     chunk, overlap = min(max(chunk, 0), 1000), min(max(overlap, 0), 999)
     if chunk and overlap >= chunk:
-        cols[2].caption(f"At most {chunk - 1} (chunk size - 1).")
+        chunk_cols[2].caption(f"At most {chunk - 1} (chunk size - 1).")
         overlap = chunk - 1
-    params = RunParams(process_res, method, strategy, None if ref == "auto" else int(ref), bool(infer_gs and gs_reason is None), device,
-                       use_ray_pose=bool(ray and multi), chunk_mode=str(mode), chunk=chunk, overlap=overlap,
-                       loop_closure=bool(loops), problems=tuple(problems))
+    params = RunParams(
+        process_res,
+        method,
+        strategy,
+        None if ref == "auto" else int(ref),
+        bool(infer_gs and gs_reason is None),
+        device,
+        use_ray_pose=bool(ray and multi),
+        chunk_mode=str(mode),
+        chunk=chunk,
+        overlap=overlap,
+        loop_closure=bool(loops),
+        problems=tuple(problems),
+    )
     return params
 
 
@@ -472,8 +597,9 @@ PROCESS_RES_FIELD = (presets.PATCH_SIZE, 2016)
 """The process_res the page takes: one patch up to 2016 (beyond, one frame alone outgrows any memory here)."""
 
 
-def bounded_number(where: Any, label: str, lo: int, hi: int, default: int, key: str, step: int = 1,
-                   help: str | None = None) -> tuple[int, str | None]:
+def bounded_number(
+    where: Any, label: str, lo: int, hi: int, default: int, key: str, step: int = 1, help: str | None = None
+) -> tuple[int, str | None]:
     """A whole-number field that takes any value and says when it is out of ``lo..hi``
     (under the field); returns (value, the problem or None). Its value is kept across pages.
 
@@ -528,7 +654,9 @@ class GuardVerdict:
     label: str = "Run reconstruction"
 
 
-def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec | None, params: RunParams) -> GuardVerdict:
+def run_guard(
+    ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec | None, params: RunParams
+) -> GuardVerdict:
     """The run guard's verdict, shown before the Run button: the estimated memory and time
     against what is available; for a run that cannot fit in one call, the chunked run with
     its own estimate (one click: the Run button runs it in chunks); else why and the ways on.
@@ -541,11 +669,21 @@ def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec |
         return GuardVerdict(True)
     too_many = len(sizes) > ctx.settings.max_frames
     if params.chunk_mode == "always" or (too_many and params.chunk_mode != "never"):
-        return _chunked_verdict(ctx, sizes, model, params, "" if params.chunk_mode == "always" else
-                                f"{len(sizes)} frames are more than one call takes here (DA3_MAX_FRAMES={ctx.settings.max_frames}).")
+        return _chunked_verdict(
+            ctx,
+            sizes,
+            model,
+            params,
+            ""
+            if params.chunk_mode == "always"
+            else f"{len(sizes)} frames are more than one call takes here (DA3_MAX_FRAMES={ctx.settings.max_frames}).",
+        )
     if too_many:
-        st.error(f"{len(sizes)} frames are more than one call takes here (DA3_MAX_FRAMES={ctx.settings.max_frames}): "
-                 "choose a chunked run under Parameters, or fewer frames.", icon="🧮")
+        st.error(
+            f"{len(sizes)} frames are more than one call takes here (DA3_MAX_FRAMES={ctx.settings.max_frames}): "
+            "choose a chunked run under Parameters, or fewer frames.",
+            icon="🧮",
+        )
         return GuardVerdict(False)
     found = ctx.service.estimate(sizes, model, params.as_dict())
     if found is None:
@@ -557,22 +695,37 @@ def run_guard(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec |
 
         refusal = "This run would be refused: " + memory_problem(est, ways)
         if params.chunk_mode == "auto" and len(sizes) > 1 and not params.infer_gs:
-            return _chunked_verdict(ctx, sizes, model, params, "One DA3 call would not fit: " + est.summary(),
-                                    refused=refusal + " A chunked run does not fit either: not even two frames per chunk.")
+            return _chunked_verdict(
+                ctx,
+                sizes,
+                model,
+                params,
+                "One DA3 call would not fit: " + est.summary(),
+                refused=refusal + " A chunked run does not fit either: not even two frames per chunk.",
+            )
         st.error(md(refusal), icon="🧮")
         return GuardVerdict(False)
     if not est.fits_time:
         from da3_core.guard import time_problem
 
         st.warning(md(time_problem(est, ways)), icon="⏱️")
-        return GuardVerdict(True, bool(st.checkbox("Start it anyway", key="rc_over_budget",
-                                                   help="The estimate may be pessimistic; the run is stopped when its budget runs out.")))
+        return GuardVerdict(
+            True,
+            bool(
+                st.checkbox(
+                    "Start it anyway",
+                    key="rc_over_budget",
+                    help="The estimate may be pessimistic; the run is stopped when its budget runs out.",
+                )
+            ),
+        )
     st.caption(md("Estimate: " + est.summary()))
     return GuardVerdict(True)
 
 
-def _chunked_verdict(ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec, params: RunParams, why: str,
-                     refused: str = "") -> GuardVerdict:
+def _chunked_verdict(
+    ctx: PageContext, sizes: list[tuple[int, int]], model: ModelSpec, params: RunParams, why: str, refused: str = ""
+) -> GuardVerdict:
     """The chunked run's plan and estimate, or why not even that fits (``refused``: the
     message then, when the one-call refusal says it better)."""
     try:
@@ -605,10 +758,12 @@ class CameraChoice:
     align: bool = True
 
 
-_ALIGN_HELP = ("On (DA3's default): the result keeps your cameras exactly, and depth is scaled to them, so views, "
-               "figures and exports (GLB, PLY, COLMAP) are in your world frame and units and line up with your own model. "
-               "Off: DA3 keeps its own scale and frame, and your cameras are moved into it (a similarity fitted to "
-               "DA3's predicted poses).")
+_ALIGN_HELP = (
+    "On (DA3's default): the result keeps your cameras exactly, and depth is scaled to them, so views, "
+    "figures and exports (GLB, PLY, COLMAP) are in your world frame and units and line up with your own model. "
+    "Off: DA3 keeps its own scale and frame, and your cameras are moved into it (a similarity fitted to "
+    "DA3's predicted poses)."
+)
 PARTIAL_ALL = "Let DA3 estimate every camera (the file is ignored)"
 PARTIAL_SOME = "Run only the frames that have a camera"
 
@@ -628,19 +783,30 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
     # A plain bordered box, not an expander: an expander closed itself on the rerun an upload causes.
     with st.container(border=True, key="rc_cams_box"):
         st.markdown("**Known cameras** (optional)")
-        st.caption("Give your own cameras and DA3 reconstructs with them: a COLMAP sparse model (cameras + images, "
-                   ".txt or .bin, or a .zip of them) or a .json/.npz with DA3's field names (`extrinsics` N×4×4 or N×3×4 "
-                   "world-to-camera, OpenCV axes; `intrinsics` N×3×3 in pixels; `names` the image names; optional "
-                   "`width`/`height`). Cameras are matched to the frames by image name.")
-        files = st.file_uploader("Camera files", type=list(cameras.CAMERA_EXTENSIONS), accept_multiple_files=True, key="rc_cams") or []
+        st.caption(
+            "Give your own cameras and DA3 reconstructs with them: a COLMAP sparse model (cameras + images, "
+            ".txt or .bin, or a .zip of them) or a .json/.npz with DA3's field names (`extrinsics` N×4×4 or N×3×4 "
+            "world-to-camera, OpenCV axes; `intrinsics` N×3×3 in pixels; `names` the image names; optional "
+            "`width`/`height`). Cameras are matched to the frames by image name."
+        )
+        files = (
+            st.file_uploader(
+                "Camera files", type=list(cameras.CAMERA_EXTENSIONS), accept_multiple_files=True, key="rc_cams"
+            )
+            or []
+        )
         if not files:
             return every
         if has_video:
-            st.info("Known cameras are matched to photos or example frames by name; video frames are named only when the run "
-                    "starts, so the cameras are not used with a video.")
+            st.info(
+                "Known cameras are matched to photos or example frames by name; video frames are named only when the run "
+                "starts, so the cameras are not used with a video."
+            )
             return every
         if preset is not None and not preset.multi_view:
-            st.info(f"{preset.label} takes no cameras (it has no camera encoder): the cameras are not used. Pick a multi-view preset.")
+            st.info(
+                f"{preset.label} takes no cameras (it has no camera encoder): the cameras are not used. Pick a multi-view preset."
+            )
             return every
         if not frames:
             st.caption("Add the photos (or pick the example) the cameras belong to.")
@@ -657,7 +823,9 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
             st.session_state["rc_cams_read"] = (key, read)
         if isinstance(read, cameras.CameraFileError):
             st.error(md(f"Camera file not used: {read}"))
-            st.caption("Your frames are kept: without a usable camera file DA3 estimates the cameras. Fix the file and upload it again.")
+            st.caption(
+                "Your frames are kept: without a usable camera file DA3 estimates the cameras. Fix the file and upload it again."
+            )
             return every
         names, sizes = cameras.names_and_sizes(frames)
         match = cameras.match_cameras(read, names, sizes)
@@ -672,15 +840,30 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
         if known is None:
             return every
         align = st.toggle("align_to_input_ext_scale", value=True, key="rc_cam_align", help=_ALIGN_HELP)
-        st.caption(("Cameras: " + known.label + ". Results stay in your cameras' world frame and units." if align else
-                    "Cameras: " + known.label + ", moved into DA3's frame and scale (align_to_input_ext_scale off).")
-                   + " DA3's camera encoder reads the focal lengths (as fields of view) and the poses; the principal point is kept "
-                   "in the result's intrinsics.")
+        st.caption(
+            (
+                "Cameras: " + known.label + ". Results stay in your cameras' world frame and units."
+                if align
+                else "Cameras: " + known.label + ", moved into DA3's frame and scale (align_to_input_ext_scale off)."
+            )
+            + " DA3's camera encoder reads the focal lengths (as fields of view) and the poses; the principal point is kept "
+            "in the result's intrinsics."
+        )
         return CameraChoice(known, chosen, bool(align))
 
 
-def start_run(ctx: PageContext, images: list, names: list[str], source: str, model: ModelSpec, params: RunParams,
-              cameras: Any = None, over_budget_ok: bool = False, chunked: bool = False, fps: float | None = None) -> Any:
+def start_run(
+    ctx: PageContext,
+    images: list,
+    names: list[str],
+    source: str,
+    model: ModelSpec,
+    params: RunParams,
+    cameras: Any = None,
+    over_budget_ok: bool = False,
+    chunked: bool = False,
+    fps: float | None = None,
+) -> Any:
     """Submit a run through the server's `RunService` (inputs saved, job queued; returns at
     once), watch it from this browser session, and remember the model choice.
 
@@ -694,8 +877,16 @@ def start_run(ctx: PageContext, images: list, names: list[str], source: str, mod
         p["chunking"] = {**p["chunking"], "fps": fps}
         active = ctx.service.submit_chunked(ctx.session_dir, images, names, source, model, p, cameras=cameras)
     else:
-        active = ctx.service.submit(ctx.session_dir, images, names, source, model, params.as_dict(), cameras=cameras,
-                                    over_budget_ok=over_budget_ok)
+        active = ctx.service.submit(
+            ctx.session_dir,
+            images,
+            names,
+            source,
+            model,
+            params.as_dict(),
+            cameras=cameras,
+            over_budget_ok=over_budget_ok,
+        )
     session.watch(active)
     _save_model_choice(ctx)
     return active
@@ -726,8 +917,12 @@ def resume_button(ctx: PageContext, run_id: str) -> None:
     run_dir = session.run_dir(ctx.settings, run_id)
     if not runs.is_chunked(run_dir):
         return
-    if st.button("Resume", key=f"rc_resume_{run_id}", type="primary",
-                 help="Continues from the first missing chunk; the saved chunks are not computed again."):
+    if st.button(
+        "Resume",
+        key=f"rc_resume_{run_id}",
+        type="primary",
+        help="Continues from the first missing chunk; the saved chunks are not computed again.",
+    ):
         _resume(ctx, run_dir)
 
 
@@ -772,7 +967,9 @@ def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruc
     if found is None:
         waiting = session.watched_chunked_run(ctx.settings)
         if waiting is not None:  # a chunked run whose first chunk is not aligned yet
-            st.info(f"Run {waiting} is running in chunks: its frames show here once the first chunk is aligned.", icon="🧩")
+            st.info(
+                f"Run {waiting} is running in chunks: its frames show here once the first chunk is aligned.", icon="🧩"
+            )
             _follow_partial(ctx, waiting, 0)
             st.stop()
         st.info("No reconstruction yet in this session.")
@@ -781,12 +978,17 @@ def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruc
         raise SystemExit  # unreachable: st.stop raises
     meta, rec = found[1], found[2]
     if meta.status == "pending":  # a chunked run's aligned frames so far
-        st.info(f"Run {meta.run_id} is still running: {rec.n_views} of {len(meta.names)} frames are aligned so far. "
-                "This page follows as more chunks land.", icon="🧩")
+        st.info(
+            f"Run {meta.run_id} is still running: {rec.n_views} of {len(meta.names)} frames are aligned so far. "
+            "This page follows as more chunks land.",
+            icon="🧩",
+        )
         _follow_partial(ctx, meta.run_id, rec.n_views)
     else:
-        st.caption(f"Run {md(meta.label())} · `{meta.run_id}` · cameras: {describe(rec.params, rec.has_poses)} "
-                   "(pick another in the sidebar)")
+        st.caption(
+            f"Run {md(meta.label())} · `{meta.run_id}` · cameras: {describe(rec.params, rec.has_poses)} "
+            "(pick another in the sidebar)"
+        )
     untrained_banner(rec)
     return found
 
@@ -848,29 +1050,69 @@ def cloud_settings(rec: Reconstruction, widgets: bool) -> CloudSettings:
     """Draw the point-cloud controls (``widgets``) or just read their kept values."""
     from da3_core import geometry
 
-    defaults = {"pc_conf": 10.0, "pc_black": False, "pc_white": False, "pc_sky": True, "pc_views": list(range(rec.n_views)),
-                "pc_max": 200_000, "pc_cams": True, "pc_size": 1.5, "pc_fov": geometry.DEFAULT_FOV_DEG}
+    defaults = {
+        "pc_conf": 10.0,
+        "pc_black": False,
+        "pc_white": False,
+        "pc_sky": True,
+        "pc_views": list(range(rec.n_views)),
+        "pc_max": 200_000,
+        "pc_cams": True,
+        "pc_size": 1.5,
+        "pc_fov": geometry.DEFAULT_FOV_DEG,
+    }
     values = {k: kept(k, v) for k, v in defaults.items()}
     values["pc_views"] = [v for v in values["pc_views"] if v < rec.n_views] or list(range(rec.n_views))
     if widgets:
         c1, c2, c3 = st.columns(3)
-        values["pc_conf"] = c1.slider("Confidence filter (percentile dropped)", 0.0, 100.0, float(values["pc_conf"]), 1.0, key="pc_conf_w",
-                                      disabled=rec.conf is None,
-                                      help="DA3's rule: threshold = min(max(1.05, P_pct), P_90)." if rec.conf is not None else "This preset predicts no confidence.")
-        values["pc_max"] = c2.select_slider("Max points", (20_000, 50_000, 100_000, 200_000, 300_000, 500_000), value=int(values["pc_max"]), key="pc_max_w",
-                                            help="Plotly's cap (seeded, deterministic subsample); the full-density viewer below shows them all.")
+        values["pc_conf"] = c1.slider(
+            "Confidence filter (percentile dropped)",
+            0.0,
+            100.0,
+            float(values["pc_conf"]),
+            1.0,
+            key="pc_conf_w",
+            disabled=rec.conf is None,
+            help="DA3's rule: threshold = min(max(1.05, P_pct), P_90)."
+            if rec.conf is not None
+            else "This preset predicts no confidence.",
+        )
+        values["pc_max"] = c2.select_slider(
+            "Max points",
+            (20_000, 50_000, 100_000, 200_000, 300_000, 500_000),
+            value=int(values["pc_max"]),
+            key="pc_max_w",
+            help="Plotly's cap (seeded, deterministic subsample); the full-density viewer below shows them all.",
+        )
         values["pc_size"] = c3.slider("Point size", 0.5, 6.0, float(values["pc_size"]), 0.5, key="pc_size_w")
         c1, c2, c3, c4 = st.columns(4)
         values["pc_black"] = c1.toggle("Drop black background", bool(values["pc_black"]), key="pc_black_w")
         values["pc_white"] = c2.toggle("Drop white background", bool(values["pc_white"]), key="pc_white_w")
-        values["pc_sky"] = c3.toggle("Drop sky", bool(values["pc_sky"]), key="pc_sky_w", disabled=rec.sky is None,
-                                     help=None if rec.sky is not None else "This preset predicts no sky.")
+        values["pc_sky"] = c3.toggle(
+            "Drop sky",
+            bool(values["pc_sky"]),
+            key="pc_sky_w",
+            disabled=rec.sky is None,
+            help=None if rec.sky is not None else "This preset predicts no sky.",
+        )
         values["pc_cams"] = c4.toggle("Show cameras", bool(values["pc_cams"]), key="pc_cams_w")
-        values["pc_views"] = st.multiselect("Views", list(range(rec.n_views)), values["pc_views"], key="pc_views_w",
-                                            format_func=lambda i: f"{i}: {rec.names[i]}")
+        values["pc_views"] = st.multiselect(
+            "Views",
+            list(range(rec.n_views)),
+            values["pc_views"],
+            key="pc_views_w",
+            format_func=lambda i: f"{i}: {rec.names[i]}",
+        )
         if not rec.has_poses:
-            values["pc_fov"] = st.slider("Assumed horizontal field of view (degrees)", 20.0, 120.0, float(values["pc_fov"]), 1.0, key="pc_fov_w",
-                                         help="This preset predicts no cameras: identity poses and this field of view are assumed.")
+            values["pc_fov"] = st.slider(
+                "Assumed horizontal field of view (degrees)",
+                20.0,
+                120.0,
+                float(values["pc_fov"]),
+                1.0,
+                key="pc_fov_w",
+                help="This preset predicts no cameras: identity poses and this field of view are assumed.",
+            )
         for k, v in values.items():
             keep(k, v)
     filters = geometry.FilterParams(

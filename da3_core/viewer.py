@@ -21,7 +21,9 @@ def viewer_script() -> str:
     return VIEWER_JS.read_text(encoding="utf-8")
 
 
-def glb_viewer_html(glb: bytes, *, height: int = 640, point_size: float = 2.0, show_cameras: bool = True, background: str = "#0e1117") -> str:
+def glb_viewer_html(
+    glb: bytes, *, height: int = 640, point_size: float = 2.0, show_cameras: bool = True, background: str = "#0e1117"
+) -> str:
     """A self-contained HTML page that renders ``glb`` (for ``components.html``).
 
     Args:

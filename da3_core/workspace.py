@@ -25,10 +25,10 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
 
 __all__ = [
     "SESSIONS_DIR",
@@ -300,10 +300,10 @@ class _Item:
 
 def _as_datetime(now: datetime | float | None) -> datetime:
     if now is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     if isinstance(now, datetime):
-        return now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(float(now), timezone.utc)
+        return now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(now), UTC)
 
 
 def _as_epoch(now: datetime | float | None) -> float:
@@ -437,7 +437,7 @@ def cleanup(
 
     size = workspace_size(root_real)
     if size > report.limit_bytes:
-        runs = [(child, item) for item in survivors for child in item.children]
+        runs: list[tuple[_Item, _Item | None]] = [(child, item) for item in survivors for child in item.children]
         runs += [(item, None) for item in survivors if not item.is_dir]
         runs.sort(key=lambda pair: (pair[0].latest, str(pair[0].path)))
         for child, parent in runs:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from da3_core import cameras, guard, inputs, runs, session, ui
+from da3_core import cameras, guard, inputs, session, ui
 from da3_core.run_service import RunRefused
 from da3_core.runner.protocol import GPUError
 from da3_core.text import md
@@ -62,20 +62,27 @@ if source.startswith("Upload"):
     ss = st.session_state
     if "rc_files" not in ss and ss.get(LAST_UPLOADS):  # the uploader was dropped: it comes back empty
         ss[KEPT_UPLOADS] = ss.pop(LAST_UPLOADS)
-    new_files = st.file_uploader(
-        "Photos (jpg, png, bmp, tiff, webp, HEIC/HEIF, AVIF) and/or a video (mp4, mov, avi, mkv, webm)",
-        type=list(inputs.UPLOAD_EXTENSIONS),
-        accept_multiple_files=True,
-        key="rc_files",
-    ) or []
+    new_files = (
+        st.file_uploader(
+            "Photos (jpg, png, bmp, tiff, webp, HEIC/HEIF, AVIF) and/or a video (mp4, mov, avi, mkv, webm)",
+            type=list(inputs.UPLOAD_EXTENSIONS),
+            accept_multiple_files=True,
+            key="rc_files",
+        )
+        or []
+    )
     fresh = {f.file_id for f in new_files}
     kept_files = [f for f in ss.get(KEPT_UPLOADS, []) if f.file_id not in fresh]
     if kept_files:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
         listed = ", ".join(inputs.display_name(f.name) for f in kept_files[:5]) + (", …" if len(kept_files) > 5 else "")
         c1.caption(md(f"{len(kept_files)} file(s) kept from before: {listed}") + " (used with any you add above).")
-        c2.button("Clear kept files", key="rc_clear_kept", on_click=lambda: ss.pop(KEPT_UPLOADS, None),
-                  help="Forget the files uploaded before you left this page; the ones in the box above stay.")
+        c2.button(
+            "Clear kept files",
+            key="rc_clear_kept",
+            on_click=lambda: ss.pop(KEPT_UPLOADS, None),
+            help="Forget the files uploaded before you left this page; the ones in the box above stay.",
+        )
     files = kept_files + list(new_files)
     ss[LAST_UPLOADS] = files
     # Sniff each upload once per rerun, from its first bytes only (no copy of the whole file); a
@@ -91,14 +98,25 @@ if source.startswith("Upload"):
     videos = [f for f in files if f.file_id in infos]
     if videos:
         c1, c2 = st.columns(2)
-        fps = c1.slider("Frames per second to take from the video", *inputs.TARGET_FPS_RANGE, step=0.1, key="rc_fps",
-                        value=float(ui.kept("rc_fps", inputs.DEFAULT_TARGET_FPS)),
-                        help="DA3's rule: one frame every max(1, int(video fps / this)).")
+        fps = c1.slider(
+            "Frames per second to take from the video",
+            *inputs.TARGET_FPS_RANGE,
+            step=0.1,
+            key="rc_fps",
+            value=float(ui.kept("rc_fps", inputs.DEFAULT_TARGET_FPS)),
+            help="DA3's rule: one frame every max(1, int(video fps / this)).",
+        )
         ui.keep("rc_fps", fps)
         cap, cap_problem = ui.bounded_number(
-            c2, "Frame cap", 1, settings.max_chunked_frames, min(32, settings.max_frames), "rc_cap",
+            c2,
+            "Frame cap",
+            1,
+            settings.max_chunked_frames,
+            min(32, settings.max_frames),
+            "rc_cap",
             help=f"Frames of the whole run, 1 to {settings.max_chunked_frames}. One DA3 call takes at most DA3_MAX_FRAMES="
-                 f"{settings.max_frames}; more frames run in chunks (up to DA3_MAX_CHUNKED_FRAMES={settings.max_chunked_frames}).")
+            f"{settings.max_frames}; more frames run in chunks (up to DA3_MAX_CHUNKED_FRAMES={settings.max_chunked_frames}).",
+        )
         cap = min(max(cap, 1), settings.max_chunked_frames)
     photos = [f for f in files if not is_video[f.file_id]]
     preview = image_preview(photos) if photos else inputs.Batch([], [], [])
@@ -110,7 +128,9 @@ if source.startswith("Upload"):
     for video in videos:
         info = infos[video.file_id]
         plan = inputs.plan_video(info, float(fps), max(0, budget))
-        st.info(f"**{md(inputs.display_name(video.name))}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {md(plan.summary)}")
+        st.info(
+            f"**{md(inputs.display_name(video.name))}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {md(plan.summary)}"
+        )
         budget -= plan.n_frames
         video_sizes += [(info.width, info.height)] * plan.n_frames
 else:
@@ -119,8 +139,13 @@ else:
         st.error(f"No example scenes found under {md(EXAMPLES_ROOT.name)}.")
     else:
         by_key = {e.key: e for e in examples}
-        key = st.selectbox("Example", list(by_key), format_func=lambda k: f"{by_key[k].title} ({len(by_key[k].files)} views)", key="rc_example",
-                           index=ui.kept_index("rc_example", list(by_key)))
+        key = st.selectbox(
+            "Example",
+            list(by_key),
+            format_func=lambda k: f"{by_key[k].title} ({len(by_key[k].files)} views)",
+            key="rc_example",
+            index=ui.kept_index("rc_example", list(by_key)),
+        )
         ui.keep("rc_example", key)
         st.caption(by_key[key].description)
         frames = inputs.load_example(by_key[key], settings)
@@ -148,8 +173,11 @@ names = [frames[i].name for i in cam_choice.frames]
 run_box = right.container(border=True)  # filled below, once the parameters are known (they sit under the columns)
 with st.expander("Parameters", expanded=False):
     params = ui.params_picker(ctx, preset, names, cameras_given=cam_choice.known is not None)
-params = dataclasses.replace(params, align_to_input_ext_scale=cam_choice.align,
-                             problems=params.problems + ((cap_problem,) if videos and cap_problem else ()))
+params = dataclasses.replace(
+    params,
+    align_to_input_ext_scale=cam_choice.align,
+    problems=params.problems + ((cap_problem,) if videos and cap_problem else ()),
+)
 sizes = [(frames[i].image.shape[1], frames[i].image.shape[0]) for i in cam_choice.frames] + video_sizes
 crop = guard.centre_crop_notice(sizes, params.process_res, params.process_res_method)
 if crop:
@@ -172,8 +200,18 @@ def start(frames_to_run: list[inputs.Frame], source_label: str, known: cameras.K
         st.error("No usable frame: see the messages above.")
         return
     try:
-        ui.start_run(ctx, [f.image for f in frames_to_run], [f.name for f in frames_to_run], source_label, model, params, cameras=known,
-                     over_budget_ok=over_budget_ok, chunked=verdict.chunked, fps=float(fps) if videos else None)
+        ui.start_run(
+            ctx,
+            [f.image for f in frames_to_run],
+            [f.name for f in frames_to_run],
+            source_label,
+            model,
+            params,
+            cameras=known,
+            over_budget_ok=over_budget_ok,
+            chunked=verdict.chunked,
+            fps=float(fps) if videos else None,
+        )
     except RunRefused as exc:  # the run guard: nothing saved, no worker started, the uploads stay on the page
         ui.show_error(f"The run was not started. {exc}")
         return
@@ -210,17 +248,27 @@ if view is None:
     ui.resumable_runs(ctx)  # chunked runs stopped by a server restart or an earlier session
 elif view.finished:
     if view.ok:
-        st.success(f"Done: {view.n_views} view(s) with {view.preset} on {view.device} in {view.took()}{view.chunk_text()}, "
-                   f"cameras: {cameras.describe(view.params)} (run {view.run_id}).")
+        st.success(
+            f"Done: {view.n_views} view(s) with {view.preset} on {view.device} in {view.took()}{view.chunk_text()}, "
+            f"cameras: {cameras.describe(view.params)} (run {view.run_id})."
+        )
         if view.retry_of:
-            st.caption(f"A re-run of run {view.retry_of} with untrained demo weights, on "
-                       + ("the same frames." if view.retry_frames == "exact" else
-                          "its frames re-read from the run folder (saved as JPEG q95: close to, not exactly, the first run's)."))
+            st.caption(
+                f"A re-run of run {view.retry_of} with untrained demo weights, on "
+                + (
+                    "the same frames."
+                    if view.retry_frames == "exact"
+                    else "its frames re-read from the run folder (saved as JPEG q95: close to, not exactly, the first run's)."
+                )
+            )
         for col, key in zip(st.columns(3), ("depth", "cloud", "exports")):
             with col:
                 ui.link(key)
     elif view.status == "cancelled":
-        st.info(f"Cancelled: run {view.run_id} was stopped ({md(view.message)}). Its frames are kept in the run folder.", icon="⏹️")
+        st.info(
+            f"Cancelled: run {view.run_id} was stopped ({md(view.message)}). Its frames are kept in the run folder.",
+            icon="⏹️",
+        )
         ui.resume_button(ctx, view.run_id)
     else:
         ui.show_error(f"Run {view.run_id} failed. {view.message}", view.traceback)

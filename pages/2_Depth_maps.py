@@ -24,12 +24,22 @@ def step(delta: int) -> None:
 
 c_prev, c_view, c_next, c_map, c_rev = st.columns([1, 3.5, 1, 2, 2.5], vertical_alignment="center")
 c_prev.button("◀ Prev", key="dm_prev", on_click=step, args=(-1,), disabled=n < 2, width="stretch")
-view = c_view.selectbox("View", list(range(n)), key="dm_view_w", format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
-                        label_visibility="collapsed")
+view = c_view.selectbox(
+    "View",
+    list(range(n)),
+    key="dm_view_w",
+    format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
+    label_visibility="collapsed",
+)
 ui.keep("dm_view", view)
 c_next.button("Next ▶", key="dm_next", on_click=step, args=(1,), disabled=n < 2, width="stretch")
-cmap = c_map.selectbox("Colour map", figures.COLORMAPS, index=figures.COLORMAPS.index(ui.kept("dm_cmap", "Turbo")), key="dm_cmap_w",
-                       label_visibility="collapsed")
+cmap = c_map.selectbox(
+    "Colour map",
+    figures.COLORMAPS,
+    index=figures.COLORMAPS.index(ui.kept("dm_cmap", "Turbo")),
+    key="dm_cmap_w",
+    label_visibility="collapsed",
+)
 ui.keep("dm_cmap", cmap)
 reverse = c_rev.toggle("Reverse colours", ui.kept("dm_rev", False), key="dm_rev_w")
 ui.keep("dm_rev", reverse)
@@ -37,7 +47,9 @@ ui.keep("dm_rev", reverse)
 depth = rec.depth[view]
 rng = geometry.depth_range(depth, rec.depth_unit)
 unit = rec.depth_unit
-st.caption(f"Depth of this view, in {unit}" + (" (metric preset)" if rec.is_metric else " (scale is arbitrary: not metres)"))
+st.caption(
+    f"Depth of this view, in {unit}" + (" (metric preset)" if rec.is_metric else " (scale is arbitrary: not metres)")
+)
 m = st.columns(5)
 m[0].metric("Min", f"{rng.min:.4g}")
 m[1].metric(f"P{rng.percentiles[0]:g}", f"{rng.p_low:.4g}")
@@ -52,16 +64,22 @@ left, right = st.columns([3, 2] if rec.conf is not None else [1, 0.0001])
 with left:
     st.caption("Click two points on the depth map to measure their depths and 3D distance.")
     fig = figures.depth_figure(depth, unit, colormap=cmap, reverse=reverse, marks=tuple(marks), title=f"Depth ({unit})")
-    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"dm_fig_{meta.run_id}_{view}", width="stretch")
+    event = st.plotly_chart(
+        fig, on_select="rerun", selection_mode="points", key=f"dm_fig_{meta.run_id}_{view}", width="stretch"
+    )
     pixel = figures.pixel_from_selection(event)
     last_key = (meta.run_id, view, "last")
     if pixel is not None and marks_all.get(last_key) != pixel:
         marks_all[last_key] = pixel
-        marks[:] = ([pixel] if len(marks) >= 2 else marks + [pixel])
+        marks[:] = [pixel] if len(marks) >= 2 else marks + [pixel]
         st.rerun()
 if rec.conf is not None:
     with right:
-        st.plotly_chart(figures.confidence_figure(rec.conf[view], title="Confidence"), key=f"dm_conf_{meta.run_id}_{view}", width="stretch")
+        st.plotly_chart(
+            figures.confidence_figure(rec.conf[view], title="Confidence"),
+            key=f"dm_conf_{meta.run_id}_{view}",
+            width="stretch",
+        )
         st.image(rec.images[view], caption=f"Input as processed ({rec.hw[1]}x{rec.hw[0]})", width="stretch")
 else:
     st.image(rec.images[view], caption=f"Input as processed ({rec.hw[1]}x{rec.hw[0]})", width=360)
@@ -82,7 +100,9 @@ if marks:
         except geometry.MeasureError as exc:
             st.warning(str(exc))
     if not rec.has_poses:
-        st.caption(f"This preset predicts no cameras: distances use an assumed {fov:.0f}° field of view (set on the Point cloud page).")
+        st.caption(
+            f"This preset predicts no cameras: distances use an assumed {fov:.0f}° field of view (set on the Point cloud page)."
+        )
     if st.button("Clear points", key="dm_clear"):
         marks.clear()
         marks_all.pop((meta.run_id, view, "last"), None)

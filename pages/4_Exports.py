@@ -13,16 +13,18 @@ import streamlit as st
 
 from da3_core import export, geometry, presets, run_service, runs, session, ui
 from da3_core.runner.protocol import GPUError
-from da3_core.text import md
 from da3_core.scene import depth_video, voxel
+from da3_core.text import md
 
 ctx = ui.page_setup("Exports", "📦")
 st.title("Exports")
 run_dir, meta, rec = ui.require_active_run(ctx)
 out_dir = runs.exports_dir(run_dir)
 cs = ui.cloud_settings(rec, widgets=False)
-st.caption(f"Point formats use the Point cloud page's filters: {cs.filters.conf_percentile:g}% confidence percentile, "
-           f"max {cs.filters.max_points:,} points, cameras {'on' if cs.show_cameras else 'off'}. Files are also written to the run folder.")
+st.caption(
+    f"Point formats use the Point cloud page's filters: {cs.filters.conf_percentile:g}% confidence percentile, "
+    f"max {cs.filters.max_points:,} points, cameras {'on' if cs.show_cameras else 'off'}. Files are also written to the run folder."
+)
 
 
 cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)  # cached; the downloads below reuse it
@@ -35,8 +37,11 @@ def hidden(rel: Path) -> bool:
 
 
 # A chunked run keeps one folder per chunk and its memory-mapped arrays: listed as groups.
-GROUPED = {"input": "the frames as the model received them", "chunks": "each chunk as it landed (resume reads them)",
-           "result": "the assembled arrays (.npy, memory-mapped)"}
+GROUPED = {
+    "input": "the frames as the model received them",
+    "chunks": "each chunk as it landed (resume reads them)",
+    "result": "the assembled arrays (.npy, memory-mapped)",
+}
 
 
 def zip_folder(folder: Path, top: str) -> bytes:
@@ -55,9 +60,12 @@ VOXEL_TARGET_MAX = 1_000_000  # the prefilled voxel leaves min(this, a quarter o
 def voxel_cloud() -> tuple[geometry.PointCloud, float] | None:
     """The "Voxel downsampling" option: None when off, else the filtered cloud merged to one
     point per voxel and the voxel size. Drawn above the downloads; GLB and PLY use its cloud."""
-    if not st.toggle("Voxel downsampling", key="ex_voxel",
-                     help="GLB and PLY keep one point per occupied voxel (mean position and colour) of the filtered "
-                          "points, so overlapping views no longer stack duplicate points and density evens out."):
+    if not st.toggle(
+        "Voxel downsampling",
+        key="ex_voxel",
+        help="GLB and PLY keep one point per occupied voxel (mean position and colour) of the filtered "
+        "points, so overlapping views no longer stack duplicate points and density evens out.",
+    ):
         return None
     base = geometry.apply_filters(world, cs.filters)
     if len(base) == 0:
@@ -71,16 +79,22 @@ def voxel_cloud() -> tuple[geometry.PointCloud, float] | None:
         st.session_state["ex_voxel_size"] = float(f"{voxel.suggest_voxel(base.points, target):.3g}")
         st.session_state["ex_voxel_basis"] = basis
     size = st.number_input(
-        f"Voxel size ({base.unit})", min_value=1e-9, format="%.4g", key="ex_voxel_size",
+        f"Voxel size ({base.unit})",
+        min_value=1e-9,
+        format="%.4g",
+        key="ex_voxel_size",
         step=float(10.0 ** (np.floor(np.log10(st.session_state["ex_voxel_size"])) - 1)),
         help=f"Edge of the cubic voxels, in the run's unit. Prefilled with the size that leaves about a quarter of the "
-             f"filtered points (at most {VOXEL_TARGET_MAX:,}); larger voxels leave fewer points.")
+        f"filtered points (at most {VOXEL_TARGET_MAX:,}); larger voxels leave fewer points.",
+    )
     points, colors = voxel.voxel_downsample(base.points, base.colors, float(size))
     # Merged points come from several pixels: they have no view or pixel of their own (-1).
     none = np.full(len(points), -1, dtype=np.int32)
     merged = dataclasses.replace(base, points=points, colors=colors, view_index=none, pixel_index=none)
-    st.caption(f"{len(points):,} points after voxel downsampling with {float(size):.4g} {base.unit} voxels "
-               f"(from {len(base):,} filtered points); GLB and PLY below use them.")
+    st.caption(
+        f"{len(points):,} points after voxel downsampling with {float(size):.4g} {base.unit} voxels "
+        f"(from {len(base):,} filtered points); GLB and PLY below use them."
+    )
     return merged, float(size)
 
 
@@ -108,8 +122,9 @@ def made(fmt: str, colorized: bool = False):
         cloud = None
         if fmt in ("glb", "ply"):
             cloud = merged if merged is not None else geometry.apply_filters(world, cs.filters)
-        data = export.export_bytes(fmt, rec, cloud, cameras, show_cameras=cs.show_cameras, colorized_depth=colorized,
-                                   hw=world.shape[1:])
+        data = export.export_bytes(
+            fmt, rec, cloud, cameras, show_cameras=cs.show_cameras, colorized_depth=colorized, hw=world.shape[1:]
+        )
         export.write_bytes(out_dir, name, data)
         return data
 
@@ -117,17 +132,36 @@ def made(fmt: str, colorized: bool = False):
 
 
 DESCRIPTIONS = {
-    "glb": ("GLB scene", "points in true colour + camera wireframes (Blender, three.js, any glTF viewer)", "model/gltf-binary"),
+    "glb": (
+        "GLB scene",
+        "points in true colour + camera wireframes (Blender, three.js, any glTF viewer)",
+        "model/gltf-binary",
+    ),
     "ply": ("PLY point cloud", "binary, with colours (MeshLab, CloudCompare, Open3D)", "application/octet-stream"),
-    "npz": ("NPZ arrays", "depth, conf, extrinsics (N,3,4 world-to-camera), intrinsics, image, sky: DA3's field names", "application/octet-stream"),
-    "depth_png": ("16-bit depth PNGs", "one PNG per view in a zip, with depth_scale.json to recover values", "application/zip"),
+    "npz": (
+        "NPZ arrays",
+        "depth, conf, extrinsics (N,3,4 world-to-camera), intrinsics, image, sky: DA3's field names",
+        "application/octet-stream",
+    ),
+    "depth_png": (
+        "16-bit depth PNGs",
+        "one PNG per view in a zip, with depth_scale.json to recover values",
+        "application/zip",
+    ),
 }
 for fmt in export.EXPORT_FORMATS:
     title, what, mime = DESCRIPTIONS[fmt]
     c1, c2 = st.columns([3, 2])
     c1.markdown(f"**{title}** — {what}")
-    c2.download_button(f"Download {filename(fmt)}", data=made(fmt), file_name=f"{meta.run_id}-{filename(fmt)}",
-                       mime=mime, key=f"ex_{fmt}", width="stretch", on_click="ignore")
+    c2.download_button(
+        f"Download {filename(fmt)}",
+        data=made(fmt),
+        file_name=f"{meta.run_id}-{filename(fmt)}",
+        mime=mime,
+        key=f"ex_{fmt}",
+        width="stretch",
+        on_click="ignore",
+    )
 
 video_file, png16_file = out_dir / depth_video.VIDEO_FILENAME, out_dir / depth_video.PNG_SEQUENCE_FILENAME
 if video_file.is_file() or png16_file.is_file():
@@ -135,9 +169,14 @@ if video_file.is_file() or png16_file.is_file():
     st.markdown("**Depth of every frame** (written by the chunked run, one depth scale for all frames)")
     if video_file.is_file():
         st.video(str(video_file))
-        st.download_button(f"Download {depth_video.VIDEO_FILENAME}", data=lambda: video_file.read_bytes(),
-                           file_name=f"{meta.run_id}-{depth_video.VIDEO_FILENAME}", mime="video/mp4", key="ex_depth_video",
-                           on_click="ignore")
+        st.download_button(
+            f"Download {depth_video.VIDEO_FILENAME}",
+            data=lambda: video_file.read_bytes(),
+            file_name=f"{meta.run_id}-{depth_video.VIDEO_FILENAME}",
+            mime="video/mp4",
+            key="ex_depth_video",
+            on_click="ignore",
+        )
     if png16_file.is_file():
         c1, c2 = st.columns([3, 2])
         try:  # the central directory and a small json: cheap even for thousands of frames
@@ -148,14 +187,22 @@ if video_file.is_file() or png16_file.is_file():
         except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError):
             about = "one scale for all frames"
         c1.markdown(f"**16-bit depth PNGs of every frame** — {about}; depth_scale.json recovers the values")
-        c2.download_button(f"Download {depth_video.PNG_SEQUENCE_FILENAME}", data=lambda: png16_file.read_bytes(),
-                           file_name=f"{meta.run_id}-{depth_video.PNG_SEQUENCE_FILENAME}", mime="application/zip",
-                           key="ex_depth_png16", width="stretch", on_click="ignore")
+        c2.download_button(
+            f"Download {depth_video.PNG_SEQUENCE_FILENAME}",
+            data=lambda: png16_file.read_bytes(),
+            file_name=f"{meta.run_id}-{depth_video.PNG_SEQUENCE_FILENAME}",
+            mime="application/zip",
+            key="ex_depth_png16",
+            width="stretch",
+            on_click="ignore",
+        )
 
 st.divider()
 st.markdown("**Made by DA3's own exporters in the worker**")
-st.caption("Each is a job of the worker's queue: it waits its turn, can be cancelled, is written to the run folder's "
-           "exports/ under a hidden name and renamed when complete, and this page finds it again after a reload.")
+st.caption(
+    "Each is a job of the worker's queue: it waits its turn, can be cancelled, is written to the run folder's "
+    "exports/ under a hidden name and renamed when complete, and this page finds it again after a reload."
+)
 
 
 def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> None:
@@ -167,13 +214,22 @@ def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> Non
     if meta.status != "done":
         c2.caption("Available once the run is done.")
         return
-    if c2.button(label, key=key, width="stretch", disabled=pending,
-                 help="Being made: see its status." if pending else "Queued on the worker; this page shows its place and progress."):
+    if c2.button(
+        label,
+        key=key,
+        width="stretch",
+        disabled=pending,
+        help="Being made: see its status."
+        if pending
+        else "Queued on the worker; this page shows its place and progress.",
+    ):
         try:
             ctx.service.submit_export(run_dir, kind, rec, **options)
         except (ValueError, OSError, GPUError) as exc:
-            ui.show_error(f"The {run_service.EXPORT_TITLES[kind]} could not be queued: {getattr(exc, 'message', exc)}",
-                          getattr(exc, "remote_traceback", ""))
+            ui.show_error(
+                f"The {run_service.EXPORT_TITLES[kind]} could not be queued: {getattr(exc, 'message', exc)}",
+                getattr(exc, "remote_traceback", ""),
+            )
         else:
             st.rerun()  # drawn again with the button off and the job's status
     with c1:
@@ -215,25 +271,46 @@ def export_done_text(status) -> str:
         what = "3DGS PLY written (exports/gs_ply/0000.ply in the run folder)"
     else:
         info = status.info
-        what = (f"{info.get('frames')} frames, {info.get('width')}×{info.get('height')}, rendered in {float(info.get('render_s') or 0):.1f} s"
-                + (f" (+{float(info['compile_s']):.0f} s compiling gsplat)" if info.get("compile_s") else "")
-                + ". Saved in the run folder (exports/gs_video.mp4)")
+        what = (
+            f"{info.get('frames')} frames, {info.get('width')}×{info.get('height')}, rendered in {float(info.get('render_s') or 0):.1f} s"
+            + (f" (+{float(info['compile_s']):.0f} s compiling gsplat)" if info.get("compile_s") else "")
+            + ". Saved in the run folder (exports/gs_video.mp4)"
+        )
     return f"{what}, in {status.took()}." if status.took() else f"{what}."
 
 
 def offer_download(kind: str, made: Path, where) -> None:
     """The download of a finished export (only when its job is done: never a half-written file)."""
     if kind == "colmap":
-        where.download_button("Download COLMAP model (zip)", data=lambda: zip_folder(made, f"{meta.run_id}-colmap"),
-                              file_name=f"{meta.run_id}-colmap.zip", mime="application/zip", key="ex_colmap_zip",
-                              width="stretch", on_click="ignore")
+        where.download_button(
+            "Download COLMAP model (zip)",
+            data=lambda: zip_folder(made, f"{meta.run_id}-colmap"),
+            file_name=f"{meta.run_id}-colmap.zip",
+            mime="application/zip",
+            key="ex_colmap_zip",
+            width="stretch",
+            on_click="ignore",
+        )
     elif kind == "gs_ply":
-        where.download_button("Download 3DGS PLY", data=lambda: made.read_bytes(), file_name=f"{meta.run_id}-gaussians.ply",
-                              mime="application/octet-stream", key="ex_gs_ply_dl", width="stretch", on_click="ignore")
+        where.download_button(
+            "Download 3DGS PLY",
+            data=lambda: made.read_bytes(),
+            file_name=f"{meta.run_id}-gaussians.ply",
+            mime="application/octet-stream",
+            key="ex_gs_ply_dl",
+            width="stretch",
+            on_click="ignore",
+        )
     else:
         st.video(str(made))
-        st.download_button("Download the video (mp4)", data=lambda: made.read_bytes(), file_name=f"{meta.run_id}-gs-video.mp4",
-                           mime="video/mp4", key="ex_gsv_dl", on_click="ignore")
+        st.download_button(
+            "Download the video (mp4)",
+            data=lambda: made.read_bytes(),
+            file_name=f"{meta.run_id}-gs-video.mp4",
+            mime="video/mp4",
+            key="ex_gsv_dl",
+            on_click="ignore",
+        )
 
 
 c1, c2 = st.columns([3, 2])
@@ -242,12 +319,16 @@ if not str(rec.params.get("process_res_method", "upper_bound_resize")).endswith(
     colmap_reason = "this run used a crop method; DA3's COLMAP exporter needs upper_bound_resize or lower_bound_resize"
 elif not rec.has_poses or rec.conf is None:
     colmap_reason = f"{rec.preset} predicts no camera poses or confidence"
-c1.markdown("**COLMAP sparse model** — cameras, images (named as your frames) and points (binary), for COLMAP, gsplat "
-            "and nerfstudio; intrinsics at the frames' size. Reconstruct reads it back as known cameras.")
+c1.markdown(
+    "**COLMAP sparse model** — cameras, images (named as your frames) and points (binary), for COLMAP, gsplat "
+    "and nerfstudio; intrinsics at the frames' size. Reconstruct reads it back as known cameras."
+)
 if colmap_reason:
     c2.caption(f"Unavailable: {colmap_reason}.")
 else:
-    worker_export("colmap", "Make COLMAP model", "ex_colmap", c1, c2, {"conf_percentile": float(cs.filters.conf_percentile)})
+    worker_export(
+        "colmap", "Make COLMAP model", "ex_colmap", c1, c2, {"conf_percentile": float(cs.filters.conf_percentile)}
+    )
 c1, c2 = st.columns([3, 2])
 c1.markdown("**3D Gaussians (3DGS PLY)**")
 if rec.gaussians is None:
@@ -265,14 +346,24 @@ if rec.gaussians is not None:
             offer_download("gs_video", made_video, st)
     else:
         c = st.columns(4)
-        trajectory = c[0].selectbox("Trajectory", presets.GS_TRAJECTORIES, key="ex_gsv_trj",
-                                    help="DA3's camera paths: smooth follows the input cameras, extend adds a wander and a dolly zoom in the middle.")
+        trajectory = c[0].selectbox(
+            "Trajectory",
+            presets.GS_TRAJECTORIES,
+            key="ex_gsv_trj",
+            help="DA3's camera paths: smooth follows the input cameras, extend adds a wander and a dolly zoom in the middle.",
+        )
         fps = c[1].number_input("fps", min_value=6, max_value=60, value=24, key="ex_gsv_fps")
         crf = c[2].slider("Quality (crf, lower is better)", min_value=12, max_value=35, value=18, key="ex_gsv_crf")
         depth_panel = c[3].checkbox("Depth beside colour", key="ex_gsv_depth")
         button_row = st.container()  # the button above its status
-        worker_export("gs_video", "Render the video", "ex_gsv", st.container(), button_row,
-                      {"trajectory": str(trajectory), "fps": int(fps), "crf": int(crf), "depth_panel": bool(depth_panel)})
+        worker_export(
+            "gs_video",
+            "Render the video",
+            "ex_gsv",
+            st.container(),
+            button_row,
+            {"trajectory": str(trajectory), "fps": int(fps), "crf": int(crf), "depth_panel": bool(depth_panel)},
+        )
 
 st.divider()
 st.subheader("The run folder")
@@ -285,14 +376,29 @@ for path in files:
         groups.setdefault(top, []).append(path)
 for top, members in groups.items():
     size = sum(p.stat().st_size for p in members)
-    st.markdown(f"`{top}/` · {len(members):,} files · {size / 2**20:,.1f} MiB · {GROUPED[top]} (in the folder's zip below)")
+    st.markdown(
+        f"`{top}/` · {len(members):,} files · {size / 2**20:,.1f} MiB · {GROUPED[top]} (in the folder's zip below)"
+    )
 for path in (p for p in files if not any(p in m for m in groups.values())):
     rel = path.relative_to(run_dir)
     c1, c2 = st.columns([4, 1])
     c1.markdown(f"`{rel}` · {path.stat().st_size / 1024:,.0f} KiB")
-    c2.download_button("Download", data=lambda p=path: p.read_bytes(), file_name=f"{meta.run_id}-{str(rel).replace('/', '-')}",
-                       key=f"ex_file_{rel}", width="stretch", on_click="ignore")
+    c2.download_button(
+        "Download",
+        data=lambda p=path: p.read_bytes(),
+        file_name=f"{meta.run_id}-{str(rel).replace('/', '-')}",
+        key=f"ex_file_{rel}",
+        width="stretch",
+        on_click="ignore",
+    )
 
 
-st.download_button("Download the whole run folder (zip)", data=lambda: zip_folder(run_dir, meta.run_id), file_name=f"{meta.run_id}.zip", mime="application/zip",
-                   key="ex_zip", type="primary", on_click="ignore")
+st.download_button(
+    "Download the whole run folder (zip)",
+    data=lambda: zip_folder(run_dir, meta.run_id),
+    file_name=f"{meta.run_id}.zip",
+    mime="application/zip",
+    key="ex_zip",
+    type="primary",
+    on_click="ignore",
+)

@@ -14,9 +14,11 @@ from da3_core.text import md
 ctx = ui.page_setup("Runner", "⚙️")
 auth.require_admin(ctx.settings)  # with sign-in on: DA3_ADMINS only; without: open, as before
 st.title("Runner")
-st.caption("Isolated workers run Depth Anything 3 (one process per GPU, or Ray actors on a cluster); this server "
-           "process never imports torch. Calls wait in one queue, first come first served; every call has a time budget, "
-           "and a crash, timeout or cancel touches only its own call: that worker is replaced on its next call.")
+st.caption(
+    "Isolated workers run Depth Anything 3 (one process per GPU, or Ray actors on a cluster); this server "
+    "process never imports torch. Calls wait in one queue, first come first served; every call has a time budget, "
+    "and a crash, timeout or cancel touches only its own call: that worker is replaced on its next call."
+)
 
 
 def worker_rows(workers) -> list[dict[str, object]]:
@@ -24,18 +26,22 @@ def worker_rows(workers) -> list[dict[str, object]]:
     rows = []
     for w in workers:
         report = w.state_report
-        rows.append({
-            "worker": w.label,
-            "device": w.device,
-            "state": w.state,
-            "pid": w.pid or "—",
-            "memory MB": round(w.rss_mb) if w.rss_mb else None,
-            "running": f"{w.current_task} · {w.current_stage or 'starting'} · {w.current_elapsed_s:.1f} s" if w.current_task else "",
-            "models": ", ".join(report.get("models_loaded") or []),
-            "starts": w.starts,
-            "ok": w.calls_ok,
-            "failed": w.calls_failed,
-        })
+        rows.append(
+            {
+                "worker": w.label,
+                "device": w.device,
+                "state": w.state,
+                "pid": w.pid or "—",
+                "memory MB": round(w.rss_mb) if w.rss_mb else None,
+                "running": f"{w.current_task} · {w.current_stage or 'starting'} · {w.current_elapsed_s:.1f} s"
+                if w.current_task
+                else "",
+                "models": ", ".join(report.get("models_loaded") or []),
+                "starts": w.starts,
+                "ok": w.calls_ok,
+                "failed": w.calls_failed,
+            }
+        )
     return rows
 
 
@@ -59,15 +65,27 @@ def live() -> None:
         f"- Models loaded in the worker: {', '.join(f'`{m}`' for m in models) if models else 'none yet'}"
         f" (loaded {state.get('model_loads', info.get('model_loads', 0))} time(s) in this worker)\n"
         f"- torch {state.get('torch_version', info.get('torch_version', '…'))}, CUDA available: {state.get('cuda_available', info.get('cuda_available', '…'))}"
-        + (f" ({state['cuda_device']}, {state.get('cuda_memory_allocated_mb', 0):,.0f} MB allocated)" if state.get("cuda_device") else "")
+        + (
+            f" ({state['cuda_device']}, {state.get('cuda_memory_allocated_mb', 0):,.0f} MB allocated)"
+            if state.get("cuda_device")
+            else ""
+        )
         + f"\n- Peak worker memory: {state.get('peak_rss_mb', 0):,.0f} MB\n"
         f"- Workers started: {status.worker_starts} · calls ok: {status.calls_ok} · failed: {status.calls_failed}"
     )
     if status.recent_errors:
         st.markdown("**Recent errors**")
         st.dataframe(
-            [{"time": time.strftime("%H:%M:%S", time.localtime(e.when)), "worker": e.worker, "task": e.task, "kind": e.kind, "message": e.message[:300]}
-             for e in reversed(status.recent_errors)],
+            [
+                {
+                    "time": time.strftime("%H:%M:%S", time.localtime(e.when)),
+                    "worker": e.worker,
+                    "task": e.task,
+                    "kind": e.kind,
+                    "message": e.message[:300],
+                }
+                for e in reversed(status.recent_errors)
+            ],
             width="stretch",
             hide_index=True,
         )

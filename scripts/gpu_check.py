@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STUB_SITE = '''
+STUB_SITE = """
 import importlib.abc, importlib.machinery, sys, types
 STUBBED = {"evo", "moviepy", "pycolmap"}
 class _Anything:
@@ -52,7 +52,7 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         m = types.ModuleType(spec.name); m.__path__ = []; m.__getattr__ = _attr; return m
     def exec_module(self, module): pass
 sys.meta_path.insert(0, _Finder())
-'''
+"""
 
 
 def main() -> int:
@@ -76,9 +76,13 @@ def main() -> int:
         print(("PASS " if ok else "FAIL ") + name + (f": {detail}" if detail != "" else ""), flush=True)
 
     try:
-        report["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                              capture_output=True, text=True, timeout=30).stdout.strip()
-    except Exception as exc:  # noqa: BLE001
+        report["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    except Exception as exc:  # noqa: BLE001 - no nvidia-smi, or it hung: the report says so
         report["nvidia_smi"] = repr(exc)
     print("GPU:", report["nvidia_smi"], flush=True)
 
@@ -94,7 +98,11 @@ def main() -> int:
     runner = Runner(start_timeout_s=120)
     try:
         info = tasks.worker_info.call(runner=runner)
-        check("worker picks cuda", info.get("device") == "cuda", {k: info.get(k) for k in ("device", "torch_version", "cuda_available")})
+        check(
+            "worker picks cuda",
+            info.get("device") == "cuda",
+            {k: info.get(k) for k in ("device", "torch_version", "cuda_available")},
+        )
         rng = np.random.default_rng(0)
         frames = tuple((rng.random((480, 640, 3)) * 255).astype(np.uint8) for _ in range(4))
         req = ReconstructRequest(frames, tuple("abcd"), ModelSpec("demo", "da3-small"), process_res=504)
@@ -117,32 +125,51 @@ def main() -> int:
 
         nested = runner.call("scripts.gpu_check_tasks:cuda_tensors_nested", duration=120)
         kinds = {k: type(v).__name__ for k, v in nested.items() if k != "allocated_mb_after_free"}
-        check("raw CUDA tensors nested come back as numpy", all(v in ("ndarray", "dict", "list") for v in kinds.values()), kinds)
+        check(
+            "raw CUDA tensors nested come back as numpy",
+            all(v in ("ndarray", "dict", "list") for v in kinds.values()),
+            kinds,
+        )
         check("no torch in parent after raw CUDA tensors", "torch" not in sys.modules)
 
         if not args.skip_overhead:
-            presets = tuple(p for p in args.overhead_presets.split(",") if p and not (args.skip_giant and p == "da3-giant"))
+            presets = tuple(
+                p for p in args.overhead_presets.split(",") if p and not (args.skip_giant and p == "da3-giant")
+            )
             report["overhead"] = overhead_table(runner, demo, presets, rounds=args.rounds)
 
         if not args.skip_giant:
             t = time.perf_counter()
             tasks.build_demo_weights.call("da3-giant", demo, runner=runner)
             report["timings"]["giant_build_s"] = time.perf_counter() - t
-            req_gs = ReconstructRequest(frames[:2], ("a", "b"), ModelSpec("demo", "da3-giant"), process_res=280, infer_gs=True)
+            req_gs = ReconstructRequest(
+                frames[:2], ("a", "b"), ModelSpec("demo", "da3-giant"), process_res=280, infer_gs=True
+            )
             t = time.perf_counter()
             rec_gs = tasks.reconstruct.call(req_gs, demo, runner=runner)
             report["timings"]["giant_gs_call_s"] = time.perf_counter() - t
             g = rec_gs.gaussians
-            shapes = None if g is None else {k: list(getattr(g, k).shape) for k in ("means", "scales", "rotations", "harmonics", "opacities")}
-            check("giant with infer_gs: Gaussians come back as numpy", g is not None and type(g.means).__name__ == "ndarray", shapes)
+            shapes = (
+                None
+                if g is None
+                else {k: list(getattr(g, k).shape) for k in ("means", "scales", "rotations", "harmonics", "opacities")}
+            )
+            check(
+                "giant with infer_gs: Gaussians come back as numpy",
+                g is not None and type(g.means).__name__ == "ndarray",
+                shapes,
+            )
             check("no torch in parent after Gaussians", "torch" not in sys.modules)
             ply = tasks.export_gs_ply.call(rec_gs, str(work / "exports"), runner=runner)
             check("DA3's 3DGS PLY writer in the worker", Path(ply).is_file() and Path(ply).stat().st_size > 0, ply)
             report["gs_video"] = gs_video_check(runner, rec_gs, work, check)
             state = runner.status().worker_state
             report["worker_state_after_giant"] = state
-            check("GPU memory freed after calls (allocated < 12 GB with giant cached)",
-                  state.get("cuda_memory_allocated_mb", 1e9) < 12_000, state.get("cuda_memory_allocated_mb"))
+            check(
+                "GPU memory freed after calls (allocated < 12 GB with giant cached)",
+                state.get("cuda_memory_allocated_mb", 1e9) < 12_000,
+                state.get("cuda_memory_allocated_mb"),
+            )
     except Exception as exc:  # noqa: BLE001 - the report says what broke
         check("no unexpected error", False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     finally:
@@ -178,8 +205,17 @@ def gs_video_check(runner, rec_gs, work: Path, check) -> dict:
     reader.close()
     shape = decoded[0].shape if decoded else None
     ok = len(decoded) == out["frames"] and shape is not None and shape[:2] == (out["height"], out["width"])
-    check("novel-view video decodes with the expected frames and size", ok,
-          {"frames": len(decoded), "expected": out["frames"], "shape": shape, "compile_s": out["compile_s"], "render_s": out["render_s"]})
+    check(
+        "novel-view video decodes with the expected frames and size",
+        ok,
+        {
+            "frames": len(decoded),
+            "expected": out["frames"],
+            "shape": shape,
+            "compile_s": out["compile_s"],
+            "render_s": out["render_s"],
+        },
+    )
     return {**out, "decoded_frames": len(decoded), "decoded_shape": shape}
 
 
@@ -200,7 +236,9 @@ def overhead_table(runner, demo: str, presets: tuple[str, ...], rounds: int = 5)
         tasks.build_demo_weights.call(preset, demo, runner=runner)
         for n in (4, 32):
             frames = tuple((rng.random((480, 640, 3)) * 255).astype(np.uint8) for _ in range(n))
-            req = ReconstructRequest(frames, tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", preset), process_res=504)
+            req = ReconstructRequest(
+                frames, tuple(f"{i}.png" for i in range(n)), ModelSpec("demo", preset), process_res=504
+            )
             try:
                 tasks.reconstruct.call(req, demo, runner=runner)  # warm
                 direct = runner.call("benchmarks.worker_tasks:time_inprocess", req, demo, rounds, duration=1800)
@@ -210,7 +248,12 @@ def overhead_table(runner, demo: str, presets: tuple[str, ...], rounds: int = 5)
                     rec = tasks.reconstruct.call(req, demo, runner=runner)
                     through.append(time.perf_counter() - t)
                     del rec
-                row = {"preset": preset, "frames": n, "runner_s": statistics.median(through), "in_worker_s": statistics.median(direct)}
+                row = {
+                    "preset": preset,
+                    "frames": n,
+                    "runner_s": statistics.median(through),
+                    "in_worker_s": statistics.median(direct),
+                }
                 row["ratio"] = row["runner_s"] / row["in_worker_s"]
             except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: the row says so
                 row = {"preset": preset, "frames": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -226,7 +269,12 @@ def overhead_table(runner, demo: str, presets: tuple[str, ...], rounds: int = 5)
             value = runner.call("benchmarks.sim_tasks:gpu_sim", frames, sleep_s)
             through.append(time.perf_counter() - t)
             del value
-        row = {"preset": "fake gpu_sim", "frames": n, "runner_s": statistics.median(through), "in_worker_s": statistics.median(direct)}
+        row = {
+            "preset": "fake gpu_sim",
+            "frames": n,
+            "runner_s": statistics.median(through),
+            "in_worker_s": statistics.median(direct),
+        }
         row["ratio"] = row["runner_s"] / row["in_worker_s"]
         rows.append(row)
         print("overhead", json.dumps(row), flush=True)

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -35,6 +35,7 @@ EPS = 1e-4
 INF = np.float64(1e30)
 
 Vec = np.ndarray  # (3,) or (N, 3) float64
+Y_UP = np.array([0.0, 1.0, 0.0])  # the default `up` of `look_at` (never modified)
 
 
 # --------------------------------------------------------------------------------------
@@ -45,9 +46,11 @@ Vec = np.ndarray  # (3,) or (N, 3) float64
 def _hash(ix: np.ndarray, iy: np.ndarray, seed: int = 0) -> np.ndarray:
     """Integer lattice -> uniform [0, 1) float64, via a uint32 xorshift-multiply mix."""
     with np.errstate(over="ignore"):
-        h = (ix.astype(np.int64).astype(np.uint32) * np.uint32(0x8DA6B343)) ^ (
-            iy.astype(np.int64).astype(np.uint32) * np.uint32(0xD8163841)
-        ) ^ np.uint32((seed * 0x9E3779B9) & 0xFFFFFFFF)
+        h = (
+            (ix.astype(np.int64).astype(np.uint32) * np.uint32(0x8DA6B343))
+            ^ (iy.astype(np.int64).astype(np.uint32) * np.uint32(0xD8163841))
+            ^ np.uint32((seed * 0x9E3779B9) & 0xFFFFFFFF)
+        )
         h ^= h >> np.uint32(16)
         h *= np.uint32(0x7FEB352D)
         h ^= h >> np.uint32(15)
@@ -80,7 +83,7 @@ def srgb(hex_or_tuple: str | tuple[float, float, float]) -> np.ndarray:
     """An sRGB colour ('#rrggbb' or 0..1 tuple) as linear RGB (3,)."""
     if isinstance(hex_or_tuple, str):
         h = hex_or_tuple.lstrip("#")
-        c = np.array([int(h[i:i + 2], 16) for i in (0, 2, 4)], np.float64) / 255.0
+        c = np.array([int(h[i : i + 2], 16) for i in (0, 2, 4)], np.float64) / 255.0
     else:
         c = np.asarray(hex_or_tuple, np.float64)
     return c**2.2
@@ -257,7 +260,7 @@ class Scene:
 # --------------------------------------------------------------------------------------
 
 
-def look_at(eye: Vec, target: Vec, up: Vec = np.array([0.0, 1.0, 0.0])) -> tuple[np.ndarray, np.ndarray]:
+def look_at(eye: Vec, target: Vec, up: Vec = Y_UP) -> tuple[np.ndarray, np.ndarray]:
     """World-to-camera (R, t) for an OpenCV camera at ``eye`` looking at ``target``."""
     eye, target = np.asarray(eye, np.float64), np.asarray(target, np.float64)
     f = target - eye
@@ -343,7 +346,9 @@ def trace(scene: Scene, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.nd
     return color * scene.exposure, np.where(hit, best, np.inf)
 
 
-def render(scene: Scene, eye, target, width: int = WIDTH, height: int = HEIGHT) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def render(
+    scene: Scene, eye, target, width: int = WIDTH, height: int = HEIGHT
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render one view; returns (uint8 RGB (H,W,3), R (3,3), t (3,), K (3,3))."""
     rot, tvec = look_at(np.asarray(eye), np.asarray(target))
     k = intrinsics(width, height, scene.hfov_deg)
@@ -570,7 +575,12 @@ def room_scene() -> Scene:
         is_front = n[:, 2] > 0.5
         is_left = n[:, 0] > 0.5
         is_right = n[:, 0] < -0.5
-        for mask, mat in ((is_floor, floor), (is_back | is_front, walls_back), (is_left, walls_left), (is_right, walls_right)):
+        for mask, mat in (
+            (is_floor, floor),
+            (is_back | is_front, walls_back),
+            (is_left, walls_left),
+            (is_right, walls_right),
+        ):
             if mask.any():
                 out[mask] = mat(p[mask], loc[mask], n[mask])
         return out
@@ -588,17 +598,32 @@ def room_scene() -> Scene:
     ]
     lights = [Light(position=(0.3, 2.6, 0.6), intensity=2.2), Light(position=(-2.0, 2.4, -2.5), intensity=0.7)]
     target = (0.0, 0.7, 1.6)
-    cams = [((-0.6, 1.55, -2.3), target), ((-0.2, 1.6, -2.45), (0.05, 0.72, 1.6)),
-            ((0.2, 1.55, -2.4), (0.1, 0.7, 1.6)), ((0.6, 1.5, -2.25), (0.15, 0.7, 1.6))]
-    return Scene("room", "Living room", "A room with a checkerboard floor, painted walls, pictures, boxes and balls; "
-                 "the camera slides sideways.", shapes, lights, 0.28, cams, hfov_deg=66.0)
+    cams = [
+        ((-0.6, 1.55, -2.3), target),
+        ((-0.2, 1.6, -2.45), (0.05, 0.72, 1.6)),
+        ((0.2, 1.55, -2.4), (0.1, 0.7, 1.6)),
+        ((0.6, 1.5, -2.25), (0.15, 0.7, 1.6)),
+    ]
+    return Scene(
+        "room",
+        "Living room",
+        "A room with a checkerboard floor, painted walls, pictures, boxes and balls; the camera slides sideways.",
+        shapes,
+        lights,
+        0.28,
+        cams,
+        hfov_deg=66.0,
+    )
 
 
 def tabletop_scene() -> Scene:
     table_h = 0.75
     top = Box(wood("#8a5a34", 24, scale=1.0), center=(0.0, table_h - 0.025, 0.0), half=(0.8, 0.025, 0.5))
-    legs = [Cylinder(solid("#3b2a1c", 0.05, 25), base=(sx * 0.7, 0.0, sz * 0.42), radius=0.035, height=table_h - 0.05)
-            for sx in (-1, 1) for sz in (-1, 1)]
+    legs = [
+        Cylinder(solid("#3b2a1c", 0.05, 25), base=(sx * 0.7, 0.0, sz * 0.42), radius=0.035, height=table_h - 0.05)
+        for sx in (-1, 1)
+        for sz in (-1, 1)
+    ]
     floor = checker_floor(0.4, "#b9b2a3", "#6f6a60", seed=26)
     wall = painted_wall("#d9d2c0", 27, frames=[(2, -0.9, 0.6, 1.0, 1.6, 28), (0, -0.9, 0.3, 1.0, 1.8, 29)])
 
@@ -613,7 +638,9 @@ def tabletop_scene() -> Scene:
     book = Box(_book_material(), center=(0.35, y + 0.03, 0.18), half=(0.16, 0.03, 0.11), yaw=0.35)
     shapes: list[Shape] = [
         Box(room_material, center=(0.0, 1.4, 0.5), half=(2.5, 1.4, 2.5), inside=True, casts_shadow=False),
-        top, *legs, book,
+        top,
+        *legs,
+        book,
         Sphere(solid("#c0392b", 0.05, 31), specular=0.6, center=(-0.3, y + 0.12, 0.05), radius=0.12),
         Sphere(solid("#2874a6", 0.05, 32), specular=0.6, center=(0.05, y + 0.07, -0.2), radius=0.07),
         Box(crate("#e3b23c", 33), center=(-0.45, y + 0.09, -0.25), half=(0.09, 0.09, 0.09), yaw=0.6),
@@ -628,8 +655,16 @@ def tabletop_scene() -> Scene:
         a = np.radians(az)
         eye = (1.6 * np.sin(a), 1.5, -1.6 * np.cos(a))
         cams.append(((round(eye[0], 4), eye[1], round(eye[2], 4)), target))
-    return Scene("tabletop", "Tabletop", "A wooden table with balls, boxes, cups and a book, seen from four "
-                 "viewpoints on an arc.", shapes, lights, 0.3, cams, hfov_deg=55.0)
+    return Scene(
+        "tabletop",
+        "Tabletop",
+        "A wooden table with balls, boxes, cups and a book, seen from four viewpoints on an arc.",
+        shapes,
+        lights,
+        0.3,
+        cams,
+        hfov_deg=55.0,
+    )
 
 
 def _book_material() -> Material:
@@ -654,7 +689,9 @@ def courtyard_scene() -> Scene:
         Box(bricks("#c9a66b", "#e6dfd2", seed=72), center=(-8.0, 3.0, 6.0), half=(1.0, 3.0, 7.0)),
         Box(bricks("#8c3b2e", seed=73), center=(8.5, 3.5, 6.0), half=(1.0, 3.5, 7.0)),
         Cylinder(solid("#bdb6a8", 0.08, 74), base=(0.0, 0.0, 6.0), radius=1.1, height=0.45),
-        Cylinder(solid("#3d6e8f", 0.05, 75), specular=0.6, base=(0.0, 0.0, 6.0), radius=0.95, height=0.47, casts_shadow=False),
+        Cylinder(
+            solid("#3d6e8f", 0.05, 75), specular=0.6, base=(0.0, 0.0, 6.0), radius=0.95, height=0.47, casts_shadow=False
+        ),
         Cylinder(solid("#bdb6a8", 0.08, 76), base=(0.0, 0.0, 6.0), radius=0.18, height=1.3),
         Sphere(solid("#d8d2c4", 0.06, 77), center=(0.0, 1.45, 6.0), radius=0.22),
         Sphere(foliage(78), center=(-4.5, 0.9, 8.5), radius=0.9),
@@ -665,11 +702,24 @@ def courtyard_scene() -> Scene:
         Box(crate("#8e6b45", 83), center=(-2.6, 0.35, 3.6), half=(0.35, 0.35, 0.35), yaw=0.3),
     ]
     lights = [Light(direction=(-0.45, 0.8, -0.4), color=(1.0, 0.96, 0.88), intensity=2.2)]
-    cams = [((-0.9, 1.6, -3.0), (0.0, 2.3, 8.0)), ((-0.3, 1.62, -2.6), (0.2, 2.3, 8.0)),
-            ((0.3, 1.6, -2.2), (0.4, 2.3, 8.0)), ((0.9, 1.58, -1.8), (0.6, 2.3, 8.0))]
-    return Scene("courtyard", "Courtyard", "An outdoor courtyard with brick buildings, a fountain, bushes, a bench "
-                 "and open sky; the camera walks forward.", shapes, lights, 0.35, cams, hfov_deg=70.0,
-                 sky=sky_dome)
+    cams = [
+        ((-0.9, 1.6, -3.0), (0.0, 2.3, 8.0)),
+        ((-0.3, 1.62, -2.6), (0.2, 2.3, 8.0)),
+        ((0.3, 1.6, -2.2), (0.4, 2.3, 8.0)),
+        ((0.9, 1.58, -1.8), (0.6, 2.3, 8.0)),
+    ]
+    return Scene(
+        "courtyard",
+        "Courtyard",
+        "An outdoor courtyard with brick buildings, a fountain, bushes, a bench "
+        "and open sky; the camera walks forward.",
+        shapes,
+        lights,
+        0.35,
+        cams,
+        hfov_deg=70.0,
+        sky=sky_dome,
+    )
 
 
 SCENES: dict[str, Callable[[], Scene]] = {"room": room_scene, "tabletop": tabletop_scene, "courtyard": courtyard_scene}
@@ -693,13 +743,15 @@ def build(key: str, out_dir: Path) -> dict:
         name = f"{i:02d}.jpg"
         Image.fromarray(img).save(folder / name, "JPEG", quality=JPEG_QUALITY, optimize=True)
         ext = np.concatenate([rot, tvec[:, None]], axis=1)
-        frames.append({
-            "file": name,
-            "extrinsics": np.round(ext, 8).tolist(),
-            "intrinsics": np.round(k, 6).tolist(),
-            "camera_center": np.round(np.asarray(eye, np.float64), 6).tolist(),
-            "look_at": list(target),
-        })
+        frames.append(
+            {
+                "file": name,
+                "extrinsics": np.round(ext, 8).tolist(),
+                "intrinsics": np.round(k, 6).tolist(),
+                "camera_center": np.round(np.asarray(eye, np.float64), 6).tolist(),
+                "look_at": list(target),
+            }
+        )
     meta = {
         "title": scene.title,
         "description": scene.description,
@@ -710,8 +762,8 @@ def build(key: str, out_dir: Path) -> dict:
         "units": "metres",
         "world": "y up",
         "convention": "OpenCV camera (x right, y down, z forward); extrinsics are world-to-camera [R|t] "
-                      "(3x4); intrinsics K (3x3) in pixels of these images, pixel centres at integer "
-                      "coordinates",
+        "(3x4); intrinsics K (3x3) in pixels of these images, pixel centres at integer "
+        "coordinates",
         "has_sky": scene.sky is not None,
         "frames": frames,
     }

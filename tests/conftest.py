@@ -15,6 +15,12 @@ if str(ROOT) not in sys.path:
 # Nothing in the suite may talk to the model hub; the real loading code still runs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DA3_ISOLATION", "isolated")
+# Every process the tests start (workers, Streamlit servers, fresh interpreters) inherits this:
+# torch's OpenMP threads sleep when idle instead of spinning. On a 2-core machine, a worker's
+# two threads otherwise spin against whatever else runs (the browser, the server, the
+# AppTest script, this process): a DA3-SMALL call at 112 took 2.3-4 s instead of 0.13-0.16 s
+# with one other busy process here. Only how idle threads wait changes, not the numbers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -87,6 +93,8 @@ def run_python(code: str, env_extra: dict | None = None, timeout: float = 600) -
     env = dict(os.environ)
     env.update(env_extra or {})
     env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, f"exit {out.returncode}\nSTDOUT:\n{out.stdout[-4000:]}\nSTDERR:\n{out.stderr[-6000:]}"
     return out.stdout

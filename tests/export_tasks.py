@@ -33,7 +33,9 @@ def _pause(first: str) -> None:
 
 
 @gpu(duration=30)
-def fake_export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0) -> list[str]:
+def fake_export_colmap(
+    rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0
+) -> list[str]:
     from da3_core.atomic import atomic_dir
     from da3_core.runner.context import report_progress
 
@@ -64,8 +66,14 @@ def fake_export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
 
 
 @gpu(duration=30)
-def fake_render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "interpolate_smooth", fps: int = 24, crf: int = 18,
-                         depth_panel: bool = False) -> dict[str, Any]:
+def fake_render_gs_video(
+    rec: Reconstruction,
+    out_path: str,
+    trajectory: str = "interpolate_smooth",
+    fps: int = 24,
+    crf: int = 18,
+    depth_panel: bool = False,
+) -> dict[str, Any]:
     from da3_core.atomic import atomic_file
     from da3_core.runner.context import report_progress
 

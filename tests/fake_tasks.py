@@ -252,7 +252,10 @@ def meta_tensor_at(path: str) -> Any:
     import torch
 
     if path == "gaussians.means":
-        return {"depth": torch.ones(2), "gaussians": {"means": torch.empty(4, 3, device="meta"), "scales": torch.ones(4)}}
+        return {
+            "depth": torch.ones(2),
+            "gaussians": {"means": torch.empty(4, 3, device="meta"), "scales": torch.ones(4)},
+        }
     if path == "frames[1]":
         return {"frames": [torch.ones(1), torch.empty(1, device="meta")]}
     return torch.empty(1, device="meta")

@@ -9,7 +9,7 @@ import logging
 import sys
 import warnings
 
-warnings.warn("notice-test: a warning at worker start", UserWarning)
+warnings.warn("notice-test: a warning at worker start", UserWarning, stacklevel=1)
 logging.getLogger("notice_test_lib").warning("notice-test: a third-party log record")
 print("notice-test: printed to stdout at worker start")
 print("notice-test: printed to stderr at worker start", file=sys.stderr)
@@ -17,7 +17,9 @@ print("notice-test: printed to stderr at worker start", file=sys.stderr)
 
 def noisy(value: int) -> int:
     """Warn, log and print during a call; return ``value``."""
-    warnings.warn("notice-test: a warning during a call", RuntimeWarning)  # once per place ("default" filter)
+    warnings.warn(
+        "notice-test: a warning during a call", RuntimeWarning, stacklevel=1
+    )  # once per place ("default" filter)
     logging.getLogger("notice_test_lib").warning("notice-test: a third-party log record")  # counted again
     print("notice-test: printed during a call")
     return value

@@ -37,14 +37,15 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from da3_core.contract import ChunkRequest, ChunkResult, ModelSpec, ReconstructRequest, Reconstruction
+from da3_core.contract import ChunkRequest, ChunkResult, ModelSpec, Reconstruction, ReconstructRequest
 
 RENDER_VERSION = 2
 """Bump when rendering changes: cached renders with another version are redone."""
@@ -114,7 +115,7 @@ class OracleOptions:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "OracleOptions":
+    def from_json(cls, d: dict[str, Any]) -> OracleOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         if "scale_range" in kw:
@@ -129,12 +130,23 @@ class OracleOptions:
 # Per scene: the circle the camera walks round (centre x, z; radius), eye and target heights,
 # and how far ahead along the circle it looks (degrees; 180 looks through the centre).
 _PATH_SETUP: dict[str, dict[str, Any]] = {
-    "courtyard": {"center": (0.0, 6.0), "radius": 4.0, "eye_y": 1.6, "target_y": 1.1, "ahead_deg": 100.0,
-                  "start_deg": -90.0},
-    "room": {"center": (0.0, 0.4), "radius": 1.2, "eye_y": 1.5, "target_y": 0.9, "ahead_deg": 70.0,
-             "start_deg": -90.0},
-    "tabletop": {"center": (0.0, 0.0), "radius": 1.6, "eye_y": 1.5, "target_y": 0.78, "ahead_deg": 180.0,
-                 "start_deg": -90.0},
+    "courtyard": {
+        "center": (0.0, 6.0),
+        "radius": 4.0,
+        "eye_y": 1.6,
+        "target_y": 1.1,
+        "ahead_deg": 100.0,
+        "start_deg": -90.0,
+    },
+    "room": {"center": (0.0, 0.4), "radius": 1.2, "eye_y": 1.5, "target_y": 0.9, "ahead_deg": 70.0, "start_deg": -90.0},
+    "tabletop": {
+        "center": (0.0, 0.0),
+        "radius": 1.6,
+        "eye_y": 1.5,
+        "target_y": 0.78,
+        "ahead_deg": 180.0,
+        "start_deg": -90.0,
+    },
 }
 SCENE_NAMES: tuple[str, ...] = tuple(_PATH_SETUP)
 
@@ -157,8 +169,9 @@ def build_scene(name: str) -> Any:
         # The right wall's red is close to the back wall's: recoloured so that places differ.
         right = scene.shapes[3]
         scene.shapes[3] = me.Box(me.bricks("#7f8a4a", "#e0dccb", seed=73), center=right.center, half=right.half)
-        scene.shapes.append(me.Box(me.bricks("#6d7a86", "#d8d4cc", seed=91), center=(0.0, 2.5, -1.0),
-                                   half=(10.5, 2.5, 1.0)))
+        scene.shapes.append(
+            me.Box(me.bricks("#6d7a86", "#d8d4cc", seed=91), center=(0.0, 2.5, -1.0), half=(10.5, 2.5, 1.0))
+        )
     return scene
 
 
@@ -186,13 +199,21 @@ def camera_path(scene: str, path: str, n_frames: int) -> tuple[np.ndarray, np.nd
     cx, cz = cfg["center"]
     ahead = theta + np.radians(cfg["ahead_deg"])
     eyes = np.stack([cx + radius * np.cos(theta), np.full(n_frames, cfg["eye_y"]), cz + radius * np.sin(theta)], axis=1)
-    targets = np.stack([cx + radius * np.cos(ahead), np.full(n_frames, cfg["target_y"]), cz + radius * np.sin(ahead)],
-                       axis=1)
+    targets = np.stack(
+        [cx + radius * np.cos(ahead), np.full(n_frames, cfg["target_y"]), cz + radius * np.sin(ahead)], axis=1
+    )
     return eyes, targets
 
 
-def _render(scene: Any, eyes: np.ndarray, targets: np.ndarray, width: int, height: int, supersample: int,
-            batch_rays: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _render(
+    scene: Any,
+    eyes: np.ndarray,
+    targets: np.ndarray,
+    width: int,
+    height: int,
+    supersample: int,
+    batch_rays: int = 65536,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All views at once through make_examples' ``trace``: (images (N,H,W,3) uint8,
     z-depth (N,H,W) float32 at integer pixel coordinates (inf: no hit), extrinsics
     (N,3,4) float64, K (3,3) float64)."""
@@ -258,13 +279,35 @@ def frame_name(i: int) -> str:
 
 
 def _render_key(scene: str, path: str, n_frames: int, width: int, height: int, supersample: int) -> str:
-    spec = json.dumps([RENDER_VERSION, scene, path, n_frames, width, height, supersample, _PATH_SETUP[scene],
-                       LOOP_REVISIT, LINE_ARC_DEG], sort_keys=True)
+    spec = json.dumps(
+        [
+            RENDER_VERSION,
+            scene,
+            path,
+            n_frames,
+            width,
+            height,
+            supersample,
+            _PATH_SETUP[scene],
+            LOOP_REVISIT,
+            LINE_ARC_DEG,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
-def make_oracle(folder: Path, *, n_frames: int, path: str = "line", width: int = 64, height: int = 48,
-                options: OracleOptions = OracleOptions(), scene: str = "courtyard", supersample: int = 1) -> Path:
+def make_oracle(
+    folder: Path,
+    *,
+    n_frames: int,
+    path: str = "line",
+    width: int = 64,
+    height: int = 48,
+    options: OracleOptions = OracleOptions(),
+    scene: str = "courtyard",
+    supersample: int = 1,
+) -> Path:
     """Render ``n_frames`` along a camera path and save them with the truth under ``folder``.
 
     Writes ``frames/0000.png`` ... (RGB uint8, lossless), ``gt.npz`` (``depth`` (N,H,W)
@@ -300,8 +343,12 @@ def make_oracle(folder: Path, *, n_frames: int, path: str = "line", width: int =
     meta_path = folder / "oracle.json"
     old = _read_meta(folder) if meta_path.exists() else None
     names = [frame_name(i) for i in range(n_frames)]
-    reuse = (old is not None and old.get("render_key") == key and (folder / "gt.npz").exists()
-             and all((folder / "frames" / nm).exists() for nm in names))
+    reuse = (
+        old is not None
+        and old.get("render_key") == key
+        and (folder / "gt.npz").exists()
+        and all((folder / "frames" / nm).exists() for nm in names)
+    )
     render_s = float(old.get("render_seconds", 0.0)) if reuse and old else 0.0
     if not reuse:
         t0 = time.perf_counter()
@@ -388,8 +435,9 @@ def chunk_request(folder: Path | str, frame_ids: Iterable[int], chunk: int, **pa
     ids = [int(i) for i in frame_ids]
     descriptors = params.pop("descriptors", True)
     params.setdefault("device", "cpu")
-    request = ReconstructRequest(images=tuple(frames(folder, ids)), names=tuple(frame_name(i) for i in ids),
-                                 model=oracle_model(folder), **params)
+    request = ReconstructRequest(
+        images=tuple(frames(folder, ids)), names=tuple(frame_name(i) for i in ids), model=oracle_model(folder), **params
+    )
     return ChunkRequest(request=request, chunk=int(chunk), frame_ids=tuple(ids), descriptors=descriptors)
 
 
@@ -526,10 +574,15 @@ def simulate_chunk(chunk: ChunkRequest, progress: Callable[[str, float, str], No
         # Runs save their frames as JPEG q95 and chunks read them back: a few levels of
         # difference are the codec's; a different frame differs by far more.
         if img.shape != ref.shape or np.abs(img.astype(np.int16) - ref.astype(np.int16)).mean() > JPEG_TOLERANCE:
-            what = f"shape {img.shape} vs {ref.shape}" if img.shape != ref.shape else \
-                f"mean difference {np.abs(img.astype(np.int16) - ref.astype(np.int16)).mean():.1f} levels"
-            raise ValueError(f"oracle: image {pos} ({chunk.request.names[pos]}) does not match saved frame {i} "
-                             f"({frame_name(i)}) of the oracle at {folder}: {what}")
+            what = (
+                f"shape {img.shape} vs {ref.shape}"
+                if img.shape != ref.shape
+                else f"mean difference {np.abs(img.astype(np.int16) - ref.astype(np.int16)).mean():.1f} levels"
+            )
+            raise ValueError(
+                f"oracle: image {pos} ({chunk.request.names[pos]}) does not match saved frame {i} "
+                f"({frame_name(i)}) of the oracle at {folder}: {what}"
+            )
     report("oracle: inference", 0.3, f"{len(ids)} frames")
     if options.delay_s > 0:
         import time as _time
@@ -566,16 +619,31 @@ def simulate_chunk(chunk: ChunkRequest, progress: Callable[[str, float, str], No
     report("oracle: done", 1.0, "")
     elapsed = time.perf_counter() - t_start
     rec = Reconstruction(
-        depth=depth.astype(np.float32), conf=conf.astype(np.float32), extrinsics=ext.astype(np.float32),
-        intrinsics=gt["intrinsics"][list(ids)].astype(np.float32), images=images,
-        sky=None if hit.all() else ~hit, is_metric=False, scale_factor=None, gaussians=None,
-        names=chunk.request.names, model=chunk.request.model, preset="oracle", device="cpu",
+        depth=depth.astype(np.float32),
+        conf=conf.astype(np.float32),
+        extrinsics=ext.astype(np.float32),
+        intrinsics=gt["intrinsics"][list(ids)].astype(np.float32),
+        images=images,
+        sky=None if hit.all() else ~hit,
+        is_metric=False,
+        scale_factor=None,
+        gaussians=None,
+        names=chunk.request.names,
+        model=chunk.request.model,
+        preset="oracle",
+        device="cpu",
         timings={"inference": elapsed, "total": elapsed},
         params={
-            "process_res": chunk.request.process_res, "process_res_method": chunk.request.process_res_method,
-            "ref_view_strategy": chunk.request.ref_view_strategy, "device": "cpu", "cameras": "estimated",
-            "chunk": chunk.chunk, "oracle": True, "oracle_scale": truth["scale"],
-            "oracle_sim3": truth["sim3"].tolist(), "oracle_view_sim3": truth["view_sim3"].tolist(),
+            "process_res": chunk.request.process_res,
+            "process_res_method": chunk.request.process_res_method,
+            "ref_view_strategy": chunk.request.ref_view_strategy,
+            "device": "cpu",
+            "cameras": "estimated",
+            "chunk": chunk.chunk,
+            "oracle": True,
+            "oracle_scale": truth["scale"],
+            "oracle_sim3": truth["sim3"].tolist(),
+            "oracle_view_sim3": truth["view_sim3"].tolist(),
             "oracle_options": options.to_json(),
         },
     )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +39,11 @@ def stock_autocast_off() -> Iterator[None]:
         kwargs["enabled"] = False
         return real(*args, **kwargs)
 
-    torch.autocast = disabled  # type: ignore[assignment,misc]
+    torch.autocast = disabled  # type: ignore[assignment,misc]  # swapped on purpose (see above)
     try:
         yield
     finally:
-        torch.autocast = real  # type: ignore[misc]
+        torch.autocast = real  # type: ignore[misc]  # put back
 
 
 @contextlib.contextmanager
@@ -125,8 +126,11 @@ def stock(request: ReconstructRequest, demo_root: str, mode: str = "fp32") -> di
     ctx = stock_autocast_off() if mode == "fp32" else contextlib.nullcontext()
     cams = {}
     if request.extrinsics is not None:
-        cams = {"extrinsics": np.array(request.extrinsics[order]), "intrinsics": np.array(request.intrinsics[order]),
-                "align_to_input_ext_scale": request.align_to_input_ext_scale}
+        cams = {
+            "extrinsics": np.array(request.extrinsics[order]),
+            "intrinsics": np.array(request.intrinsics[order]),
+            "align_to_input_ext_scale": request.align_to_input_ext_scale,
+        }
     chosen: list[int] = []
     with ctx, record_reference_view(chosen), seeded(request.use_ray_pose):
         pred = model.inference(

@@ -12,12 +12,14 @@ import time
 
 import numpy as np
 
-from da3_core.contract import ModelUnavailableError, ReconstructRequest, Reconstruction
+from da3_core.contract import ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.runner import gpu
 
 
 @gpu(duration=30)
-def fake_reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, *args: object) -> Reconstruction:
+def fake_reconstruct(
+    request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, *args: object
+) -> Reconstruction:
     from da3_core.runner.context import check_cancelled, report_progress
 
     first = request.names[0]
@@ -33,19 +35,38 @@ def fake_reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: i
     report_progress("inference", 0.5)
     n = request.n_frames
     h, w = 28, 42
-    images = np.stack([np.asarray(img[:h, :w]) if img.shape[0] >= h and img.shape[1] >= w else np.zeros((h, w, 3), np.uint8)
-                       for img in request.images])
+    images = np.stack(
+        [
+            np.asarray(img[:h, :w]) if img.shape[0] >= h and img.shape[1] >= w else np.zeros((h, w, 3), np.uint8)
+            for img in request.images
+        ]
+    )
     depth = np.ones((n, h, w), np.float32) + np.arange(n, dtype=np.float32)[:, None, None]
     ext = np.tile(np.eye(4, dtype=np.float32)[:3], (n, 1, 1))
     k = np.tile(np.array([[40, 0, w / 2], [0, 40, h / 2], [0, 0, 1]], np.float32), (n, 1, 1))
-    return Reconstruction(depth=depth, conf=np.full((n, h, w), 2.0, np.float32), extrinsics=ext, intrinsics=k,
-                          images=images, sky=None, is_metric=False, scale_factor=None, gaussians=None,
-                          names=request.names, model=request.model, preset="da3-small", device="cpu",
-                          timings={"total": 0.01}, params={"process_res": request.process_res})
+    return Reconstruction(
+        depth=depth,
+        conf=np.full((n, h, w), 2.0, np.float32),
+        extrinsics=ext,
+        intrinsics=k,
+        images=images,
+        sky=None,
+        is_metric=False,
+        scale_factor=None,
+        gaussians=None,
+        names=request.names,
+        model=request.model,
+        preset="da3-small",
+        device="cpu",
+        timings={"total": 0.01},
+        params={"process_res": request.process_res},
+    )
 
 
 @gpu(duration=30)
-def sized_reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, *args: object) -> Reconstruction:
+def sized_reconstruct(
+    request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, *args: object
+) -> Reconstruction:
     """`fake_reconstruct`'s sibling whose result has the size DA3's would: each frame at
     ``process_res`` (long side, sides multiples of 14), with depth and confidence, so a test
     of the server's memory holds what a real run makes it hold (a few MB a run)."""
@@ -62,7 +83,20 @@ def sized_reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: 
     ext = np.tile(np.eye(4, dtype=np.float32)[:3], (n, 1, 1))
     ext[:, 0, 3] = np.arange(n, dtype=np.float32) * 0.1
     k = np.tile(np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float32), (n, 1, 1))
-    return Reconstruction(depth=depth, conf=np.full((n, h, w), 2.0, np.float32), extrinsics=ext, intrinsics=k,
-                          images=images, sky=None, is_metric=False, scale_factor=None, gaussians=None,
-                          names=request.names, model=request.model, preset="da3-small", device="cpu",
-                          timings={"total": 0.01}, params={"process_res": request.process_res})
+    return Reconstruction(
+        depth=depth,
+        conf=np.full((n, h, w), 2.0, np.float32),
+        extrinsics=ext,
+        intrinsics=k,
+        images=images,
+        sky=None,
+        is_metric=False,
+        scale_factor=None,
+        gaussians=None,
+        names=request.names,
+        model=request.model,
+        preset="da3-small",
+        device="cpu",
+        timings={"total": 0.01},
+        params={"process_res": request.process_res},
+    )

@@ -53,26 +53,38 @@ def alignment_mode(options: dict[str, Any], meta0: dict[str, Any]) -> str:
 # -- pairwise alignment ----------------------------------------------------------------------
 
 
-def _views(run_dir: Path, k: int, frames: list[int], loop: bool = False) -> tuple[np.ndarray, ...]:
-    """depth, conf, extrinsics, intrinsics of chunk ``k``'s copies of run frames ``frames``."""
+def _views(
+    run_dir: Path, k: int, frames: list[int], loop: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """depth, conf (None when the chunk has none), extrinsics, intrinsics of chunk ``k``'s
+    copies of run frames ``frames``."""
     meta = store.chunk_meta(run_dir, k, loop)
     index = {f: i for i, f in enumerate(meta["frame_ids"])}
     rows = [index[f] for f in frames]
-    take = {}
-    for name in ("depth", "conf", "extrinsics", "intrinsics"):
-        a = store.chunk_array(run_dir, k, name, loop)
-        take[name] = None if a is None else np.asarray(a[rows])
-    return take["depth"], take["conf"], take["extrinsics"], take["intrinsics"]
+    conf = store.chunk_array(run_dir, k, "conf", loop)
+    return (
+        np.asarray(store.required_chunk_array(run_dir, k, "depth", loop)[rows]),
+        None if conf is None else np.asarray(conf[rows]),
+        np.asarray(store.required_chunk_array(run_dir, k, "extrinsics", loop)[rows]),
+        np.asarray(store.required_chunk_array(run_dir, k, "intrinsics", loop)[rows]),
+    )
 
 
-def fit(run_dir: Path, a: tuple[int, bool], b: tuple[int, bool], frames: list[int], with_scale: bool) -> tuple[Sim3, dict[str, Any]]:
+def fit(
+    run_dir: Path, a: tuple[int, bool], b: tuple[int, bool], frames: list[int], with_scale: bool
+) -> tuple[Sim3, dict[str, Any]]:
     """The Sim(3) mapping chunk ``b``'s frame into chunk ``a``'s, fitted on ``frames`` (run
     frame indices both hold). ``a``/``b``: (index, is_loop_chunk)."""
     da, ca, ea, ia = _views(run_dir, a[0], frames, a[1])
     db, cb, eb, ib = _views(run_dir, b[0], frames, b[1])
     sim, info = align_overlap(da, ca, ea, ia, db, cb, eb, ib, with_scale=with_scale, max_pairs=MAX_PAIRS, seed=0)
-    return sim, {"frames": [int(f) for f in frames], "n_pairs": info.n_pairs, "rmse": info.rmse,
-                 "inlier_fraction": info.inlier_fraction, "iterations": info.iterations}
+    return sim, {
+        "frames": [int(f) for f in frames],
+        "n_pairs": info.n_pairs,
+        "rmse": info.rmse,
+        "inlier_fraction": info.inlier_fraction,
+        "iterations": info.iterations,
+    }
 
 
 def _align_path(run_dir: Path, k: int) -> Path:
@@ -106,11 +118,11 @@ def _resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return a[:, rows][:, :, cols]
 
 
-def _open_result(run_dir: Path, plan: ChunkPlan, state: dict[str, Any]) -> dict[str, np.ndarray]:
+def _open_result(run_dir: Path, plan: ChunkPlan, state: dict[str, Any]) -> dict[str, np.memmap]:
     """The result's arrays opened for writing (created from chunk 0's shapes on first use)."""
     folder = store.result_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    out = {}
+    out: dict[str, np.memmap] = {}
     n = plan.n_frames
     for name in store.FIELDS:
         path = folder / f"{name}.npy"
@@ -127,13 +139,13 @@ def _open_result(run_dir: Path, plan: ChunkPlan, state: dict[str, Any]) -> dict[
     return out
 
 
-def write_chunk_frames(run_dir: Path, plan: ChunkPlan, k: int, sim: Sim3, arrays: dict[str, np.ndarray]) -> None:
+def write_chunk_frames(run_dir: Path, plan: ChunkPlan, k: int, sim: Sim3, arrays: dict[str, np.memmap]) -> None:
     """Write the frames chunk ``k`` owns (`ChunkPlan.owned`) into the result, mapped by ``sim``."""
     first, end = plan.owned(k)
     meta = store.chunk_meta(run_dir, k)
     rows = [meta["frame_ids"].index(f) for f in range(first, end)]
-    hw = tuple(arrays["depth"].shape[1:3])
-    depth = np.asarray(store.chunk_array(run_dir, k, "depth")[rows], dtype=np.float32)  # type: ignore[index]
+    hw = (int(arrays["depth"].shape[1]), int(arrays["depth"].shape[2]))
+    depth = np.asarray(store.required_chunk_array(run_dir, k, "depth")[rows], dtype=np.float32)
     own_hw = depth.shape[1:3]
     scale_xy = (hw[1] / own_hw[1], hw[0] / own_hw[0])
     ext = store.chunk_array(run_dir, k, "extrinsics")
@@ -153,14 +165,14 @@ def write_chunk_frames(run_dir: Path, plan: ChunkPlan, k: int, sim: Sim3, arrays
             a = np.asarray(source[rows])
             arrays[name][first:end] = _resize_nearest(a, hw) if own_hw != hw else a
     if "intrinsics" in arrays:
-        ixt = np.array(store.chunk_array(run_dir, k, "intrinsics")[rows], dtype=np.float32)  # type: ignore[index]
+        ixt = np.array(store.required_chunk_array(run_dir, k, "intrinsics")[rows], dtype=np.float32)
         if own_hw != hw:
             ixt[:, 0] *= scale_xy[0]
             ixt[:, 1] *= scale_xy[1]
         arrays["intrinsics"][first:end] = ixt
 
 
-def _flush(arrays: dict[str, np.ndarray]) -> None:
+def _flush(arrays: dict[str, np.memmap]) -> None:
     for a in arrays.values():
         a.flush()
 
@@ -181,7 +193,7 @@ def advance(run_dir: str | Path) -> dict[str, Any]:
     meta0 = store.chunk_meta(run_dir, 0)
     mode = alignment_mode(options, meta0)
     written: dict[str, Any] = dict(state.get("written") or {})
-    arrays: dict[str, np.ndarray] | None = None
+    arrays: dict[str, np.memmap] | None = None
     sim = Sim3.identity()
     ready = 0
     t0 = time.perf_counter()
@@ -197,11 +209,19 @@ def advance(run_dir: str | Path) -> dict[str, Any]:
         ready = plan.owned(k)[1]
     if arrays is not None:
         _flush(arrays)
-    state.update({
-        "n_frames": plan.n_frames, "frames_ready": ready, "written": written, "mode": mode,
-        "is_metric": bool(meta0.get("is_metric")), "scale_factor": meta0.get("scale_factor"),
-        "preset": meta0.get("preset", ""), "device": meta0.get("device", ""), "final": False,
-    })
+    state.update(
+        {
+            "n_frames": plan.n_frames,
+            "frames_ready": ready,
+            "written": written,
+            "mode": mode,
+            "is_metric": bool(meta0.get("is_metric")),
+            "scale_factor": meta0.get("scale_factor"),
+            "preset": meta0.get("preset", ""),
+            "device": meta0.get("device", ""),
+            "final": False,
+        }
+    )
     store.write_json(store.result_dir(run_dir) / store.STATE_FILE, state)
     log.debug("run %s: %d frame(s) assembled in %.2f s", run_dir.name, ready, time.perf_counter() - t0)
     return state
@@ -250,8 +270,17 @@ def loop_frames(run_dir: str | Path, threshold: float = 0.85, max_loops: int = 8
     out = []
     for i, j, score in found:
         a, b = int(chunk_of[i]), int(chunk_of[j])
-        out.append({"i": int(i), "j": int(j), "score": float(score), "chunk_i": a, "chunk_j": b,
-                    "frames_i": _window(plan, a, int(i)), "frames_j": _window(plan, b, int(j))})
+        out.append(
+            {
+                "i": int(i),
+                "j": int(j),
+                "score": float(score),
+                "chunk_i": a,
+                "chunk_j": b,
+                "frames_i": _window(plan, a, int(i)),
+                "frames_j": _window(plan, b, int(j)),
+            }
+        )
     return out
 
 
@@ -297,8 +326,10 @@ def close_loops(run_dir: str | Path, loops: list[dict[str, Any]]) -> dict[str, A
 
 
 def _plain(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if isinstance(v, (np.floating, float)) else int(v) if isinstance(v, (np.integer, int)) else v)
-            for k, v in info.items()}
+    return {
+        k: (float(v) if isinstance(v, (np.floating, float)) else int(v) if isinstance(v, (np.integer, int)) else v)
+        for k, v in info.items()
+    }
 
 
 def finalize(run_dir: str | Path) -> dict[str, Any]:
@@ -309,7 +340,9 @@ def finalize(run_dir: str | Path) -> dict[str, Any]:
     state = advance(run_dir)
     plan, _ = store.read_plan(run_dir)
     if int(state.get("frames_ready", 0)) != plan.n_frames:
-        raise RuntimeError(f"run {run_dir.name}: only {state.get('frames_ready', 0)} of {plan.n_frames} frames are assembled")
+        raise RuntimeError(
+            f"run {run_dir.name}: only {state.get('frames_ready', 0)} of {plan.n_frames} frames are assembled"
+        )
     graph_path = store.chunks_dir(run_dir) / GRAPH_FILE
     if graph_path.is_file():
         transforms = [Sim3.from_json(t) for t in store.read_json(graph_path)["transforms"]]
@@ -350,5 +383,7 @@ def depth_video(run_dir: str | Path, fps: float = 10.0) -> dict[str, Any]:
     out = runs.exports_dir(run_dir)
     video = dv.write_depth_video(depth, out / DEPTH_VIDEO, fps=fps, lo=lo, hi=hi, unit=unit, names=list(meta.names))
     pngs = dv.write_depth_png_sequence(depth, out / DEPTH_PNGS, names=list(meta.names), unit=unit, lo=lo, hi=hi)
-    return {"video": {k: (str(v) if isinstance(v, Path) else v) for k, v in video.items()},
-            "pngs": {k: (str(v) if isinstance(v, Path) else v) for k, v in pngs.items()}}
+    return {
+        "video": {k: (str(v) if isinstance(v, Path) else v) for k, v in video.items()},
+        "pngs": {k: (str(v) if isinstance(v, Path) else v) for k, v in pngs.items()},
+    }

@@ -8,8 +8,9 @@ to end at frame N, so every chunk has C frames and every overlap at least O.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 MAX_CHUNK = 120
 """DA3-Streaming's chunk size (its overlap is 60): larger chunks add little to the alignment."""
@@ -69,8 +70,12 @@ class ChunkPlan:
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> ChunkPlan:
-        return ChunkPlan(int(data["n_frames"]), int(data["chunk"]), int(data["overlap"]),
-                         tuple((int(s), int(e)) for s, e in data["spans"]))
+        return ChunkPlan(
+            int(data["n_frames"]),
+            int(data["chunk"]),
+            int(data["overlap"]),
+            tuple((int(s), int(e)) for s, e in data["spans"]),
+        )
 
 
 def plan_chunks(n_frames: int, chunk: int, overlap: int) -> ChunkPlan:

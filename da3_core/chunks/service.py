@@ -24,8 +24,9 @@ import multiprocessing
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,7 +34,7 @@ from PIL import Image
 from da3_core import runs
 from da3_core.chunks import store
 from da3_core.chunks.plan import ChunkPlan
-from da3_core.contract import ChunkRequest, ModelSpec, ReconstructRequest
+from da3_core.contract import ChunkRequest, ReconstructRequest
 from da3_core.logs import one_line
 from da3_core.runner import Job, Progress, Queued
 from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
@@ -105,8 +106,16 @@ class ChunkedRun:
         outcome: Set when the run ended (a `da3_core.run_service.RunOutcome`).
     """
 
-    def __init__(self, service: Any, run_dir: Path, meta: runs.RunMeta, plan: ChunkPlan, options: dict[str, Any],
-                 task: Any, on_end: Callable[[ChunkedRun], None]) -> None:
+    def __init__(
+        self,
+        service: Any,
+        run_dir: Path,
+        meta: runs.RunMeta,
+        plan: ChunkPlan,
+        options: dict[str, Any],
+        task: Any,
+        on_end: Callable[[ChunkedRun], None],
+    ) -> None:
         self.service = service
         self.run_dir = Path(run_dir)
         self.meta = meta
@@ -204,9 +213,12 @@ class ChunkedRun:
             return f"Queued (position {self.position}) · {n} frames in {self.plan.n_chunks} chunks · waiting {self.elapsed_s:.0f} s"
         eta = self.eta_s()
         current = min(self.plan.n_chunks, self.chunks_done + 1)
-        parts = [f"{self.stage}" if self.stage.startswith(("closing", "writing", "assembling")) else
-                 f"Running chunk {current} of {self.plan.n_chunks}",
-                 f"{self.frames_ready} of {n} frames ready"]
+        parts = [
+            f"{self.stage}"
+            if self.stage.startswith(("closing", "writing", "assembling"))
+            else f"Running chunk {current} of {self.plan.n_chunks}",
+            f"{self.frames_ready} of {n} frames ready",
+        ]
         if eta is not None and self.chunks_done < self.plan.n_chunks:
             parts.append(f"ETA {_duration(eta)}")
         parts.append(f"{self.elapsed_s:.0f} s")
@@ -230,7 +242,7 @@ class ChunkedRun:
         request = ReconstructRequest(
             images=self._frames(ids),
             names=tuple(self.meta.names[i] for i in ids),
-            model=ModelSpec(self.meta.model_kind, self.meta.model_ref),  # type: ignore[arg-type]
+            model=self.meta.model,
             process_res=int(p["process_res"]),
             process_res_method=str(p.get("process_res_method", "upper_bound_resize")),
             ref_view_strategy=str(p.get("ref_view_strategy", "saddle_balanced")),
@@ -245,8 +257,13 @@ class ChunkedRun:
 
     def _submit(self, ids: list[int], chunk: int) -> Job:
         s = self.service.settings
-        job = self.task.submit(self._request(ids, chunk), str(s.demo_weights_dir), s.cpu_threads, s.cpu_precision,
-                               runner=self.service.runner)
+        job = self.task.submit(
+            self._request(ids, chunk),
+            str(s.demo_weights_dir),
+            s.cpu_threads,
+            s.cpu_precision,
+            runner=self.service.runner,
+        )
         return job
 
     def _run_chunks(self, todo: list[tuple[int, list[int], bool]]) -> None:
@@ -265,7 +282,11 @@ class ChunkedRun:
                 with self._lock:
                     self._inflight[k] = job
                 inflight_start[k] = time.monotonic()
-                job.add_done_callback(lambda _j, k=k: landed.put(k))
+
+                def on_done(_job: Job, k: int = k) -> None:  # k bound now, not at call time
+                    landed.put(k)
+
+                job.add_done_callback(on_done)
             try:
                 k = landed.get(timeout=0.2)
             except queue.Empty:
@@ -300,10 +321,18 @@ class ChunkedRun:
 
         try:
             self.stage = "running"
-            todo = [(k, list(range(s, e)), False) for k, (s, e) in enumerate(self.plan.spans)
-                    if not store.chunk_done(self.run_dir, k)]
+            todo = [
+                (k, list(range(s, e)), False)
+                for k, (s, e) in enumerate(self.plan.spans)
+                if not store.chunk_done(self.run_dir, k)
+            ]
             if self.resumed_from:
-                log.info("run %s resumed: %d of %d chunk(s) already saved", self.run_id, self.resumed_from, self.plan.n_chunks)
+                log.info(
+                    "run %s resumed: %d of %d chunk(s) already saved",
+                    self.run_id,
+                    self.resumed_from,
+                    self.plan.n_chunks,
+                )
                 self._assemble_soon()
             self._run_chunks(todo)
             self._check_cancel()
@@ -316,8 +345,11 @@ class ChunkedRun:
                 loops = self.service.assembler.call("loop_frames", str(self.run_dir))
                 self._check_cancel()
                 self.loops_found = len(loops)
-                todo = [(n, loop["frames_i"] + loop["frames_j"], True) for n, loop in enumerate(loops)
-                        if not store.chunk_done(self.run_dir, n, loop=True)]
+                todo = [
+                    (n, loop["frames_i"] + loop["frames_j"], True)
+                    for n, loop in enumerate(loops)
+                    if not store.chunk_done(self.run_dir, n, loop=True)
+                ]
                 if todo:
                     self.stage = f"closing loops: {len(loops)} loop chunk(s)"
                     self._run_chunks(todo)
@@ -334,15 +366,26 @@ class ChunkedRun:
                 try:
                     self.service.assembler.call("depth_video", str(self.run_dir), fps)
                 except Exception as exc:  # noqa: BLE001 - the run's result stands without its video
-                    log.warning("run %s: the depth video could not be written: %s", self.run_id, one_line(f"{type(exc).__name__}: {exc}"))
+                    log.warning(
+                        "run %s: the depth video could not be written: %s",
+                        self.run_id,
+                        one_line(f"{type(exc).__name__}: {exc}"),
+                    )
                     self.options["depth_video_error"] = f"{type(exc).__name__}: {exc}"
                 self._check_cancel()
             self.meta = runs.finish_chunked(self.run_dir, self.meta, self._summary())
             self.frames_ready = self.plan.n_frames
             self.fraction = 1.0
             self.finished_at = time.monotonic()
-            log.info("run %s done in %.1f s (%d frame(s) in %d chunk(s), %d computed here, %d loop(s))", self.run_id,
-                     self.elapsed_s, self.plan.n_frames, self.plan.n_chunks, len([c for c in self.computed if c >= 0]), self.loops_found)
+            log.info(
+                "run %s done in %.1f s (%d frame(s) in %d chunk(s), %d computed here, %d loop(s))",
+                self.run_id,
+                self.elapsed_s,
+                self.plan.n_frames,
+                self.plan.n_chunks,
+                len([c for c in self.computed if c >= 0]),
+                self.loops_found,
+            )
             self.outcome = RunOutcome("done")
         except (ChunkedRunCancelled, TaskCancelledError) as exc:
             self._stop_all()
@@ -351,8 +394,15 @@ class ChunkedRun:
             self._stop_all()
             kind = getattr(exc, "type_name", type(exc).__name__)
             message = exc.message if isinstance(exc, TaskError) else str(exc)
-            self._end(RunOutcome("failed", f"{kind}: {message} ({self._resume_hint()})",
-                                 kind == "ModelUnavailableError", getattr(exc, "remote_traceback", "")), exc)
+            self._end(
+                RunOutcome(
+                    "failed",
+                    f"{kind}: {message} ({self._resume_hint()})",
+                    kind == "ModelUnavailableError",
+                    getattr(exc, "remote_traceback", ""),
+                ),
+                exc,
+            )
         except BaseException as exc:  # noqa: BLE001 - whatever happens, the run must not stay pending
             self._stop_all()
             log.debug("traceback", exc_info=True)
@@ -377,13 +427,21 @@ class ChunkedRun:
             job.cancel()
 
     def _end(self, outcome: Any, exc: BaseException) -> None:
-        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "run %s %s after %.1f s: %s",
-                self.run_id, outcome.status, self.elapsed_s, one_line(outcome.message))
+        log.log(
+            logging.WARNING if outcome.status == "failed" else logging.INFO,
+            "run %s %s after %.1f s: %s",
+            self.run_id,
+            outcome.status,
+            self.elapsed_s,
+            one_line(outcome.message),
+        )
         try:
             from dataclasses import replace
 
             spent = {**self.meta.timings, "attempts_s": self.earlier_s + self.elapsed_s}
-            self.meta = runs.fail_run(self.run_dir, replace(self.meta, timings=spent), outcome.message, status=outcome.status)
+            self.meta = runs.fail_run(
+                self.run_dir, replace(self.meta, timings=spent), outcome.message, status=outcome.status
+            )
         except Exception as write_exc:  # noqa: BLE001 - the page still learns the outcome from memory
             log.error("run %s: could not write its %s status: %s", self.run_id, outcome.status, write_exc)
         self.finished_at = time.monotonic()
@@ -400,9 +458,16 @@ class ChunkedRun:
             "scale_factor": state.get("scale_factor"),
             # The time of every attempt: a resumed run adds what the earlier ones took.
             "timings": {"total": self.earlier_s + self.elapsed_s, "this_attempt": self.elapsed_s},
-            "chunked": {**self.options, "chunks": self.plan.n_chunks, "chunk": self.plan.chunk, "overlap": self.plan.overlap,
-                        "alignment": state.get("mode", ""), "loops_closed": loops, "computed_here": len([c for c in self.computed if c >= 0]),
-                        "resumed_from": self.resumed_from},
+            "chunked": {
+                **self.options,
+                "chunks": self.plan.n_chunks,
+                "chunk": self.plan.chunk,
+                "overlap": self.plan.overlap,
+                "alignment": state.get("mode", ""),
+                "loops_closed": loops,
+                "computed_here": len([c for c in self.computed if c >= 0]),
+                "resumed_from": self.resumed_from,
+            },
         }
 
 

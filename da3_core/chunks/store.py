@@ -150,6 +150,14 @@ def chunk_array(run_dir: Path, k: int, name: str, loop: bool = False, mmap: bool
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
+def required_chunk_array(run_dir: Path, k: int, name: str, loop: bool = False) -> np.ndarray:
+    """`chunk_array` of an array the chunk must have (e.g. depth); FileNotFoundError if it has none."""
+    a = chunk_array(run_dir, k, name, loop)
+    if a is None:
+        raise FileNotFoundError(f"chunk {k} of run {Path(run_dir).name} has no {name}.npy")
+    return a
+
+
 def loop_chunks(run_dir: Path) -> list[int]:
     """Indices of the saved loop-closure chunks."""
     out = []
@@ -176,8 +184,15 @@ def frames_ready(run_dir: Path) -> int:
     return int(read_state(run_dir).get("frames_ready", 0))
 
 
-def load_result(run_dir: Path, names: list[str], model: ModelSpec, *, params: dict[str, Any] | None = None,
-                timings: dict[str, float] | None = None, ready_only: bool = True) -> Reconstruction:
+def load_result(
+    run_dir: Path,
+    names: list[str],
+    model: ModelSpec,
+    *,
+    params: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+    ready_only: bool = True,
+) -> Reconstruction:
     """The assembled run as a `Reconstruction` whose arrays are read-only memory maps.
 
     Args:
@@ -200,14 +215,17 @@ def load_result(run_dir: Path, names: list[str], model: ModelSpec, *, params: di
     for name in FIELDS:
         path = folder / f"{name}.npy"
         arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)[:n] if path.is_file() else None
+    depth, images = arrays["depth"], arrays["images"]
+    if depth is None or images is None:  # written with the first frames, before the state says so
+        raise FileNotFoundError(f"run {Path(run_dir).name}'s result has no depth or images")
     run_params = dict(params or {})
     run_params["chunked_frames_ready"] = n
     return Reconstruction(
-        depth=arrays["depth"],  # type: ignore[arg-type]
+        depth=depth,
         conf=arrays["conf"],
         extrinsics=arrays["extrinsics"],
         intrinsics=arrays["intrinsics"],
-        images=arrays["images"],  # type: ignore[arg-type]
+        images=images,
         sky=arrays["sky"],
         is_metric=bool(state.get("is_metric", False)),
         scale_factor=state.get("scale_factor"),

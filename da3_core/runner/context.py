@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 
 class CancelledInWorker(Exception):
     """Raised inside a task at a checkpoint after its caller cancelled it."""
+
+
+class CancelFlag(Protocol):
+    """What a call's checkpoints read: a `threading.Event`, or the actor's `CallFlag`."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass
@@ -32,8 +39,8 @@ class CallContext:
     """
 
     call_id: int
-    send_progress: Callable[[str, "float | None", str], None]
-    cancelled: threading.Event
+    send_progress: Callable[[str, float | None, str], None]
+    cancelled: CancelFlag
 
 
 _local = threading.local()

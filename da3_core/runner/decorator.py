@@ -10,8 +10,8 @@ import datetime as _dt
 import functools
 import inspect
 import threading
-from typing import Any, Callable, Generic, ParamSpec, TypeVar, Union, overload
-
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from da3_core.runner.dispatcher import Runner
 from da3_core.runner.jobs import Event, Job, wait_for
@@ -20,7 +20,7 @@ from da3_core.runner.taskpath import resolve_task_path
 P = ParamSpec("P")
 R = TypeVar("R")
 
-Duration = Union[int, float, _dt.timedelta, Callable[..., Union[int, float, _dt.timedelta]]]
+Duration = int | float | _dt.timedelta | Callable[..., int | float | _dt.timedelta]
 
 _default_runner: Runner | None = None
 _default_factory: Callable[[], Runner] = Runner
@@ -57,7 +57,9 @@ class GPUFunction(Generic[P, R]):
 
     def __init__(self, func: Callable[P, R], duration: Duration) -> None:
         if "<locals>" in func.__qualname__ or func.__name__ == "<lambda>":
-            raise TypeError(f"@gpu needs a module-level function (the worker imports it by name); {func.__qualname__} is not")
+            raise TypeError(
+                f"@gpu needs a module-level function (the worker imports it by name); {func.__qualname__} is not"
+            )
         functools.update_wrapper(self, func)
         self.__gpu_wrapped__ = func
         self.task = f"{func.__module__}:{func.__qualname__}"
@@ -74,14 +76,16 @@ class GPUFunction(Generic[P, R]):
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Queue the call and return its `Job`. ``runner=`` (keyword) picks the runner
         (default: `default_runner`)."""
-        runner: Runner | None = kwargs.pop("runner", None)  # type: ignore[assignment]
+        runner: Runner | None = kwargs.pop("runner", None)  # type: ignore[assignment]  # rides in P.kwargs: ParamSpec cannot declare it
         runner = runner or default_runner()
-        return runner.submit(self.task, args, kwargs, duration=self.budget_s(*args, **kwargs), signature=self._signature)
+        return runner.submit(
+            self.task, args, kwargs, duration=self.budget_s(*args, **kwargs), signature=self._signature
+        )
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run and wait. ``runner=`` picks the runner, ``on_event=`` receives the call's
         events; the call is cancelled if the wait is interrupted."""
-        on_event: Callable[[Event], None] | None = kwargs.pop("on_event", None)  # type: ignore[assignment]
+        on_event: Callable[[Event], None] | None = kwargs.pop("on_event", None)  # type: ignore[assignment]  # as runner= in submit
         return wait_for(self.submit(*args, **kwargs), on_event)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -55,7 +55,10 @@ def visible_gpus(timeout_s: float = 10.0) -> list[GPU]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=timeout_s, check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("nvidia-smi failed (%s); assuming no GPU", exc)
@@ -73,7 +76,11 @@ def visible_gpus(timeout_s: float = 10.0) -> list[GPU]:
     chosen = []
     for entry in (e.strip() for e in visible.split(",")):
         # An index, or a UUID or its unique prefix (as CUDA reads the variable).
-        match = [g for g in found if entry and (g.visible_id == entry or (entry.startswith("GPU-") and g.uuid.startswith(entry)))]
+        match = [
+            g
+            for g in found
+            if entry and (g.visible_id == entry or (entry.startswith("GPU-") and g.uuid.startswith(entry)))
+        ]
         if len(match) != 1:
             break  # CUDA ignores everything from the first entry it cannot read
         chosen.append(GPU(entry, match[0].name, match[0].memory_mb, match[0].uuid))
@@ -116,7 +123,11 @@ def plan_workers(setting: str | int, gpus: list[GPU]) -> list[WorkerPlan]:
     for i in range(count):
         if gpus:
             gpu = gpus[i % len(gpus)]
-            plans.append(WorkerPlan(f"worker {i + 1}", f"GPU {gpu.visible_id} · {gpu.name}", {"CUDA_VISIBLE_DEVICES": gpu.visible_id}))
+            plans.append(
+                WorkerPlan(
+                    f"worker {i + 1}", f"GPU {gpu.visible_id} · {gpu.name}", {"CUDA_VISIBLE_DEVICES": gpu.visible_id}
+                )
+            )
         else:
             plans.append(WorkerPlan(f"worker {i + 1}", "CPU", {}))
     return plans

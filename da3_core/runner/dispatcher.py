@@ -27,14 +27,22 @@ import pickle
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from da3_core.runner import shm
 from da3_core.runner.backends.base import CallPolicy, Slot, WorkerStatus
 from da3_core.runner.jobs import Event, Job, Queued, cancelled_before_start, wait_for
 from da3_core.runner.logsetup import LogSetup
-from da3_core.runner.protocol import ArgumentNotPicklableError, GPUError, Packed, RunnerClosedError, TaskCancelledError, TaskError
+from da3_core.runner.protocol import (
+    ArgumentNotPicklableError,
+    GPUError,
+    Packed,
+    RunnerClosedError,
+    TaskCancelledError,
+    TaskError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +95,7 @@ class RunnerStatus:
     running: int = 0
 
 
-_RUNNERS: "weakref.WeakSet[Runner]" = weakref.WeakSet()
+_RUNNERS: weakref.WeakSet[Runner] = weakref.WeakSet()
 
 
 @atexit.register
@@ -138,25 +146,37 @@ class Runner:
         self.isolation = isolation
         self.preload = tuple(preload)
         self.name = name
-        self.policy = CallPolicy(cancel_grace_s=cancel_grace_s, abandon_after_s=abandon_after_s, start_timeout_s=start_timeout_s)
+        self.policy = CallPolicy(
+            cancel_grace_s=cancel_grace_s, abandon_after_s=abandon_after_s, start_timeout_s=start_timeout_s
+        )
         self._shared_args = isolation == "isolated"
         if isolation == "isolated":
             shm.sweep_orphans()  # segments of an earlier server that died
         log_setup = log_setup or LogSetup.of_caller()
-        self.slots: list[Slot] = slots if slots is not None else _make_slots(isolation, workers, self.preload, name, ray_address, log_setup)
+        self.slots: list[Slot] = (
+            slots if slots is not None else _make_slots(isolation, workers, self.preload, name, ray_address, log_setup)
+        )
         self._cv = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._ids = itertools.count(1)
         self._closed = False
         self.recent_errors: collections.deque[ErrorRecord] = collections.deque(maxlen=20)
         self._threads = [
-            threading.Thread(target=self._slot_loop, args=(slot,), name=f"{name}-{slot.index + 1}-dispatch", daemon=True)
+            threading.Thread(
+                target=self._slot_loop, args=(slot,), name=f"{name}-{slot.index + 1}-dispatch", daemon=True
+            )
             for slot in self.slots
         ]
         for thread in self._threads:
             thread.start()
         _RUNNERS.add(self)
-        log.debug("runner %s: %s, %d worker(s): %s", name, isolation, len(self.slots), "; ".join(f"{s.label} on {s.device}" for s in self.slots))
+        log.debug(
+            "runner %s: %s, %d worker(s): %s",
+            name,
+            isolation,
+            len(self.slots),
+            "; ".join(f"{s.label} on {s.device}" for s in self.slots),
+        )
 
     # -- public API ------------------------------------------------------------------
     def submit(
@@ -307,15 +327,21 @@ class Runner:
             if thread.is_alive():
                 # An in-process task that ignores cancellation, or close() from a slot's own
                 # thread: leave its wake-up pipe open, that thread may still wait on it.
-                log.warning("runner %s: the thread of %s has not ended; its wake-up pipe stays open", self.name, slot.label)
+                log.warning(
+                    "runner %s: the thread of %s has not ended; its wake-up pipe stays open", self.name, slot.label
+                )
             elif hasattr(slot, "release_fds"):
                 slot.release_fds()
         # A line of its own only when calls were lost (the server stopped mid-run).
         log.log(
             logging.INFO if busy or pending else logging.DEBUG,
             "runner %s closed (%s, %d queued call(s) dropped; %d ok, %d failed, %d worker start(s))",
-            self.name, f"{busy} running call(s) stopped" if busy else "idle", len(pending),
-            self.calls_ok, self.calls_failed, self.worker_starts,
+            self.name,
+            f"{busy} running call(s) stopped" if busy else "idle",
+            len(pending),
+            self.calls_ok,
+            self.calls_failed,
+            self.worker_starts,
         )
 
     # -- cancel ----------------------------------------------------------------------
@@ -330,7 +356,9 @@ class Runner:
                 self._queue.remove(job)
                 self._publish_positions()
             slot = next((s for s in self.slots if s.current is job), None)
-        log.debug("call %d (%s) cancelled by its caller while %s", job.call_id, job.task, "running" if slot else "queued")
+        log.debug(
+            "call %d (%s) cancelled by its caller while %s", job.call_id, job.task, "running" if slot else "queued"
+        )
         if queued:
             # Outside the lock: done-callbacks run here and may call into the runner.
             job._finish(error=TaskCancelledError(f"{job.task} was cancelled while queued"))
@@ -368,7 +396,9 @@ class Runner:
                     slot.run(job, self.policy)
             except BaseException as exc:  # noqa: BLE001 - the slot's thread must survive anything
                 if not isinstance(exc, GPUError):
-                    log.exception("runner %s: call %d (%s) failed in the runner itself", self.name, job.call_id, job.task)
+                    log.exception(
+                        "runner %s: call %d (%s) failed in the runner itself", self.name, job.call_id, job.task
+                    )
                 job._finish(error=exc if isinstance(exc, GPUError) else GPUError(f"{job.task}: runner error: {exc!r}"))
             finally:
                 job._before_done = None
@@ -394,8 +424,14 @@ class Runner:
         self.recent_errors.append(ErrorRecord(time.time(), job.task, kind, message, slot.label))
 
 
-def _make_slots(isolation: str, workers: int | str, preload: tuple[str, ...], name: str, ray_address: str | None,
-                log_setup: LogSetup) -> list[Slot]:
+def _make_slots(
+    isolation: str,
+    workers: int | str,
+    preload: tuple[str, ...],
+    name: str,
+    ray_address: str | None,
+    log_setup: LogSetup,
+) -> list[Slot]:
     if isolation == "inprocess":
         from da3_core.runner.backends.inprocess import InProcessSlot
 
@@ -403,15 +439,22 @@ def _make_slots(isolation: str, workers: int | str, preload: tuple[str, ...], na
     if isolation == "ray":
         from da3_core.runner.backends.ray import make_ray_slots
 
-        return make_ray_slots(workers, preload=preload, address=ray_address, name=name, log_setup=log_setup)
+        return list(
+            make_ray_slots(workers, preload=preload, address=ray_address, name=name, log_setup=log_setup)
+        )  # as list[Slot]
     from da3_core.runner.backends.process import ProcessSlot
     from da3_core.runner.devices import plan_workers, visible_gpus
 
     plans = plan_workers(workers, visible_gpus())
-    return [ProcessSlot(i, plan.label, plan.device, env=plan.env, preload=preload, name=name, log_setup=log_setup) for i, plan in enumerate(plans)]
+    return [
+        ProcessSlot(i, plan.label, plan.device, env=plan.env, preload=preload, name=name, log_setup=log_setup)
+        for i, plan in enumerate(plans)
+    ]
 
 
-def _pack_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], signature: inspect.Signature | None, *, shared: bool) -> Packed:
+def _pack_arguments(
+    task: str, args: tuple[Any, ...], kwargs: dict[str, Any], signature: inspect.Signature | None, *, shared: bool
+) -> Packed:
     try:
         return shm.pack((args, kwargs), shared=shared)
     except OSError:
@@ -432,7 +475,7 @@ def _pack_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], si
         for name, value in zip(names, values):
             try:
                 pickle.dumps(value, protocol=5)
-            except Exception as inner:  # noqa: BLE001
+            except Exception as inner:  # noqa: BLE001 - whatever pickling raises names this argument
                 raise ArgumentNotPicklableError(task, name, f"{type(value).__name__}: {inner}") from None
         raise ArgumentNotPicklableError(task, "<arguments>", str(exc)) from None
 

@@ -6,8 +6,9 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Protocol
 
 from da3_core.runner import shm
 from da3_core.runner.protocol import GPUError, Packed, ResultNotCPUError, TaskCancelledError
@@ -16,6 +17,14 @@ if TYPE_CHECKING:
     from da3_core.runner.dispatcher import Runner
 
 log = logging.getLogger(__name__)
+
+
+class Loadable(Protocol):
+    """A received result: `shm.Received`, or the Ray backend's view of its object store."""
+
+    def load(self) -> Any: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class Progress:
     elapsed_s: float
 
 
-Event = Union[Queued, Started, Progress]
+Event = Queued | Started | Progress
 
 
 class Job:
@@ -76,7 +85,7 @@ class Job:
         self._cond = threading.Condition()  # guards the event deque and finishing
         self._events: collections.deque[Event] = collections.deque()
         self._done = threading.Event()
-        self._received: shm.Received | None = None
+        self._received: Loadable | None = None
         self._value: Any = None
         self._loaded = False
         self._error: BaseException | None = None
@@ -191,7 +200,12 @@ class Job:
                 try:
                     self._value = received.load()
                 except Exception as exc:  # noqa: BLE001 - name the failure instead of a bare unpickling error
-                    self._error = ResultNotCPUError(type(exc).__name__, type(exc).__module__, f"the result of {self.task} could not be read in the caller: {exc}", "")
+                    self._error = ResultNotCPUError(
+                        type(exc).__name__,
+                        type(exc).__module__,
+                        f"the result of {self.task} could not be read in the caller: {exc}",
+                        "",
+                    )
                     raise self._error from exc
                 finally:
                     received.release()
@@ -226,7 +240,9 @@ class Job:
             self._events.append(event)
             self._cond.notify_all()
 
-    def _finish(self, received: shm.Received | None = None, error: BaseException | None = None, seconds: float | None = None) -> bool:
+    def _finish(
+        self, received: Loadable | None = None, error: BaseException | None = None, seconds: float | None = None
+    ) -> bool:
         """End the call with a received result or an error; False if it had already ended.
 
         Several threads may try (a worker's thread, cancel, close): the first one wins, once.

@@ -43,7 +43,8 @@ class Packed:
     """A pickled value whose large buffers may sit in a shared-memory segment.
 
     Attributes:
-        data: The protocol-5 pickle stream (small: large buffers are out of band).
+        data: The protocol-5 pickle stream (small: large buffers are out of band); in a Ray
+            actor, a view of the arguments' array in Ray's object store.
         segment: Name of the shared-memory segment holding the out-of-band buffers, or
             None when there are none.
         spans: ``(offset, length)`` of each out-of-band buffer in the segment, in the order
@@ -51,7 +52,7 @@ class Packed:
         size: The segment's size in bytes.
     """
 
-    data: bytes
+    data: bytes | memoryview
     segment: str | None = None
     spans: tuple[tuple[int, int], ...] = ()
     size: int = 0
@@ -189,8 +190,14 @@ def merge_notices(*groups: tuple[Notice, ...]) -> tuple[Notice, ...]:
             if old is None:
                 merged[notice.key] = notice
             else:
-                merged[notice.key] = Notice(notice.message, notice.kind, notice.category, notice.source,
-                                            old.count + notice.count, min(old.first_seen, notice.first_seen))
+                merged[notice.key] = Notice(
+                    notice.message,
+                    notice.kind,
+                    notice.category,
+                    notice.source,
+                    old.count + notice.count,
+                    min(old.first_seen, notice.first_seen),
+                )
     return tuple(sorted(merged.values(), key=lambda n: n.first_seen))
 
 

@@ -23,6 +23,7 @@ directly.
 
 from __future__ import annotations
 
+import _posixshmem
 import io
 import itertools
 import logging
@@ -32,8 +33,6 @@ import pickle
 import secrets
 from pathlib import Path
 from typing import Any
-
-import _posixshmem
 
 from da3_core.runner.protocol import Packed
 
@@ -46,7 +45,9 @@ _SHM_DIR = Path("/dev/shm")
 _counter = itertools.count(1)
 
 
-def dumps_out_of_band(value: Any, pickler: type[pickle.Pickler] = pickle.Pickler, min_bytes: int = OUT_OF_BAND_MIN_BYTES) -> tuple[bytes, list[memoryview]]:
+def dumps_out_of_band(
+    value: Any, pickler: type[pickle.Pickler] = pickle.Pickler, min_bytes: int = OUT_OF_BAND_MIN_BYTES
+) -> tuple[bytes, list[memoryview]]:
     """Pickle ``value`` (protocol 5) with its large buffers left out.
 
     Returns:
@@ -72,7 +73,9 @@ def segment_name(owner_pid: int) -> str:
     return f"{PREFIX}-{owner_pid}-{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
 
 
-def pack(value: Any, *, owner_pid: int | None = None, pickler: type[pickle.Pickler] = pickle.Pickler, shared: bool = True) -> Packed:
+def pack(
+    value: Any, *, owner_pid: int | None = None, pickler: type[pickle.Pickler] = pickle.Pickler, shared: bool = True
+) -> Packed:
     """Pickle ``value``; with ``shared``, put its large buffers in a new shared-memory segment.
 
     Args:

@@ -145,8 +145,11 @@ class Sim3:
     def from_json(d: dict) -> Sim3:
         """Inverse of `to_json`."""
         try:
-            return Sim3(float(d["scale"]), np.array(d["rotation"], dtype=np.float64),
-                        np.array(d["translation"], dtype=np.float64))
+            return Sim3(
+                float(d["scale"]),
+                np.array(d["rotation"], dtype=np.float64),
+                np.array(d["translation"], dtype=np.float64),
+            )
         except KeyError as exc:
             raise ValueError(f"Sim3 JSON needs 'scale', 'rotation' and 'translation'; missing {exc}") from None
 
@@ -164,7 +167,9 @@ class Sim3:
 # --------------------------------------------------------------------------------------
 
 
-def _check_pairs(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_pairs(
+    src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.ndim != 2 or src.shape[1] != 3 or dst.shape != src.shape:
@@ -182,7 +187,9 @@ def _check_pairs(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None) -
     return src, dst, w
 
 
-def _fit(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool, strict: bool) -> tuple[float, np.ndarray, np.ndarray]:
+def _fit(
+    src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool, strict: bool
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Weighted Umeyama on checked arrays: (scale, R, t) minimising sum w |dst - (s R src + t)|^2.
 
     strict: raise ValueError on degenerate input (the transform is not unique). Not strict
@@ -209,7 +216,9 @@ def _fit(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool, stri
             if ev[2] <= (1e-13 * float(np.abs(mu).max())) ** 2:
                 raise ValueError(f"umeyama: all {name} points coincide; the transform is undetermined")
             if ev[1] <= _RANK_TOL * ev[2]:
-                raise ValueError(f"umeyama: the {name} points are collinear; the rotation about their line is undetermined")
+                raise ValueError(
+                    f"umeyama: the {name} points are collinear; the rotation about their line is undetermined"
+                )
     u, d, vt = np.linalg.svd(sigma)
     if strict and d[1] <= _RANK_TOL * d[0]:
         raise ValueError("umeyama: src and dst cross-covariance has rank < 2; the rotation is undetermined")
@@ -331,13 +340,13 @@ def robust_umeyama(
     floor = 1e-12 * scene if scene > 0 else 1e-300
     r = _residuals(sim, src, dst)
     adaptive = delta is None
-    if adaptive:
+    if delta is None:
         delta = max(1.345 * 1.4826 * float(np.median(r[pos])), floor)
     else:
         delta = float(delta)
         if not (math.isfinite(delta) and delta > 0):
             raise ValueError(f"delta must be finite and > 0, got {delta}")
-    tiny = np.finfo(np.float64).tiny
+    tiny = float(np.finfo(np.float64).tiny)
     done = 0
     for _ in range(int(iterations)):
         if adaptive:
@@ -399,7 +408,9 @@ def _valid(depth: np.ndarray, conf: np.ndarray | None) -> np.ndarray:
     return ok
 
 
-def _unproject_pixels(depth_flat: np.ndarray, idx: np.ndarray, width: int, ixt: np.ndarray, ext: np.ndarray) -> np.ndarray:
+def _unproject_pixels(
+    depth_flat: np.ndarray, idx: np.ndarray, width: int, ixt: np.ndarray, ext: np.ndarray
+) -> np.ndarray:
     """(m, 3) float64 world points of flat pixel indices ``idx`` of one view (integer (u, v))."""
     u = (idx % width).astype(np.float64)
     v = (idx // width).astype(np.float64)
@@ -469,7 +480,9 @@ def overlap_pairs(
     _check_chunk("a", depth_a, conf_a, ext_a, ixt_a)
     _check_chunk("b", depth_b, conf_b, ext_b, ixt_b)
     if depth_a.shape != depth_b.shape:
-        raise ValueError(f"the two chunks must hold the same frames at the same size: depth_a {depth_a.shape}, depth_b {depth_b.shape}")
+        raise ValueError(
+            f"the two chunks must hold the same frames at the same size: depth_a {depth_a.shape}, depth_b {depth_b.shape}"
+        )
     if int(max_pairs) < 1:
         raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
     if not 0.0 <= float(conf_quantile) <= 1.0:
@@ -508,7 +521,7 @@ def overlap_pairs(
     for k in range(n_frames):
         keep = valid[k].copy()
         for conf, thr in ((conf_a, thresholds[0]), (conf_b, thresholds[1])):
-            if thr is not None:
+            if conf is not None and thr is not None:  # a threshold exists only for a chunk with confidence
                 keep &= conf[k] >= thr
         idx = np.flatnonzero(keep)
         quota = budget // (n_frames - k)

@@ -48,7 +48,7 @@ def _shape(depth: Any) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in np.shape(depth))  # np.shape reads .shape when there is one
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"depth must be (N, H, W) with N, H, W >= 1, got shape {shape}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def _frame(depth: Any, i: int) -> np.ndarray:
@@ -254,7 +254,10 @@ def _legend(
 ) -> np.ndarray:
     font = _font(font_px)
     draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = lambda s: int(math.ceil(draw_probe.textlength(s, font=font)))  # noqa: E731
+
+    def text_w(s: str) -> int:
+        return int(math.ceil(draw_probe.textlength(s, font=font)))
+
     margin, bar_w, tick_w, gap = max(4, font_px // 2), max(8, font_px), max(3, font_px // 3), max(3, font_px // 3)
     title = _title(unit)
     title_h = font_px + margin
@@ -405,8 +408,15 @@ def write_depth_video(
     tmp = _temp_beside(out, ".mp4")  # ffmpeg picks the container from the extension
     try:
         writer = imageio.get_writer(
-            tmp, format="FFMPEG", mode="I", fps=float(fps), codec="libx264", quality=None, pixelformat="yuv420p",
-            macro_block_size=1, ffmpeg_log_level="error",
+            tmp,
+            format="FFMPEG",
+            mode="I",
+            fps=float(fps),
+            codec="libx264",
+            quality=None,
+            pixelformat="yuv420p",
+            macro_block_size=1,
+            ffmpeg_log_level="error",
             output_params=["-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart"],
         )
         # Not `with`: imageio's writer closes only on a clean exit; after an error ffmpeg would
@@ -414,7 +424,7 @@ def write_depth_video(
         try:
             for i in range(n):
                 canvas[:h, :w] = colorize_fixed(depth[i], lo, hi, colormap)
-                if strip_h:
+                if strip_h and names is not None:  # strip_h > 0 only with names
                     canvas[height - strip_h :, w:] = _name_strip(str(names[i]), legend_w, strip_h, font_px)
                 writer.append_data(canvas)
         finally:
@@ -423,8 +433,17 @@ def write_depth_video(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"path": str(out), "frames": n, "lo": lo, "hi": hi, "unit": unit, "fps": float(fps),
-            "seconds": n / float(fps), "width": int(canvas.shape[1]), "height": int(canvas.shape[0])}
+    return {
+        "path": str(out),
+        "frames": n,
+        "lo": lo,
+        "hi": hi,
+        "unit": unit,
+        "fps": float(fps),
+        "seconds": n / float(fps),
+        "width": int(canvas.shape[1]),
+        "height": int(canvas.shape[0]),
+    }
 
 
 def write_depth_png_sequence(
@@ -492,11 +511,24 @@ def write_depth_png_sequence(
                 # PNG is already deflated: storing avoids compressing twice (as export does).
                 zf.writestr(name, export._png_bytes(Image.fromarray(codes), info))
                 own = d[valid]
-                views.append({"file": name, "name": str(names[i]),
-                              "min": float(own.min()) if own.size else None, "max": float(own.max()) if own.size else None,
-                              "scale": scale, "offset": offset})
-            doc = {"format": "da3-depth-png-v1", "encoding": PNG_ENCODING, "unit": unit,
-                   "shared_scale": True, "range": [lo, hi], "views": views}
+                views.append(
+                    {
+                        "file": name,
+                        "name": str(names[i]),
+                        "min": float(own.min()) if own.size else None,
+                        "max": float(own.max()) if own.size else None,
+                        "scale": scale,
+                        "offset": offset,
+                    }
+                )
+            doc = {
+                "format": "da3-depth-png-v1",
+                "encoding": PNG_ENCODING,
+                "unit": unit,
+                "shared_scale": True,
+                "range": [lo, hi],
+                "views": views,
+            }
             zf.writestr(export.DEPTH_SCALE_FILE, json.dumps(doc, indent=2), compress_type=zipfile.ZIP_DEFLATED)
         os.replace(tmp, out)
     except BaseException:

@@ -152,8 +152,9 @@ def _edge_arrays(edges: list[Edge]) -> dict[str, np.ndarray]:
     }
 
 
-def _residuals(s: np.ndarray, r: np.ndarray, t: np.ndarray, ed: dict[str, np.ndarray], length: float,
-               with_scale: bool) -> np.ndarray:
+def _residuals(
+    s: np.ndarray, r: np.ndarray, t: np.ndarray, ed: dict[str, np.ndarray], length: float, with_scale: bool
+) -> np.ndarray:
     """(E * 7,) or (E * 6,) residuals of all edges for node arrays s (n,), r (n,3,3), t (n,3)."""
     ii, jj = ed["i"], ed["j"]
     si, ri, ti = s[ii], r[ii], t[ii]
@@ -195,8 +196,18 @@ def _node_colours(n_free: int, ci: np.ndarray, cj: np.ndarray) -> np.ndarray:
     return colour
 
 
-def _levenberg_marquardt(fun, ci: np.ndarray, cj: np.ndarray, n_free: int, p: int, *, max_iterations: int = 100,
-                         ftol: float = 1e-12, xtol: float = 1e-12, gtol: float = 1e-12) -> tuple[np.ndarray, float, int]:
+def _levenberg_marquardt(
+    fun,
+    ci: np.ndarray,
+    cj: np.ndarray,
+    n_free: int,
+    p: int,
+    *,
+    max_iterations: int = 100,
+    ftol: float = 1e-12,
+    xtol: float = 1e-12,
+    gtol: float = 1e-12,
+) -> tuple[np.ndarray, float, int]:
     """Minimise ``0.5 |fun(x)|^2`` from x = 0: Levenberg-Marquardt with sparse direct solves.
 
     Edge e's ``p`` residual rows depend only on the ``p`` parameters of its free nodes
@@ -245,8 +256,9 @@ def _levenberg_marquardt(fun, ci: np.ndarray, cj: np.ndarray, n_free: int, p: in
                 vals.append(diff[rows] / step[col])
                 rr.append(rows)
                 cc.append(col)
-        return coo_matrix((np.concatenate(vals), (np.concatenate(rr), np.concatenate(cc))),
-                          shape=(len(ci) * m_e, n_params)).tocsr()
+        return coo_matrix(
+            (np.concatenate(vals), (np.concatenate(rr), np.concatenate(cc))), shape=(len(ci) * m_e, n_params)
+        ).tocsr()
 
     x = np.zeros(n_params)
     r = fun(x)
@@ -341,7 +353,9 @@ def optimize(
     if not with_scale:
         scaled = [(e.i, e.j) for e in edges if not math.isclose(e.t_ij.scale, 1.0, rel_tol=0, abs_tol=1e-9)]
         if scaled:
-            raise ValueError(f"with_scale=False (SE(3)) needs edges with scale 1; edges {scaled[:5]} have another scale")
+            raise ValueError(
+                f"with_scale=False (SE(3)) needs edges with scale 1; edges {scaled[:5]} have another scale"
+            )
     loops = [e for e in edges if e.kind == "loop"]
     sequential = [e for e in edges if e.kind == "sequential"]
 
@@ -353,8 +367,11 @@ def optimize(
     def cost_of(nodes_: list[Sim3]) -> float:
         if not edges:
             return 0.0
-        s, r, t = (np.array([x.scale for x in nodes_]), np.array([x.rotation for x in nodes_]),
-                   np.array([x.translation for x in nodes_]))
+        s, r, t = (
+            np.array([x.scale for x in nodes_]),
+            np.array([x.rotation for x in nodes_]),
+            np.array([x.translation for x in nodes_]),
+        )
         return 0.5 * float(np.sum(_residuals(s, r, t, ed, length, with_scale) ** 2))
 
     if not loops:
@@ -399,8 +416,12 @@ def optimize(
         return s, r, t
 
     if len(free) == 0:
-        return [Sim3.identity()], {"cost_before": cost_before, "cost_after": cost_before, "iterations": 0,
-                                   "n_loop_edges": len(loops)}
+        return [Sim3.identity()], {
+            "cost_before": cost_before,
+            "cost_after": cost_before,
+            "iterations": 0,
+            "n_loop_edges": len(loops),
+        }
 
     def fun(x: np.ndarray) -> np.ndarray:
         return _residuals(*nodes(x), ed, length, with_scale)
@@ -416,8 +437,7 @@ def optimize(
         else:
             # Re-orthonormalise: Exp and products keep R a rotation up to rounding only.
             out.append(Sim3(1.0 if not with_scale else float(s[k]), Rotation.from_matrix(r[k]).as_matrix(), t[k]))
-    info = {"cost_before": cost_before, "cost_after": cost_after, "iterations": iterations,
-            "n_loop_edges": len(loops)}
+    info = {"cost_before": cost_before, "cost_after": cost_after, "iterations": iterations, "n_loop_edges": len(loops)}
     return out, info
 
 

@@ -4,6 +4,7 @@ descriptor per frame (for loop closure), as a CPU-only `ChunkResult`."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from da3_core.contract import ChunkRequest, ChunkResult
 from da3_core.runner.context import CancelledInWorker
@@ -12,14 +13,16 @@ from da3_core.worker import reconstruct as da3
 log = logging.getLogger(__name__)
 
 
-def reconstruct_chunk(chunk: ChunkRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> ChunkResult:
+def reconstruct_chunk(
+    chunk: ChunkRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto"
+) -> ChunkResult:
     """Run DA3 on one chunk (see `da3_core.worker.reconstruct.reconstruct`).
 
     The chunk comes back in its own world frame (DA3's reference view of the chunk); the
     parent aligns chunks afterwards. Descriptors come from the same forward pass
     (`da3_core.worker.reconstruct.descriptor_layer`), so they cost no extra network call.
     """
-    features: dict = {} if chunk.descriptors else None  # type: ignore[assignment]
+    features: dict[str, Any] | None = {} if chunk.descriptors else None
     try:
         rec = da3._reconstruct(chunk.request, demo_root, cpu_threads, cpu_precision, features=features)
     except CancelledInWorker:

@@ -51,12 +51,15 @@ def colmap_image_names(rec: Reconstruction, image_paths: list[str]) -> list[str]
     the model lines up with the user's own images and reads back as known cameras), or the
     saved files' names when those names cannot be file names (duplicates, separators)."""
     names = list(rec.names)
-    usable = len(set(names)) == len(names) and all(n and n not in (".", "..") and "/" not in n and "\\" not in n and "\0" not in n
-                                                    for n in names)
+    usable = len(set(names)) == len(names) and all(
+        n and n not in (".", "..") and "/" not in n and "\\" not in n and "\0" not in n for n in names
+    )
     return names if usable else [os.path.basename(p) for p in image_paths]
 
 
-def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0) -> list[str]:
+def export_colmap(
+    rec: Reconstruction, image_paths: list[str], out_dir: str, conf_percentile: float = 40.0
+) -> list[str]:
     """Write a COLMAP sparse model (cameras.bin, images.bin, points3D.bin...) with DA3's exporter.
 
     The images are named after the frames (`colmap_image_names`): DA3's exporter takes the
@@ -84,7 +87,9 @@ def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, con
             "upper_bound_resize or lower_bound_resize to export COLMAP."
         )
     if rec.extrinsics is None or rec.conf is None:
-        raise ValueError(f"COLMAP export needs predicted camera poses and confidence; preset {rec.preset} predicts none")
+        raise ValueError(
+            f"COLMAP export needs predicted camera poses and confidence; preset {rec.preset} predicts none"
+        )
     if len(image_paths) != rec.n_views:
         raise ValueError(f"COLMAP export got {len(image_paths)} image paths for {rec.n_views} views")
     from depth_anything_3.utils.export.colmap import export_to_colmap
@@ -104,7 +109,9 @@ def export_colmap(rec: Reconstruction, image_paths: list[str], out_dir: str, con
             export_to_colmap(_prediction(rec), str(partial), named, conf_percentile, method)
             report_progress("renaming the finished model into place", 0.95)
     except Exception:
-        log.debug("COLMAP export of %d view(s) to %s failed", rec.n_views, out, exc_info=True)  # the server logs the error
+        log.debug(
+            "COLMAP export of %d view(s) to %s failed", rec.n_views, out, exc_info=True
+        )  # the server logs the error
         raise
     return sorted(str(p) for p in out.iterdir() if p.is_file())
 
@@ -116,7 +123,9 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
         ValueError: The run has no Gaussians (only presets with a GS head, with 'Infer 3D Gaussians').
     """
     if rec.gaussians is None:
-        raise ValueError("This run has no 3D Gaussians: run a preset with a GS head (giant, nested) with 'Infer 3D Gaussians' on")
+        raise ValueError(
+            "This run has no 3D Gaussians: run a preset with a GS head (giant, nested) with 'Infer 3D Gaussians' on"
+        )
     from depth_anything_3.utils.export.gs import export_to_gs_ply
 
     report_progress("writing the 3DGS PLY", 0.2, f"{len(rec.gaussians.means):,} Gaussians")

@@ -40,7 +40,9 @@ def unavailable_reason() -> str | None:
     if importlib.util.find_spec("gsplat") is None:
         return "The novel-view video needs gsplat: pip install -r requirements-gsplat.txt on this GPU server."
     if _nvcc() is None and not _kernels_built():
-        return "gsplat compiles its CUDA kernels on first use and needs nvcc (the CUDA toolkit), which this server lacks."
+        return (
+            "gsplat compiles its CUDA kernels on first use and needs nvcc (the CUDA toolkit), which this server lacks."
+        )
     return None
 
 
@@ -67,8 +69,14 @@ def _ensure_kernels() -> float:
     return time.perf_counter() - t
 
 
-def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "interpolate_smooth", fps: int = 24, crf: int = 18,
-                    depth_panel: bool = False) -> dict[str, float | int | str]:
+def render_gs_video(
+    rec: Reconstruction,
+    out_path: str,
+    trajectory: str = "interpolate_smooth",
+    fps: int = 24,
+    crf: int = 18,
+    depth_panel: bool = False,
+) -> dict[str, float | int | str]:
     """Render the run's Gaussians along a DA3 trajectory into an mp4 at ``out_path``.
 
     Args:
@@ -91,7 +99,9 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
     if reason:
         raise RuntimeError(reason)
     if rec.gaussians is None or rec.extrinsics is None or rec.intrinsics is None:
-        raise ValueError("This run has no 3D Gaussians or cameras: run a preset with a GS head with 'Infer 3D Gaussians' on")
+        raise ValueError(
+            "This run has no 3D Gaussians or cameras: run a preset with a GS head with 'Infer 3D Gaussians' on"
+        )
     if trajectory not in TRAJECTORIES:
         raise ValueError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
     if rec.n_views < 2 and trajectory not in ("wander", "dolly_zoom"):
@@ -107,8 +117,13 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
     t = time.perf_counter()
     device = torch.device("cuda")
     g = rec.gaussians
-    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)  # noqa: E731
-    gaussians = DAGaussians(tensor(g.means), tensor(g.scales), tensor(g.rotations), tensor(g.harmonics), tensor(g.opacities))
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
+
+    gaussians = DAGaussians(
+        tensor(g.means), tensor(g.scales), tensor(g.rotations), tensor(g.harmonics), tensor(g.opacities)
+    )
     extrinsics = torch.from_numpy(np.asarray(rec.extrinsics, np.float32))[None].to(device)
     if rec.is_metric and rec.scale_factor:
         extrinsics[:, :, :3, 3] /= rec.scale_factor  # as DA3's exporter: Gaussians are in model units
@@ -116,8 +131,15 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
     h, w = rec.hw
     with torch.no_grad():
         color, depth = run_renderer_in_chunk_w_trj_mode(
-            gaussians=gaussians, extrinsics=extrinsics, intrinsics=intrinsics, image_shape=(h, w),
-            chunk_size=4, trj_mode=trajectory, use_sh=True, color_mode="RGB+ED", enable_tqdm=False,
+            gaussians=gaussians,
+            extrinsics=extrinsics,
+            intrinsics=intrinsics,
+            image_shape=(h, w),
+            chunk_size=4,
+            trj_mode=trajectory,
+            use_sh=True,
+            color_mode="RGB+ED",
+            enable_tqdm=False,
         )
         frames_t = color[0]
         if depth_panel:
@@ -131,16 +153,39 @@ def render_gs_video(rec: Reconstruction, out_path: str, trajectory: str = "inter
     even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
     # Written under a hidden name and renamed when complete: the page never plays or offers
     # a half-written mp4 (`da3_core.atomic`).
-    with atomic_file(out) as partial, imageio.get_writer(
-            partial, format="FFMPEG", fps=fps, codec="libx264", quality=None, macro_block_size=1,
-            ffmpeg_params=["-crf", str(int(crf)), "-preset", "medium", "-pix_fmt", "yuv420p"]) as writer:
-        for i, frame in enumerate(even):
-            writer.append_data(frame)
-            if i % 16 == 0:
-                report_progress("writing the mp4", 0.9 + 0.09 * i / max(1, len(even)), f"{i} of {len(even)} frames")
+    with atomic_file(out) as partial:
+        # Bound before `with`: imageio's stubs type `__enter__` as returning the base class.
+        writer = imageio.get_writer(
+            partial,
+            format="FFMPEG",
+            fps=fps,
+            codec="libx264",
+            quality=None,
+            macro_block_size=1,
+            ffmpeg_params=["-crf", str(int(crf)), "-preset", "medium", "-pix_fmt", "yuv420p"],
+        )
+        with writer:
+            for i, frame in enumerate(even):
+                writer.append_data(frame)
+                if i % 16 == 0:
+                    report_progress("writing the mp4", 0.9 + 0.09 * i / max(1, len(even)), f"{i} of {len(even)} frames")
     del gaussians, color, depth, frames_t
     torch.cuda.empty_cache()
-    log.debug("novel-view video: %d frames %dx%d (%s) in %.1f s (+%.1f s compiling) -> %s",
-             len(even), even.shape[2], even.shape[1], trajectory, render_s, compile_s, out)
-    return {"frames": int(len(even)), "width": int(even.shape[2]), "height": int(even.shape[1]),
-            "compile_s": compile_s, "render_s": render_s, "path": str(out)}
+    log.debug(
+        "novel-view video: %d frames %dx%d (%s) in %.1f s (+%.1f s compiling) -> %s",
+        len(even),
+        even.shape[2],
+        even.shape[1],
+        trajectory,
+        render_s,
+        compile_s,
+        out,
+    )
+    return {
+        "frames": int(len(even)),
+        "width": int(even.shape[2]),
+        "height": int(even.shape[1]),
+        "compile_s": compile_s,
+        "render_s": render_s,
+        "path": str(out),
+    }

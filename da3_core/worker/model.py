@@ -19,13 +19,13 @@ from typing import Any
 # DA3 prints an INFO line per stage of every run; keep the server log to warnings unless asked.
 os.environ.setdefault("DA3_LOG_LEVEL", "WARN")
 
-import torch  # noqa: E402
-import tqdm  # noqa: E402
+import torch  # noqa: E402 - after the DA3_LOG_LEVEL default
+import tqdm  # noqa: E402 - after the DA3_LOG_LEVEL default
 
-from da3_core.contract import ModelSpec, ModelUnavailableError  # noqa: E402
-from da3_core.presets import PRESETS_BY_NAME, preset_for, preset_name_in_folder  # noqa: E402
-from da3_core.runner.inside import calls  # noqa: E402
-from da3_core.runner.context import check_cancelled  # noqa: E402
+from da3_core.contract import ModelSpec, ModelUnavailableError  # noqa: E402 - after the DA3_LOG_LEVEL default
+from da3_core.presets import PRESETS_BY_NAME, preset_for, preset_name_in_folder  # noqa: E402 - after the DA3_LOG_LEVEL default
+from da3_core.runner.context import check_cancelled  # noqa: E402 - after the DA3_LOG_LEVEL default
+from da3_core.runner.inside import calls  # noqa: E402 - after the DA3_LOG_LEVEL default
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,19 @@ def get_model(spec: ModelSpec, device: str, demo_root: Path) -> tuple[Any, str]:
         if spec.kind == "hub" and not hub_reachable():
             # Without this the hub client retries for ~25 s before falling back to its cache.
             if not _in_hub_cache(spec.ref):
-                raise _unavailable(spec, ConnectionError(f"the hub ({_hub_host()}) cannot be reached and the weights are not in the local cache"))
+                raise _unavailable(
+                    spec,
+                    ConnectionError(
+                        f"the hub ({_hub_host()}) cannot be reached and the weights are not in the local cache"
+                    ),
+                )
             load_kwargs["local_files_only"] = True
         try:
             model = DepthAnything3.from_pretrained(folder_or_id, **load_kwargs)
         except Exception as exc:  # noqa: BLE001 - translated into a message with the ways on
-            log.debug("loading %s from %s failed", spec.describe(), folder_or_id, exc_info=True)  # raised with the ways on
+            log.debug(
+                "loading %s from %s failed", spec.describe(), folder_or_id, exc_info=True
+            )  # raised with the ways on
             raise _unavailable(spec, exc) from exc
         model = model.to(device).eval()
         model.device = torch.device(device)
@@ -226,7 +233,7 @@ def install_cancel_checks(model: torch.nn.Module) -> int:
     existing = getattr(model, "_da3_cancel_hooks", None)
     if existing is not None:
         return len(existing)
-    handles = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, torch.nn.ModuleList):
             handles.extend(block.register_forward_pre_hook(_cancel_pre_hook) for block in module)
@@ -343,7 +350,9 @@ def ensure_demo_weights(preset: str, demo_root: Path) -> Path:
         ModelUnavailableError: ``preset`` is not a DA3 preset name.
     """
     if preset not in PRESETS_BY_NAME:
-        raise ModelUnavailableError(f"Unknown DA3 preset {preset!r} for demo weights; use one of {', '.join(PRESETS_BY_NAME)}")
+        raise ModelUnavailableError(
+            f"Unknown DA3 preset {preset!r} for demo weights; use one of {', '.join(PRESETS_BY_NAME)}"
+        )
     folder = Path(demo_root) / preset
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return folder

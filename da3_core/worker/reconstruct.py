@@ -27,13 +27,14 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from da3_core.contract import Gaussians, ModelUnavailableError, ReconstructRequest, Reconstruction
+from da3_core.contract import Gaussians, ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.presets import DEFAULT_FOV_DEG, PRESETS_BY_NAME
 from da3_core.runner.context import CancelledInWorker, report_progress
 from da3_core.worker.model import configure_cpu_threads, get_model, resolve_cpu_precision, resolve_device
@@ -100,7 +101,9 @@ def _seeded(device: str) -> Iterator[None]:
         yield
 
 
-def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto") -> Reconstruction:
+def reconstruct(
+    request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto"
+) -> Reconstruction:
     """Run DA3 on the request's frames.
 
     Args:
@@ -130,12 +133,19 @@ def reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int = 
         log.debug("reconstruction not run: the weights are unavailable (%s)", request.model.describe())
         raise
     except Exception:
-        log.debug("reconstruction of %d frame(s) with %s failed", request.n_frames, request.model.describe(), exc_info=True)
+        log.debug(
+            "reconstruction of %d frame(s) with %s failed", request.n_frames, request.model.describe(), exc_info=True
+        )
         raise
 
 
-def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, cpu_precision: str,
-                 features: dict[str, Any] | None = None) -> Reconstruction:
+def _reconstruct(
+    request: ReconstructRequest,
+    demo_root: str,
+    cpu_threads: int,
+    cpu_precision: str,
+    features: dict[str, Any] | None = None,
+) -> Reconstruction:
     """`reconstruct`'s body. With ``features`` (a dict the caller owns), the frame-local
     backbone features of `descriptor_layer` are put there as ``features["descriptors"]``:
     (N, D) float32 descriptors in input order (`frame_descriptors`)."""
@@ -168,19 +178,29 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
     # DA3 normalises the poses to the first camera). They go back in input order with the rest.
     given = request.extrinsics is not None and request.intrinsics is not None
     if given and preset is not None and not preset.multi_view:
-        raise ValueError(f"{preset_name} takes no cameras (it has no camera encoder): known cameras need a multi-view preset")
-    ext_in = np.array(request.extrinsics[order]) if given else None
-    ixt_in = np.array(request.intrinsics[order]) if given else None
+        raise ValueError(
+            f"{preset_name} takes no cameras (it has no camera encoder): known cameras need a multi-view preset"
+        )
+    ext_in: np.ndarray | None = None
+    ixt_in: np.ndarray | None = None
+    if request.extrinsics is not None and request.intrinsics is not None:  # `given`
+        ext_in, ixt_in = np.array(request.extrinsics[order]), np.array(request.intrinsics[order])
 
     imgs: torch.Tensor | None = None
     ex_t: torch.Tensor | None = None
     raw: Any = None
     try:
-        report_progress("preprocessing", 0.15, f"{n} frame(s) at process_res {request.process_res}"
-                        + (f", cameras {request.camera_label}" if given else ""))
+        report_progress(
+            "preprocessing",
+            0.15,
+            f"{n} frame(s) at process_res {request.process_res}"
+            + (f", cameras {request.camera_label}" if given else ""),
+        )
         t = time.perf_counter()
         # As inference(): DA3's input processor rescales the intrinsics to the processed size.
-        imgs_cpu, ext_cpu, ixt_cpu = model._preprocess_inputs(images, ext_in, ixt_in, request.process_res, request.process_res_method)
+        imgs_cpu, ext_cpu, ixt_cpu = model._preprocess_inputs(
+            images, ext_in, ixt_in, request.process_res, request.process_res_method
+        )
         imgs, ex_t, in_t = model._prepare_model_inputs(imgs_cpu, ext_cpu, ixt_cpu)
         ex_t_norm = model._normalize_extrinsics(ex_t.clone() if ex_t is not None else None)
         timings["preprocess"] = time.perf_counter() - t
@@ -190,9 +210,18 @@ def _reconstruct(request: ReconstructRequest, demo_root: str, cpu_threads: int, 
         report_progress("inference", 0.25, detail)
         t = time.perf_counter()
         feat_layer = descriptor_layer(model) if features is not None else None
-        raw = run_forward(model, imgs, device, infer_gs=infer_gs, ref_view_strategy=strategy, cpu_precision=precision or "fp32",
-                          extrinsics=ex_t_norm, intrinsics=in_t, use_ray_pose=request.use_ray_pose,
-                          export_feat_layers=None if feat_layer is None else [feat_layer])
+        raw = run_forward(
+            model,
+            imgs,
+            device,
+            infer_gs=infer_gs,
+            ref_view_strategy=strategy,
+            cpu_precision=precision or "fp32",
+            extrinsics=ex_t_norm,
+            intrinsics=in_t,
+            use_ray_pose=request.use_ray_pose,
+            export_feat_layers=None if feat_layer is None else [feat_layer],
+        )
         if features is not None:
             feat = raw.get("aux", {}).get(f"feat_layer_{feat_layer}") if feat_layer is not None else None
             desc = frame_descriptors(feat[0]) if feat is not None else None
@@ -280,7 +309,9 @@ def frame_descriptors(feat: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(f, dim=-1).numpy().astype(np.float32)
 
 
-def align_to_given(model: Any, ext: torch.Tensor | None, ixt: torch.Tensor | None, prediction: Any, align: bool) -> tuple[Any, str]:
+def align_to_given(
+    model: Any, ext: torch.Tensor | None, ixt: torch.Tensor | None, prediction: Any, align: bool
+) -> tuple[Any, str]:
     """DA3's ``_align_to_input_extrinsics_intrinsics``, with a fallback where it cannot work.
 
     DA3 fits a similarity (Umeyama, evo) from the given camera centres to its predicted ones
@@ -297,7 +328,7 @@ def align_to_given(model: Any, ext: torch.Tensor | None, ixt: torch.Tensor | Non
         (prediction, how): ``how`` is "" without cameras, ``"umeyama"`` for DA3's own fit,
         else a sentence saying which fallback was used.
     """
-    if ext is None:
+    if ext is None or ixt is None:  # cameras come as a pair: both given or neither
         return prediction, ""
     from evo.core.geometry import GeometryException
 
@@ -391,7 +422,9 @@ def _assemble(
     intrinsics = take(prediction.intrinsics, np.float32)
     # DA3 0.1.1 reads is_metric with getattr on an addict Dict, which yields an empty Dict
     # unless the nested model set it: trust the preset as well.
-    is_metric = bool(isinstance(prediction.is_metric, (int, float)) and prediction.is_metric) or bool(preset and preset.metric)
+    is_metric = bool(isinstance(prediction.is_metric, (int, float)) and prediction.is_metric) or bool(
+        preset and preset.metric
+    )
     params: dict[str, Any] = {
         "process_res": request.process_res,
         "process_res_method": request.process_res_method,
@@ -400,8 +433,13 @@ def _assemble(
         "infer_gs": gaussians is not None,
         "n_frames": request.n_frames,
         "use_ray_pose": bool(request.use_ray_pose),
-        "cameras": request.camera_label if request.cameras_given else ("estimated" + (" (ray head)" if request.use_ray_pose else "")
-                                                                       if extrinsics is not None else "none (monocular preset)"),
+        "cameras": request.camera_label
+        if request.cameras_given
+        else (
+            "estimated" + (" (ray head)" if request.use_ray_pose else "")
+            if extrinsics is not None
+            else "none (monocular preset)"
+        ),
         "align_to_input_ext_scale": bool(request.align_to_input_ext_scale) if request.cameras_given else None,
     }
     if request.cameras_given and request.align_to_input_ext_scale:

@@ -11,10 +11,10 @@ worker), resets the default runner and clears the app's resource caches.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -35,8 +35,14 @@ class HeavyImportGuard:
 
     def find_spec(self, name, path=None, target=None):  # noqa: ANN001 - importlib protocol
         if name.split(".")[0] in HEAVY:
-            caller = next((f.filename for f in __import__("traceback").extract_stack()[::-1]
-                           if "importlib" not in f.filename and f.filename != __file__), "?")
+            caller = next(
+                (
+                    f.filename
+                    for f in __import__("traceback").extract_stack()[::-1]
+                    if "importlib" not in f.filename and f.filename != __file__
+                ),
+                "?",
+            )
             self.attempts.append(f"{name} (from {caller})")
         return None
 
@@ -105,14 +111,22 @@ def app_env(workspace) -> Iterator[AppEnv]:
     global _APP_ENV
     already = heavy()
     if already:
-        pytest.fail(f"{already[:3]} were imported into the pytest process before the AppTests; the AppTests must run "
-                    "first (tests/conftest.py orders them so) to prove the Streamlit process stays torch-free", pytrace=False)
+        pytest.fail(
+            f"{already[:3]} were imported into the pytest process before the AppTests; the AppTests must run "
+            "first (tests/conftest.py orders them so) to prove the Streamlit process stays torch-free",
+            pytrace=False,
+        )
     from da3_core import holder
 
     guard = HeavyImportGuard()
     sys.meta_path.insert(0, guard)
-    values = {"DA3_WORKSPACE": str(workspace), "DA3_ISOLATION": "isolated", "DA3_MODEL": "auto",
-              "DA3_WORKSPACE_MAX_GB": "1000", "DA3_MAX_FRAMES": "64"}
+    values = {
+        "DA3_WORKSPACE": str(workspace),
+        "DA3_ISOLATION": "isolated",
+        "DA3_MODEL": "auto",
+        "DA3_WORKSPACE_MAX_GB": "1000",
+        "DA3_MAX_FRAMES": "64",
+    }
     assert set(values) == set(APP_ENV_VARS)
     holder.get_settings.clear()
     holder.get_holder.clear()

@@ -7,11 +7,17 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 HEAVY = ("torch", "torchvision", "depth_anything_3", "xformers")
-PAGES = ["pages/1_Reconstruct.py", "pages/2_Depth_maps.py", "pages/3_Point_cloud.py", "pages/4_Exports.py", "pages/5_Runner.py"]
+PAGES = [
+    "pages/1_Reconstruct.py",
+    "pages/2_Depth_maps.py",
+    "pages/3_Point_cloud.py",
+    "pages/4_Exports.py",
+    "pages/5_Runner.py",
+]
 HOME = "streamlit_app.py"
 
 
@@ -120,6 +126,8 @@ def wait_export(at, done_prefix: str, timeout: float = 120, poll_s: float = 0.3)
         errors = texts(at.error) + [i for i in texts(at.info) if " was cancelled " in i]
         if done or errors:
             return done, errors
-        assert time.monotonic() - t0 < timeout, f"no end of the export after {timeout:.0f} s; page says {texts(at.markdown)[-3:]}"
+        assert time.monotonic() - t0 < timeout, (
+            f"no end of the export after {timeout:.0f} s; page says {texts(at.markdown)[-3:]}"
+        )
         time.sleep(poll_s)
         at.run()

@@ -12,9 +12,9 @@ claims Streamlit would read from its sign-in cookie after a real OpenID Connect 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -23,10 +23,22 @@ from tests.app.kit import HOME, PAGES, check, keys, run_picker, texts
 from tests.unit import synthetic
 
 ISSUER = "https://idp.test"
-ALICE = {"is_logged_in": True, "iss": ISSUER, "sub": "alice-0001", "email": "alice@example.com", "email_verified": True,
-         "name": "Alice"}
-BOB = {"is_logged_in": True, "iss": ISSUER, "sub": "bob-0002", "email": "bob@example.com", "email_verified": True,
-       "name": "Bob"}
+ALICE = {
+    "is_logged_in": True,
+    "iss": ISSUER,
+    "sub": "alice-0001",
+    "email": "alice@example.com",
+    "email_verified": True,
+    "name": "Alice",
+}
+BOB = {
+    "is_logged_in": True,
+    "iss": ISSUER,
+    "sub": "bob-0002",
+    "email": "bob@example.com",
+    "email_verified": True,
+    "name": "Bob",
+}
 BOSS = {"is_logged_in": True, "iss": ISSUER, "sub": "boss-0003", "email": "Boss@Example.com", "name": "Boss"}
 AUTH_TOML = """\
 [auth]
@@ -215,22 +227,36 @@ def test_sign_out_returns_to_the_sign_in_page(new_app, signin_on):
 def test_several_providers_get_a_button_each(new_app, tmp_path):
     path = tmp_path / "secrets.toml"
     provider = 'client_id = "c"\nclient_secret = "s"\nserver_metadata_url = "http://127.0.0.1:9/.well-known/openid-configuration"\n'
-    path.write_text('[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "0123456789abcdef0123"\n'
-                    f"[auth.google]\n{provider}[auth.microsoft]\n{provider}")
+    path.write_text(
+        '[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "0123456789abcdef0123"\n'
+        f"[auth.google]\n{provider}[auth.microsoft]\n{provider}"
+    )
     with secrets_files(path):
         at = open_as(new_app, {"is_logged_in": False})
         at.run()
         check(at, "two providers")
         buttons = {b.key: b.label for b in at.button}
-        assert buttons["au_login_google"] == "Sign in with Google" and buttons["au_login_microsoft"] == "Sign in with Microsoft"
+        assert (
+            buttons["au_login_google"] == "Sign in with Google"
+            and buttons["au_login_microsoft"] == "Sign in with Microsoft"
+        )
         at.button(key="au_login_microsoft").click().run()
         check(at, "microsoft clicked")
 
 
-@pytest.mark.parametrize("toml, expected", [
-    ('[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\nclient_id = "c"\n', "[auth] in secrets.toml lacks cookie_secret"),
-    ('[auth\nredirect_uri = "http://localhost:8501/oauth2callback"\n', "the secrets file could not be read"),  # bad TOML
-])
+@pytest.mark.parametrize(
+    "toml, expected",
+    [
+        (
+            '[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\nclient_id = "c"\n',
+            "[auth] in secrets.toml lacks cookie_secret",
+        ),
+        (
+            '[auth\nredirect_uri = "http://localhost:8501/oauth2callback"\n',
+            "the secrets file could not be read",
+        ),  # bad TOML
+    ],
+)
 def test_a_broken_secrets_file_stops_every_page_with_the_fix(new_app, tmp_path, toml, expected):
     """Never an open app by mistake: Streamlit itself treats an unreadable file as no file."""
     path = tmp_path / "secrets.toml"

@@ -55,8 +55,12 @@ def test_thumbnail_captions_and_the_more_line_are_not_markdown(new_app):
     captions = image_captions(at)
     assert len(captions) == 12
     # Every Markdown construct escaped in the source; the user reads the name as typed.
-    assert captions[:4] == ["\\*\\*bold\\*\\*\\.png", "\\$x\\^2\\$\\.png", "\\[link\\]\\(https\\:evil\\.example\\)\\.png",
-                            "\\:red\\[alarm\\]\\.png"], captions[:4]
+    assert captions[:4] == [
+        "\\*\\*bold\\*\\*\\.png",
+        "\\$x\\^2\\$\\.png",
+        "\\[link\\]\\(https\\:evil\\.example\\)\\.png",
+        "\\:red\\[alarm\\]\\.png",
+    ], captions[:4]
     assert [plain(c) for c in captions[:4]] == hostile
     more = [c.value for c in at.caption if plain(c.value).endswith(" more")]
     assert more == ["\\+ 2 more"], more  # "+ 2 more" would render as a bullet
@@ -122,10 +126,15 @@ def test_the_model_choice_is_kept_across_pages_and_saved_for_a_reload(new_app, a
     at.radio(key="model_kind").set_value("Untrained demo weights").run()
     at.selectbox(key="model_demo").set_value("da3-base").run()
     check(at, "model chosen")
-    assert json.loads((folder / "prefs.json").read_text())["model"]["model_demo"] == "da3-base"  # saved on change, no run
+    assert (
+        json.loads((folder / "prefs.json").read_text())["model"]["model_demo"] == "da3-base"
+    )  # saved on change, no run
     at.switch_page(PAGES[2]).run()
     at.switch_page(PAGES[0]).run()
-    assert at.radio(key="model_kind").value == "Untrained demo weights" and at.selectbox(key="model_demo").value == "da3-base"
+    assert (
+        at.radio(key="model_kind").value == "Untrained demo weights"
+        and at.selectbox(key="model_demo").value == "da3-base"
+    )
     reloaded = open_reconstruct(new_app, sid)  # a reload: a new browser session on the same address
     assert reloaded.radio(key="model_kind").value == "Untrained demo weights"
     assert reloaded.selectbox(key="model_demo").value == "da3-base"
@@ -174,7 +183,9 @@ def test_the_advised_process_res_is_then_accepted(new_app, app_env, monkeypatch)
     at.selectbox(key="rc_chunk_mode").set_value("never").run()
     at.number_input(key="rc_res").set_value(1008).run()
     sizes, plenty = [(640, 480)] * 3, guard.Available(1e9, "test")
-    high, low = (guard.estimate(PRESETS_BY_NAME["da3-small"], sizes, r, "cpu", plenty, 1e9).memory_mb for r in (1008, 504))
+    high, low = (
+        guard.estimate(PRESETS_BY_NAME["da3-small"], sizes, r, "cpu", plenty, 1e9).memory_mb for r in (1008, 504)
+    )
     service = holder.get_holder().runs
     limit = psutil.Process().memory_info().rss / 2**20 + (high + low) / 2
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, memory_limit_mb=limit))
@@ -210,8 +221,9 @@ def test_mixed_portrait_and_landscape_frames_are_said_to_be_cropped(new_app):
 
 def test_a_damaged_mp4_is_said_to_be_a_video_that_could_not_be_read(new_app):
     at = open_reconstruct(new_app)
-    at.file_uploader(key="rc_files").set_value([("holiday.mp4", b"\x00\x01garbage" * 300, "video/mp4"),
-                                                ("ok.png", png_bytes(1), "image/png")]).run()
+    at.file_uploader(key="rc_files").set_value(
+        [("holiday.mp4", b"\x00\x01garbage" * 300, "video/mp4"), ("ok.png", png_bytes(1), "image/png")]
+    ).run()
     check(at, "damaged video")
     warnings = texts(at.warning)
     assert len(warnings) == 1 and warnings[0].startswith("holiday.mp4: the video cannot be read"), warnings

@@ -92,8 +92,12 @@ def test_cancel_and_failure_are_said_and_kept(new_app, app_env, fake_exports):
     at.button(key="ex_gs_ply_cancel").click().run()
     check(at, "cancel clicked")
     done, ended = wait_export(at, "3DGS PLY written")
-    assert done == [] and len(ended) == 1 and ended[0].startswith("The 3DGS PLY was cancelled (cancelled by the user)"), ended
-    assert not (run_dir / "exports" / "gs_ply" / "0000.ply").exists() and "ex_gs_ply_dl" not in keys(at.get("download_button"))
+    assert (
+        done == [] and len(ended) == 1 and ended[0].startswith("The 3DGS PLY was cancelled (cancelled by the user)")
+    ), ended
+    assert not (run_dir / "exports" / "gs_ply" / "0000.ply").exists() and "ex_gs_ply_dl" not in keys(
+        at.get("download_button")
+    )
 
     failing = dataclasses.replace(synthetic.box_scene(3), names=("fail", "b", "c"))
     _, failing_meta = synthetic.write_finished_run(session_dir, failing)

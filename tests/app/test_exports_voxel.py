@@ -75,15 +75,19 @@ def test_voxel_downsampling_changes_the_point_formats_and_the_depth_video_shows(
     depth = np.asarray(synthetic.box_scene(3).depth)
     out = runs.exports_dir(run_dir)
     depth_video.write_depth_video(depth, out / depth_video.VIDEO_FILENAME, unit="relative units")
-    depth_video.write_depth_png_sequence(depth, out / depth_video.PNG_SEQUENCE_FILENAME, names=["a", "b", "c"],
-                                         unit="relative units")
+    depth_video.write_depth_png_sequence(
+        depth, out / depth_video.PNG_SEQUENCE_FILENAME, names=["a", "b", "c"], unit="relative units"
+    )
     at.run()
     check(at, "depth video")
     assert len(at.get("video")) == 1
     assert {"ex_depth_video", "ex_depth_png16"} <= keys(at.get("download_button"))
     video = downloads[f"{meta.run_id}-{depth_video.VIDEO_FILENAME}"]()
     assert video == (out / depth_video.VIDEO_FILENAME).read_bytes()
-    assert downloads[f"{meta.run_id}-{depth_video.PNG_SEQUENCE_FILENAME}"]() == (out / depth_video.PNG_SEQUENCE_FILENAME).read_bytes()
+    assert (
+        downloads[f"{meta.run_id}-{depth_video.PNG_SEQUENCE_FILENAME}"]()
+        == (out / depth_video.PNG_SEQUENCE_FILENAME).read_bytes()
+    )
     assert any("3 frames, depth" in m for m in texts(at.markdown))
 
     # Off again: the plain files, with every filtered point.

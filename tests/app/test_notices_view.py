@@ -11,8 +11,10 @@ from da3_core.runner import WorkerStatus
 from da3_core.runner.protocol import Notice
 from tests.app.kit import PAGES, check, texts
 
-XFORMERS = ("WARNING[XFORMERS]: xFormers can't load C++/CUDA extensions. xFormers was built for:\n"
-            "    PyTorch 2.10.0+cu128 with CUDA 1208 (you have 2.14.1+cu130)")
+XFORMERS = (
+    "WARNING[XFORMERS]: xFormers can't load C++/CUDA extensions. xFormers was built for:\n"
+    "    PyTorch 2.10.0+cu128 with CUDA 1208 (you have 2.14.1+cu130)"
+)
 OMEGACONF = "register_new_resolver() is deprecated and will be removed in a future release."
 
 
@@ -21,9 +23,12 @@ def worker(label: str, *notices: Notice) -> WorkerStatus:
 
 
 WORKERS = [
-    worker("worker 1", Notice(XFORMERS, "log", "WARNING", "xformers", 1, 1000.0),
-           Notice(OMEGACONF, "warning", "UserWarning", "depth_anything_3.cfg", 1, 1001.0),
-           Notice("something new", "print", "stdout", "a.library", 3, 1002.0)),
+    worker(
+        "worker 1",
+        Notice(XFORMERS, "log", "WARNING", "xformers", 1, 1000.0),
+        Notice(OMEGACONF, "warning", "UserWarning", "depth_anything_3.cfg", 1, 1001.0),
+        Notice("something new", "print", "stdout", "a.library", 3, 1002.0),
+    ),
     worker("worker 2", Notice(XFORMERS, "log", "WARNING", "xformers", 2, 999.0)),
 ]
 
@@ -55,11 +60,15 @@ def test_the_section_lists_each_notice_once_with_its_meaning():
     assert markdown[0] == f"**{TITLE}**"
     meanings = markdown[1:]
     assert len(meanings) == 3
-    assert meanings[0].startswith("✅ **Harmless: yes.** xFormers has no compiled kernels") and "What to do" in meanings[0]
+    assert (
+        meanings[0].startswith("✅ **Harmless: yes.** xFormers has no compiled kernels") and "What to do" in meanings[0]
+    )
     assert meanings[2].startswith("❔ **Harmless: unknown.** Not known to this dashboard")
     assert [c.value for c in at.code] == [XFORMERS, OMEGACONF, "something new"]
     where = [c for c in texts(at.caption) if c.startswith("from ")]
-    assert where[0].startswith("from xformers (WARNING) · worker 1, worker 2 · first seen ") and where[0].endswith("· 3 time(s)")
+    assert where[0].startswith("from xformers (WARNING) · worker 1, worker 2 · first seen ") and where[0].endswith(
+        "· 3 time(s)"
+    )
 
 
 def test_the_empty_state_says_nothing_was_printed():

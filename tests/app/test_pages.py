@@ -9,7 +9,6 @@ import re
 from tests.app.kit import HOME, PAGES, check, has_viewer, keys, run_picker, runner_counts, texts, wait_export
 from tests.unit import synthetic
 
-
 # The Point cloud caption ends with the time the filtering took: never compared.
 ELAPSED = re.compile(r" · filtered and drawn in \d+ ms \(no model call\)$")
 
@@ -151,7 +150,9 @@ def test_exports_made_by_da3_in_the_worker(new_app, app_env):
     """COLMAP and 3DGS PLY come from DA3's own exporters, in the worker, into the run folder:
     each a job of the worker's queue that the page follows to its end (never a blocking call)."""
     sid, session_dir = app_env.new_session()
-    crop_dir, crop = synthetic.write_finished_run(session_dir, synthetic.box_scene(2), params={"process_res_method": "upper_bound_crop"})
+    crop_dir, crop = synthetic.write_finished_run(
+        session_dir, synthetic.box_scene(2), params={"process_res_method": "upper_bound_crop"}
+    )
     # 3 views, not 2: two runs of one second with the same view count and preset get the same
     # label in the sidebar's picker, and a selectbox cannot tell equal labels apart.
     run_dir, meta = synthetic.write_finished_run(session_dir, synthetic.with_gaussians(synthetic.box_scene(3)))
@@ -167,7 +168,9 @@ def test_exports_made_by_da3_in_the_worker(new_app, app_env):
     assert {"cameras.bin", "images.bin", "points3D.bin"} <= set(colmap), colmap
     assert "ex_file_exports/colmap/cameras.bin" in keys(at.get("download_button"))  # the page lists the new files
     # It says what it wrote, and offers the model as one zip.
-    assert [s for s in texts(at.success) if s.startswith("COLMAP model written: ") and "cameras.bin" in s], texts(at.success)
+    assert [s for s in texts(at.success) if s.startswith("COLMAP model written: ") and "cameras.bin" in s], texts(
+        at.success
+    )
     assert "ex_colmap_zip" in keys(at.get("download_button"))
     at.button(key="ex_gs").click().run()
     check(at, "3dgs")

@@ -166,9 +166,16 @@ def test_bad_and_hostile_uploads_are_listed_and_the_good_ones_run(new_app, app_e
     assert done and done[0].startswith("Done: 4 view(s)")
     metas = runs.list_session_runs(root / "sessions" / sid)
     assert metas[0].names == ["evil.png", "passwd.png", "café photo 1.png", "café photo 1 (2).png"]
-    escaped = [str(p) for base in (root, root.parent, tmp_path) for p in base.rglob("*") if p.name in ("evil.png", "passwd.png", "passwd")]
+    escaped = [
+        str(p)
+        for base in (root, root.parent, tmp_path)
+        for p in base.rglob("*")
+        if p.name in ("evil.png", "passwd.png", "passwd")
+    ]
     assert escaped == []
     written = sorted(files_now() - before)
     assert written and all(w.startswith(f"sessions/{sid}/") for w in written), written
     inputs = [w for w in written if "/input/" in w]
-    assert len(inputs) == 4 and all(re.fullmatch(r"sessions/[0-9a-f]{32}/run-\d{8}-\d{6}-[0-9a-f]{6}/input/\d{4}\.jpg", w) for w in inputs), inputs
+    assert len(inputs) == 4 and all(
+        re.fullmatch(r"sessions/[0-9a-f]{32}/run-\d{8}-\d{6}-[0-9a-f]{6}/input/\d{4}\.jpg", w) for w in inputs
+    ), inputs

@@ -30,12 +30,18 @@ def test_markdown_in_file_names_is_shown_as_text(new_app):
     at = new_app()
     at.switch_page(PAGES[0]).run()
     hostile = "[docs](https:evil.example) **x** :red[alarm].png"
-    at.file_uploader(key="rc_files").set_value([(hostile, b"not an image", "image/png"), ("ok.png", png_bytes(1), "image/png")]).run()
+    at.file_uploader(key="rc_files").set_value(
+        [(hostile, b"not an image", "image/png"), ("ok.png", png_bytes(1), "image/png")]
+    ).run()
     check(at, "uploaded")
     raw = [w.value for w in at.warning]
     assert len(raw) == 1
     # The Markdown source escapes every construct; the user reads the name as typed.
-    assert "\\[docs\\]\\(https\\:evil\\.example\\)" in raw[0] and "\\*\\*x\\*\\*" in raw[0] and "\\:red\\[alarm\\]" in raw[0]
+    assert (
+        "\\[docs\\]\\(https\\:evil\\.example\\)" in raw[0]
+        and "\\*\\*x\\*\\*" in raw[0]
+        and "\\:red\\[alarm\\]" in raw[0]
+    )
     assert texts(at.warning)[0].startswith(hostile + ": ")
 
 
@@ -79,7 +85,9 @@ def test_exports_never_show_the_server_path(new_app, app_env):
 def test_the_model_choice_survives_a_reload(new_app, app_env):
     """Saved with the session's runs (prefs.json): a reload on the same address keeps it."""
     sid, folder = app_env.new_session()
-    (folder / "prefs.json").write_text(json.dumps({"model": {"model_kind": "Untrained demo weights", "model_demo": "da3-base"}}))
+    (folder / "prefs.json").write_text(
+        json.dumps({"model": {"model_kind": "Untrained demo weights", "model_demo": "da3-base"}})
+    )
     at = new_app(sid)
     at.switch_page(PAGES[0]).run()
     check(at, "reconstruct")
@@ -119,7 +127,9 @@ def test_cancel_reads_as_cancelled_and_keeps_the_frames(new_app, app_env):
     assert len(runs.input_paths(folder / metas[0].run_id, metas[0])) == 4
 
 
-def colmap_text(names: list[str], size: tuple[int, int] = (160, 120), model: str = "PINHOLE") -> list[tuple[str, bytes, str]]:
+def colmap_text(
+    names: list[str], size: tuple[int, int] = (160, 120), model: str = "PINHOLE"
+) -> list[tuple[str, bytes, str]]:
     """A COLMAP text model (cameras.txt + images.txt) with one camera per name, as uploads."""
     w, h = size
     params = {"PINHOLE": "150 151 80 60", "OPENCV_FISHEYE": "150 151 80 60 0.1 0 0 0"}[model]
@@ -147,19 +157,40 @@ def test_known_cameras_colmap_upload_shows_the_match_table_and_runs_with_them(ne
     table = at.table[0].value
     rows = [{k: plain(str(v)) for k, v in row.items()} for row in table.to_dict("records")]
     assert rows == [
-        {"frame": "p1.png", "camera found": "p1.png", "focal length (px)": "150.0 / 151.0", "centre (px)": "(80.0, 60.0)", "note": ""},
-        {"frame": "p2.png", "camera found": "images/p2.png", "focal length (px)": "150.0 / 151.0", "centre (px)": "(80.0, 60.0)", "note": ""},
+        {
+            "frame": "p1.png",
+            "camera found": "p1.png",
+            "focal length (px)": "150.0 / 151.0",
+            "centre (px)": "(80.0, 60.0)",
+            "note": "",
+        },
+        {
+            "frame": "p2.png",
+            "camera found": "images/p2.png",
+            "focal length (px)": "150.0 / 151.0",
+            "centre (px)": "(80.0, 60.0)",
+            "note": "",
+        },
     ], rows
-    assert any(t.startswith("Every frame (2) has a camera: DA3 runs with them (cameras: given (COLMAP)).") for t in texts(at.markdown))
+    assert any(
+        t.startswith("Every frame (2) has a camera: DA3 runs with them (cameras: given (COLMAP)).")
+        for t in texts(at.markdown)
+    )
     assert at.toggle(key="rc_cam_align").value is True
-    assert any(c.startswith("use_ray_pose: poses from DA3's ray head instead of its camera decoder") and " s (x" in c
-               for c in texts(at.caption)), texts(at.caption)
-    assert at.selectbox(key="rc_strategy").disabled and at.toggle(key="rc_gs").disabled  # DA3 picks no reference view; no Gaussians
+    assert any(
+        c.startswith("use_ray_pose: poses from DA3's ray head instead of its camera decoder") and " s (x" in c
+        for c in texts(at.caption)
+    ), texts(at.caption)
+    assert (
+        at.selectbox(key="rc_strategy").disabled and at.toggle(key="rc_gs").disabled
+    )  # DA3 picks no reference view; no Gaussians
 
     # Three photos, two cameras: DA3 takes cameras for all views or none; the user chooses.
     at.file_uploader(key="rc_files").set_value(photos).run()
     check(at, "partial")
-    assert "2 of 3 frames have a camera. DA3's inference() takes cameras for all views or for none" in " ".join(texts(at.markdown))
+    assert "2 of 3 frames have a camera. DA3's inference() takes cameras for all views or for none" in " ".join(
+        texts(at.markdown)
+    )
     assert plain(str(at.table[0].value.to_dict("records")[2]["camera found"])) == "— none"
     assert at.radio(key="rc_cam_partial").value.startswith("Let DA3 estimate every camera")
     assert not at.selectbox(key="rc_strategy").disabled  # the file is ignored: DA3 estimates
@@ -169,8 +200,10 @@ def test_known_cameras_colmap_upload_shows_the_match_table_and_runs_with_them(ne
     # A fisheye model: a clear error naming the file and line; the frames stay.
     at.file_uploader(key="rc_cams").set_value(colmap_text(["p1.png", "p2.png"], model="OPENCV_FISHEYE")).run()
     errors = texts(at.error)
-    assert errors == ["Camera file not used: cameras.txt, line 1: camera 1 is OPENCV_FISHEYE, a fisheye model: DA3 takes pinhole "
-                      "cameras only. Undistort the images to a pinhole model first (e.g. `colmap image_undistorter`) and upload that model."], errors
+    assert errors == [
+        "Camera file not used: cameras.txt, line 1: camera 1 is OPENCV_FISHEYE, a fisheye model: DA3 takes pinhole "
+        "cameras only. Undistort the images to a pinhole model first (e.g. `colmap image_undistorter`) and upload that model."
+    ], errors
     assert len(at.file_uploader(key="rc_files").value) == 3 and not at.table
 
     # Two photos with their cameras, run with demo weights: the result says where the cameras came from and keeps them.
@@ -220,7 +253,9 @@ def test_the_run_guard_shows_the_estimate_and_refuses_before_the_run(new_app, ap
     at.run()
     check(at, "refused")
     refusal = [e for e in texts(at.error) if e.startswith("This run would be refused: ")]
-    assert refusal and "available (DA3_MEMORY_LIMIT_MB=400)" in refusal[0] and "Ways on: " in refusal[0], texts(at.error)
+    assert refusal and "available (DA3_MEMORY_LIMIT_MB=400)" in refusal[0] and "Ways on: " in refusal[0], texts(
+        at.error
+    )
     assert at.button(key="rc_run").disabled
     assert len(at.file_uploader(key="rc_files").value) == 3  # nothing the user uploaded is lost
 

@@ -68,8 +68,17 @@ class MockOIDCProvider:
         from joserfc import jwt
 
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": self.sub_for(email), "aud": self.client_id, "iat": now, "exp": now + 600,
-                  "nonce": nonce, "email": email, "email_verified": True, "name": email.split("@")[0].capitalize()}
+        claims = {
+            "iss": self.issuer,
+            "sub": self.sub_for(email),
+            "aud": self.client_id,
+            "iat": now,
+            "exp": now + 600,
+            "nonce": nonce,
+            "email": email,
+            "email_verified": True,
+            "name": email.split("@")[0].capitalize(),
+        }
         return jwt.encode({"alg": "RS256", "kid": "mock-1"}, claims, self.key)
 
     def record(self, event: str) -> None:
@@ -77,15 +86,20 @@ class MockOIDCProvider:
             self.events.append(event)
 
     # ---------------------------------------------------------------------------------
-    def start(self) -> "MockOIDCProvider":
+    def start(self) -> MockOIDCProvider:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, fmt, *args):  # noqa: ANN001 - quiet: the test reads `events`
                 return
 
-            def send(self, status: int, body: bytes | str, ctype: str = "text/plain; charset=utf-8",
-                     headers: dict[str, str] | None = None) -> None:
+            def send(
+                self,
+                status: int,
+                body: bytes | str,
+                ctype: str = "text/plain; charset=utf-8",
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 data = body.encode() if isinstance(body, str) else body
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
@@ -101,7 +115,9 @@ class MockOIDCProvider:
 
             def refuse(self, status: int, why: str) -> None:
                 provider.record(f"refused {self.path.split('?')[0]}: {why}")
-                self.send(status, json.dumps({"error": "invalid_request", "error_description": why}), "application/json")
+                self.send(
+                    status, json.dumps({"error": "invalid_request", "error_description": why}), "application/json"
+                )
 
             def form(self) -> dict[str, str]:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -122,12 +138,16 @@ class MockOIDCProvider:
                     if q.get("response_type") != "code" or "openid" not in q.get("scope", "").split():
                         return self.refuse(400, "only response_type=code with the openid scope")
                     provider.record("authorize")
-                    hidden = "".join(f'<input type="hidden" name="{k}" value="{html.escape(q.get(k, ""))}">'
-                                     for k in ("state", "nonce", "redirect_uri"))
-                    page = ("<!doctype html><title>Mock identity provider</title><h1>Mock identity provider</h1>"
-                            f'<form method="post" action="/authorize">{hidden}'
-                            '<label>Email <input id="email" name="email" type="email" required></label> '
-                            '<button id="sign-in" type="submit">Sign in</button></form>')
+                    hidden = "".join(
+                        f'<input type="hidden" name="{k}" value="{html.escape(q.get(k, ""))}">'
+                        for k in ("state", "nonce", "redirect_uri")
+                    )
+                    page = (
+                        "<!doctype html><title>Mock identity provider</title><h1>Mock identity provider</h1>"
+                        f'<form method="post" action="/authorize">{hidden}'
+                        '<label>Email <input id="email" name="email" type="email" required></label> '
+                        '<button id="sign-in" type="submit">Sign in</button></form>'
+                    )
                     self.send(200, page, "text/html; charset=utf-8")
                 elif url.path == "/logout":
                     provider.record("logout")
@@ -147,10 +167,15 @@ class MockOIDCProvider:
                         return self.refuse(400, "bad sign-in form")
                     code = secrets.token_urlsafe(24)
                     with provider.lock:
-                        provider.codes[code] = {"email": email, "nonce": body.get("nonce", ""),
-                                                "redirect_uri": body["redirect_uri"]}
+                        provider.codes[code] = {
+                            "email": email,
+                            "nonce": body.get("nonce", ""),
+                            "redirect_uri": body["redirect_uri"],
+                        }
                     provider.record(f"sign-in {email}")
-                    self.redirect(provider.redirect_uri + "?" + urlencode({"code": code, "state": body.get("state", "")}))
+                    self.redirect(
+                        provider.redirect_uri + "?" + urlencode({"code": code, "state": body.get("state", "")})
+                    )
                 elif url.path == "/token":
                     client_id, client_secret = body.get("client_id"), body.get("client_secret")
                     auth = self.headers.get("Authorization", "")
@@ -170,8 +195,13 @@ class MockOIDCProvider:
                     if body.get("redirect_uri") != grant["redirect_uri"]:
                         return self.refuse(400, "redirect_uri differs from the authorize request")
                     provider.record(f"token {grant['email']}")
-                    token = {"access_token": secrets.token_urlsafe(24), "token_type": "Bearer", "expires_in": 600,
-                             "scope": "openid email profile", "id_token": provider.id_token(grant["email"], grant["nonce"])}
+                    token = {
+                        "access_token": secrets.token_urlsafe(24),
+                        "token_type": "Bearer",
+                        "expires_in": 600,
+                        "scope": "openid email profile",
+                        "id_token": provider.id_token(grant["email"], grant["nonce"]),
+                    }
                     self.send(200, json.dumps(token), "application/json")
                 else:
                     self.send(404, "not found")

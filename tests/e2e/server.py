@@ -30,7 +30,9 @@ def free_port() -> int:
 class AppServer:
     """One Streamlit server process; ``url`` is its base address."""
 
-    def __init__(self, workspace: Path, log_path: Path, env_extra: dict[str, str] | None = None, port: int | None = None):
+    def __init__(
+        self, workspace: Path, log_path: Path, env_extra: dict[str, str] | None = None, port: int | None = None
+    ):
         self.workspace = Path(workspace)
         self.log_path = Path(log_path)
         self.env_extra = dict(env_extra or {})
@@ -40,21 +42,37 @@ class AppServer:
         self._log = None
 
     # ---------------------------------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> "AppServer":
+    def start(self, timeout: float = 60.0) -> AppServer:
         env = dict(os.environ)
         env.update({"DA3_WORKSPACE": str(self.workspace), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
         env.update(self.env_extra)
-        cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-               "--server.port", str(self.port), "--server.address", "127.0.0.1",
-               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.port",
+            str(self.port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"Streamlit exited with {self.proc.returncode} before it was healthy:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"Streamlit exited with {self.proc.returncode} before it was healthy:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
                     body = r.read().decode("utf-8", "replace").strip()

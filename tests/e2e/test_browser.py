@@ -45,6 +45,7 @@ def RUN_STATUS(page):  # noqa: N802 - reads like the constants beside it
     """The live status line of the run in progress (main area)."""
     return page.locator(MAIN).get_by_text(STATUS_LINE)
 
+
 EXAMPLES = [("courtyard", "Courtyard"), ("room", "Living room"), ("tabletop", "Tabletop")]
 
 # expect() has its own timeout (5 s by default): far too short for a busy 2-core CI machine.
@@ -96,8 +97,14 @@ def page_ready(page: Page, title: str, last: Locator, where: str) -> None:
     assert_clean(page, where)
 
 
-PAGE_PATHS = {"Home": "", "Reconstruct": "Reconstruct", "Depth maps": "Depth_maps", "Point cloud": "Point_cloud",
-              "Exports": "Exports", "Runner": "Runner"}
+PAGE_PATHS = {
+    "Home": "",
+    "Reconstruct": "Reconstruct",
+    "Depth maps": "Depth_maps",
+    "Point cloud": "Point_cloud",
+    "Exports": "Exports",
+    "Runner": "Runner",
+}
 
 
 def nav(page: Page, base: str, title: str) -> None:
@@ -233,7 +240,9 @@ def diagnose(page: Page, workspace: Path | None) -> str:
         for folder in run_folders(workspace, m.group(1)):
             try:
                 meta = json.loads((folder / "run.json").read_text())
-                lines.append(f"on disk: {folder.name} status={meta['status']} error={meta['error'][:300]!r} timings={meta.get('timings')}")
+                lines.append(
+                    f"on disk: {folder.name} status={meta['status']} error={meta['error'][:300]!r} timings={meta.get('timings')}"
+                )
             except (OSError, ValueError, KeyError) as exc:
                 lines.append(f"on disk: {folder.name}: unreadable run.json ({exc})")
     return "\n".join(lines)
@@ -333,7 +342,9 @@ def test_full_flow(app_server, browser, tmp_path):
         hostile_name = "[docs](https:evil.example) **x** :red[alarm].png"
         hostile = tmp_path / hostile_name
         hostile.write_bytes(b"not an image")
-        page.locator('.st-key-rc_files [data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(images + [str(hostile)])
+        page.locator('.st-key-rc_files [data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
+            images + [str(hostile)]
+        )
         expect(page.locator('.st-key-rc_files [data-testid="stFileChip"]')).to_have_count(3)
         expect(page.get_by_text("photo2.png", exact=True).last).to_be_visible()
         warning = page.locator('[data-testid="stAlertContentWarning"]').filter(has_text="this is not an image format")
@@ -374,7 +385,9 @@ def test_full_flow(app_server, browser, tmp_path):
         expect(page.locator(f".st-key-dm_fig_{run_id}_1 .js-plotly-plot").first).to_be_visible()
         expect(selector).to_have_value("View 2 of 2: photo2.png")
         page.locator(".st-key-dm_rev_w").get_by_text("Reverse colours", exact=True).click()
-        expect(page.locator('.st-key-dm_rev_w input[role="switch"], .st-key-dm_rev_w input[type="checkbox"]')).to_be_checked()
+        expect(
+            page.locator('.st-key-dm_rev_w input[role="switch"], .st-key-dm_rev_w input[type="checkbox"]')
+        ).to_be_checked()
         expect(page.locator(f".st-key-dm_fig_{run_id}_1 .js-plotly-plot").first).to_be_visible()
         expect(page.locator(f"{MAIN} .js-plotly-plot")).to_have_count(2)  # the redrawn figure replaced the old one
         expect(selector).to_have_value("View 2 of 2: photo2.png")
@@ -453,7 +466,12 @@ def test_full_flow(app_server, browser, tmp_path):
     ctx2, page2 = new_page(browser)
     try:
         open_url(page2, f"{base}/Depth_maps?s={sid}")
-        page_ready(page2, "Depth maps", page2.locator(f".st-key-dm_fig_{run_id}_0 .js-plotly-plot"), "Depth maps in a new context")
+        page_ready(
+            page2,
+            "Depth maps",
+            page2.locator(f".st-key-dm_fig_{run_id}_0 .js-plotly-plot"),
+            "Depth maps in a new context",
+        )
         expect(page2.locator(RUN_PICKER)).to_have_value(label)
         assert session_id(page2) == sid
     finally:
@@ -550,9 +568,11 @@ def test_newest_run_is_shown_after_widget_changes(app_server, browser):
         # One more widget change after the last run: a rerun in which stale picker values arrive.
         choose_demo_preset(page, "DA3 Base")
         assert sorted(p.name for p in run_folders(workspace, sid))[-1] == newest
-        for title, ready in (("Depth maps", f".st-key-dm_fig_{newest}_0 .js-plotly-plot"),
-                             ("Point cloud", '[data-testid="stPlotlyChart"] .js-plotly-plot'),
-                             ("Exports", ".st-key-ex_zip button")):
+        for title, ready in (
+            ("Depth maps", f".st-key-dm_fig_{newest}_0 .js-plotly-plot"),
+            ("Point cloud", '[data-testid="stPlotlyChart"] .js-plotly-plot'),
+            ("Exports", ".st-key-ex_zip button"),
+        ):
             nav(page, base, title)
             page_ready(page, title, page.locator(ready), title)
             expect(page.locator(MAIN).get_by_text(re.compile(r"^Run .* · " + re.escape(newest)))).to_be_visible()

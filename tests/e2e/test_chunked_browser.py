@@ -26,17 +26,34 @@ from playwright.sync_api import expect
 
 from tests.e2e.conftest import ARTIFACTS, chromium_path
 from tests.e2e.server import AppServer
-from tests.e2e.test_browser import (MAIN, PAGE_PATHS, SIDEBAR, assert_clean, diagnose, nav, new_page, open_url, page_ready, session_id, set_process_res,
-                                    shoot, wait_done)
+from tests.e2e.test_browser import (
+    MAIN,
+    PAGE_PATHS,
+    SIDEBAR,
+    assert_clean,
+    diagnose,
+    nav,
+    new_page,
+    open_url,
+    page_ready,
+    session_id,
+    set_process_res,
+    shoot,
+    wait_done,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 N_FRAMES, FPS, SIZE, CHUNK, RES = 64, 10, (160, 120), 8, 154
 # The chunked run's status line (ChunkedRun.status_line), e.g. "Running chunk 3 of 13 · 13 of 64 frames ready · ETA 40 s · 20 s".
-CHUNK_STATUS = re.compile(r"^(Running chunk (\d+) of (\d+) · (\d+) of (\d+) frames ready|Queued \(position \d+\) · \d+ frames in \d+ chunks)")
+CHUNK_STATUS = re.compile(
+    r"^(Running chunk (\d+) of (\d+) · (\d+) of (\d+) frames ready|Queued \(position \d+\) · \d+ frames in \d+ chunks)"
+)
 FRAMES_READY = re.compile(rf"^Running chunk \d+ of \d+ · [1-9]\d* of {N_FRAMES} frames ready")
 ALIGNED_SO_FAR = re.compile(rf"^Run (run-\S+) is still running: [1-9]\d* of {N_FRAMES} frames are aligned so far")
-CANCELLED = re.compile(r"^Cancelled: run (run-\S+) was stopped \(cancelled by the user; (\d+) of (\d+) chunks are saved")
+CANCELLED = re.compile(
+    r"^Cancelled: run (run-\S+) was stopped \(cancelled by the user; (\d+) of (\d+) chunks are saved"
+)
 
 
 def make_video(path, n: int = N_FRAMES, fps: int = FPS, size: tuple[int, int] = SIZE, step: int = 3) -> None:
@@ -53,7 +70,7 @@ def make_video(path, n: int = N_FRAMES, fps: int = FPS, size: tuple[int, int] = 
     texture = (0.6 * texture + 0.4 * ramps).astype(np.uint8)
     with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=8, macro_block_size=8) as writer:
         for i in range(n):
-            writer.append_data(np.ascontiguousarray(texture[:, i * step:i * step + w]))
+            writer.append_data(np.ascontiguousarray(texture[:, i * step : i * step + w]))
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +78,11 @@ def chunk_server(tmp_path_factory):
     """The real app with a cloud-sized memory limit and demo weights as the default model."""
     chromium_path()
     workspace = tmp_path_factory.mktemp("e2e-chunked-workspace")
-    server = AppServer(workspace, ARTIFACTS / "e2e-chunked-server.log",
-                       env_extra={"DA3_MEMORY_LIMIT_MB": "2600", "DA3_MODEL": "demo:da3-small"}).start()
+    server = AppServer(
+        workspace,
+        ARTIFACTS / "e2e-chunked-server.log",
+        env_extra={"DA3_MEMORY_LIMIT_MB": "2600", "DA3_MODEL": "demo:da3-small"},
+    ).start()
     try:
         yield server
     finally:
@@ -127,15 +147,29 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
         expect(page.get_by_text("Preset to build untrained weights from")).to_be_visible()  # DA3_MODEL=demo:da3-small
 
         # The video through the real uploader; the frame cap raised so that all 64 frames are taken.
-        page.locator('.st-key-rc_files [data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(str(video))
-        expect(page.get_by_text(re.compile(r"^pan\.mp4: 6\.4 s, 160x120 at 10\.00 fps — will make 32 frames"))).to_be_visible()
+        page.locator('.st-key-rc_files [data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
+            str(video)
+        )
+        expect(
+            page.get_by_text(re.compile(r"^pan\.mp4: 6\.4 s, 160x120 at 10\.00 fps — will make 32 frames"))
+        ).to_be_visible()
         cap = page.locator(".st-key-rc_cap input")
         cap.fill(str(N_FRAMES))
         cap.press("Enter")
-        expect(page.get_by_text(re.compile(rf"^pan\.mp4: .* will make {N_FRAMES} frames \(every frame of {N_FRAMES} at 10 fps\)$"))).to_be_visible()
+        expect(
+            page.get_by_text(
+                re.compile(rf"^pan\.mp4: .* will make {N_FRAMES} frames \(every frame of {N_FRAMES} at 10 fps\)$")
+            )
+        ).to_be_visible()
         set_process_res(page, RES)
         # 64 small frames at 154 fit in one call under 2.6 GB: the guard would not chunk them by itself.
-        expect(page.get_by_text(re.compile(rf"^Estimate: DA3 Small, {N_FRAMES} frame\(s\) at {RES}: about .* \(.* available: DA3_MEMORY_LIMIT_MB=2600\)"))).to_be_visible()
+        expect(
+            page.get_by_text(
+                re.compile(
+                    rf"^Estimate: DA3 Small, {N_FRAMES} frame\(s\) at {RES}: about .* \(.* available: DA3_MEMORY_LIMIT_MB=2600\)"
+                )
+            )
+        ).to_be_visible()
         expect(run_button).to_have_text("Run reconstruction")
         # So: "always in chunks", chunks of 8, no loop closure.
         choose_option(page, "rc_chunk_mode", "always in chunks")
@@ -144,9 +178,15 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
         size.press("Enter")
         expect(size).to_have_value(str(CHUNK))
         page.locator(".st-key-rc_loops").get_by_text("Loop closure", exact=True).click()
-        expect(page.locator('.st-key-rc_loops input[role="switch"], .st-key-rc_loops input[type="checkbox"]')).not_to_be_checked()
-        plan = page.get_by_text(re.compile(rf"^Chunked run: {N_FRAMES} frames as (\d+) chunk\(s\) of {CHUNK} overlapping by (\d+) .*"
-                                           r"Why: chunks of 8 as set under Parameters"))
+        expect(
+            page.locator('.st-key-rc_loops input[role="switch"], .st-key-rc_loops input[type="checkbox"]')
+        ).not_to_be_checked()
+        plan = page.get_by_text(
+            re.compile(
+                rf"^Chunked run: {N_FRAMES} frames as (\d+) chunk\(s\) of {CHUNK} overlapping by (\d+) .*"
+                r"Why: chunks of 8 as set under Parameters"
+            )
+        )
         expect(plan).to_be_visible()
         n_chunks = int(re.search(r"as (\d+) chunk", plan.inner_text()).group(1))
         expect(run_button).to_have_text(f"Run in {n_chunks} chunk(s)")
@@ -184,7 +224,9 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
         status = chunk_status(page)
         expect(status).to_be_visible()
         m = CHUNK_STATUS.match(status.inner_text())
-        assert m and m.group(2) and int(m.group(2)) < n_chunks, f"too late to cancel: {status.inner_text()}\n{diagnose(page, workspace)}"
+        assert m and m.group(2) and int(m.group(2)) < n_chunks, (
+            f"too late to cancel: {status.inner_text()}\n{diagnose(page, workspace)}"
+        )
         # By role: Streamlit draws a button that has a tooltip twice (the second copy is hidden).
         page.locator(".st-key-rc_cancel").get_by_role("button", name="Cancel run").click()
         cancelled = page.locator(MAIN).get_by_text(CANCELLED)
@@ -208,7 +250,9 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
         assert done_id == run_id
         banner = page.get_by_text(re.compile(r"^Done: "))
         expect(banner).to_contain_text(f"{N_FRAMES} view(s) with ")
-        expect(banner).to_contain_text(re.compile(rf", {n_chunks} chunks of {CHUNK} \(overlap \d+\), alignment \w+, 0 loop\(s\) closed"))
+        expect(banner).to_contain_text(
+            re.compile(rf", {n_chunks} chunks of {CHUNK} \(overlap \d+\), alignment \w+, 0 loop\(s\) closed")
+        )
         meta = run_meta(workspace, sid, run_id)
         chunked = meta["params"]["chunked"]
         assert meta["status"] == "done" and meta["source"] == "video" and len(meta["names"]) == N_FRAMES, meta
@@ -236,4 +280,6 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
     finally:
         ctx.close()
     timings["total"] = time.monotonic() - t0
-    print("chunked flow timings (s):", {k: round(v, 1) for k, v in timings.items()}, "links clicked again:", extra_clicks)
+    print(
+        "chunked flow timings (s):", {k: round(v, 1) for k, v in timings.items()}, "links clicked again:", extra_clicks
+    )

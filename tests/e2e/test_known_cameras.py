@@ -16,8 +16,19 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import png_bytes
-from tests.e2e.test_browser import (DONE, MAIN, assert_clean, choose_demo_weights, new_page, open_url, page_ready, session_id,
-                                    set_process_res, shoot, wait_done)
+from tests.e2e.test_browser import (
+    DONE,
+    MAIN,
+    assert_clean,
+    choose_demo_weights,
+    new_page,
+    open_url,
+    page_ready,
+    session_id,
+    set_process_res,
+    shoot,
+    wait_done,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,7 +44,9 @@ def colmap_model() -> tuple[str, str, np.ndarray]:
         qw, qy = math.cos(a / 2), math.sin(a / 2)  # rotation about y
         t = [0.8 * i - 0.8, 0.1 * i, 0.3 * (i % 2)]
         cams.append(f"{i + 1} PINHOLE 160 120 {150 + i} {151 + i} 80 60")
-        imgs.append(f"{i + 1} {qw!r} 0 {qy!r} 0 {t[0]} {t[1]} {t[2]} {i + 1} {'photos/' if i == 1 else ''}{name}\n")  # + empty 2D points
+        imgs.append(
+            f"{i + 1} {qw!r} 0 {qy!r} 0 {t[0]} {t[1]} {t[2]} {i + 1} {'photos/' if i == 1 else ''}{name}\n"
+        )  # + empty 2D points
         r = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
         e = np.eye(4)
         e[:3, :3], e[:3, 3] = r, t
@@ -58,9 +71,13 @@ def test_known_cameras_upload_table_and_run(app_server, browser, tmp_path):
         run_button = page.locator(".st-key-rc_run button")
         page_ready(page, "Reconstruct", run_button, "Reconstruct")
         sid = session_id(page)
-        page.locator('.st-key-rc_files [data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(photos)
+        page.locator('.st-key-rc_files [data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
+            photos
+        )
         expect(page.locator('.st-key-rc_files [data-testid="stFileChip"]')).to_have_count(3)
-        expect(page.get_by_text("right.png", exact=True).last).to_be_visible()  # the previews: the page ran with the photos
+        expect(
+            page.get_by_text("right.png", exact=True).last
+        ).to_be_visible()  # the previews: the page ran with the photos
         assert_clean(page, "photos uploaded")
 
         # The Known cameras section: upload the COLMAP model, read the match table.
@@ -91,7 +108,11 @@ def test_known_cameras_upload_table_and_run(app_server, browser, tmp_path):
             ["centre.png", "photos/centre.png", "151.0 / 152.0", "(80.0, 60.0)", ""],
             ["right.png", "right.png", "152.0 / 153.0", "(80.0, 60.0)", ""],
         ], rows
-        expect(page.get_by_text(re.compile(r"^Every frame \(3\) has a camera: DA3 runs with them \(cameras: given \(COLMAP\)\)\."))).to_be_visible()
+        expect(
+            page.get_by_text(
+                re.compile(r"^Every frame \(3\) has a camera: DA3 runs with them \(cameras: given \(COLMAP\)\)\.")
+            )
+        ).to_be_visible()
         expect(page.locator(".st-key-rc_cam_align")).to_be_visible()
         assert_clean(page, "match table")
         shoot(page, "09-known-cameras.png", docs=False, scroll_to=table)
@@ -106,7 +127,9 @@ def test_known_cameras_upload_table_and_run(app_server, browser, tmp_path):
         assert ", cameras: given (COLMAP) (run " in done, done
         meta = json.loads((workspace / "sessions" / sid / run_id / "run.json").read_text())
         assert meta["status"] == "done" and meta["names"] == NAMES, meta
-        assert meta["params"]["cameras"] == "given (COLMAP)" and meta["params"]["camera_alignment"] == "umeyama", meta["params"]
+        assert meta["params"]["cameras"] == "given (COLMAP)" and meta["params"]["camera_alignment"] == "umeyama", meta[
+            "params"
+        ]
         with np.load(workspace / "sessions" / sid / run_id / "result.npz", allow_pickle=False) as z:
             np.testing.assert_allclose(z["extrinsics"], exts[:, :3, :], atol=1e-5)
     finally:

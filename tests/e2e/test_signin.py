@@ -52,8 +52,12 @@ def signin_server(tmp_path_factory):
     )
     ws = tmp_path_factory.mktemp("signin-workspace")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    server = AppServer(ws, ARTIFACTS / "e2e-signin-server.log", port=port,
-                       env_extra={"STREAMLIT_SECRETS_FILES": str(secrets_toml), "DA3_ADMINS": BOSS})
+    server = AppServer(
+        ws,
+        ARTIFACTS / "e2e-signin-server.log",
+        port=port,
+        env_extra={"STREAMLIT_SECRETS_FILES": str(secrets_toml), "DA3_ADMINS": BOSS},
+    )
     server.start()
     try:
         yield server, provider
@@ -77,7 +81,9 @@ def sign_in(page: Page, base: str, email: str, path: str = "") -> None:
     expect(page).to_have_url(re.compile(r"/authorize\?"))
     page.fill("#email", email)
     page.click("#sign-in")
-    expect(page.locator(SIDEBAR).get_by_text(f"Signed in as {email.split('@')[0].capitalize()} ({email})")).to_be_visible()
+    expect(
+        page.locator(SIDEBAR).get_by_text(f"Signed in as {email.split('@')[0].capitalize()} ({email})")
+    ).to_be_visible()
     assert not re.search(r"[?&]s=", page.url), page.url  # the address is no longer a key
     assert_clean(page, f"signed in as {email}")
 
@@ -169,4 +175,5 @@ def test_two_users_sign_in_see_only_their_runs_and_the_runner_is_for_admins(sign
     assert not [e for e in provider.events if e.startswith("refused")], provider.events
     # Each user's folder holds only what was put there: visits wrote nothing new.
     assert sorted(p.name for p in (ws / "sessions").iterdir()) == sorted(
-        [user_folder(provider, ws, ALICE).name, user_folder(provider, ws, BOB).name, anon_sid])
+        [user_folder(provider, ws, ALICE).name, user_folder(provider, ws, BOB).name, anon_sid]
+    )

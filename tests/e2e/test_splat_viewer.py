@@ -53,7 +53,9 @@ def make_gaussians(means, rgb, scales, rotations=None, opacity: float = 0.95) ->
     return Gaussians(
         means=means,
         scales=np.broadcast_to(np.asarray(scales, np.float32), (n, 3)).copy(),
-        rotations=np.broadcast_to(np.asarray([1, 0, 0, 0] if rotations is None else rotations, np.float32), (n, 4)).copy(),
+        rotations=np.broadcast_to(
+            np.asarray([1, 0, 0, 0] if rotations is None else rotations, np.float32), (n, 4)
+        ).copy(),
         harmonics=((rgb - 0.5) / splat.SH_C0)[:, :, None].astype(np.float32),
         opacities=np.full(n, opacity, np.float32),
     )
@@ -155,7 +157,7 @@ def lit(img: np.ndarray) -> np.ndarray:
 def assert_thirds(img: np.ndarray, what: str) -> None:
     """Left third red, middle green, right third blue: by the mean colour of the lit pixels."""
     for i, (name, channel) in enumerate((("red", 0), ("green", 1), ("blue", 2))):
-        part = img[:, i * W // 3:(i + 1) * W // 3].reshape(-1, 3).astype(np.float64)
+        part = img[:, i * W // 3 : (i + 1) * W // 3].reshape(-1, 3).astype(np.float64)
         on = part[part.max(axis=1) > LIT]
         assert len(on) > 500, f"{what}: the {name} third is (nearly) empty: {len(on)} lit pixels"
         mean = on.mean(axis=0)
@@ -182,7 +184,11 @@ def test_three_coloured_blobs_land_in_their_thirds(open_viewer):
     for x, channel in ((-2.8, 0), (0.0, 1), (2.8, 2)):
         mask = (img[:, :, channel] > LIT) & (img[:, :, channel] >= img.max(axis=2))
         rows, cols = np.nonzero(mask)
-        assert abs(cols.mean() - (320 + 300 * x / 4)) < 6 and abs(rows.mean() - 240) < 6, (channel, cols.mean(), rows.mean())
+        assert abs(cols.mean() - (320 + 300 * x / 4)) < 6 and abs(rows.mean() - 240) < 6, (
+            channel,
+            cols.mean(),
+            rows.mean(),
+        )
 
 
 def test_an_elongated_gaussian_keeps_its_rotation_and_up_is_up(open_viewer):
@@ -190,7 +196,9 @@ def test_an_elongated_gaussian_keeps_its_rotation_and_up_is_up(open_viewer):
     # which points down in OpenCV; it sits 1 unit above the optical axis (y = -1).
     turn = [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)]
     g = make_gaussians([[0.0, -1.0, 4.0]], (1, 1, 0), [0.25, 0.02, 0.02], rotations=turn, opacity=1.0)
-    v = open_viewer(splat.splat_viewer_html(g, one_camera(), (H, W), height=H, show_cameras=False, background=BACKGROUND))
+    v = open_viewer(
+        splat.splat_viewer_html(g, one_camera(), (H, W), height=H, show_cameras=False, background=BACKGROUND)
+    )
     img = v.pixels()
     v.shoot("rotation")
     rows, cols = np.nonzero(lit(img))
@@ -202,8 +210,12 @@ def test_an_elongated_gaussian_keeps_its_rotation_and_up_is_up(open_viewer):
 
 def test_the_controls_change_the_picture(open_viewer):
     # A second camera 2.5 units ahead and below: its wireframe is in view.
-    cams = geometry.Cameras(np.stack([np.eye(3, 4), synthetic.extrinsic_from_pose(np.eye(3), [0.0, 0.9, 2.5])]),
-                            np.stack([K, K]), False, None)
+    cams = geometry.Cameras(
+        np.stack([np.eye(3, 4), synthetic.extrinsic_from_pose(np.eye(3), [0.0, 0.9, 2.5])]),
+        np.stack([K, K]),
+        False,
+        None,
+    )
     g = three_blobs()
     v = open_viewer(splat.splat_viewer_html(g, cams, (H, W), height=H, show_cameras=True, background=BACKGROUND))
     start = v.pixels()
@@ -240,7 +252,9 @@ def test_the_controls_change_the_picture(open_viewer):
     assert np.abs(orbited.astype(int) - start.astype(int)).mean() > 2.0, "dragging did not orbit"
     v.page.locator("#da3-reset").click()
     v.settle()
-    assert np.abs(v.pixels().astype(int) - start.astype(int)).mean() < 1.0, "reset did not return to the reference camera"
+    assert np.abs(v.pixels().astype(int) - start.astype(int)).mean() < 1.0, (
+        "reset did not return to the reference camera"
+    )
 
     # Fly: W moves forward, so the green blob ahead grows. W is held until the camera has
     # flown FLY units ahead, not for a fixed time: each frame moves it by speed x frame time,
@@ -257,11 +271,11 @@ def test_the_controls_change_the_picture(open_viewer):
     v.settle()
     moved = np.subtract(v.page.evaluate(CAMERA_JS)["position"], home["position"])
     ahead = float(moved @ home["forward"])
-    assert ahead >= FLY and np.linalg.norm(moved - ahead * np.asarray(home["forward"])) < 0.05 * ahead, \
-        f"W should move the camera straight ahead: moved {moved.round(3)}, forward {np.round(home['forward'], 3)}"
+    sideways = float(np.linalg.norm(moved - ahead * np.asarray(home["forward"])))
+    assert ahead >= FLY and sideways < 0.05 * ahead, f"W should move straight ahead: moved {moved.round(3)}, {home=}"
     flown = v.pixels()
     v.shoot("flown")
-    green = lambda img: ((img[:, :, 1] > LIT) & (img[:, :, 1] >= img.max(axis=2))).sum()  # noqa: E731
+    green = lambda img: ((img[:, :, 1] > LIT) & (img[:, :, 1] >= img.max(axis=2))).sum()  # noqa: E731 - a one-line pixel count, read where it is used
     # About 3 at 2 units ahead (2.2 on a loaded machine: 3.3); the blob is passed only past ~3.8.
     assert green(flown) > 1.5 * green(start), (green(flown), green(start), ahead)
     v.page.locator("#da3-reset").click()
@@ -282,8 +296,11 @@ def three_bands(h: int = 48, w: int = 64, depth: float = 4.0):
     rec = synthetic.make_rec(np.full((1, h, w), depth), extrinsics=ext[None], intrinsics=k[None], images=img)
     rec = synthetic.with_gaussians(rec)
     footprint = depth / 50.0  # one pixel, in world units
-    g = dataclasses.replace(rec.gaussians, scales=np.full_like(rec.gaussians.scales, 0.7 * footprint),
-                            opacities=np.full_like(rec.gaussians.opacities, 0.95))
+    g = dataclasses.replace(
+        rec.gaussians,
+        scales=np.full_like(rec.gaussians.scales, 0.7 * footprint),
+        opacities=np.full_like(rec.gaussians.opacities, 0.95),
+    )
     return dataclasses.replace(rec, gaussians=g)
 
 
@@ -302,7 +319,7 @@ def test_the_ply_from_da3s_writer_in_the_worker_loads_in_the_viewer(open_viewer,
     img = v.pixels()
     v.shoot("da3-ply")
     assert_thirds(img, "DA3's 3DGS PLY")
-    assert lit(img[H // 4: 3 * H // 4, W // 8: 7 * W // 8]).mean() > 0.98  # the plane fills the view: no holes
+    assert lit(img[H // 4 : 3 * H // 4, W // 8 : 7 * W // 8]).mean() > 0.98  # the plane fills the view: no holes
 
 
 @pytest.mark.slow

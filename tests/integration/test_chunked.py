@@ -26,8 +26,14 @@ from da3_core.scene.align import ate_rmse, camera_centres
 from tests import oracle
 from tests.oracle_tasks import oracle_chunk
 
-PARAMS = {"process_res": 112, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
-          "reference_view": None, "infer_gs": False, "device": "cpu"}
+PARAMS = {
+    "process_res": 112,
+    "process_res_method": "upper_bound_resize",
+    "ref_view_strategy": "saddle_balanced",
+    "reference_view": None,
+    "infer_gs": False,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +44,40 @@ def line_scene(tmp_path_factory):
 @pytest.fixture(scope="module")
 def slow_scene(tmp_path_factory):
     """The line scene with a model that takes 0.3 s a chunk: runs to watch, cancel and resume."""
-    return oracle.make_oracle(tmp_path_factory.mktemp("oracle-slow"), n_frames=40, path="line", width=64, height=48,
-                              options=oracle.OracleOptions(delay_s=0.3))
+    return oracle.make_oracle(
+        tmp_path_factory.mktemp("oracle-slow"),
+        n_frames=40,
+        path="line",
+        width=64,
+        height=48,
+        options=oracle.OracleOptions(delay_s=0.3),
+    )
 
 
 @pytest.fixture(scope="module")
 def slower_scene(tmp_path_factory):
     """A model that takes 1 s a chunk: the assembler (a process spawned on first use, slow
     on a loaded machine) has written the first frames long before the run ends."""
-    return oracle.make_oracle(tmp_path_factory.mktemp("oracle-slower"), n_frames=40, path="line", width=64, height=48,
-                              options=oracle.OracleOptions(delay_s=1.0))
+    return oracle.make_oracle(
+        tmp_path_factory.mktemp("oracle-slower"),
+        n_frames=40,
+        path="line",
+        width=64,
+        height=48,
+        options=oracle.OracleOptions(delay_s=1.0),
+    )
 
 
 @pytest.fixture(scope="module")
 def loop_scene(tmp_path_factory):
-    return oracle.make_oracle(tmp_path_factory.mktemp("oracle-loop"), n_frames=60, path="loop", width=64, height=48,
-                              options=oracle.OracleOptions(drift_deg=3.0, drift_scale=0.02, depth_noise=0.005))
+    return oracle.make_oracle(
+        tmp_path_factory.mktemp("oracle-loop"),
+        n_frames=60,
+        path="loop",
+        width=64,
+        height=48,
+        options=oracle.OracleOptions(drift_deg=3.0, drift_scale=0.02, depth_noise=0.005),
+    )
 
 
 @pytest.fixture
@@ -67,11 +91,15 @@ def session_dir(tmp_path: Path, tag: str = "a") -> Path:
     return tmp_path / "ws" / "sessions" / (tag * 32)
 
 
-def start(service: RunService, tmp_path: Path, scene: Path, chunk: int, overlap: int, loops: bool = False, tag: str = "a"):
+def start(
+    service: RunService, tmp_path: Path, scene: Path, chunk: int, overlap: int, loops: bool = False, tag: str = "a"
+):
     frames = oracle.frames(scene)
     names = [f"{i:04d}.png" for i in range(len(frames))]
     params = {**PARAMS, "chunking": {"chunk": chunk, "overlap": overlap, "loop_closure": loops}}
-    return service.submit_chunked(session_dir(tmp_path, tag), frames, names, "upload", oracle.oracle_model(scene), params)
+    return service.submit_chunked(
+        session_dir(tmp_path, tag), frames, names, "upload", oracle.oracle_model(scene), params
+    )
 
 
 def wait(run, timeout: float = 120.0):
@@ -178,7 +206,9 @@ def test_a_server_restart_marks_the_run_resumable_and_a_new_server_resumes_it(mo
     run.cancel()  # the old server's thread stops; its run.json may still say anything
     wait(run)
     meta = runs.read_meta(run.run_dir)
-    runs.write_meta(run.run_dir, type(meta)(**{**meta.__dict__, "status": "pending", "error": ""}))  # as a crash leaves it
+    runs.write_meta(
+        run.run_dir, type(meta)(**{**meta.__dict__, "status": "pending", "error": ""})
+    )  # as a crash leaves it
     first.close()
 
     second = RunService(module_runner, Settings(workspace=tmp_path / "ws"), chunk_task=oracle_chunk)
@@ -212,7 +242,9 @@ def test_a_chunk_that_fails_fails_the_run_with_its_message_and_keeps_what_landed
     frames[25] = frames[25][::-1].copy()  # not the frame the oracle rendered: its chunk fails
     names = [f"{i:04d}.png" for i in range(len(frames))]
     params = {**PARAMS, "chunking": {"chunk": 10, "overlap": 3, "loop_closure": False}}
-    run = service.submit_chunked(session_dir(tmp_path, "g"), frames, names, "upload", oracle.oracle_model(line_scene), params)
+    run = service.submit_chunked(
+        session_dir(tmp_path, "g"), frames, names, "upload", oracle.oracle_model(line_scene), params
+    )
     outcome = wait(run)
     assert outcome.status == "failed" and "ValueError" in outcome.message and "Resume" in outcome.message
     assert store.done_chunks(run.run_dir, run.plan), "the chunks before the failing one are kept"
@@ -220,8 +252,14 @@ def test_a_chunk_that_fails_fails_the_run_with_its_message_and_keeps_what_landed
 
 def test_gaussians_are_refused_for_a_chunked_run(service, tmp_path, line_scene):
     with pytest.raises(ValueError, match="Gaussians"):
-        service.submit_chunked(session_dir(tmp_path, "h"), oracle.frames(line_scene)[:4], list("abcd"), "upload",
-                               oracle.oracle_model(line_scene), {**PARAMS, "infer_gs": True, "chunking": {"chunk": 2, "overlap": 1}})
+        service.submit_chunked(
+            session_dir(tmp_path, "h"),
+            oracle.frames(line_scene)[:4],
+            list("abcd"),
+            "upload",
+            oracle.oracle_model(line_scene),
+            {**PARAMS, "infer_gs": True, "chunking": {"chunk": 2, "overlap": 1}},
+        )
 
 
 def test_a_chunk_without_a_sky_mask_after_one_with_it_is_assembled(tmp_path):
@@ -239,11 +277,22 @@ def test_a_chunk_without_a_sky_mask_after_one_with_it_is_assembled(tmp_path):
         sky = np.zeros((4, 12, 16), bool) if k == 0 else None
         if sky is not None:
             sky[:, :2] = True
-        rec = Reconstruction(depth=rng.uniform(1, 2, (4, 12, 16)).astype(np.float32), conf=np.ones((4, 12, 16), np.float32) * 2,
-                             extrinsics=ext, intrinsics=ixt, images=np.zeros((4, 12, 16, 3), np.uint8), sky=sky, is_metric=False,
-                             scale_factor=None, gaussians=None, names=tuple(f"f{i}" for i in range(s, e)),
-                             model=ModelSpec("demo", "da3-small"), preset="da3-small", device="cpu",
-                             params={"cameras": "estimated"})
+        rec = Reconstruction(
+            depth=rng.uniform(1, 2, (4, 12, 16)).astype(np.float32),
+            conf=np.ones((4, 12, 16), np.float32) * 2,
+            extrinsics=ext,
+            intrinsics=ixt,
+            images=np.zeros((4, 12, 16, 3), np.uint8),
+            sky=sky,
+            is_metric=False,
+            scale_factor=None,
+            gaussians=None,
+            names=tuple(f"f{i}" for i in range(s, e)),
+            model=ModelSpec("demo", "da3-small"),
+            preset="da3-small",
+            device="cpu",
+            params={"cameras": "estimated"},
+        )
         store.save_chunk(tmp_path, k, ChunkResult(rec, tuple(range(s, e)), k))
     state = assemble.finalize(tmp_path)
     assert state["frames_ready"] == 6

@@ -16,8 +16,14 @@ from da3_core.run_service import RunService
 
 pytestmark = pytest.mark.slow
 
-PARAMS = {"process_res": 112, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
-          "reference_view": None, "infer_gs": False, "device": "cpu"}
+PARAMS = {
+    "process_res": 112,
+    "process_res_method": "upper_bound_resize",
+    "ref_view_strategy": "saddle_balanced",
+    "reference_view": None,
+    "infer_gs": False,
+    "device": "cpu",
+}
 
 
 def test_real_da3_chunked_run_with_loop_closure(module_runner, workspace, tmp_path):
@@ -28,7 +34,9 @@ def test_real_da3_chunked_run_with_loop_closure(module_runner, workspace, tmp_pa
         frames = base + base[::-1][1:]  # the path comes back: frames repeat, so loops can be found
         names = [f"f{i}.png" for i in range(len(frames))]
         params = {**PARAMS, "chunking": {"chunk": 3, "overlap": 1, "loop_closure": True}}
-        run = service.submit_chunked(tmp_path / ("c" * 32), frames, names, "upload", ModelSpec("demo", "da3-small"), params)
+        run = service.submit_chunked(
+            tmp_path / ("c" * 32), frames, names, "upload", ModelSpec("demo", "da3-small"), params
+        )
         deadline = time.monotonic() + 300
         while not run.finished:
             assert time.monotonic() < deadline, run.stage

@@ -113,26 +113,39 @@ def test_a_chunked_run_of_64_frames_at_504_fits_the_cloud_limit(tmp_path, worksp
         def enter_cgroup() -> None:  # in the child, before exec: it, its worker and its assembler live in the group
             (group / procs).write_text(str(os.getpid()))
 
-        done = subprocess.run([sys.executable, "-c", SERVER, str(tmp_path / "session"), str(N_FRAMES)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=1800, preexec_fn=enter_cgroup)
+        done = subprocess.run(
+            [sys.executable, "-c", SERVER, str(tmp_path / "session"), str(N_FRAMES)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            preexec_fn=enter_cgroup,
+        )
         found = counters(group)
     finally:
         remove_cgroup(group)
     wall = time.monotonic() - t0
 
-    assert done.returncode == 0, f"exit {done.returncode} (137: killed by the limit); cgroup {found}\n{done.stderr[-6000:]}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode} (137: killed by the limit); cgroup {found}\n{done.stderr[-6000:]}"
+    )
     out = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps({"wall_s": round(wall, 1), "cgroup": found, **out}, indent=1))  # the figures, for `pytest -s`
     chosen = out["chosen"]
-    print(f"the guard chose chunks of {chosen['chunk']} overlapping by {chosen['overlap']} ({chosen['chunks']} chunks, "
-          f"about {chosen['per_chunk_mb']:.0f} MB each; one call: {out['one_call_mb']:.0f} MB); the run took {out['seconds']} s, "
-          f"{wall:.0f} s with the server's start")
+    print(
+        f"the guard chose chunks of {chosen['chunk']} overlapping by {chosen['overlap']} ({chosen['chunks']} chunks, "
+        f"about {chosen['per_chunk_mb']:.0f} MB each; one call: {out['one_call_mb']:.0f} MB); the run took {out['seconds']} s, "
+        f"{wall:.0f} s with the server's start"
+    )
     assert out["available"].startswith("container limit 2.6 GB"), out["available"]  # found the cgroup's limit by itself
     assert out["one_call_mb"] > LIMIT_MB, "one call would fit: this run would not test the chunking"
     assert 2 <= chosen["chunk"] < N_FRAMES and chosen["per_chunk_mb"] < LIMIT_MB, chosen
     assert out["outcome"] == ["done", ""], out
     assert out["status"] == "done" and out["n_views"] == N_FRAMES, out
     assert out["chunked"]["chunk"] == chosen["chunk"] and out["chunked"]["chunks"] == chosen["chunks"], out["chunked"]
-    assert found["oom_kills"] in (0, None), f"the kernel's OOM killer killed {found['oom_kills']} process(es) in the group: {found}"
+    assert found["oom_kills"] in (0, None), (
+        f"the kernel's OOM killer killed {found['oom_kills']} process(es) in the group: {found}"
+    )
     if found["peak_mb"] is not None:
         assert found["peak_mb"] < LIMIT_MB + 1, found

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from da3_core import tasks
-from da3_core.contract import ModelSpec, ModelUnavailableError, ReconstructRequest, Reconstruction
-from da3_core.runner.protocol import TaskCancelledError, TaskError
+from da3_core.contract import ModelSpec, ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.runner import Progress, Runner
+from da3_core.runner.protocol import TaskCancelledError, TaskError
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,9 @@ def test_cancel_stops_the_forward_pass_and_keeps_the_worker(da3_runner, workspac
     loads = tasks.worker_info.call(runner=da3_runner)["model_loads"]
     pid = da3_runner.worker_pid
     # 4 frames at 504: several seconds of forward pass on a CPU (about 4 s on 2 cores).
-    big = ReconstructRequest(frames(4, 480, 640), tuple(f"f{i}.png" for i in range(4)), ModelSpec("demo", "da3-small"), process_res=504)
+    big = ReconstructRequest(
+        frames(4, 480, 640), tuple(f"f{i}.png" for i in range(4)), ModelSpec("demo", "da3-small"), process_res=504
+    )
     job = tasks.reconstruct.submit(big, demo, runner=da3_runner)
     deadline = time.monotonic() + 120
     while not any(isinstance(e, Progress) and e.stage == "inference" for e in job.poll_events()):
@@ -151,7 +153,13 @@ SPR = "processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile avx512_bf16\n"
         ("auto", "bf16", XEON, [], "bf16"),
         ("BF16", "", XEON, [], "bf16"),
     ],
-    ids=["fp32-asked-on-epyc", "bf16-asked-on-xeon", "auto-env-fp32-on-spr", "auto-env-bf16-on-xeon", "upper-case-empty-env"],
+    ids=[
+        "fp32-asked-on-epyc",
+        "bf16-asked-on-xeon",
+        "auto-env-fp32-on-spr",
+        "auto-env-bf16-on-xeon",
+        "upper-case-empty-env",
+    ],
 )
 def test_cpu_precision_choice_in_the_worker(da3_runner, requested, env, cpuinfo, flags, precision):
     got = da3_runner.call("tests.parity_tasks:precision_choice", requested, env, cpuinfo)
@@ -176,7 +184,13 @@ def test_reference_view_and_order_kept(da3_runner, workspace):
     forced = tasks.reconstruct.call(request(3, ref_view_strategy="first", reference_view=2), demo, runner=da3_runner)
     perm = [2, 0, 1]
     permuted = tasks.reconstruct.call(
-        ReconstructRequest(tuple(imgs[i] for i in perm), tuple(names[i] for i in perm), ModelSpec("demo", "da3-small"), process_res=140, ref_view_strategy="first"),
+        ReconstructRequest(
+            tuple(imgs[i] for i in perm),
+            tuple(names[i] for i in perm),
+            ModelSpec("demo", "da3-small"),
+            process_res=140,
+            ref_view_strategy="first",
+        ),
         demo,
         runner=da3_runner,
     )
@@ -188,7 +202,9 @@ def test_reference_view_and_order_kept(da3_runner, workspace):
     np.testing.assert_array_equal(permuted.images[back], forced.images)
     # View 2 led: the same computation as DA3 given frame 2 first.
     for field in ("depth", "conf", "extrinsics", "intrinsics"):
-        np.testing.assert_allclose(getattr(forced, field), getattr(permuted, field)[back], rtol=1e-5, atol=1e-6, err_msg=field)
+        np.testing.assert_allclose(
+            getattr(forced, field), getattr(permuted, field)[back], rtol=1e-5, atol=1e-6, err_msg=field
+        )
     # ... which is not what view 0 as reference gives (the result if reference_view were ignored).
     assert np.abs(forced.depth - first.depth).max() > 1e-5 * np.abs(first.depth).max()
     assert np.abs(forced.extrinsics - first.extrinsics).max() > 1e-5
@@ -197,13 +213,17 @@ def test_reference_view_and_order_kept(da3_runner, workspace):
 def test_local_folder_loads_through_from_pretrained(da3_runner, workspace):
     folder = workspace / "demo-weights" / "da3-small"
     tasks.build_demo_weights.call("da3-small", str(workspace / "demo-weights"), runner=da3_runner)
-    rec = tasks.reconstruct.call(request(2, ModelSpec("local", str(folder))), str(workspace / "demo-weights"), runner=da3_runner)
+    rec = tasks.reconstruct.call(
+        request(2, ModelSpec("local", str(folder))), str(workspace / "demo-weights"), runner=da3_runner
+    )
     assert rec.model.kind == "local" and rec.preset == "da3-small" and not rec.untrained
 
 
 def test_offline_hub_names_model_and_ways_on(da3_runner, workspace):
     with pytest.raises(ModelUnavailableError) as info:
-        tasks.reconstruct.call(request(2, ModelSpec("hub", "depth-anything/DA3-SMALL")), str(workspace / "demo-weights"), runner=da3_runner)
+        tasks.reconstruct.call(
+            request(2, ModelSpec("hub", "depth-anything/DA3-SMALL")), str(workspace / "demo-weights"), runner=da3_runner
+        )
     msg = info.value.message
     assert "depth-anything/DA3-SMALL" in msg and "DA3_MODEL_DIR" in msg and "demo weights" in msg
     assert isinstance(info.value, TaskError)
@@ -211,7 +231,9 @@ def test_offline_hub_names_model_and_ways_on(da3_runner, workspace):
 
 def test_missing_local_folder_is_clear(da3_runner, workspace, tmp_path):
     with pytest.raises(ModelUnavailableError, match="lacks config.json"):
-        tasks.reconstruct.call(request(2, ModelSpec("local", str(tmp_path))), str(workspace / "demo-weights"), runner=da3_runner)
+        tasks.reconstruct.call(
+            request(2, ModelSpec("local", str(tmp_path))), str(workspace / "demo-weights"), runner=da3_runner
+        )
 
 
 @pytest.mark.parametrize("preset,metric", [("da3mono-large", False), ("da3metric-large", True)])

@@ -36,7 +36,9 @@ def frames(n: int = N) -> tuple[np.ndarray, ...]:
     out = []
     for i in range(n):
         yy, xx = np.mgrid[0:H, 0:W]
-        out.append(np.stack([(xx * 2 + 25 * i) % 256, (yy * 3) % 256, (xx * yy // 23 + 40 * i) % 256], -1).astype(np.uint8))
+        out.append(
+            np.stack([(xx * 2 + 25 * i) % 256, (yy * 3) % 256, (xx * yy // 23 + 40 * i) % 256], -1).astype(np.uint8)
+        )
     return tuple(out)
 
 
@@ -68,7 +70,9 @@ def da3_rescaled(k: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def request(**kw) -> ReconstructRequest:
-    return ReconstructRequest(frames(), tuple(f"view {i}.png" for i in range(N)), ModelSpec("demo", "da3-small"), process_res=RES, **kw)
+    return ReconstructRequest(
+        frames(), tuple(f"view {i}.png" for i in range(N)), ModelSpec("demo", "da3-small"), process_res=RES, **kw
+    )
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,10 +89,15 @@ def cam_runner():
 
 def test_given_cameras_come_back_as_given(cam_runner, workspace):
     ext, ixt = scene_cameras()
-    rec = tasks.reconstruct.call(request(extrinsics=ext, intrinsics=ixt, camera_source="JSON"), str(workspace / "demo-weights"),
-                                 runner=cam_runner)
+    rec = tasks.reconstruct.call(
+        request(extrinsics=ext, intrinsics=ixt, camera_source="JSON"),
+        str(workspace / "demo-weights"),
+        runner=cam_runner,
+    )
     assert rec.hw == (84, 112)
-    print(f"given cameras back: extrinsics {rel(rec.extrinsics, ext[:, :3]):.2g}, intrinsics {rel(rec.intrinsics, da3_rescaled(ixt, rec.hw)):.2g}")
+    print(
+        f"given cameras back: extrinsics {rel(rec.extrinsics, ext[:, :3]):.2g}, intrinsics {rel(rec.intrinsics, da3_rescaled(ixt, rec.hw)):.2g}"
+    )
     assert rel(rec.extrinsics, ext[:, :3]) <= 1e-6
     assert rel(rec.intrinsics, da3_rescaled(ixt, rec.hw)) <= 1e-6
     assert rec.params["cameras"] == "given (JSON)" and rec.params["align_to_input_ext_scale"] is True
@@ -104,8 +113,13 @@ def test_given_cameras_come_back_as_given(cam_runner, workspace):
 
 def test_align_off_moves_the_given_cameras_into_da3s_frame_by_one_similarity(cam_runner, workspace):
     ext, ixt = scene_cameras()
-    rec = tasks.reconstruct.call(request(extrinsics=ext, intrinsics=ixt, camera_source="COLMAP", align_to_input_ext_scale=False,
-                                         reference_view=2), str(workspace / "demo-weights"), runner=cam_runner)
+    rec = tasks.reconstruct.call(
+        request(
+            extrinsics=ext, intrinsics=ixt, camera_source="COLMAP", align_to_input_ext_scale=False, reference_view=2
+        ),
+        str(workspace / "demo-weights"),
+        runner=cam_runner,
+    )
     assert rec.params["align_to_input_ext_scale"] is False and "DA3's frame" in cameras.describe(dict(rec.params))
     out = np.concatenate([rec.extrinsics.astype(np.float64), np.tile([[[0, 0, 0, 1.0]]], (N, 1, 1))], axis=1)
     c2w_out, c2w_in = np.linalg.inv(out), np.linalg.inv(ext)
@@ -115,7 +129,9 @@ def test_align_off_moves_the_given_cameras_into_da3s_frame_by_one_similarity(cam
     a, b = c2w_in[:, :3, 3], c2w_out[:, :3, 3]
     s = np.linalg.norm(b - b.mean(0)) / np.linalg.norm(a - a.mean(0))
     fitted = s * (a - a.mean(0)) @ q[0].T + b.mean(0)
-    print(f"align off: rotation spread {max(np.abs(q[i] - q[0]).max() for i in range(N)):.2g}, centre fit {np.abs(fitted - b).max():.2g}")
+    print(
+        f"align off: rotation spread {max(np.abs(q[i] - q[0]).max() for i in range(N)):.2g}, centre fit {np.abs(fitted - b).max():.2g}"
+    )
     assert np.abs(fitted - b).max() <= 1e-4 * max(1.0, np.abs(b).max())
     assert rel(out, ext) > 1e-3  # moved: not the given cameras
     assert rel(rec.intrinsics, da3_rescaled(ixt, rec.hw)) <= 1e-6
@@ -143,12 +159,19 @@ def test_colmap_export_reads_back_as_the_same_cameras(cam_runner, workspace, tmp
     k_frames = np.array(first.intrinsics, np.float64)
     k_frames[:, 0, :] *= W / first.hw[1]
     k_frames[:, 1, :] *= H / first.hw[0]
-    print(f"COLMAP round trip: poses {np.abs(known.extrinsics - ext).max():.2g}, K {rel(known.intrinsics, k_frames):.2g}")
+    print(
+        f"COLMAP round trip: poses {np.abs(known.extrinsics - ext).max():.2g}, K {rel(known.intrinsics, k_frames):.2g}"
+    )
     assert np.abs(known.extrinsics - ext).max() <= 1e-5
     assert rel(known.intrinsics, k_frames) <= 1e-5
-    again = tasks.reconstruct.call(request(extrinsics=known.extrinsics, intrinsics=known.intrinsics, camera_source=known.source),
-                                   demo, runner=cam_runner)
-    print(f"re-run with them: poses {np.abs(again.extrinsics - first.extrinsics).max():.2g}, K {rel(again.intrinsics, first.intrinsics):.2g}")
+    again = tasks.reconstruct.call(
+        request(extrinsics=known.extrinsics, intrinsics=known.intrinsics, camera_source=known.source),
+        demo,
+        runner=cam_runner,
+    )
+    print(
+        f"re-run with them: poses {np.abs(again.extrinsics - first.extrinsics).max():.2g}, K {rel(again.intrinsics, first.intrinsics):.2g}"
+    )
     assert np.abs(again.extrinsics - first.extrinsics).max() <= 1e-5
     assert rel(again.intrinsics, first.intrinsics) <= 1e-5
     assert again.params["cameras"] == "given (COLMAP)"
@@ -160,8 +183,15 @@ def test_fewer_than_three_non_collinear_cameras_use_the_stated_fallback(cam_runn
     `da3_core.worker.reconstruct.align_to_given` and says so in the run's parameters."""
     demo = str(workspace / "demo-weights")
     ext, ixt = scene_cameras()
-    two = ReconstructRequest(frames(2), ("a.png", "b.png"), ModelSpec("demo", "da3-small"), process_res=RES,
-                             extrinsics=ext[:2], intrinsics=ixt[:2], camera_source="JSON")
+    two = ReconstructRequest(
+        frames(2),
+        ("a.png", "b.png"),
+        ModelSpec("demo", "da3-small"),
+        process_res=RES,
+        extrinsics=ext[:2],
+        intrinsics=ixt[:2],
+        camera_source="JSON",
+    )
     rec = tasks.reconstruct.call(two, demo, runner=cam_runner)
     assert rec.params["camera_alignment"].startswith("scale from the camera centres' spread")
     assert rel(rec.extrinsics, ext[:2, :3]) <= 1e-6 and np.isfinite(rec.depth).all() and (rec.depth > 0).all()
@@ -169,15 +199,25 @@ def test_fewer_than_three_non_collinear_cameras_use_the_stated_fallback(cam_runn
     line = ext.copy()
     for i in range(N):
         line[i, :3, 3] = -line[i, :3, :3] @ np.array([2.0 * i, 1.0, 5.0])
-    rec = tasks.reconstruct.call(request(extrinsics=line, intrinsics=ixt, camera_source="JSON", align_to_input_ext_scale=False),
-                                 demo, runner=cam_runner)
+    rec = tasks.reconstruct.call(
+        request(extrinsics=line, intrinsics=ixt, camera_source="JSON", align_to_input_ext_scale=False),
+        demo,
+        runner=cam_runner,
+    )
     relative = line @ np.linalg.inv(line[0])
     np.testing.assert_allclose(rec.extrinsics[:, :, :3], relative[:, :3, :3], atol=1e-5)
     np.testing.assert_allclose(rec.extrinsics[0], np.eye(4)[:3], atol=1e-6)
     assert rec.params["camera_alignment"].startswith("scale from")
     # One camera: nothing to fit a scale to; depth keeps DA3's scale.
-    one = ReconstructRequest(frames(1), ("a.png",), ModelSpec("demo", "da3-small"), process_res=RES,
-                             extrinsics=ext[:1], intrinsics=ixt[:1], camera_source="NPZ")
+    one = ReconstructRequest(
+        frames(1),
+        ("a.png",),
+        ModelSpec("demo", "da3-small"),
+        process_res=RES,
+        extrinsics=ext[:1],
+        intrinsics=ixt[:1],
+        camera_source="NPZ",
+    )
     rec = tasks.reconstruct.call(one, demo, runner=cam_runner)
     assert rec.params["camera_alignment"].startswith("none: the given cameras share one centre")
     assert rel(rec.extrinsics, ext[:1, :3]) <= 1e-6

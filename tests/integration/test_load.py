@@ -64,8 +64,17 @@ def test_eight_sessions_three_jobs_each(holder, workspace):
                 first = next(iter(job.events()))
                 rec = job.result(300)
                 with lock:
-                    records.append({"session": i, "job": j, "names": rec.names, "mean": rec.images.reshape(-1, 3).mean(0),
-                                    "submitted": job.submitted_at, "started": job.started_at, "first": first})
+                    records.append(
+                        {
+                            "session": i,
+                            "job": j,
+                            "names": rec.names,
+                            "mean": rec.images.reshape(-1, 3).mean(0),
+                            "submitted": job.submitted_at,
+                            "started": job.started_at,
+                            "first": first,
+                        }
+                    )
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -74,7 +74,12 @@ def test_a_workers_notices_reach_the_parent_once_and_never_the_terminal(capfd):
         runner.restart()
         assert runner.call(f"{FT}:square", 4) == 16
         deadline = time.monotonic() + 60
-        while ours(runner.status().workers[0].notices)[("print", "stderr", NT, "notice-test: printed to stderr at worker start")] < 2:
+        while (
+            ours(runner.status().workers[0].notices)[
+                ("print", "stderr", NT, "notice-test: printed to stderr at worker start")
+            ]
+            < 2
+        ):
             assert time.monotonic() < deadline, "the second worker's preload notices never arrived"
             time.sleep(0.05)
         after = runner.status().workers[0].notices
@@ -124,12 +129,24 @@ print(json.dumps({"outcomes": outcomes, "notices": notices}))
 def serve(tmp_path, workspace, preload: tuple[str, ...], runs: str, level: str = "INFO") -> tuple[dict, str, str]:
     """Run `SERVER` in a fresh interpreter (its stderr is the terminal of a server and its
     worker); ``runs``: ``"good"`` (demo weights) and/or ``"bad"`` (missing weights), in order."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DA3_WORKSPACE": str(workspace), "DA3_APP_LOG_LEVEL": level,
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DA3_WORKSPACE": str(workspace),
+        "DA3_APP_LOG_LEVEL": level,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("DA3_LOG_FILE", None)
     code = SERVER.replace("PRELOAD", ", ".join(repr(p) for p in preload) + ",")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "session"), str(tmp_path / "no-such-model"), runs],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "session"), str(tmp_path / "no-such-model"), runs],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, f"exit {out.returncode}\nSTDOUT:\n{out.stdout[-3000:]}\nSTDERR:\n{out.stderr[-6000:]}"
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stdout, out.stderr
 
@@ -138,11 +155,14 @@ def serve(tmp_path, workspace, preload: tuple[str, ...], runs: str, level: str =
 # error, the failed run's end.
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
 EXPECTED = [
-    STAMP + r"INFO MainProcess da3_core: DA3 dashboard logs go to stderr .*\(level INFO; .*DA3_APP_LOG_LEVEL=DEBUG prints everything\)",
+    STAMP
+    + r"INFO MainProcess da3_core: DA3 dashboard logs go to stderr .*\(level INFO; .*DA3_APP_LOG_LEVEL=DEBUG prints everything\)",
     STAMP + r"INFO MainProcess da3_core\.runner\.backends\.process: worker 1 started on CPU \(pid \d+, \d+\.\d s\)",
-    STAMP + r"INFO MainProcess da3_core\.run_service: run run-\S+ done in \d+\.\d s \(\d+\.\d s running, \d+\.\d s waiting\) \(2 frame\(s\), da3-small untrained on cpu\)",
-    STAMP + r"ERROR MainProcess da3_core\.runner\.backends\.base: call 2 \(da3_core\.tasks:reconstruct\) failed on worker 1: "
-            r"ModelUnavailableError: .*no-such-model.*",
+    STAMP
+    + r"INFO MainProcess da3_core\.run_service: run run-\S+ done in \d+\.\d s \(\d+\.\d s running, \d+\.\d s waiting\) \(2 frame\(s\), da3-small untrained on cpu\)",
+    STAMP
+    + r"ERROR MainProcess da3_core\.runner\.backends\.base: call 2 \(da3_core\.tasks:reconstruct\) failed on worker 1: "
+    r"ModelUnavailableError: .*no-such-model.*",
     STAMP + r"WARNING MainProcess da3_core\.run_service: run run-\S+ failed after \d+\.\d s: ModelUnavailableError: .*",
 ]
 
@@ -153,9 +173,12 @@ def test_the_terminal_shows_one_line_per_start_run_and_error(tmp_path, workspace
     result, stdout, stderr = serve(tmp_path, workspace, (NT, "da3_core.worker.reconstruct"), "good,bad")
     assert result["outcomes"] == ["done", "failed"]
     lines = stderr.splitlines()
-    assert len(lines) == len(EXPECTED) and all(re.fullmatch(p, line) for p, line in zip(EXPECTED, lines)), \
+    assert len(lines) == len(EXPECTED) and all(re.fullmatch(p, line) for p, line in zip(EXPECTED, lines)), (
         "the terminal showed:\n" + stderr
-    assert stdout.strip().count("\n") == 0, "something printed to stdout:\n" + stdout  # only the script's own result line
+    )
+    assert stdout.strip().count("\n") == 0, (
+        "something printed to stdout:\n" + stdout
+    )  # only the script's own result line
     # The warnings went to the notice list instead, once each.
     notices = {(k, c, s, m): n for k, c, s, m, n in result["notices"]}
     assert {key: notices.get(key) for key in START} == START
@@ -166,9 +189,14 @@ def test_debug_prints_everything_again(tmp_path, workspace):
     result, stdout, stderr = serve(tmp_path, workspace, (NT,), "bad", level="DEBUG")
     assert result["outcomes"] == ["failed"]
     # The library's output, as it wrote it, and our DEBUG lines from both processes.
-    for text in ("UserWarning: notice-test: a warning at worker start", "notice-test: a third-party log record",
-                 "notice-test: printed to stderr at worker start", "DEBUG da3-worker da3_core.runner.inside.loop: worker pid",
-                 "DEBUG MainProcess da3_core.run_service: run run-", "worker traceback"):
+    for text in (
+        "UserWarning: notice-test: a warning at worker start",
+        "notice-test: a third-party log record",
+        "notice-test: printed to stderr at worker start",
+        "DEBUG da3-worker da3_core.runner.inside.loop: worker pid",
+        "DEBUG MainProcess da3_core.run_service: run run-",
+        "worker traceback",
+    ):
         assert text in stderr, stderr
     assert "notice-test: printed to stdout at worker start" in stdout
     assert len(result["notices"]) >= len(START)  # captured all the same

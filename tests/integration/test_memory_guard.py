@@ -89,7 +89,10 @@ def make_cgroup(name: str, limit_mb: int) -> tuple[Path, str]:
             return group, "cgroup.procs"
         except OSError as exc:
             why.append(f"cgroup v2 at {group}: {exc}")
-    pytest.skip("no memory cgroup can be made here (needs root and a writable cgroup tree): " + "; ".join(why or ["none mounted"]))
+    pytest.skip(
+        "no memory cgroup can be made here (needs root and a writable cgroup tree): "
+        + "; ".join(why or ["none mounted"])
+    )
     raise AssertionError  # unreachable
 
 
@@ -112,11 +115,20 @@ def test_cloud_sized_limit_refuses_64_frames_at_1008_and_runs_4_at_504(tmp_path,
         def enter_cgroup() -> None:  # in the child, before exec: it and its worker live in the group
             (group / procs).write_text(str(os.getpid()))
 
-        done = subprocess.run([sys.executable, "-c", SERVER, str(session)], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=600, preexec_fn=enter_cgroup)
+        done = subprocess.run(
+            [sys.executable, "-c", SERVER, str(session)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            preexec_fn=enter_cgroup,
+        )
         assert done.returncode == 0, f"exit {done.returncode} (137: killed by the limit)\n{done.stderr[-6000:]}"
         out = json.loads(done.stdout.strip().splitlines()[-1])
-        peak = group / ("memory.max_usage_in_bytes" if (group / "memory.max_usage_in_bytes").exists() else "memory.peak")
+        peak = group / (
+            "memory.max_usage_in_bytes" if (group / "memory.max_usage_in_bytes").exists() else "memory.peak"
+        )
         peak_mb = int(peak.read_text()) / 2**20 if peak.exists() else None
     finally:
         remove_cgroup(group)
@@ -127,7 +139,11 @@ def test_cloud_sized_limit_refuses_64_frames_at_1008_and_runs_4_at_504(tmp_path,
     assert big["source"].startswith("container limit 2.6 GB"), big  # found the cgroup's 2,700 MB by itself
     assert big["needs_mb"] > big["available_mb"]
     assert big["message"].startswith("DA3 Small, 64 frame(s) at process_res 1008, needs about ")
-    assert "Ways on: " in big["message"] and " process_res: " in big["message"] and big["message"].endswith("; a GPU server.")
+    assert (
+        "Ways on: " in big["message"]
+        and " process_res: " in big["message"]
+        and big["message"].endswith("; a GPU server.")
+    )
     assert all(pid is None for _, pid in out["workers_after_refusal"]), out  # refused before the worker started
     assert out["folders_after_refusal"] == []  # nothing written for the refused run
 

@@ -51,8 +51,8 @@ import numpy as np
 import pytest
 
 from da3_core.contract import ModelSpec, ReconstructRequest
-from da3_core.runner import Runner
 from da3_core.presets import DEFAULT_FOV_DEG, PROCESS_RES_METHODS
+from da3_core.runner import Runner
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,9 @@ def frames(n: int, h: int = 120, w: int = 160) -> tuple[np.ndarray, ...]:
     out = []
     for i in range(n):
         yy, xx = np.mgrid[0:h, 0:w]
-        img = np.stack([(xx * 3 + 40 * i) % 256, (yy * 2 + 25 * i) % 256, (xx * yy // 29 + 60 * i) % 256], -1).astype(np.float32)
+        img = np.stack([(xx * 3 + 40 * i) % 256, (yy * 2 + 25 * i) % 256, (xx * yy // 29 + 60 * i) % 256], -1).astype(
+            np.float32
+        )
         out.append(np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8))
     return tuple(out)
 
@@ -89,9 +91,20 @@ CASES: list[tuple[str, str, int, tuple[int, int], int, dict[str, Any], bool]] = 
     ("small-saddle_balanced-140", "da3-small", 3, (120, 160), 140, {"ref_view_strategy": "saddle_balanced"}, False),
     ("small-middle", *SMALL, {"ref_view_strategy": "middle"}, False),
     ("small-forced-ref2", *SMALL, {"reference_view": 2}, True),
-    ("small-forced-ref1-middle-crop", *SMALL, {"reference_view": 1, "ref_view_strategy": "middle", "process_res_method": "lower_bound_crop"}, False),
-    *[(f"mono-{m}", "da3mono-large", *LARGE, {"process_res_method": m}, m == "upper_bound_resize") for m in PROCESS_RES_METHODS],
-    *[(f"metric-{m}", "da3metric-large", *LARGE, {"process_res_method": m}, m == "lower_bound_crop") for m in PROCESS_RES_METHODS],
+    (
+        "small-forced-ref1-middle-crop",
+        *SMALL,
+        {"reference_view": 1, "ref_view_strategy": "middle", "process_res_method": "lower_bound_crop"},
+        False,
+    ),
+    *[
+        (f"mono-{m}", "da3mono-large", *LARGE, {"process_res_method": m}, m == "upper_bound_resize")
+        for m in PROCESS_RES_METHODS
+    ],
+    *[
+        (f"metric-{m}", "da3metric-large", *LARGE, {"process_res_method": m}, m == "lower_bound_crop")
+        for m in PROCESS_RES_METHODS
+    ],
 ]
 
 
@@ -140,7 +153,9 @@ def differences(ours: dict[str, Any], stock: dict[str, Any]) -> dict[str, float]
     return out
 
 
-def check(name: str, label: str, ours: dict[str, Any], stock: dict[str, Any], bounds: dict[str, float], sky_max: float) -> list[str]:
+def check(
+    name: str, label: str, ours: dict[str, Any], stock: dict[str, Any], bounds: dict[str, float], sky_max: float
+) -> list[str]:
     """Failures of one comparison (empty when within ``bounds``); processed images must be equal."""
     np.testing.assert_array_equal(ours["images"], stock["images"], err_msg=f"{name}, {label}: processed images differ")
     diff = differences(ours, stock)
@@ -157,7 +172,14 @@ FLIPS: list[str] = []
 
 
 def pin_reference(
-    runner: Runner, name: str, label: str, request: ReconstructRequest, expected: int | None, got: dict[str, Any], task: str, *args: Any
+    runner: Runner,
+    name: str,
+    label: str,
+    request: ReconstructRequest,
+    expected: int | None,
+    got: dict[str, Any],
+    task: str,
+    *args: Any,
 ) -> dict[str, Any]:
     """``got`` if it took the reference view ``expected``; otherwise the same run with that view
     forced (our ``reference_view``, stock's equivalent in `tests.parity_tasks.stock`).
@@ -175,7 +197,9 @@ def pin_reference(
     assert request.reference_view is None and request.ref_view_strategy.startswith("saddle"), (
         f"{name}, {label}: reference view {got['ref_view']} instead of {expected} with a fixed choice"
     )
-    FLIPS.append(f"{name}, {label}: reference view {got['ref_view']} instead of {expected}; compared with {expected} forced")
+    FLIPS.append(
+        f"{name}, {label}: reference view {got['ref_view']} instead of {expected}; compared with {expected} forced"
+    )
     again = runner.call(task, dataclasses.replace(request, reference_view=expected), *args, duration=900)
     assert again["ref_view"] == expected
     return again
@@ -184,7 +208,9 @@ def pin_reference(
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_matches_stock_inference(parity_runner, workspace, case):
     name, preset, n, (h, w), process_res, kw, with_bf16 = case
-    request = ReconstructRequest(frames(n, h, w), tuple(f"f{i}.png" for i in range(n)), ModelSpec("demo", preset), process_res=process_res, **kw)
+    request = ReconstructRequest(
+        frames(n, h, w), tuple(f"f{i}.png" for i in range(n)), ModelSpec("demo", preset), process_res=process_res, **kw
+    )
     demo = str(workspace / "demo-weights")
     out = parity_runner.call(f"{TASKS}:compare", request, demo, "fp32", ("fp32", "shipped"), duration=900)
     ours, stock32, shipped = out["ours"], out["stock"]["fp32"], out["stock"]["shipped"]
@@ -196,16 +222,22 @@ def test_matches_stock_inference(parity_runner, workspace, case):
         assert ours["ref_view"] == request.reference_view
 
     # 1. Same dtype on both sides: our re-walk of inference() must be the stock computation.
-    assert ours["ref_view"] == stock32["ref_view"], f"{name}: reference view {ours['ref_view']} vs stock {stock32['ref_view']}"
+    assert ours["ref_view"] == stock32["ref_view"], (
+        f"{name}: reference view {ours['ref_view']} vs stock {stock32['ref_view']}"
+    )
     tight = {"depth": TIGHT, "conf": TIGHT, "extrinsics": TIGHT, "intrinsics": TIGHT}
     failures = check(name, "fp32 vs stock fp32", ours, stock32, tight, 0.0)
     # 2. Ours as it runs by default here (float32) against stock as shipped (float16 autocast).
-    shipped = pin_reference(parity_runner, name, "stock shipped", request, ours["ref_view"], shipped, f"{TASKS}:stock", demo, "shipped")
+    shipped = pin_reference(
+        parity_runner, name, "stock shipped", request, ours["ref_view"], shipped, f"{TASKS}:stock", demo, "shipped"
+    )
     failures += check(name, "fp32 vs stock shipped", ours, shipped, LOOSE["shipped"], SKY_MAX_DIFFERING)
     # 3. Our bfloat16 autocast (auto's choice on CPUs with AVX512-BF16/AMX) against stock float32.
     if with_bf16:
         ours16 = parity_runner.call(f"{TASKS}:ours", request, demo, "bf16", duration=900)
-        ours16 = pin_reference(parity_runner, name, "ours bf16", request, stock32["ref_view"], ours16, f"{TASKS}:ours", demo, "bf16")
+        ours16 = pin_reference(
+            parity_runner, name, "ours bf16", request, stock32["ref_view"], ours16, f"{TASKS}:ours", demo, "bf16"
+        )
         assert ours16["params"]["cpu_precision"] == "bf16"
         failures += check(name, "bf16 vs stock fp32", ours16, stock32, LOOSE["bf16"], SKY_MAX_DIFFERING)
     assert not failures, f"{name}: " + "; ".join(failures)
@@ -236,7 +268,11 @@ def known_cameras(n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 # frames), and ray-based poses. Compared in float32 on both sides (bit-identical expected).
 CAMERA_CASES = [
     ("small-cameras", {"camera_source": "JSON"}, True),
-    ("small-cameras-noalign-ref1", {"camera_source": "COLMAP", "align_to_input_ext_scale": False, "reference_view": 1}, True),
+    (
+        "small-cameras-noalign-ref1",
+        {"camera_source": "COLMAP", "align_to_input_ext_scale": False, "reference_view": 1},
+        True,
+    ),
     ("small-ray-pose", {"use_ray_pose": True}, False),
     ("small-cameras-ray-pose", {"camera_source": "NPZ", "use_ray_pose": True}, True),
 ]
@@ -248,11 +284,17 @@ def test_matches_stock_with_cameras_and_ray_pose(parity_runner, workspace, case)
     n, (h, w) = 3, (120, 160)
     if with_cameras:
         kw = {**kw, **dict(zip(("extrinsics", "intrinsics"), known_cameras(n, h, w)))}
-    request = ReconstructRequest(frames(n, h, w), tuple(f"f{i}.png" for i in range(n)), ModelSpec("demo", "da3-small"), process_res=112, **kw)
-    out = parity_runner.call(f"{TASKS}:compare", request, str(workspace / "demo-weights"), "fp32", ("fp32",), duration=900)
+    request = ReconstructRequest(
+        frames(n, h, w), tuple(f"f{i}.png" for i in range(n)), ModelSpec("demo", "da3-small"), process_res=112, **kw
+    )
+    out = parity_runner.call(
+        f"{TASKS}:compare", request, str(workspace / "demo-weights"), "fp32", ("fp32",), duration=900
+    )
     ours, stock32 = out["ours"], out["stock"]["fp32"]
     assert ours["params"]["use_ray_pose"] == request.use_ray_pose
-    assert ours["params"]["cameras"] == (request.camera_label if with_cameras else "estimated" + (" (ray head)" if request.use_ray_pose else ""))
+    assert ours["params"]["cameras"] == (
+        request.camera_label if with_cameras else "estimated" + (" (ray head)" if request.use_ray_pose else "")
+    )
     # DA3's backbone selects no reference view when cameras are given (the camera encoder
     # gives every view its token); without cameras it does, on both sides alike.
     assert ours["ref_view"] == stock32["ref_view"]
@@ -288,11 +330,23 @@ def test_forced_reference_view_changes_the_result(parity_runner, workspace):
     demo = str(workspace / "demo-weights")
     imgs = frames(3)
     names = ("a.png", "b.png", "c.png")
-    first = parity_runner.call(f"{TASKS}:ours", ReconstructRequest(imgs, names, ModelSpec("demo", "da3-small"), process_res=112, ref_view_strategy="first"), demo)
-    forced = parity_runner.call(f"{TASKS}:ours", ReconstructRequest(imgs, names, ModelSpec("demo", "da3-small"), process_res=112, reference_view=2), demo)
+    first = parity_runner.call(
+        f"{TASKS}:ours",
+        ReconstructRequest(imgs, names, ModelSpec("demo", "da3-small"), process_res=112, ref_view_strategy="first"),
+        demo,
+    )
+    forced = parity_runner.call(
+        f"{TASKS}:ours",
+        ReconstructRequest(imgs, names, ModelSpec("demo", "da3-small"), process_res=112, reference_view=2),
+        demo,
+    )
     assert err(forced["depth"], first["depth"]) > 1e-5
     assert err(forced["extrinsics"], first["extrinsics"]) > 1e-5
-    again = parity_runner.call(f"{TASKS}:ours", ReconstructRequest(imgs, names, ModelSpec("demo", "da3-small"), process_res=112, reference_view=2), demo)
+    again = parity_runner.call(
+        f"{TASKS}:ours",
+        ReconstructRequest(imgs, names, ModelSpec("demo", "da3-small"), process_res=112, reference_view=2),
+        demo,
+    )
     assert err(again["depth"], forced["depth"]) == 0.0 and err(again["extrinsics"], forced["extrinsics"]) == 0.0
     np.testing.assert_array_equal(forced["images"], first["images"])
 

@@ -1,11 +1,10 @@
 """Ray for the tests: one local cluster for the whole session, shared by every Ray test.
 
-Import the fixtures into a test module (``from tests.runner.ray_support import ray_cluster``). The
+tests/runner/conftest.py imports the fixtures, so every test module of this folder has them. The
 cluster is a `ray.cluster_utils.Cluster`: a head node with CPUs only (the runners of the
 contract tests get CPU actors), to which `gpu_nodes` adds two nodes of one fake GPU each for
 the pool tests and removes them afterwards. It starts on first use and stops at the end of the
-session (whichever module's copy of the fixture is torn down first stops it: session
-fixtures are all torn down at the very end), leaving no Ray process behind.
+session (session fixtures are torn down at the very end), leaving no Ray process behind.
 
 `token_head` starts another cluster as docs/RAY.md does (``ray start --head``), on a machine
 where a Ray token exists (a private home folder holds it), for the token tests; it stops it
@@ -46,9 +45,15 @@ def start_cluster() -> Any:
         t0 = time.monotonic()
         # Its processes inherit this environment: the actors import the project from here.
         with ray_backend.project_on_pythonpath():
-            cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": HEAD_CPUS, "num_gpus": 0, "include_dashboard": False, "object_store_memory": 1024 * 2**20,
-            })
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": HEAD_CPUS,
+                    "num_gpus": 0,
+                    "include_dashboard": False,
+                    "object_store_memory": 1024 * 2**20,
+                },
+            )
         ray.init(address=cluster.address, include_dashboard=False)
         _state["cluster"] = cluster
         _state["started_s"] = time.monotonic() - t0
@@ -77,7 +82,10 @@ def gpu_nodes(ray_cluster):
     """Two more nodes with one fake GPU each (Ray sets ``CUDA_VISIBLE_DEVICES`` for their actors)."""
     import ray
 
-    nodes = [ray_cluster.add_node(num_cpus=0, num_gpus=1, include_dashboard=False, object_store_memory=256 * 2**20) for _ in range(2)]
+    nodes = [
+        ray_cluster.add_node(num_cpus=0, num_gpus=1, include_dashboard=False, object_store_memory=256 * 2**20)
+        for _ in range(2)
+    ]
     ray_cluster.wait_for_nodes()
     deadline = time.monotonic() + 30
     while ray.cluster_resources().get("GPU", 0) < 2 and time.monotonic() < deadline:
@@ -179,12 +187,30 @@ def token_head():
     token_file.parent.mkdir()
     token_file.write_text(uuid.uuid4().hex)
     token_file.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
-    env.update(HOME=str(home), RAY_TMPDIR=str(ray_tmp), PYTHONPATH=os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+    }
+    env.update(
+        HOME=str(home),
+        RAY_TMPDIR=str(ray_tmp),
+        PYTHONPATH=os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p),
+    )
     port = _free_port()
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
-               "--include-dashboard=false", "--disable-usage-stats", f"--object-store-memory={100 * 2**20}",
-               f"--dashboard-agent-listen-port={_free_port()}", "--block"]
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--object-store-memory={100 * 2**20}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        "--block",
+    ]
     log_path = ray_tmp / "ray-start.log"
     with open(log_path, "w") as log_file:
         head = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -193,7 +219,9 @@ def token_head():
         deadline = time.monotonic() + 120
         while not (current.is_file() and current.read_text().strip()):
             assert head.poll() is None, f"`ray start --head` exited {head.returncode}:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"`ray start --head` not up after 120 s:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"`ray start --head` not up after 120 s:\n{log_path.read_text()[-3000:]}"
+            )
             time.sleep(0.1)
         assert "Token authentication is enabled" in log_path.read_text(), log_path.read_text()[-3000:]
         yield TokenHead(current.read_text().strip(), token_file, env)

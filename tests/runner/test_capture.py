@@ -13,7 +13,14 @@ import sys
 import threading
 
 from da3_core.runner.inside import capture
-from da3_core.runner.inside.capture import CaptureStream, NoticeBook, NoticeHandler, clean, module_of_file, parse_logged_warning
+from da3_core.runner.inside.capture import (
+    CaptureStream,
+    NoticeBook,
+    NoticeHandler,
+    clean,
+    module_of_file,
+    parse_logged_warning,
+)
 from da3_core.runner.protocol import Notice, merge_notices
 from tests.conftest import ROOT, run_python
 
@@ -82,10 +89,15 @@ def test_module_of_file():
 
 def test_a_warning_turned_into_a_log_record_is_read_back_as_a_warning():
     # moviepy calls logging.captureWarnings(True) at import: later warnings arrive as records.
-    text = ("/v/lib/python3.11/site-packages/torch/jit/_script.py:1491: FutureWarning: `torch.jit.script` is deprecated. "
-            "Please switch to `torch.compile` or `torch.export`.\n  warnings.warn(\n")
-    assert parse_logged_warning(text) == ("FutureWarning", "torch.jit._script",
-                                          "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`.")
+    text = (
+        "/v/lib/python3.11/site-packages/torch/jit/_script.py:1491: FutureWarning: `torch.jit.script` is deprecated. "
+        "Please switch to `torch.compile` or `torch.export`.\n  warnings.warn(\n"
+    )
+    assert parse_logged_warning(text) == (
+        "FutureWarning",
+        "torch.jit._script",
+        "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`.",
+    )
     multi = "/x/site-packages/omegaconf/a.py:3: UserWarning: line one\nline two\n"
     assert parse_logged_warning(multi) == ("UserWarning", "omegaconf.a", "line one\nline two")
     assert parse_logged_warning("just a log line") is None
@@ -108,9 +120,11 @@ def test_the_handler_records_third_party_records_and_echoes_only_errors():
         logger.removeHandler(handler)
         logging.getLogger("py.warnings").removeHandler(handler)
     got = [(n.kind, n.category, n.source, n.message, n.count) for n in book.snapshot()]
-    assert got == [("log", "WARNING", "thirdparty.for_the_test", "a warning here", 2),
-                   ("log", "ERROR", "thirdparty.for_the_test", "a real problem", 1),
-                   ("warning", "DeprecationWarning", "lib.m", "old", 1)]
+    assert got == [
+        ("log", "WARNING", "thirdparty.for_the_test", "a warning here", 2),
+        ("log", "ERROR", "thirdparty.for_the_test", "a real problem", 1),
+        ("warning", "DeprecationWarning", "lib.m", "old", 1),
+    ]
     assert echo.getvalue().count("\n") == 1 and "ERROR" in echo.getvalue() and "a real problem" in echo.getvalue()
 
 
@@ -171,16 +185,26 @@ sys.__stdout__.write(json.dumps([[n.kind, n.category, n.source, n.message] for n
 
 def _install_run(tee: bool) -> tuple[list, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DA3_APP_LOG_LEVEL": "INFO"}
-    out = subprocess.run([sys.executable, "-c", INSTALL_SCRIPT.replace("TEE", str(tee))], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", INSTALL_SCRIPT.replace("TEE", str(tee))],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
 def test_install_captures_everything_but_our_lines_and_errors():
     notices, stderr = _install_run(tee=False)
-    assert notices == [["warning", "UserWarning", "<string>", "warned"], ["log", "WARNING", "some.library", "logged"],
-                       ["print", "stdout", "__main__", "printed"], ["print", "stderr", "__main__", "to stderr"]]
+    assert notices == [
+        ["warning", "UserWarning", "<string>", "warned"],
+        ["log", "WARNING", "some.library", "logged"],
+        ["print", "stdout", "__main__", "printed"],
+        ["print", "stderr", "__main__", "to stderr"],
+    ]
     lines = stderr.splitlines()
     assert len(lines) == 2, stderr
     assert "INFO" in lines[0] and "our own line" in lines[0]
@@ -197,12 +221,20 @@ def test_install_with_tee_prints_everything_as_before():
 
 def test_an_exception_that_ends_the_process_still_reaches_the_terminal():
     # multiprocessing prints it to sys.stderr, which the capture replaced: it passes through.
-    code = ("import multiprocessing as mp\nfrom tests import notice_tasks\n"
-            "if __name__ == '__main__':\n"
-            "    p = mp.get_context('spawn').Process(target=notice_tasks.crash_after_install, name='da3-worker')\n"
-            "    p.start(); p.join(); print(p.exitcode)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=120)
+    code = (
+        "import multiprocessing as mp\nfrom tests import notice_tasks\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=notice_tasks.crash_after_install, name='da3-worker')\n"
+        "    p.start(); p.join(); print(p.exitcode)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.strip().splitlines()[-1] == "1"  # (the module's import-time prints come before the capture)
     assert "Process da3-worker:" in out.stderr and "Traceback (most recent call last)" in out.stderr
     assert "RuntimeError: notice-test: the worker loop failed" in out.stderr
@@ -211,7 +243,12 @@ def test_an_exception_that_ends_the_process_still_reaches_the_terminal():
 
 def test_install_is_not_used_by_the_parent():
     # The server process never installs it: only the worker loop and the Ray actor do.
-    assert run_python("import da3_core.runner, da3_core.holder\nfrom da3_core.runner.inside import capture\nprint(capture.BOOK)").strip() == "None"
+    assert (
+        run_python(
+            "import da3_core.runner, da3_core.holder\nfrom da3_core.runner.inside import capture\nprint(capture.BOOK)"
+        ).strip()
+        == "None"
+    )
 
 
 def test_workers_log_as_their_caller_does(tmp_path):
@@ -240,6 +277,10 @@ def test_workers_log_as_their_caller_does(tmp_path):
     assert LogSetup.of_caller("nothing.set.up") == LogSetup("nothing.set.up")  # the default: stderr at INFO
     assert not LogSetup().tee
     # Applied in a fresh interpreter, as a worker does first: its lines land in the caller's file.
-    run_python(f"import logging, pickle\nsetup = pickle.loads({pickle.dumps(setup)!r})\nsetup.apply()\nsetup.apply()\n"
-               f"logging.getLogger('{name}.worker').debug('from the worker')\n")
-    assert log_file.read_text().splitlines() == [f"F DEBUG MainProcess {name}.worker: from the worker"]  # once: apply is idempotent
+    run_python(
+        f"import logging, pickle\nsetup = pickle.loads({pickle.dumps(setup)!r})\nsetup.apply()\nsetup.apply()\n"
+        f"logging.getLogger('{name}.worker').debug('from the worker')\n"
+    )
+    assert log_file.read_text().splitlines() == [
+        f"F DEBUG MainProcess {name}.worker: from the worker"
+    ]  # once: apply is idempotent

@@ -124,7 +124,11 @@ def test_fault_ten_times_in_a_row(fault, private_tmp):
         left = []
         for p in descendants():
             try:
-                if p.name().startswith("python") and p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()):
+                if (
+                    p.name().startswith("python")
+                    and p.status() != psutil.STATUS_ZOMBIE
+                    and "resource_tracker" not in " ".join(p.cmdline())
+                ):
                     left.append(p)
             except psutil.NoSuchProcess:
                 pass

@@ -45,7 +45,10 @@ def pool():
 
 def test_gpus_are_found_without_torch_and_narrowed_by_cuda_visible_devices(two_gpus, monkeypatch):
     gpus = visible_gpus()
-    assert [(g.visible_id, g.name, g.memory_mb) for g in gpus] == [("0", "NVIDIA H100 80GB HBM3", 81559), ("1", "NVIDIA H100 80GB HBM3", 81559)]
+    assert [(g.visible_id, g.name, g.memory_mb) for g in gpus] == [
+        ("0", "NVIDIA H100 80GB HBM3", 81559),
+        ("1", "NVIDIA H100 80GB HBM3", 81559),
+    ]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert [g.visible_id for g in visible_gpus()] == ["1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbbbbbb")  # a UUID prefix, as CUDA reads it
@@ -182,4 +185,3 @@ def test_status_shows_each_worker(pool):
     assert all(w.device == "CPU" for w in status.workers)
     assert status.worker_starts == sum(w.starts for w in status.workers)
     assert status.calls_ok == sum(w.calls_ok for w in status.workers)
-

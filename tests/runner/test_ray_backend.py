@@ -22,12 +22,12 @@ import psutil
 import pytest
 
 from da3_core import tasks
-from da3_core.contract import ModelSpec, ReconstructRequest, Reconstruction
+from da3_core.contract import ModelSpec, Reconstruction, ReconstructRequest
 from da3_core.runner import Progress, Queued, Runner, Started
 from da3_core.runner.backends.ray import RaySlot, make_ray_slots
 from da3_core.runner.protocol import TaskCancelledError, TaskTimeoutError, WorkerCrashedError, WorkerStartError
 from tests.conftest import ROOT, run_python
-from tests.runner.ray_support import gpu_nodes, ray_cluster, ray_module_runner, ray_runner, settled, token_head  # noqa: F401 (fixtures)
+from tests.runner.ray_support import ray_runner, settled
 from tests.runner.waiting import PROMPT_S, Gate, until_running, until_started
 
 FT = "tests.fake_tasks"
@@ -47,7 +47,11 @@ def test_missing_ray_says_what_to_install(monkeypatch):
     with pytest.raises(WorkerStartError) as info:
         make_ray_slots("auto", address="auto")
     message = str(info.value)
-    assert "Ray is not installed" in message and "pip install -r requirements-ray.txt" in message and "DA3_RAY_ADDRESS" in message
+    assert (
+        "Ray is not installed" in message
+        and "pip install -r requirements-ray.txt" in message
+        and "DA3_RAY_ADDRESS" in message
+    )
     with pytest.raises(WorkerStartError, match="requirements-ray.txt"):
         Runner(isolation="ray", ray_address="10.0.0.1:6379")
 
@@ -119,8 +123,14 @@ TOKEN_DRIVER = textwrap.dedent(
 
 
 def _token_driver(head, address: str, as_remote: bool) -> dict:
-    out = subprocess.run([sys.executable, "-c", TOKEN_DRIVER, address, "remote" if as_remote else "local"], cwd=ROOT,
-                         env=head.env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", TOKEN_DRIVER, address, "remote" if as_remote else "local"],
+        cwd=ROOT,
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -135,8 +145,14 @@ def test_a_head_started_where_a_ray_token_exists(token_head):
     report = _token_driver(token_head, token_head.address, as_remote=True)
     message = report["remote"]
     assert report["remote_s"] < PROMPT_S, report  # the GCS answers in milliseconds; ray.init failed after 20 s
-    for text in ("requires a Ray token", "RAY_AUTH_MODE=token", str(token_head.token_file), token_head.address,
-                 "DA3_RAY_ADDRESS", "ray get-auth-token"):
+    for text in (
+        "requires a Ray token",
+        "RAY_AUTH_MODE=token",
+        str(token_head.token_file),
+        token_head.address,
+        "DA3_RAY_ADDRESS",
+        "ray get-auth-token",
+    ):
         assert text in message, message
     assert report["mode_after_remote"] is None  # nothing sent unasked
     assert report["square"] == 49 and report["mode"] == "token"  # host:port of this machine
@@ -237,7 +253,6 @@ def _gone(pid: int, within_s: float = PROMPT_S) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
-
 
 
 # -- the actor's life --------------------------------------------------------------------
@@ -384,7 +399,9 @@ def test_real_da3_small_reconstruction_through_ray(ray_warm, workspace):
     frames = []
     for i in range(2):
         yy, xx = np.mgrid[0:96, 0:128]
-        frames.append(np.stack([(xx + 20 * i) % 256, (yy * 2) % 256, (xx * yy // 37 + 50 * i) % 256], -1).astype(np.uint8))
+        frames.append(
+            np.stack([(xx + 20 * i) % 256, (yy * 2) % 256, (xx * yy // 37 + 50 * i) % 256], -1).astype(np.uint8)
+        )
     request = ReconstructRequest(tuple(frames), ("a.png", "b.png"), ModelSpec("demo", "da3-small"), process_res=56)
     events = []
     rec = tasks.reconstruct.call(request, str(workspace / "demo-weights"), runner=ray_warm, on_event=events.append)

@@ -35,10 +35,17 @@ import psutil
 import pytest
 
 from da3_core.contract import ModelSpec, ReadOnlyDict, Reconstruction
-from da3_core.runner.protocol import ArgumentNotPicklableError, ResultNotCPUError, TaskCancelledError, TaskError, TaskTimeoutError, WorkerCrashedError
 from da3_core.runner import Progress, Queued, Runner, Started, gpu
+from da3_core.runner.protocol import (
+    ArgumentNotPicklableError,
+    ResultNotCPUError,
+    TaskCancelledError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
 from tests import fake_tasks
-from tests.runner.ray_support import any_runner, backend, is_ray, make_runner, ray_cluster, ray_module_runner, settled  # noqa: F401 (fixtures)
+from tests.runner.ray_support import is_ray, make_runner, settled
 from tests.runner.waiting import EVENT_TIMEOUT_S, PROMPT_S, Gate, until_running, until_started
 
 FT = "tests.fake_tasks"
@@ -102,7 +109,13 @@ def test_parent_modules_import_without_torch():
         assert not bad, bad
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=fake_tasks.__file__.rsplit("/tests/", 1)[0], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=fake_tasks.__file__.rsplit("/tests/", 1)[0],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -524,7 +537,11 @@ def test_status_reports_state_and_errors(any_runner):
 @pytest.mark.parametrize("isolation", ["isolated", "ray", "inprocess"])
 def test_cancelled_call_reads_as_cancelled(request, isolation):
     """The task stops at a checkpoint (CancelledInWorker); the caller gets TaskCancelledError, not a TaskError."""
-    warm = request.getfixturevalue("warm_process" if isolation == "isolated" else "ray_module_runner") if isolation != "inprocess" else None
+    warm = (
+        request.getfixturevalue("warm_process" if isolation == "isolated" else "ray_module_runner")
+        if isolation != "inprocess"
+        else None
+    )
     r = warm or Runner(isolation="inprocess")
     try:
         job = r.submit(f"{FT}:progress_steps", (1000, 0.05), duration=120)
@@ -695,7 +712,9 @@ def test_done_callback_errors_are_logged_and_never_break_the_dispatcher(warm, ca
         job.add_done_callback(rec)  # later callbacks still run
         assert job.result(10) == 36
         assert rec.ran.wait(10)
-    assert any("callback" in r.getMessage() and r.exc_info and "callback bug" in str(r.exc_info[1]) for r in caplog.records)
+    assert any(
+        "callback" in r.getMessage() and r.exc_info and "callback bug" in str(r.exc_info[1]) for r in caplog.records
+    )
     assert warm.call(f"{FT}:square", 7) == 49
 
 
@@ -704,15 +723,17 @@ def test_task_failures_are_logged_as_one_line_with_the_worker_traceback_at_debug
         with pytest.raises(ValueError):
             warm.call(f"{FT}:fail", "logged failure")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "logged failure" in errors[0] and "ValueError" in errors[0] and "\n" not in errors[0], errors
+    assert len(errors) == 1 and "logged failure" in errors[0] and "ValueError" in errors[0] and "\n" not in errors[0], (
+        errors
+    )
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any("worker traceback" in m and "in fail" in m for m in debug), debug
 
 
 # Task paths: one parser for the parent (pickling a @gpu function) and the worker.
 def test_task_paths_resolve_alike_in_parent_and_worker():
-    from da3_core.runner.taskpath import resolve_task_path, split_task_path
     from da3_core.runner.inside.calls import resolve_task
+    from da3_core.runner.taskpath import resolve_task_path, split_task_path
 
     assert split_task_path("tests.fake_tasks:square") == ("tests.fake_tasks", "square")
     for bad in ("tests.fake_tasks", ":square", "tests.fake_tasks:"):
@@ -727,10 +748,21 @@ def test_task_paths_resolve_alike_in_parent_and_worker():
 # The result type is frozen, its dicts included, across the process boundary too.
 def _reconstruction(timings: dict, params: dict) -> Reconstruction:
     return Reconstruction(
-        depth=np.ones((1, 2, 3), np.float32), conf=None, extrinsics=None, intrinsics=None,
-        images=np.zeros((1, 2, 3, 3), np.uint8), sky=None, is_metric=False, scale_factor=None,
-        gaussians=None, names=("a.png",), model=ModelSpec("demo", "da3-small"), preset="da3-small",
-        device="cpu", timings=timings, params=params,
+        depth=np.ones((1, 2, 3), np.float32),
+        conf=None,
+        extrinsics=None,
+        intrinsics=None,
+        images=np.zeros((1, 2, 3, 3), np.uint8),
+        sky=None,
+        is_metric=False,
+        scale_factor=None,
+        gaussians=None,
+        names=("a.png",),
+        model=ModelSpec("demo", "da3-small"),
+        preset="da3-small",
+        device="cpu",
+        timings=timings,
+        params=params,
     )
 
 
@@ -756,14 +788,14 @@ def test_reconstruction_timings_and_params_are_read_only():
     rec = _reconstruction(timings, params)
     for d in (rec.timings, rec.params):
         assert isinstance(d, ReadOnlyDict) and isinstance(d, dict)
-        for name, mutate in MUTATIONS.items():
+        for mutate in MUTATIONS.values():
             with pytest.raises(TypeError, match="read-only"):
                 mutate(d)
     assert rec.timings == {"total": 1.5} and rec.params == params
     timings["late"] = 2.0  # the dict given to the constructor is copied, not shared
     assert "late" not in rec.timings
     with pytest.raises(dataclasses.FrozenInstanceError):
-        rec.timings = {}  # type: ignore[misc]
+        rec.timings = {}  # type: ignore[misc]  # the point: a frozen field refuses it
     # Still reads like a dict everywhere the app uses it.
     assert json.loads(json.dumps(rec.params)) == params and {**rec.params} == params and rec.timings.get("total") == 1.5
     # Pickled (protocol 5, as across the pipe) and through the worker's conversion and guard.

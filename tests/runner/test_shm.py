@@ -85,7 +85,9 @@ def test_a_failed_pack_leaves_nothing(monkeypatch):
 
 def test_sweep_removes_a_dead_makers_segments_and_orphans():
     # A segment "made" by a process that has exited, for this owner: removed by sweep.
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(child.stdout)
     name = f"{shm.PREFIX}-{os.getpid()}-{dead_pid}-1-abcd1234"
     fd = os.open(f"/dev/shm/{name}", os.O_CREAT | os.O_RDWR, 0o600)
@@ -143,7 +145,9 @@ def test_crash_after_making_a_segment_leaves_nothing(runner):
 
 def test_cancelled_queued_and_closed_calls_free_their_arguments(runner, tmp_path):
     frames = [np.ones((480, 640, 3), np.uint8)] * 8
-    blocker = runner.submit(f"{FT}:gate", Gate(tmp_path, "never-opened").args)  # holds the worker: the two below stay queued
+    blocker = runner.submit(
+        f"{FT}:gate", Gate(tmp_path, "never-opened").args
+    )  # holds the worker: the two below stay queued
     queued = runner.submit(f"{FT}:sum_arrays", (frames,))
     left = runner.submit(f"{FT}:sum_arrays", (frames,))
     assert len(mine()) == 2  # the two queued calls' arguments

@@ -16,8 +16,9 @@ the contract itself (a crash reported within 2 s, docs/ISOLATION.md item 7) stay
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from da3_core.runner import Event, Job, Progress, Started
 

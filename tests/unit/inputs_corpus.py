@@ -58,7 +58,12 @@ def png16_rgb(arr: np.ndarray) -> bytes:
     h, w, _ = arr.shape
     raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def jpeg_with_orientation(im: Image.Image, orientation: int) -> bytes:
@@ -89,9 +94,16 @@ def index_video(path: Path, n_frames: int = 90, fps: int = 30, size: tuple[int, 
     import imageio_ffmpeg
 
     width, height = size
-    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
-                                         pix_fmt_out="yuv420p", quality=9, macro_block_size=16,
-                                         output_params=["-g", "10"])
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        quality=9,
+        macro_block_size=16,
+        output_params=["-g", "10"],
+    )
     writer.send(None)
     for i in range(n_frames):
         writer.send(np.full((height, width, 3), 2 * i + 20, np.uint8))
@@ -106,6 +118,17 @@ def frame_index_from_grey(image: np.ndarray) -> int:
 
 def lavfi_video(path: Path, *args: str) -> Path:
     """Run ffmpeg with a lavfi test source; ``args`` go between the input and the output."""
-    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=1", *args, str(path)]
+    cmd = [
+        ffmpeg_exe(),
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=1",
+        *args,
+        str(path),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     return path

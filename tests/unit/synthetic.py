@@ -175,8 +175,9 @@ def mono_box_scene(fov_deg: float = 60.0, *, is_metric: bool = False) -> Reconst
     return make_rec(depth, is_metric=is_metric, preset="da3mono-large")
 
 
-def write_finished_run(session_dir, rec: Reconstruction, *, source: str = "upload", params: dict | None = None,
-                       timings: dict | None = None):
+def write_finished_run(
+    session_dir, rec: Reconstruction, *, source: str = "upload", params: dict | None = None, timings: dict | None = None
+):
     """Save ``rec`` as a finished run of ``session_dir`` through `da3_core.runs` (as the app
     does after a real run): returns ``(run_dir, meta)``."""
     import dataclasses
@@ -198,8 +199,16 @@ def with_gaussians(rec: Reconstruction) -> Reconstruction:
     from da3_core.contract import Gaussians
 
     n, h, w = rec.depth.shape
-    means = np.concatenate([box_world_points(rec.intrinsics[i].astype(np.float64), rec.extrinsics[i].astype(np.float64),
-                                             rec.depth[i].astype(np.float64)).reshape(-1, 3) for i in range(n)]).astype(np.float32)
+    means = np.concatenate(
+        [
+            box_world_points(
+                rec.intrinsics[i].astype(np.float64),
+                rec.extrinsics[i].astype(np.float64),
+                rec.depth[i].astype(np.float64),
+            ).reshape(-1, 3)
+            for i in range(n)
+        ]
+    ).astype(np.float32)
     g = len(means)
     colours = rec.images.reshape(-1, 3).astype(np.float32) / 255.0
     gaussians = Gaussians(

@@ -316,7 +316,9 @@ def test_transform_views_keeps_cameras_rigid():
         np.testing.assert_allclose(new, sim.apply(old), atol=2e-5 * max(1.0, np.abs(sim.apply(old)).max()))
     np.testing.assert_allclose(camera_centres(new_ext), sim.apply(camera_centres(ext)), atol=1e-12)
     # Rotations stay rotations; the identity changes nothing.
-    np.testing.assert_allclose(new_ext[:, :, :3] @ new_ext[:, :, :3].transpose(0, 2, 1), np.tile(np.eye(3), (3, 1, 1)), atol=1e-12)
+    np.testing.assert_allclose(
+        new_ext[:, :, :3] @ new_ext[:, :, :3].transpose(0, 2, 1), np.tile(np.eye(3), (3, 1, 1)), atol=1e-12
+    )
     same, one = transform_views(ext, Sim3.identity())
     np.testing.assert_array_equal(same, ext)
     assert one == 1.0
@@ -485,10 +487,16 @@ def test_optimize_hundreds_of_nodes():
     n = 300
     truth = [Sim3.identity()]
     for _ in range(1, n):
-        step = Sim3(float(np.exp(rng.normal(scale=0.02))), Rotation.from_rotvec(rng.normal(scale=0.05, size=3)).as_matrix(),
-                    np.array([1.0, 0.0, 0.0]) + rng.normal(scale=0.1, size=3))
+        step = Sim3(
+            float(np.exp(rng.normal(scale=0.02))),
+            Rotation.from_rotvec(rng.normal(scale=0.05, size=3)).as_matrix(),
+            np.array([1.0, 0.0, 0.0]) + rng.normal(scale=0.1, size=3),
+        )
         truth.append(truth[-1].compose(step))
-    noisy = lambda s: s.compose(Sim3.from_log(rng.normal(scale=0.01, size=7)))  # noqa: E731
+
+    def noisy(s: Sim3) -> Sim3:
+        return s.compose(Sim3.from_log(rng.normal(scale=0.01, size=7)))
+
     edges = [Edge(k - 1, k, noisy(relative(truth, k - 1, k))) for k in range(1, n)]
     edges += [Edge(i, i + 100, noisy(relative(truth, i, i + 100)), kind="loop") for i in range(0, n - 100, 50)]
     out, info = optimize(n, edges)
@@ -501,8 +509,12 @@ def test_optimize_hundreds_of_nodes():
 
 def brute_force_loops(desc, chunk, gap, thr, max_loops, nms):
     sim = desc.astype(np.float32) @ desc.astype(np.float32).T
-    cands = [(float(sim[i, j]), i, j) for i in range(len(desc)) for j in range(i + 1, len(desc))
-             if abs(chunk[j] - chunk[i]) >= gap and sim[i, j] >= np.float32(thr)]
+    cands = [
+        (float(sim[i, j]), i, j)
+        for i in range(len(desc))
+        for j in range(i + 1, len(desc))
+        if abs(chunk[j] - chunk[i]) >= gap and sim[i, j] >= np.float32(thr)
+    ]
     cands.sort(key=lambda c: (-c[0], c[1], c[2]))
     out = []
     for s, i, j in cands:

@@ -37,7 +37,10 @@ def test_a_tiny_marker_budget_still_fits():
         (None, []),
         ({"selection": ["not", "a", "mapping"]}, []),
         ({"selection": {"points": ["junk", {"x": 3.4, "y": 7.6}]}}, [(3, 8)]),
-        ({"points": [{"customdata": [5, 6, 1.0]}, {"x": float("nan"), "y": 1}, {"x": "left", "y": 2}, {"y": 2}]}, [(5, 6)]),
+        (
+            {"points": [{"customdata": [5, 6, 1.0]}, {"x": float("nan"), "y": 1}, {"x": "left", "y": 2}, {"y": 2}]},
+            [(5, 6)],
+        ),
     ],
 )
 def test_pixels_from_odd_selections(selection, expected):

@@ -11,8 +11,13 @@ from da3_core import auth, workspace
 from da3_core.config import ConfigError, load_settings
 
 GOOGLE = "https://accounts.google.com"
-COMPLETE = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32, "client_id": "id",
-            "client_secret": "secret", "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
+COMPLETE = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "x" * 32,
+    "client_id": "id",
+    "client_secret": "secret",
+    "server_metadata_url": "https://idp.example/.well-known/openid-configuration",
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -33,12 +38,15 @@ def test_identity_key_is_stable_and_follows_iss_and_sub_only():
     assert auth.identity_key(a) == auth.identity_key(again) == auth.identity_key(dict(a))
 
 
-@pytest.mark.parametrize("other", [
-    {"iss": GOOGLE, "sub": "222"},                          # another account, same provider
-    {"iss": "https://login.microsoftonline.com/t/v2.0", "sub": "111"},  # same sub at another provider
-    {"sub": "111"},                                          # no issuer
-    {"email": "a@example.com"},                              # email only
-])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"iss": GOOGLE, "sub": "222"},  # another account, same provider
+        {"iss": "https://login.microsoftonline.com/t/v2.0", "sub": "111"},  # same sub at another provider
+        {"sub": "111"},  # no issuer
+        {"email": "a@example.com"},  # email only
+    ],
+)
 def test_identity_keys_of_different_identities_differ(other):
     assert auth.identity_key({"iss": GOOGLE, "sub": "111", "email": "a@example.com"}) != auth.identity_key(other)
 
@@ -66,7 +74,7 @@ def test_is_admin_matches_the_email_case_insensitively():
     assert auth.is_admin({"email": "boss@example.com", "email_verified": True}, admins)
     assert not auth.is_admin({"email": "intern@example.com"}, admins)
     assert not auth.is_admin({"name": "boss@example.com"}, admins)  # only the email claim counts
-    assert not auth.is_admin({"email": "boss@example.com"}, ())     # nobody listed: nobody admitted
+    assert not auth.is_admin({"email": "boss@example.com"}, ())  # nobody listed: nobody admitted
 
 
 def test_is_admin_refuses_an_email_the_provider_marks_unverified():
@@ -105,10 +113,13 @@ def test_a_complete_default_provider():
 
 
 def test_named_providers_are_found_in_file_order():
-    section = {"redirect_uri": COMPLETE["redirect_uri"], "cookie_secret": "s" * 32,
-               "google": {k: COMPLETE[k] for k in auth.PROVIDER_KEYS},
-               "microsoft": {k: COMPLETE[k] for k in auth.PROVIDER_KEYS},
-               "half": {"client_id": "x"}}
+    section = {
+        "redirect_uri": COMPLETE["redirect_uri"],
+        "cookie_secret": "s" * 32,
+        "google": {k: COMPLETE[k] for k in auth.PROVIDER_KEYS},
+        "microsoft": {k: COMPLETE[k] for k in auth.PROVIDER_KEYS},
+        "half": {"client_id": "x"},
+    }
     state = auth.auth_state({"auth": section})
     assert state.ready and state.providers == ("google", "microsoft")
     # client_kwargs is options, never a provider.
@@ -116,11 +127,14 @@ def test_named_providers_are_found_in_file_order():
     assert auth.auth_state({"auth": with_kwargs}).providers == ("default",)
 
 
-@pytest.mark.parametrize("drop, expected", [
-    ("cookie_secret", "lacks cookie_secret"),
-    ("redirect_uri", "lacks redirect_uri"),
-    ("client_secret", "names no complete provider: add client_secret"),
-])
+@pytest.mark.parametrize(
+    "drop, expected",
+    [
+        ("cookie_secret", "lacks cookie_secret"),
+        ("redirect_uri", "lacks redirect_uri"),
+        ("client_secret", "names no complete provider: add client_secret"),
+    ],
+)
 def test_an_incomplete_section_is_on_with_a_problem_naming_the_fix(drop, expected):
     section = {k: v for k, v in COMPLETE.items() if k != drop}
     state = auth.auth_state({"auth": section})
@@ -149,8 +163,10 @@ def test_auth_configured_outside_a_streamlit_run_follows_the_secrets_files(tmp_p
 
     missing = tmp_path / "none" / "secrets.toml"
     present = tmp_path / "secrets.toml"
-    present.write_text('[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "c"\n'
-                       'client_id = "i"\nclient_secret = "s"\nserver_metadata_url = "https://idp.example/.well-known/openid-configuration"\n')
+    present.write_text(
+        '[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "c"\n'
+        'client_id = "i"\nclient_secret = "s"\nserver_metadata_url = "https://idp.example/.well-known/openid-configuration"\n'
+    )
     assert st.secrets is secrets_singleton
     watchers = secrets_singleton._file_watchers_installed
     secrets_singleton._file_watchers_installed = True  # no poll thread on a temporary file

@@ -51,7 +51,9 @@ def npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def colmap_model(folder: Path, fmt: str = "txt", models=None, ext=EXT, ixt=IXT, names=NAMES, size=(W, H)) -> dict[str, bytes]:
+def colmap_model(
+    folder: Path, fmt: str = "txt", models=None, ext=EXT, ixt=IXT, names=NAMES, size=(W, H)
+) -> dict[str, bytes]:
     """A COLMAP model written by pycolmap (one camera per image); returns {file name: bytes}."""
     import pycolmap
 
@@ -63,7 +65,9 @@ def colmap_model(folder: Path, fmt: str = "txt", models=None, ext=EXT, ixt=IXT, 
         params = list(cam.params)
         info = [p.strip() for p in cam.params_info.split(",")]
         for j, p in enumerate(info):
-            params[j] = {"f": k[0, 0], "fx": k[0, 0], "fy": k[1, 1], "cx": k[0, 2], "cy": k[1, 2]}.get(p, 0.0 if p != "k" else 0.05)
+            params[j] = {"f": k[0, 0], "fx": k[0, 0], "fy": k[1, 1], "cx": k[0, 2], "cy": k[1, 2]}.get(
+                p, 0.0 if p != "k" else 0.05
+            )
         cam.params = params
         rec.add_camera_with_trivial_rig(cam)
         im = pycolmap.Image(image_id=i + 1, name=name, camera_id=i + 1)
@@ -110,7 +114,9 @@ def test_json_4x4_and_3x4():
 def test_npz_with_names_and_image_size():
     check_cameras(C.read_camera_files([("cams.npz", npz_bytes())]), "NPZ")
     # This dashboard's NPZ export: (N, 3, 4), intrinsics at the processed size, the processed images.
-    cs = C.read_camera_files([("results.npz", npz_bytes(extrinsics=EXT[:, :3], image=np.zeros((3, 24, 32, 3), np.uint8)))])
+    cs = C.read_camera_files(
+        [("results.npz", npz_bytes(extrinsics=EXT[:, :3], image=np.zeros((3, 24, 32, 3), np.uint8)))]
+    )
     assert [(e.width, e.height) for e in cs.entries] == [(32, 24)] * 3
 
 
@@ -163,7 +169,13 @@ def test_match_by_name_exact_basename_case_and_stem():
     np.testing.assert_allclose(m.known.intrinsics, IXT)
     assert m.summary().startswith("Every frame (3) has a camera: DA3 runs with them (cameras: given (JSON)).")
     row = m.table()[0]
-    assert row == {"frame": "a.jpg", "camera found": "images/A.JPG", "focal length (px)": "50.0 / 52.0", "centre (px)": "(31.0, 24.5)", "note": ""}
+    assert row == {
+        "frame": "a.jpg",
+        "camera found": "images/A.JPG",
+        "focal length (px)": "50.0 / 52.0",
+        "centre (px)": "(31.0, 24.5)",
+        "note": "",
+    }
     assert m.table()[1]["focal length (px)"] == "45.0"
 
 
@@ -182,7 +194,9 @@ def test_a_frame_without_a_camera_is_all_or_none():
     np.testing.assert_allclose(some.extrinsics, EXT[[0, 2]])
     assert some.subset([1]).extrinsics.shape == (1, 4, 4)
     none = C.match_cameras(cs, ["x.jpg"], [(W, H)])
-    assert none.known is None and none.known_for_matched() is None and none.summary().startswith("No frame has a camera")
+    assert (
+        none.known is None and none.known_for_matched() is None and none.summary().startswith("No frame has a camera")
+    )
 
 
 def test_ambiguous_stems_and_one_camera_per_frame():
@@ -193,13 +207,17 @@ def test_ambiguous_stems_and_one_camera_per_frame():
 
 
 def test_intrinsics_rescaled_to_a_downscaled_frame_as_da3_does():
-    cs = C.read_camera_files([("c.json", json_bytes(width=640, height=480, intrinsics=[K(500, 510, 320, 240).tolist()] * 3))])
+    cs = C.read_camera_files(
+        [("c.json", json_bytes(width=640, height=480, intrinsics=[K(500, 510, 320, 240).tolist()] * 3))]
+    )
     m = C.match_cameras(cs, NAMES, [(320, 240), (640, 480), (160, 120)])
     np.testing.assert_allclose(m.known.intrinsics[0], K(250, 255, 160, 120))
     np.testing.assert_allclose(m.known.intrinsics[1], K(500, 510, 320, 240))
     np.testing.assert_allclose(m.known.intrinsics[2], K(125, 127.5, 80, 60))
     assert "rescaled from 640x480 to the frame's 320x240" in m.rows[0].note and m.rows[1].note == ""
-    np.testing.assert_allclose(C.rescale_intrinsic(K(500, 510, 320, 240), (640, 480), (700, 420)), K(546.875, 446.25, 350, 210))
+    np.testing.assert_allclose(
+        C.rescale_intrinsic(K(500, 510, 320, 240), (640, 480), (700, 420)), K(546.875, 446.25, 350, 210)
+    )
 
 
 def test_an_aspect_ratio_that_differs_is_not_used():
@@ -210,7 +228,9 @@ def test_an_aspect_ratio_that_differs_is_not_used():
 
 def test_describe_old_and_new_runs():
     assert C.describe({"cameras": "given (COLMAP)", "align_to_input_ext_scale": True}) == "given (COLMAP)"
-    assert C.describe({"cameras": "given (JSON)", "align_to_input_ext_scale": False}).startswith("given (JSON), DA3's frame")
+    assert C.describe({"cameras": "given (JSON)", "align_to_input_ext_scale": False}).startswith(
+        "given (JSON), DA3's frame"
+    )
     assert C.describe({"process_res": 504}) == "estimated"  # saved before known cameras existed
     assert C.describe({}, has_poses=False) == "none (monocular preset)"
     assert C.describe({"use_ray_pose": True}) == "estimated (ray head)"
@@ -242,7 +262,10 @@ def test_missing_image_colmap_image_names_a_camera_that_is_not_there(tmp_path):
     lines[n] = " ".join(t)
     files["images.txt"] = ("\n".join(lines) + "\n").encode()
     err = read_error({"cameras.txt": files["cameras.txt"], "images.txt": files["images.txt"]})
-    assert (err.file, err.where) == ("images.txt", f"line {n + 1}") and "uses camera 7, which cameras.txt does not have" in err.problem
+    assert (err.file, err.where) == (
+        "images.txt",
+        f"line {n + 1}",
+    ) and "uses camera 7, which cameras.txt does not have" in err.problem
 
 
 def test_missing_image_colmap_text_drops_an_image_without_its_points_line(tmp_path):
@@ -260,12 +283,15 @@ def test_missing_images_file(tmp_path):
     assert err.file == "cameras.bin" and "images file is missing" in err.problem
 
 
-@pytest.mark.parametrize("field,value,expect", [
-    ("extrinsics", np.zeros((3, 3, 3)).tolist(), "shape (3, 3, 3): expected (N, 4, 4) or (N, 3, 4)"),
-    ("intrinsics", IXT[:2].tolist(), "shape (2, 3, 3): expected (3, 3, 3) or (3, 3)"),
-    ("names", ["a.jpg", "b.jpg"], "2 names for 3 cameras"),
-    ("extrinsics", [[[1, 0], [0]]], "must be an array of numbers"),
-])
+@pytest.mark.parametrize(
+    "field,value,expect",
+    [
+        ("extrinsics", np.zeros((3, 3, 3)).tolist(), "shape (3, 3, 3): expected (N, 4, 4) or (N, 3, 4)"),
+        ("intrinsics", IXT[:2].tolist(), "shape (2, 3, 3): expected (3, 3, 3) or (3, 3)"),
+        ("names", ["a.jpg", "b.jpg"], "2 names for 3 cameras"),
+        ("extrinsics", [[[1, 0], [0]]], "must be an array of numbers"),
+    ],
+)
 def test_wrong_shapes(field, value, expect):
     err = read_error([("cams.json", json_bytes(**{field: value}))])
     assert (err.file, err.where) == ("cams.json", field) and expect in err.problem
@@ -296,7 +322,10 @@ def test_non_rotation_reflection_and_bad_last_row():
     assert "reflection (det -1)" in read_error([("c.json", json_bytes(extrinsics=ext.tolist()))]).problem
     ext = EXT.copy()
     ext[0, 3] = [0, 0, 1, 1]
-    assert "last row of a 4x4 must be [0, 0, 0, 1]" in read_error([("c.json", json_bytes(extrinsics=ext.tolist()))]).problem
+    assert (
+        "last row of a 4x4 must be [0, 0, 0, 1]"
+        in read_error([("c.json", json_bytes(extrinsics=ext.tolist()))]).problem
+    )
 
 
 def test_nan_in_json_and_inf_in_npz():
@@ -358,7 +387,10 @@ def test_fisheye_is_refused_and_said_so(tmp_path, model):
 def test_other_non_pinhole_models_are_refused_in_binary(tmp_path):
     files = colmap_model(tmp_path / "m", "bin", models={0: "SIMPLE_DIVISION"})
     err = read_error({"cameras.bin": files["cameras.bin"], "images.bin": files["images.bin"]})
-    assert (err.file, err.where) == ("cameras.bin", "camera 1") and "SIMPLE_DIVISION, not a pinhole model" in err.problem
+    assert (err.file, err.where) == (
+        "cameras.bin",
+        "camera 1",
+    ) and "SIMPLE_DIVISION, not a pinhole model" in err.problem
 
 
 def test_malformed_colmap_text_lines(tmp_path):
@@ -378,7 +410,11 @@ def test_a_crafted_binary_cannot_exhaust_memory(tmp_path, monkeypatch):
     data = struct.pack("<Q", 1) + struct.pack("<I", 1) + struct.pack("<7d", 1, 0, 0, 0, 0, 0, 0) + struct.pack("<I", 1)
     data += b"a.jpg\0" + struct.pack("<Q", 2**40)
     err = read_error({"cameras.bin": files["cameras.bin"], "images.bin": data})
-    assert err.file == "images.bin" and "truncated or corrupt" in err.problem and "1,099,511,627,776 2D points" in err.problem
+    assert (
+        err.file == "images.bin"
+        and "truncated or corrupt" in err.problem
+        and "1,099,511,627,776 2D points" in err.problem
+    )
     monkeypatch.setattr(C, "check_colmap_binary", lambda *args: None)  # the child's own limit, alone
     err = read_error({"cameras.bin": files["cameras.bin"], "images.bin": data})
     assert "cameras.bin + images.bin" in str(err)
@@ -389,7 +425,10 @@ def test_garbage_binary_and_mixed_formats(tmp_path):
     err = read_error({"cameras.bin": files["cameras.bin"], "images.bin": b"\x01" * 40})
     assert "images.bin" in str(err)
     txt = colmap_model(tmp_path / "t", "txt")
-    assert "different formats" in read_error({"cameras.bin": files["cameras.bin"], "images.txt": txt["images.txt"]}).problem
+    assert (
+        "different formats"
+        in read_error({"cameras.bin": files["cameras.bin"], "images.txt": txt["images.txt"]}).problem
+    )
 
 
 def test_npz_object_arrays_and_huge_shapes_are_refused_unread():
@@ -408,22 +447,27 @@ def test_npz_object_arrays_and_huge_shapes_are_refused_unread():
     assert err.where == "extrinsics" and "too large" in err.problem
 
 
-@pytest.mark.parametrize("files,expect", [
-    ([("cams.json", b"{not json")], "not valid JSON"),
-    ([("cams.json", b"[1, 2]")], "expected an object"),
-    ([("cams.npz", b"not a zip")], "not an NPZ"),
-    ([("model.zip", b"not a zip")], "not a readable zip"),
-    ([("cams.yaml", b"x: 1")], "not a camera file"),
-    ([("a.json", b"{}"), ("b.json", b"{}")], "not a mix"),
-    ([], "no file was given"),
-])
+@pytest.mark.parametrize(
+    "files,expect",
+    [
+        ([("cams.json", b"{not json")], "not valid JSON"),
+        ([("cams.json", b"[1, 2]")], "expected an object"),
+        ([("cams.npz", b"not a zip")], "not an NPZ"),
+        ([("model.zip", b"not a zip")], "not a readable zip"),
+        ([("cams.yaml", b"x: 1")], "not a camera file"),
+        ([("a.json", b"{}"), ("b.json", b"{}")], "not a mix"),
+        ([], "no file was given"),
+    ],
+)
 def test_unreadable_files(files, expect):
     assert expect in str(read_error(files))
 
 
 def test_json_field_errors():
     assert read_error([("c.json", json_bytes(names="a.jpg"))]).where == "names"
-    assert read_error([("c.json", json_bytes(names=["a.jpg", "a.jpg", "c.jpg"]))]).problem.startswith("image name(s) given twice: a.jpg")
+    assert read_error([("c.json", json_bytes(names=["a.jpg", "a.jpg", "c.jpg"]))]).problem.startswith(
+        "image name(s) given twice: a.jpg"
+    )
     assert read_error([("c.json", json_bytes(names=["a.jpg", " ", "c.jpg"]))]).where == "names[1]"
     assert read_error([("c.json", json_bytes(width=640))]).where == "height"
     assert "one value, or 3 values" in read_error([("c.json", json_bytes(width=[1, 2], height=[1, 2]))]).problem
@@ -476,8 +520,15 @@ def test_cameras_saved_with_the_run_and_old_runs_still_load(tmp_path):
     from da3_core import runs
 
     imgs = [np.zeros((H, W, 3), np.uint8)] * 3
-    run_dir, meta = runs.start_run(tmp_path, imgs, NAMES, "upload", ModelSpec("demo", "da3-small"), {"process_res": 504},
-                                   cameras=(EXT, IXT, "COLMAP"))
+    run_dir, meta = runs.start_run(
+        tmp_path,
+        imgs,
+        NAMES,
+        "upload",
+        ModelSpec("demo", "da3-small"),
+        {"process_res": 504},
+        cameras=(EXT, IXT, "COLMAP"),
+    )
     assert meta.cameras_file == "cameras.npz"
     ext, ixt, source = runs.load_cameras(run_dir, runs.read_meta(run_dir))
     np.testing.assert_array_equal(ext, EXT)

@@ -7,7 +7,9 @@ import pytest
 from da3_core.chunks.plan import ChunkPlan, default_overlap, largest_chunk, plan_chunks
 
 
-@pytest.mark.parametrize("n,c,o", [(1, 4, 1), (4, 4, 2), (5, 4, 2), (40, 12, 4), (128, 16, 5), (1000, 120, 60), (7, 2, 1)])
+@pytest.mark.parametrize(
+    "n,c,o", [(1, 4, 1), (4, 4, 2), (5, 4, 2), (40, 12, 4), (128, 16, 5), (1000, 120, 60), (7, 2, 1)]
+)
 def test_every_chunk_is_full_and_every_overlap_at_least_o(n, c, o):
     plan = plan_chunks(n, c, o)
     assert plan.spans[0][0] == 0 and plan.spans[-1][1] == n
@@ -33,8 +35,10 @@ def test_the_known_shape_of_a_plan():
     assert [plan.owned(k) for k in range(4)] == [(0, 3), (3, 5), (5, 7), (7, 10)]
 
 
-@pytest.mark.parametrize("n,c,o,match", [(0, 4, 1, "at least one frame"), (5, 1, 0, "at least 2"), (5, 4, 4, "overlap"),
-                                         (5, 4, 0, "overlap")])
+@pytest.mark.parametrize(
+    "n,c,o,match",
+    [(0, 4, 1, "at least one frame"), (5, 1, 0, "at least 2"), (5, 4, 4, "overlap"), (5, 4, 0, "overlap")],
+)
 def test_bad_plans_say_which_number(n, c, o, match):
     with pytest.raises(ValueError, match=match):
         plan_chunks(n, c, o)

@@ -15,7 +15,6 @@ from da3_core.contract import Gaussians, ModelSpec, ReconstructRequest
 from da3_core.runner.protocol import WorkerCrashedError
 from tests.unit import synthetic
 
-
 # --------------------------------------------------------------------------------------
 # ModelSpec / ReconstructRequest
 # --------------------------------------------------------------------------------------
@@ -23,7 +22,7 @@ from tests.unit import synthetic
 
 def test_model_spec_refuses_unknown_kinds_and_empty_refs():
     with pytest.raises(ValueError, match="kind must be"):
-        ModelSpec("web", "x")  # type: ignore[arg-type]
+        ModelSpec("web", "x")  # type: ignore[arg-type]  # the point: an unknown kind is refused
     with pytest.raises(ValueError, match="non-empty string"):
         ModelSpec("hub", "  ")
     assert ModelSpec("local", "/m").describe() == "folder /m"
@@ -90,12 +89,12 @@ def test_reconstruction_properties_and_read_only_dicts():
     assert rec.n_views == 2 and rec.hw == (synthetic.H, synthetic.W) and rec.has_poses and rec.untrained
     assert rec.depth_unit == "m" and synthetic.mono_box_scene().depth_unit == "relative units"
     with pytest.raises(TypeError, match="read-only"):
-        rec.params["x"] = 1  # type: ignore[index]
+        rec.params["x"] = 1  # type: ignore[index]  # the point: a read-only dict refuses it
 
 
 def test_gaussians_need_numpy_arrays():
     with pytest.raises(TypeError, match="Gaussians.means must be a numpy array"):
-        Gaussians([[0, 0, 0]], *(np.zeros((1, k)) for k in (3, 4, 3)), np.zeros(1))  # type: ignore[arg-type]
+        Gaussians([[0, 0, 0]], *(np.zeros((1, k)) for k in (3, 4, 3)), np.zeros(1))  # type: ignore[arg-type]  # the point: lists are refused
 
 
 def test_worker_crash_messages_name_the_signal_or_exit_code():
@@ -166,7 +165,9 @@ def test_model_from_setting_every_form(tmp_path):
     assert ModelSpec.from_setting("demo:da3-small", None, "cpu") == ModelSpec("demo", "da3-small")
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         ModelSpec.from_setting("demo:nope", None, "cpu")
-    assert ModelSpec.from_setting("DA3-SMALL", None, "cpu") == ModelSpec("hub", presets.PRESETS_BY_NAME["da3-small"].hub_id)
+    assert ModelSpec.from_setting("DA3-SMALL", None, "cpu") == ModelSpec(
+        "hub", presets.PRESETS_BY_NAME["da3-small"].hub_id
+    )
     assert ModelSpec.from_setting(str(folder), None, "cpu") == ModelSpec("local", str(folder.resolve()))
     assert ModelSpec.from_setting("someone/some-model", None, "cpu") == ModelSpec("hub", "someone/some-model")
 

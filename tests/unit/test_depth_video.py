@@ -59,8 +59,9 @@ def test_one_range_gives_one_colour_per_depth_across_frames():
     np.testing.assert_array_equal(a[7, 7], b[2, 2])  # depth 3 has one colour in both frames
     assert not np.array_equal(export.colorize_depth(near)[7, 7], export.colorize_depth(far)[2, 2])  # unlike per-frame
     lut = dv._cached_lut("Spectral")
-    np.testing.assert_array_equal(dv.colorize_fixed(np.array([[1.0, 10.0, 0.5, 20.0]]), lo, hi)[0],
-                                  [lut[0], lut[255], lut[0], lut[255]])  # ends, and clipped beyond them
+    np.testing.assert_array_equal(
+        dv.colorize_fixed(np.array([[1.0, 10.0, 0.5, 20.0]]), lo, hi)[0], [lut[0], lut[255], lut[0], lut[255]]
+    )  # ends, and clipped beyond them
     # Inverse spacing: 1/d at 20% of the way from 1/lo to 1/hi; linear: d at 20% of lo..hi.
     assert (dv.colorize_fixed(np.array([[1 / (1.0 - 0.2 * 0.9)]]), lo, hi)[0, 0] == lut[51]).all()
     assert (dv.colorize_fixed(np.array([[1.0 + 0.2 * 9.0]]), lo, hi, inverse=False)[0, 0] == lut[51]).all()
@@ -144,8 +145,14 @@ def test_no_partial_file_at_the_destination(tmp_path):
     dv.write_depth_png_sequence(spy, zip_out, names=list("abcd"), unit="m", lo=1.0, hi=9.0)
     assert len(spy.seen) == 4 and not any(spy.seen) and zip_out.is_file()
     with pytest.raises(RuntimeError):
-        dv.write_depth_png_sequence(SpyDepth(ramp_frames(n=4), tmp_path / "e.zip", fail_at=2), tmp_path / "e.zip",
-                                    names=list("abcd"), unit="m", lo=1.0, hi=9.0)
+        dv.write_depth_png_sequence(
+            SpyDepth(ramp_frames(n=4), tmp_path / "e.zip", fail_at=2),
+            tmp_path / "e.zip",
+            names=list("abcd"),
+            unit="m",
+            lo=1.0,
+            hi=9.0,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zip", "depth_video.mp4"]
 
 
@@ -252,8 +259,13 @@ def test_legend_labels_for_odd_ranges_and_long_names(tmp_path):
     huge = dv._ticks(1e6, 1e7, "relative units", 3, False)
     assert [t for _, t in huge] == ["1.0e+06", "5.5e+06", "1.0e+07"]
     assert dv.legend_image(0.0, 10.0, "m", 120, inverse=False).shape[0] == 120
-    info = dv.write_depth_video(ramp_frames(n=2, h=80, w=40), tmp_path / "v.mp4", lo=1.0, hi=9.0,
-                                names=["a/very/long/path/to/the/frame_000001.png"] * 2)
+    info = dv.write_depth_video(
+        ramp_frames(n=2, h=80, w=40),
+        tmp_path / "v.mp4",
+        lo=1.0,
+        hi=9.0,
+        names=["a/very/long/path/to/the/frame_000001.png"] * 2,
+    )
     assert decode(tmp_path / "v.mp4").shape[:3] == (2, info["height"], info["width"])
 
 

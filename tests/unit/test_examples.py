@@ -76,7 +76,7 @@ def test_poses_project_objects_where_they_are_drawn(maker: ModuleType, key: str,
         u, v = (k @ cam)[:2] / cam[2]
         x, y = int(round(u)), int(round(v))
         assert 5 <= x < 315 and 5 <= y < 235
-        r, g, b = frame.image[y - 2:y + 3, x - 2:x + 3].reshape(-1, 3).mean(axis=0)
+        r, g, b = frame.image[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3).mean(axis=0)
         if colour == "red":
             assert r > 120 and r > g + 60 and r > b + 60, (frame.name, r, g, b)
         else:

@@ -146,8 +146,10 @@ def test_encode_depth_u16_bounds():
 
 def test_each_format_is_made_and_written_as_the_exports_page_does(tmp_path, scene):
     rec, cams, cloud = scene
-    paths = {fmt: e.write_bytes(tmp_path / "run", e.FILENAMES[fmt], e.export_bytes(fmt, rec, cloud, cams))
-             for fmt in e.EXPORT_FORMATS}
+    paths = {
+        fmt: e.write_bytes(tmp_path / "run", e.FILENAMES[fmt], e.export_bytes(fmt, rec, cloud, cams))
+        for fmt in e.EXPORT_FORMATS
+    }
     for fmt, path in paths.items():
         assert path.name == e.FILENAMES[fmt] and path.parent == tmp_path / "run" and path.stat().st_size > 0
     assert paths["glb"].read_bytes() == e.glb_bytes(cloud, cams, rec.hw)

@@ -58,7 +58,9 @@ def record(run_dir: Path, kind: str) -> dict:
 
 
 def hidden(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in (run_dir / "exports").iterdir() if p.name.startswith(".") and not p.name.endswith(".job.json"))
+    return sorted(
+        p.name for p in (run_dir / "exports").iterdir() if p.name.startswith(".") and not p.name.endswith(".job.json")
+    )
 
 
 def test_done_writes_the_model_whole_or_not_at_all(service, tmp_path):
@@ -66,8 +68,10 @@ def test_done_writes_the_model_whole_or_not_at_all(service, tmp_path):
     ej = service.submit_export(run_dir, "colmap", rec, conf_percentile=25.0)
     assert record(run_dir, "colmap")["status"] == "pending"
     # Mid-write: the first file is there, in a hidden folder; the model's folder is not.
-    wait_until(lambda: any((p / COLMAP_FILES[0]).is_file() for p in atomic.partial_paths(run_dir / "exports" / "colmap")),
-               what="the first file in the hidden folder")
+    wait_until(
+        lambda: any((p / COLMAP_FILES[0]).is_file() for p in atomic.partial_paths(run_dir / "exports" / "colmap")),
+        what="the first file in the hidden folder",
+    )
     status = service.export_status(run_dir, "colmap")
     assert status.status == "running" and status.pending
     assert status.line.startswith("Making the COLMAP model: writing the COLMAP model (half) · "), status.line
@@ -83,7 +87,11 @@ def test_done_writes_the_model_whole_or_not_at_all(service, tmp_path):
     assert done.total_s is not None and done.total_s >= 2.0 and done.waiting_s is not None
     assert done.took().endswith(" waiting)")
     saved = record(run_dir, "colmap")
-    assert saved["status"] == "done" and saved["files"] == list(done.files) and saved["options"] == {"conf_percentile": 25.0}
+    assert (
+        saved["status"] == "done"
+        and saved["files"] == list(done.files)
+        and saved["options"] == {"conf_percentile": 25.0}
+    )
 
 
 def test_each_job_has_its_place_in_the_queue_and_one_of_a_kind_at_a_time(service, tmp_path):

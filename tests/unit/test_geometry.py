@@ -135,7 +135,10 @@ def test_filters_give_exact_counts():
     world = g.unproject_all(rec)
     assert int(world.valid.sum()) == 16
     base = dict(conf_percentile=0.0, conf_floor=0.0, filter_sky=False, max_points=None)
-    count = lambda **kw: len(g.apply_filters(world, g.FilterParams(**{**base, **kw})))  # noqa: E731
+
+    def count(**kw):
+        return len(g.apply_filters(world, g.FilterParams(**{**base, **kw})))
+
     assert count() == 16
     assert count(filter_black_bg=True) == 14
     assert count(filter_white_bg=True) == 15

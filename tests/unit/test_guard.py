@@ -72,7 +72,7 @@ def test_a_run_that_cannot_fit_names_the_numbers_and_ways_on_that_fit():
     frames_way = next(w for w in ways if w.startswith("fewer frames: up to "))
     n_ok = int(frames_way.split("up to ")[1].split()[0])
     assert guard.estimate(SMALL, sizes[:n_ok], 1008, "cpu", cloud, 1e9).fits_memory  # the way on does fit
-    assert not guard.estimate(SMALL, sizes[:n_ok + 1], 1008, "cpu", cloud, 1e9).fits_memory
+    assert not guard.estimate(SMALL, sizes[: n_ok + 1], 1008, "cpu", cloud, 1e9).fits_memory
     res_way = next(w for w in ways if w.startswith("a lower process_res: "))
     res_ok = int(res_way.split(": ")[1].split()[0])
     assert guard.estimate(SMALL, sizes, res_ok, "cpu", cloud, 1e9).fits_memory
@@ -127,7 +127,9 @@ def test_calibration_learns_this_servers_speed(tmp_path):
         cal.record("cpu", SMALL, [(640, 480)] * 4, 504, "upper_bound_resize", base.seconds * 2)
     again = guard.Calibration.load(tmp_path / "cal.json")  # kept on disk
     assert again.factor("cpu") == pytest.approx(2.0)
-    faster = guard.estimate(SMALL, [(640, 480)] * 4, 504, "cpu", PLENTY, 1e9, model_loaded=True, speed_factor=again.factor("cpu"))
+    faster = guard.estimate(
+        SMALL, [(640, 480)] * 4, 504, "cpu", PLENTY, 1e9, model_loaded=True, speed_factor=again.factor("cpu")
+    )
     assert faster.seconds == pytest.approx(2 * base.seconds) and faster.calibrated
     assert "at this server's measured speed" in faster.summary()
     (tmp_path / "bad.json").write_text("{not json")

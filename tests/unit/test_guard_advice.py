@@ -15,12 +15,15 @@ from da3_core.presets import PRESETS_BY_NAME
 
 SMALL, BASE, LARGE, GIANT = (PRESETS_BY_NAME[n] for n in ("da3-small", "da3-base", "da3-large", "da3-giant"))
 BY_LABEL = {p.label: p for p in presets.PRESETS}
-BUDGET = (lambda n: 120 + 10 * n)  # noqa: E731 - DA3_DURATION_S + DA3_DURATION_PER_FRAME_S * n, the defaults' shape
+BUDGET = lambda n: 120 + 10 * n  # noqa: E731 - DA3_DURATION_S + DA3_DURATION_PER_FRAME_S * n, the defaults' shape
 
 
-def apply(way: str, est: guard.Estimate, sizes: list[tuple[int, int]], method: str) -> list[tuple[presets.Preset, list[tuple[int, int]], int]]:
+def apply(
+    way: str, est: guard.Estimate, sizes: list[tuple[int, int]], method: str
+) -> list[tuple[presets.Preset, list[tuple[int, int]], int]]:
     """The runs a user gets by following ``way``: (preset, frames, process_res). "Fewer
     frames" may keep any n of them: the first n, the last n and the n largest are all returned."""
+
     def subsets(n: int, res: int) -> list[list[tuple[int, int]]]:
         costly = guard.largest_first(sizes, res, method)
         return [sizes[:n], sizes[-n:], costly[:n], costly[-n:]]
@@ -84,8 +87,9 @@ def test_every_way_on_passes_the_guard_when_applied(device):
         "phone": [(4032, 3024), (3024, 4032)],
     }
     checked = 0
-    for (name, cycle), n, res, preset, mb in itertools.product(
-            shapes.items(), (3, 10, 24), (504, 700, 1008, 505), (SMALL, LARGE, GIANT), (1800.0, 2600.0, 6000.0)):
+    for (_shape, cycle), n, res, preset, mb in itertools.product(
+        shapes.items(), (3, 10, 24), (504, 700, 1008, 505), (SMALL, LARGE, GIANT), (1800.0, 2600.0, 6000.0)
+    ):
         sizes = [cycle[i % len(cycle)] for i in range(n)]
         gpu = 6000.0 if device == "cuda" else None
         checked += check_every_way(preset, sizes, res, device, guard.Available(mb, "test", gpu), model_loaded=True)
@@ -123,7 +127,9 @@ def test_processed_size_follows_da3s_rounding():
 def test_a_refusal_never_reads_as_needing_what_is_available(need, have):
     a, b = guard.gb_pair(need, have)
     assert a != b, (a, b)
-    est = guard.Estimate(SMALL, 5, 504, "cpu", need / guard.MARGIN, 0.0, None, 10.0, guard.Available(have, "test"), 100.0)
+    est = guard.Estimate(
+        SMALL, 5, 504, "cpu", need / guard.MARGIN, 0.0, None, 10.0, guard.Available(have, "test"), 100.0
+    )
     assert not est.fits_memory
     text = guard.memory_problem(est, [])
     found = re.search(r"needs about (.+?) of memory .* and (.+?) is available", text)

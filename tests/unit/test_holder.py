@@ -102,10 +102,10 @@ class _ClosedRunner:
     ],
 )
 def test_device_info_from_the_probe(probe, expected):
-    assert holder.RunnerHolder(runner=_ClosedRunner(), probe=probe).device_info() == expected  # type: ignore[arg-type]
+    assert holder.RunnerHolder(runner=_ClosedRunner(), probe=probe).device_info() == expected  # type: ignore[arg-type]  # stand-ins for Runner and Job
 
 
 def test_a_probe_that_cannot_be_queued_is_dropped():
-    h = holder.RunnerHolder(runner=_ClosedRunner(), probe=_Probe(done=True, value={}))  # type: ignore[arg-type]
+    h = holder.RunnerHolder(runner=_ClosedRunner(), probe=_Probe(done=True, value={}))  # type: ignore[arg-type]  # stand-ins for Runner and Job
     h.refresh_probe()
     assert h.probe is None and h.device_info() is None

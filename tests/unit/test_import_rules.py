@@ -28,8 +28,11 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 def parent_files(root: Path = ROOT) -> list[Path]:
     """Every Python file the server process may import: all of da3_core but da3_core/worker/."""
     files = [root / "streamlit_app.py", *sorted((root / "pages").rglob("*.py"))]
-    files += [p for p in sorted((root / "da3_core").rglob("*.py"))
-              if not module_name(p, root).startswith(HEAVY_PACKAGE + ".") and module_name(p, root) != HEAVY_PACKAGE]
+    files += [
+        p
+        for p in sorted((root / "da3_core").rglob("*.py"))
+        if not module_name(p, root).startswith(HEAVY_PACKAGE + ".") and module_name(p, root) != HEAVY_PACKAGE
+    ]
     return [f for f in files if f.exists()]
 
 
@@ -70,7 +73,9 @@ def test_parent_code_never_imports_torch_or_da3():
 
 
 def test_rule_checker_catches_violations(tmp_path):
-    bad = ast.parse("import torch\nfrom da3_core.worker.model import get_model\ndef f():\n    from da3_core.worker.model import x\n")
+    bad = ast.parse(
+        "import torch\nfrom da3_core.worker.model import get_model\ndef f():\n    from da3_core.worker.model import x\n"
+    )
     found = list(imports(bad))
     assert ("torch", True) in found
     assert ("da3_core.worker.model", True) in found
@@ -89,13 +94,14 @@ def test_rule_checker_catches_violations(tmp_path):
     assert problems_in(nested, tmp_path) == ["da3_core/runner/backends/_rule_probe.py imports gsplat"]
     assert problems_in(tmp_path / "pages" / "9_Probe.py", tmp_path) == [
         "pages/9_Probe.py imports da3_core.worker.model at module level (only inside a task body)",
-        "pages/9_Probe.py imports da3_core.worker.model.get_model at module level (only inside a task body)"]
+        "pages/9_Probe.py imports da3_core.worker.model.get_model at module level (only inside a task body)",
+    ]
 
 
 def test_one_list_of_forbidden_packages():
     """The result guard in the worker refuses exactly the packages this test refuses."""
-    from da3_core.runner.inside import tocpu
     from da3_core.runner import protocol
+    from da3_core.runner.inside import tocpu
 
     assert tocpu.is_forbidden_module is protocol.is_forbidden_module
     assert {"torch", "torchvision", "depth_anything_3", "xformers", "gsplat"} <= set(FORBIDDEN_PACKAGES)

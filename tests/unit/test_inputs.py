@@ -109,7 +109,9 @@ def test_one_pixel_image(corpus_dir: Path) -> None:
 
 def test_just_below_and_at_min_side() -> None:
     refused("thin.png", corpus.encode(Image.new("RGB", (200, inputs.MIN_SIDE - 1)), "PNG"))
-    check_frame(load_image("ok.png", corpus.encode(Image.new("RGB", (inputs.MIN_SIDE, inputs.MIN_SIDE)), "PNG")), 14, 14)
+    check_frame(
+        load_image("ok.png", corpus.encode(Image.new("RGB", (inputs.MIN_SIDE, inputs.MIN_SIDE)), "PNG")), 14, 14
+    )
 
 
 def test_decompression_bomb_header_refused_before_decoding(corpus_dir: Path) -> None:
@@ -152,8 +154,9 @@ def test_over_upload_limit() -> None:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("BMP", "bmp"), ("TIFF", "tif"),
-                                     ("WEBP", "webp"), ("AVIF", "avif")])
+@pytest.mark.parametrize(
+    "fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("BMP", "bmp"), ("TIFF", "tif"), ("WEBP", "webp"), ("AVIF", "avif")]
+)
 def test_plain_formats(fmt: str, ext: str) -> None:
     src = corpus.gradient_rgb()
     frame = load_image(f"pic.{ext}", corpus.encode(src, fmt, **({"quality": 95} if fmt != "PNG" else {})))
@@ -225,7 +228,9 @@ def test_exif_orientation_6_comes_out_upright() -> None:
     assert "downscaled" not in frame.note, frame.note
 
 
-@pytest.mark.parametrize("orientation,shape,red_at", [(3, (40, 80), (35, 75)), (8, (80, 40), (75, 5)), (1, (40, 80), (5, 5))])
+@pytest.mark.parametrize(
+    "orientation,shape,red_at", [(3, (40, 80), (35, 75)), (8, (80, 40), (75, 5)), (1, (40, 80), (5, 5))]
+)
 def test_other_exif_orientations(orientation: int, shape: tuple[int, int], red_at: tuple[int, int]) -> None:
     stored = corpus.quadrants(80, 40, (255, 0, 0), (0, 0, 255))
     frame = load_image("o.jpg", corpus.jpeg_with_orientation(stored, orientation))
@@ -334,19 +339,22 @@ def test_animated_gif_first_frame_with_note() -> None:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("../../etc/passwd", "passwd"),
-    ("/absolute/path/photo.jpg", "photo.jpg"),
-    ("C:\\Users\\me\\Desktop\\IMG 1.jpg", "IMG 1.jpg"),
-    ("..", "upload"),
-    ("", "upload"),
-    ("dir/", "upload"),
-    ("ünïcode café 写真 📷.jpg", "ünïcode café 写真 📷.jpg"),
-    ("  spaced   name .png  ", "spaced name .png"),
-    ("bad\x00name\x1b[31m.jpg", "badname[31m.jpg"),
-    ("tab\tand\nnewline.jpg", "tab and newline.jpg"),
-    ("evil\u202egpj.exe", "evilgpj.exe"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("../../etc/passwd", "passwd"),
+        ("/absolute/path/photo.jpg", "photo.jpg"),
+        ("C:\\Users\\me\\Desktop\\IMG 1.jpg", "IMG 1.jpg"),
+        ("..", "upload"),
+        ("", "upload"),
+        ("dir/", "upload"),
+        ("ünïcode café 写真 📷.jpg", "ünïcode café 写真 📷.jpg"),
+        ("  spaced   name .png  ", "spaced name .png"),
+        ("bad\x00name\x1b[31m.jpg", "badname[31m.jpg"),
+        ("tab\tand\nnewline.jpg", "tab and newline.jpg"),
+        ("evil\u202egpj.exe", "evilgpj.exe"),
+    ],
+)
 def test_display_name(raw: str, expected: str) -> None:
     assert inputs.display_name(raw) == expected
 
@@ -375,16 +383,19 @@ def test_probe_video(corpus_dir: Path) -> None:
     assert info.codec == "h264"
 
 
-@pytest.mark.parametrize("target_fps,cap,expected", [
-    (10, 64, list(range(0, 90, 3))),  # step 3
-    (30, 64, None),  # step 1: 90 sampled, capped to 64
-    (1, 64, [0, 30, 60]),  # step 30
-    (7, 64, list(range(0, 90, 4))),  # step int(30/7) = 4
-    (0.1, 64, [0]),  # step 300 > n: just the first frame
-    (60, 64, None),  # step max(1, 0) = 1
-    (10, 5, [0, 21, 45, 66, 87]),  # 30 sampled, thinned evenly to 5
-    (10, 1, [0]),
-])
+@pytest.mark.parametrize(
+    "target_fps,cap,expected",
+    [
+        (10, 64, list(range(0, 90, 3))),  # step 3
+        (30, 64, None),  # step 1: 90 sampled, capped to 64
+        (1, 64, [0, 30, 60]),  # step 30
+        (7, 64, list(range(0, 90, 4))),  # step int(30/7) = 4
+        (0.1, 64, [0]),  # step 300 > n: just the first frame
+        (60, 64, None),  # step max(1, 0) = 1
+        (10, 5, [0, 21, 45, 66, 87]),  # 30 sampled, thinned evenly to 5
+        (10, 1, [0]),
+    ],
+)
 def test_plan_video_indices(target_fps: float, cap: int, expected: list[int] | None) -> None:
     info = inputs.VideoInfo(fps=30.0, n_frames=90, duration_s=3.0, width=64, height=48)
     got = list(inputs.plan_video(info, target_fps, cap).indices)
@@ -437,12 +448,15 @@ def test_extract_default_cap_is_settings_max_frames(corpus_dir: Path) -> None:
     assert len(inputs.extract_frames("index.mp4", data, 30, 50, settings=Settings(max_frames=7))) == 7
 
 
-@pytest.mark.parametrize("name,words", [
-    ("corrupt.mp4", ("damaged",)),
-    ("truncated.mp4", ("damaged",)),
-    ("zero_frames.avi", ("no frames",)),
-    ("no_stream.mp4", ("no video stream",)),
-])
+@pytest.mark.parametrize(
+    "name,words",
+    [
+        ("corrupt.mp4", ("damaged",)),
+        ("truncated.mp4", ("damaged",)),
+        ("zero_frames.avi", ("no frames",)),
+        ("no_stream.mp4", ("no video stream",)),
+    ],
+)
 def test_bad_videos(corpus_dir: Path, name: str, words: tuple[str, ...]) -> None:
     data = read(corpus_dir, name)
     for call in (lambda: inputs.probe_video(name, data), lambda: inputs.extract_frames(name, data, 10, 10)):
@@ -467,8 +481,23 @@ def test_video_frames_over_pixel_limit(corpus_dir: Path) -> None:
 
 def test_rotated_video_comes_out_upright(tmp_path: Path, corpus_dir: Path) -> None:
     rotated = tmp_path / "rotated.mp4"
-    subprocess.run([corpus.ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i",
-                    str(corpus_dir / "index.mp4"), "-c", "copy", str(rotated)], check=True, timeout=60)
+    subprocess.run(
+        [
+            corpus.ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-display_rotation",
+            "90",
+            "-i",
+            str(corpus_dir / "index.mp4"),
+            "-c",
+            "copy",
+            str(rotated),
+        ],
+        check=True,
+        timeout=60,
+    )
     data = rotated.read_bytes()
     info = inputs.probe_video("rotated.mp4", data)
     assert info.rotation in (90, 270) and (info.width, info.height) == (48, 64)
@@ -476,7 +505,9 @@ def test_rotated_video_comes_out_upright(tmp_path: Path, corpus_dir: Path) -> No
     assert [f.image.shape for f in frames] == [(64, 48, 3)] * 3
 
 
-def test_no_temp_files_or_ffmpeg_processes_leak(corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_temp_files_or_ffmpeg_processes_leak(
+    corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
@@ -542,15 +573,27 @@ class FakeUpload:
 
 
 def test_batch_mixing_good_and_bad(corpus_dir: Path) -> None:
-    files = [FakeUpload(n, read(corpus_dir, n)) for n in
-             ("good.jpg", "empty.jpg", "text.png", "good.png", "one_pixel.png", "truncated.jpg",
-              "index.mp4", "corrupt.mp4", "bomb.png")]
+    files = [
+        FakeUpload(n, read(corpus_dir, n))
+        for n in (
+            "good.jpg",
+            "empty.jpg",
+            "text.png",
+            "good.png",
+            "one_pixel.png",
+            "truncated.jpg",
+            "index.mp4",
+            "corrupt.mp4",
+            "bomb.png",
+        )
+    ]
     batch = load_batch(files, Settings(), target_fps=10, max_frames=64)
     assert [f.name for f in batch.frames[:2]] == ["good.jpg", "good.png"]
     video = [f for f in batch.frames if f.source == "index.mp4"]
     assert len(video) == 30 and len(batch.frames) == 32
     assert sorted(r.name for r in batch.rejected) == sorted(
-        ["empty.jpg", "text.png", "one_pixel.png", "truncated.jpg", "corrupt.mp4", "bomb.png"])
+        ["empty.jpg", "text.png", "one_pixel.png", "truncated.jpg", "corrupt.mp4", "bomb.png"]
+    )
     for r in batch.rejected:
         assert r.reason.startswith(r.name + ":"), r.reason
         assert len(r.reason) > len(r.name) + 20  # says what is wrong and what to do
@@ -584,7 +627,9 @@ def test_batch_video_gets_what_is_left(corpus_dir: Path) -> None:
 
 def test_batch_names_are_sanitised_and_unique(corpus_dir: Path) -> None:
     data = read(corpus_dir, "good.png")
-    batch = load_batch([("../../etc/x.png", data), ("/abs/x.png", data), ("x.png", data), ("ü ñ.png", data)], Settings())
+    batch = load_batch(
+        [("../../etc/x.png", data), ("/abs/x.png", data), ("x.png", data), ("ü ñ.png", data)], Settings()
+    )
     assert [f.name for f in batch.frames] == ["x.png", "x (2).png", "x (3).png", "ü ñ.png"]
     assert all("/" not in f.name and "\\" not in f.name for f in batch.frames)
 

@@ -27,7 +27,10 @@ def _tiff(img: Image.Image) -> bytes:
     ("array", "note"),
     [
         (np.arange(64 * 64, dtype=np.int32).reshape(64, 64) * 16, "16-bit greyscale scaled to 8 bits"),
-        (np.arange(64 * 64, dtype=np.int32).reshape(64, 64) * 100_000 - 5, "32-bit values -5..409499995 stretched to 0..255"),
+        (
+            np.arange(64 * 64, dtype=np.int32).reshape(64, 64) * 100_000 - 5,
+            "32-bit values -5..409499995 stretched to 0..255",
+        ),
         (np.linspace(0.0, 1.0, 64 * 64, dtype=np.float32).reshape(64, 64), "float values 0..1 scaled to 0..255"),
         (np.linspace(-2.0, 3.0, 64 * 64, dtype=np.float32).reshape(64, 64), "float values -2..3 stretched to 0..255"),
     ],
@@ -90,8 +93,19 @@ def test_an_image_offered_as_a_video_is_refused_by_name():
         inputs.probe_video("holiday.mp4", png_bytes(1), SETTINGS)
 
 
-@pytest.mark.parametrize(("step", "word"), [(1, "every frame"), (2, "every 2nd"), (3, "every 3rd"), (11, "every 11th"),
-                                            (12, "every 12th"), (21, "every 21st"), (22, "every 22nd"), (113, "every 113th")])
+@pytest.mark.parametrize(
+    ("step", "word"),
+    [
+        (1, "every frame"),
+        (2, "every 2nd"),
+        (3, "every 3rd"),
+        (11, "every 11th"),
+        (12, "every 12th"),
+        (21, "every 21st"),
+        (22, "every 22nd"),
+        (113, "every 113th"),
+    ],
+)
 def test_plan_summary_ordinals(step, word):
     info = inputs.VideoInfo(fps=float(step), n_frames=step * 10, duration_s=10.0, width=64, height=64)
     plan = inputs.plan_video(info, target_fps=1.0, max_frames=100)
@@ -140,8 +154,12 @@ def test_example_folders_with_broken_metadata_are_skipped(tmp_path):
     Image.new("RGB", (32, 32)).save(good / "0.png")
     view = {"file": "0.png", "extrinsics": np.eye(3, 4).tolist(), "intrinsics": np.eye(3).tolist()}
     (good / "scene.json").write_text(json.dumps({"title": "Good", "frames": [view]}))
-    for name, meta in {"missing-file": {"frames": [{**view, "file": "9.png"}]}, "bad-name": {"frames": [{**view, "file": "../x.png"}]},
-                       "no-frames": {"frames": []}, "not-json": None}.items():
+    for name, meta in {
+        "missing-file": {"frames": [{**view, "file": "9.png"}]},
+        "bad-name": {"frames": [{**view, "file": "../x.png"}]},
+        "no-frames": {"frames": []},
+        "not-json": None,
+    }.items():
         folder = tmp_path / name
         folder.mkdir()
         (folder / "scene.json").write_text("{" if meta is None else json.dumps(meta))

@@ -14,20 +14,31 @@ from da3_core.notices import PATTERNS, UNKNOWN, explain, harmless_label
 # xformers 0.0.35, omegaconf 2.4, DA3 without gsplat), word for word, with the module the
 # capture names as their source.
 SEEN = {
-    "xformers-kernels": ("xformers", "WARNING[XFORMERS]: xFormers can't load C++/CUDA extensions. xFormers was built for:\n"
-                         "    PyTorch 2.10.0+cu128 with CUDA 1208 (you have 2.14.1+cu130)\n"
-                         "    Python  3.10.19 (you have 3.11.7)\n"
-                         "  Please reinstall xformers (see https://github.com/facebookresearch/xformers#installing-xformers)\n"
-                         "  Memory-efficient attention, SwiGLU, sparse and more won't be available.\n"
-                         "  Set XFORMERS_MORE_DETAILS=1 for more details"),
-    "omegaconf-resolver": ("depth_anything_3.cfg", "register_new_resolver() is deprecated and will be removed in a future release.\n"
-                           "Use register_resolver() instead.\n"
-                           "See https://github.com/hydra-ecosystem/omegaconf/issues/426 for migration instructions."),
-    "gsplat-missing": ("depth_anything_3.model.utils.gs_renderer",
-                       "[WARN ] Dependency `gsplat` is required for rendering 3DGS. Install via: pip install "
-                       "git+https://github.com/nerfstudio-project/gsplat.git@0b4dddf04cb687367602c01196913cde6a743d70"),
+    "xformers-kernels": (
+        "xformers",
+        "WARNING[XFORMERS]: xFormers can't load C++/CUDA extensions. xFormers was built for:\n"
+        "    PyTorch 2.10.0+cu128 with CUDA 1208 (you have 2.14.1+cu130)\n"
+        "    Python  3.10.19 (you have 3.11.7)\n"
+        "  Please reinstall xformers (see https://github.com/facebookresearch/xformers#installing-xformers)\n"
+        "  Memory-efficient attention, SwiGLU, sparse and more won't be available.\n"
+        "  Set XFORMERS_MORE_DETAILS=1 for more details",
+    ),
+    "omegaconf-resolver": (
+        "depth_anything_3.cfg",
+        "register_new_resolver() is deprecated and will be removed in a future release.\n"
+        "Use register_resolver() instead.\n"
+        "See https://github.com/hydra-ecosystem/omegaconf/issues/426 for migration instructions.",
+    ),
+    "gsplat-missing": (
+        "depth_anything_3.model.utils.gs_renderer",
+        "[WARN ] Dependency `gsplat` is required for rendering 3DGS. Install via: pip install "
+        "git+https://github.com/nerfstudio-project/gsplat.git@0b4dddf04cb687367602c01196913cde6a743d70",
+    ),
     "hub-local-weights": ("huggingface_hub.hub_mixin", "Loading weights from local directory"),
-    "torch-jit-script": ("torch.jit._script", "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`."),
+    "torch-jit-script": (
+        "torch.jit._script",
+        "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`.",
+    ),
 }
 
 # Messages these libraries are known to print elsewhere (their source text), one per pattern.
@@ -35,31 +46,80 @@ LIKELY = {
     "gsplat-cuda": ("gsplat.cuda._backend", "gsplat: No CUDA toolkit found. gsplat will be disabled."),
     "xformers-missing": ("dinov2.layers.attention", "xFormers not available"),
     "xformers-triton": ("xformers", "A matching Triton is not available, some optimizations will not be enabled"),
-    "torch-typed-storage": ("torch._utils", "TypedStorage is deprecated. It will be removed in the future and UntypedStorage "
-                            "will be the only storage class."),
-    "torch-cuda-amp": ("timm.layers", "`torch.cuda.amp.autocast(args...)` is deprecated. Please use "
-                       "`torch.amp.autocast('cuda', args...)` instead."),
-    "torch-autocast-no-cuda": ("torch.amp.autocast_mode", "User provided device_type of 'cuda', but CUDA is not available. Disabling"),
-    "torch-cpu-autocast-dtype": ("torch.amp.autocast_mode", "In CPU autocast, but the target dtype is not supported. Disabling autocast.\n"
-                                 "CPU Autocast only supports dtype of torch.bfloat16, torch.float16 currently."),
-    "torch-sdpa-kernel": ("torch.nn.functional", "1Torch was not compiled with flash attention. (Triggered internally at ...)"),
-    "torch-meshgrid": ("torch.functional", "torch.meshgrid: in an upcoming release, it will be required to pass the indexing "
-                       "argument. (Triggered internally at ../aten/src/ATen/native/TensorShape.cpp:3549.)"),
-    "torch-load-weights-only": ("torch.serialization", "You are using `torch.load` with `weights_only=False` (the current default value)"),
-    "torch-cuda-init": ("torch.cuda", "CUDA initialization: The NVIDIA driver on your system is too old (found version 11040)."),
-    "torchvision-image-extension": ("torchvision.io.image", "Failed to load image Python extension: libc10_cuda.so: cannot open shared object file"),
-    "hub-symlinks": ("huggingface_hub.file_download", "`huggingface_hub` cache-system uses symlinks by default to efficiently store "
-                     "duplicated files but your machine does not support them in C:\\cache."),
-    "hub-resume-download": ("huggingface_hub.file_download", "`resume_download` is deprecated and will be removed in version 1.0.0. "
-                            "Downloads always resume when possible."),
-    "hub-unauthenticated": ("huggingface_hub.utils._http", "Warning: You are sending unauthenticated requests to the HF Hub."),
-    "timm-deprecated-import": ("timm.models.layers", "Importing from timm.models.layers is deprecated, please import via timm.layers"),
-    "timm-registry": ("timm.models._registry", "Overwriting vit_small_patch14_dinov2 in registry with a new entrypoint"),
+    "torch-typed-storage": (
+        "torch._utils",
+        "TypedStorage is deprecated. It will be removed in the future and UntypedStorage "
+        "will be the only storage class.",
+    ),
+    "torch-cuda-amp": (
+        "timm.layers",
+        "`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` instead.",
+    ),
+    "torch-autocast-no-cuda": (
+        "torch.amp.autocast_mode",
+        "User provided device_type of 'cuda', but CUDA is not available. Disabling",
+    ),
+    "torch-cpu-autocast-dtype": (
+        "torch.amp.autocast_mode",
+        "In CPU autocast, but the target dtype is not supported. Disabling autocast.\n"
+        "CPU Autocast only supports dtype of torch.bfloat16, torch.float16 currently.",
+    ),
+    "torch-sdpa-kernel": (
+        "torch.nn.functional",
+        "1Torch was not compiled with flash attention. (Triggered internally at ...)",
+    ),
+    "torch-meshgrid": (
+        "torch.functional",
+        "torch.meshgrid: in an upcoming release, it will be required to pass the indexing "
+        "argument. (Triggered internally at ../aten/src/ATen/native/TensorShape.cpp:3549.)",
+    ),
+    "torch-load-weights-only": (
+        "torch.serialization",
+        "You are using `torch.load` with `weights_only=False` (the current default value)",
+    ),
+    "torch-cuda-init": (
+        "torch.cuda",
+        "CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).",
+    ),
+    "torchvision-image-extension": (
+        "torchvision.io.image",
+        "Failed to load image Python extension: libc10_cuda.so: cannot open shared object file",
+    ),
+    "hub-symlinks": (
+        "huggingface_hub.file_download",
+        "`huggingface_hub` cache-system uses symlinks by default to efficiently store "
+        "duplicated files but your machine does not support them in C:\\cache.",
+    ),
+    "hub-resume-download": (
+        "huggingface_hub.file_download",
+        "`resume_download` is deprecated and will be removed in version 1.0.0. Downloads always resume when possible.",
+    ),
+    "hub-unauthenticated": (
+        "huggingface_hub.utils._http",
+        "Warning: You are sending unauthenticated requests to the HF Hub.",
+    ),
+    "timm-deprecated-import": (
+        "timm.models.layers",
+        "Importing from timm.models.layers is deprecated, please import via timm.layers",
+    ),
+    "timm-registry": (
+        "timm.models._registry",
+        "Overwriting vit_small_patch14_dinov2 in registry with a new entrypoint",
+    ),
     "pkg-resources": ("setuptools", "pkg_resources is deprecated as an API."),
-    "da3-optional-dependency": ("depth_anything_3.utils.sh_helpers", "[WARN ] Dependency 'e3nn' not found. Required for rotating the camera space SH coeff"),
-    "da3-crop": ("depth_anything_3.utils.io.input_processor", "[WARN ] Images in batch have different sizes [(112, 140), (140, 112)]; "
-                 "center-cropping all to smallest (112,112)"),
-    "capture-overflow": ("da3_core", "more distinct notices than the dashboard keeps; set DA3_APP_LOG_LEVEL=DEBUG to print them all"),
+    "da3-optional-dependency": (
+        "depth_anything_3.utils.sh_helpers",
+        "[WARN ] Dependency 'e3nn' not found. Required for rotating the camera space SH coeff",
+    ),
+    "da3-crop": (
+        "depth_anything_3.utils.io.input_processor",
+        "[WARN ] Images in batch have different sizes [(112, 140), (140, 112)]; "
+        "center-cropping all to smallest (112,112)",
+    ),
+    "capture-overflow": (
+        "da3_core",
+        "more distinct notices than the dashboard keeps; set DA3_APP_LOG_LEVEL=DEBUG to print them all",
+    ),
 }
 
 

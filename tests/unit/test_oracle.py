@@ -235,8 +235,11 @@ def test_oracle_chunk_crosses_the_process_boundary(loop, module_runner, tmp_path
     # Frames that are not the saved ones: a clear ValueError naming the frame.
     imgs = list(request.request.images)
     imgs[2] = imgs[2][::-1].copy()
-    bad = ChunkRequest(ReconstructRequest(images=imgs, names=request.request.names, model=request.request.model),
-                       chunk=3, frame_ids=request.frame_ids)
+    bad = ChunkRequest(
+        ReconstructRequest(images=imgs, names=request.request.names, model=request.request.model),
+        chunk=3,
+        frame_ids=request.frame_ids,
+    )
     with pytest.raises(ValueError, match=r"image 2 \(0042\.png\) does not match saved frame 42"):
         oracle_chunk.submit(bad, str(tmp_path / "demo"), 0, "auto", runner=module_runner).result(60)
 
@@ -256,8 +259,11 @@ def test_mismatched_images_and_unknown_frames_raise_clear_errors(loop):
     jpeg = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     assert not np.array_equal(jpeg, request.request.images[1])
     images = (request.request.images[0], jpeg, request.request.images[2])
-    again = ChunkRequest(ReconstructRequest(images=images, names=request.request.names, model=request.request.model),
-                         chunk=0, frame_ids=(3, 4, 5))
+    again = ChunkRequest(
+        ReconstructRequest(images=images, names=request.request.names, model=request.request.model),
+        chunk=0,
+        frame_ids=(3, 4, 5),
+    )
     assert np.array_equal(simulate_chunk(again).rec.depth, simulate_chunk(request).rec.depth)
     beyond = ChunkRequest(request.request, chunk=0, frame_ids=(N, N + 1, N + 2))
     with pytest.raises(ValueError, match=f"frame id {N} is outside 0..{N - 1}"):

@@ -19,7 +19,9 @@ APP = "requirements-app.txt"
 TORCH = "requirements-torch.txt"
 # Installed together somewhere (make: app + torch + dev + ray; GPU servers add gsplat).
 INSTALLED_TOGETHER = (APP, TORCH, "requirements-dev.txt", "requirements-ray.txt", "requirements-gsplat.txt")
-PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._-]+\])?==(?P<version>[A-Za-z0-9.+!_-]+)(\s*;.+)?$")
+PIN = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._-]+\])?==(?P<version>[A-Za-z0-9.+!_-]+)(\s*;.+)?$"
+)
 
 
 def lines(filename: str) -> list[str]:

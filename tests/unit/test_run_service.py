@@ -20,8 +20,14 @@ from da3_core.contract import ModelSpec
 from da3_core.run_service import INTERRUPTED, RunService
 from tests.run_service_tasks import fake_reconstruct
 
-PARAMS = {"process_res": 112, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
-          "reference_view": None, "infer_gs": False, "device": "cpu"}
+PARAMS = {
+    "process_res": 112,
+    "process_res_method": "upper_bound_resize",
+    "ref_view_strategy": "saddle_balanced",
+    "reference_view": None,
+    "infer_gs": False,
+    "device": "cpu",
+}
 
 
 @pytest.fixture
@@ -100,7 +106,9 @@ def test_task_errors_keep_type_and_message(service, tmp_path):
     assert outcome.status == "failed" and outcome.message == "ValueError: the fake model refuses this frame"
     assert "Traceback" in outcome.traceback and not outcome.model_unavailable
     assert failed.images == ()
-    missing = service.submit(session, frames(), ["no-weights", "b"], "upload", ModelSpec("hub", "depth-anything/DA3-SMALL"), PARAMS)
+    missing = service.submit(
+        session, frames(), ["no-weights", "b"], "upload", ModelSpec("hub", "depth-anything/DA3-SMALL"), PARAMS
+    )
     outcome = wait_finished(missing)
     assert outcome.model_unavailable and "ModelUnavailableError" in outcome.message
     assert status_on_disk(missing)["status"] == "failed"
@@ -196,8 +204,10 @@ def test_the_time_says_both_the_wait_in_the_queue_and_the_run(service, tmp_path)
     view = view_of(service, second.run_dir)  # from the service's run
     assert view.status == "done" and view.waiting_s == pytest.approx(timings[run_service.QUEUE_WAIT_S])
     running = timings[run_service.WALL_S] - timings[run_service.QUEUE_WAIT_S]
-    assert view.took() == (f"{timings[run_service.WALL_S]:.1f} s ({running:.1f} s running, "
-                           f"{timings[run_service.QUEUE_WAIT_S]:.1f} s waiting)")
+    assert view.took() == (
+        f"{timings[run_service.WALL_S]:.1f} s ({running:.1f} s running, "
+        f"{timings[run_service.QUEUE_WAIT_S]:.1f} s waiting)"
+    )
     service.keep_finished_s = 0.0  # the server let go of it: the folder says the same
     time.sleep(0.01)
     assert service.get(second.run_dir) is None
@@ -210,8 +220,14 @@ def test_retry_with_demo_weights_runs_the_same_frames_again(service, tmp_path):
 
     session = tmp_path / "ws" / "sessions" / ("7" * 32)
     submitted = frames(3)
-    missing = service.submit(session, submitted, ["no-weights", "b", "c"], "upload", ModelSpec("hub", "depth-anything/DA3-BASE"),
-                             {**PARAMS, "process_res": 126})
+    missing = service.submit(
+        session,
+        submitted,
+        ["no-weights", "b", "c"],
+        "upload",
+        ModelSpec("hub", "depth-anything/DA3-BASE"),
+        {**PARAMS, "process_res": 126},
+    )
     wait_finished(missing)
     view = view_of(service, missing.run_dir)
     assert view.status == "failed" and view.model_unavailable and "ModelUnavailableError" in view.message
@@ -245,8 +261,17 @@ def test_the_view_of_a_run_from_its_folder_alone(service, tmp_path):
     session = tmp_path / "ws" / "sessions" / ("8" * 32)
     run_dir, meta = runs.start_run(session, frames(), ["a", "b"], "video", ModelSpec("demo", "da3-small"), PARAMS)
     chunked = {"chunks": 3, "chunk": 8, "overlap": 3, "alignment": "sim3", "loops_closed": 1}
-    runs.write_meta(run_dir, replace(meta, status="done", preset="da3-small", device="cpu", params={**meta.params, "chunked": chunked},
-                                     timings={"total": 6.1, run_service.WALL_S: 6.1, run_service.QUEUE_WAIT_S: 2.1}))
+    runs.write_meta(
+        run_dir,
+        replace(
+            meta,
+            status="done",
+            preset="da3-small",
+            device="cpu",
+            params={**meta.params, "chunked": chunked},
+            timings={"total": 6.1, run_service.WALL_S: 6.1, run_service.QUEUE_WAIT_S: 2.1},
+        ),
+    )
     view = view_of(service, run_dir)
     assert view.ok and view.finished and not view.pending and view.n_views == 2
     assert view.took() == "6.1 s (4.0 s running, 2.1 s waiting)"
@@ -254,7 +279,9 @@ def test_the_view_of_a_run_from_its_folder_alone(service, tmp_path):
     runs.fail_run(run_dir, runs.read_meta(run_dir), "ModelUnavailableError: Could not load model x/y")
     failed = view_of(service, run_dir)
     assert failed.status == "failed" and failed.model_unavailable and failed.traceback == ""
-    old = replace(runs.read_meta(run_dir), status="done", error="", timings={"total": 1.5})  # saved before the wait was recorded
+    old = replace(
+        runs.read_meta(run_dir), status="done", error="", timings={"total": 1.5}
+    )  # saved before the wait was recorded
     runs.write_meta(run_dir, old)
     assert view_of(service, run_dir).took() == "1.5 s"
     assert view_of(service, tmp_path / "nowhere") is None

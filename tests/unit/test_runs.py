@@ -33,9 +33,16 @@ def test_run_round_trip(tmp_path):
 
 def test_gaussians_survive_the_round_trip(tmp_path):
     rec = synthetic.box_scene()
-    g = Gaussians(*(np.random.default_rng(i).random(s).astype(np.float32) for i, s in enumerate([(5, 3), (5, 3), (5, 4), (5, 3, 1), (5,)])))
+    g = Gaussians(
+        *(
+            np.random.default_rng(i).random(s).astype(np.float32)
+            for i, s in enumerate([(5, 3), (5, 3), (5, 4), (5, 3, 1), (5,)])
+        )
+    )
     rec = type(rec)(**{**rec.__dict__, "gaussians": g})
-    run_dir, meta = runs.start_run(workspace.new_session(tmp_path), list(rec.images), rec.names, "upload", rec.model, {})
+    run_dir, meta = runs.start_run(
+        workspace.new_session(tmp_path), list(rec.images), rec.names, "upload", rec.model, {}
+    )
     runs.finish_run(run_dir, meta, rec)
     back = runs.load_result(run_dir)
     np.testing.assert_array_equal(back.gaussians.harmonics, g.harmonics)
@@ -44,7 +51,9 @@ def test_gaussians_survive_the_round_trip(tmp_path):
 def test_failed_run_keeps_inputs_and_message(tmp_path):
     rec = synthetic.box_scene()
     session = workspace.new_session(tmp_path)
-    run_dir, meta = runs.start_run(session, list(rec.images), rec.names, "video", ModelSpec("hub", "depth-anything/DA3-SMALL"), {})
+    run_dir, meta = runs.start_run(
+        session, list(rec.images), rec.names, "video", ModelSpec("hub", "depth-anything/DA3-SMALL"), {}
+    )
     failed = runs.fail_run(run_dir, meta, "ModelUnavailableError: no hub")
     assert runs.read_meta(run_dir).error == "ModelUnavailableError: no hub" and failed.status == "failed"
     assert len(runs.input_paths(run_dir, failed)) == rec.n_views

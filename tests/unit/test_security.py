@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def code_files() -> list[Path]:
-    return [p for d in ("da3_core", "pages", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")] + [ROOT / "streamlit_app.py"]
+    return [p for d in ("da3_core", "pages", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")] + [
+        ROOT / "streamlit_app.py"
+    ]
 
 
 def test_every_numpy_load_refuses_pickles():
@@ -30,8 +32,12 @@ def test_every_numpy_load_refuses_pickles():
 
 def test_no_pickle_loads_of_files():
     # The only pickle.loads in the app read the runner's own pipe messages and results.
-    hits = [(p.relative_to(ROOT), line.strip()) for p in code_files() for line in p.read_text().splitlines()
-            if re.search(r"pickle\.load\(|torch\.load\(", line)]
+    hits = [
+        (p.relative_to(ROOT), line.strip())
+        for p in code_files()
+        for line in p.read_text().splitlines()
+        if re.search(r"pickle\.load\(|torch\.load\(", line)
+    ]
     assert not hits, hits
 
 

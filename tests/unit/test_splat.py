@@ -107,11 +107,14 @@ def test_positions_keep_precision_near_and_fail_clearly_far():
         splat.pack_spz(gaussians(5, spread=1e7))
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("scales", np.ones((4, 2), np.float32), r"scales must be \(5, 3\)"),
-    ("harmonics", np.ones((5, 3), np.float32), r"harmonics must be \(5, 3, D\)"),
-    ("opacities", np.ones(4, np.float32), r"opacities must be \(5,\)"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("scales", np.ones((4, 2), np.float32), r"scales must be \(5, 3\)"),
+        ("harmonics", np.ones((5, 3), np.float32), r"harmonics must be \(5, 3, D\)"),
+        ("opacities", np.ones(4, np.float32), r"opacities must be \(5,\)"),
+    ],
+)
 def test_bad_shapes_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):
         splat.pack_spz(dataclasses.replace(gaussians(5), **{field: value}))
@@ -131,17 +134,42 @@ def test_reading_something_else_than_spz_v3_fails():
 # --------------------------------------------------------------------------------------
 
 
-def gs_ply(g: Gaussians, *, rest: int = 0, normals: bool = True, fmt: str = "binary_little_endian 1.0", extra: str = "") -> bytes:
+def gs_ply(
+    g: Gaussians, *, rest: int = 0, normals: bool = True, fmt: str = "binary_little_endian 1.0", extra: str = ""
+) -> bytes:
     """A 3DGS PLY as DA3's writer makes it (raw parameters: log scales, logit opacity)."""
     names = ["x", "y", "z"] + (["nx", "ny", "nz"] if normals else []) + ["f_dc_0", "f_dc_1", "f_dc_2"]
-    names += [f"f_rest_{i}" for i in range(rest)] + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    names += [f"f_rest_{i}" for i in range(rest)] + [
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     n = len(g.means)
     h = np.asarray(g.harmonics)
     op = np.asarray(g.opacities, np.float64)
-    cols = [g.means] + ([np.zeros((n, 3))] if normals else []) + [h[:, :, 0], h[:, :, 1:].reshape(n, -1)[:, :rest],
-                                                                     np.log(op / (1 - op))[:, None], np.log(g.scales), g.rotations]
+    cols = (
+        [g.means]
+        + ([np.zeros((n, 3))] if normals else [])
+        + [
+            h[:, :, 0],
+            h[:, :, 1:].reshape(n, -1)[:, :rest],
+            np.log(op / (1 - op))[:, None],
+            np.log(g.scales),
+            g.rotations,
+        ]
+    )
     arr = np.concatenate([np.asarray(c, np.float64).reshape(n, -1) for c in cols], axis=1).astype("<f4")
-    header = f"ply\nformat {fmt}\nelement vertex {n}\n" + "".join(f"property float {k}\n" for k in names) + extra + "end_header\n"
+    header = (
+        f"ply\nformat {fmt}\nelement vertex {n}\n"
+        + "".join(f"property float {k}\n" for k in names)
+        + extra
+        + "end_header\n"
+    )
     return header.encode() + arr.tobytes()
 
 
@@ -170,13 +198,25 @@ def test_a_3dgs_ply_with_a_second_element_and_unnormalised_rotations():
     assert np.allclose(np.linalg.norm(back.rotations, axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"not a ply", "not a PLY file"),
-    (gs_ply(gaussians(2), fmt="ascii 1.0"), "only binary little-endian"),
-    (b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty float x\nend_header\n" + b"\0" * 4, "missing vertex properties"),
-    (b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty list uchar int x\nend_header\n", "list properties"),
-    (b"ply\nformat binary_little_endian 1.0\nelement face 1\nproperty float x\nend_header\n", "first PLY element must be 'vertex'"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"not a ply", "not a PLY file"),
+        (gs_ply(gaussians(2), fmt="ascii 1.0"), "only binary little-endian"),
+        (
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty float x\nend_header\n" + b"\0" * 4,
+            "missing vertex properties",
+        ),
+        (
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty list uchar int x\nend_header\n",
+            "list properties",
+        ),
+        (
+            b"ply\nformat binary_little_endian 1.0\nelement face 1\nproperty float x\nend_header\n",
+            "first PLY element must be 'vertex'",
+        ),
+    ],
+)
 def test_ply_that_is_not_3dgs_is_refused(data, match):
     with pytest.raises(ValueError, match=match):
         splat.read_gs_ply(data)
@@ -306,11 +346,19 @@ def test_117k_gaussians_fit_the_payload_budget():
     n_views, h, w = 2, 210, 280  # DA3-GIANT, 2 views at process_res 280: 117,600 Gaussians
     rng = np.random.default_rng(1)
     vs, us = np.mgrid[0:h, 0:w].astype(np.float64)
-    means = np.concatenate([np.stack([(us - w / 2) / 224 * 2, (vs - h / 2) / 224 * 2, 2 + 0.3 * np.sin(us / 30 + i)], -1).reshape(-1, 3)
-                            for i in range(n_views)])
+    means = np.concatenate(
+        [
+            np.stack([(us - w / 2) / 224 * 2, (vs - h / 2) / 224 * 2, 2 + 0.3 * np.sin(us / 30 + i)], -1).reshape(-1, 3)
+            for i in range(n_views)
+        ]
+    )
     g = gaussians(len(means), seed=1)
-    g = dataclasses.replace(g, means=means.astype(np.float32), scales=np.exp(rng.normal(-5.5, 0.5, (len(means), 3))).astype(np.float32))
-    cams = geometry.Cameras(np.stack([np.eye(3, 4)] * 2), np.stack([synthetic.pinhole(224, 224, w / 2, h / 2)] * 2), False, None)
+    g = dataclasses.replace(
+        g, means=means.astype(np.float32), scales=np.exp(rng.normal(-5.5, 0.5, (len(means), 3))).astype(np.float32)
+    )
+    cams = geometry.Cameras(
+        np.stack([np.eye(3, 4)] * 2), np.stack([synthetic.pinhole(224, 224, w / 2, h / 2)] * 2), False, None
+    )
     html = splat.splat_viewer_html(g, cams, (h, w))
     assert len(g.means) == 117_600
     assert len(html.encode()) / 1e6 <= splat.PAYLOAD_GOAL_MB_117K

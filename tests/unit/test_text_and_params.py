@@ -8,8 +8,20 @@ from da3_core.presets import snap_process_res
 from da3_core.text import md
 
 
-@pytest.mark.parametrize("name", ["[docs](https:evil.example) x.png", "**x**.png", ":red[alarm].png", "$x^2$.png",
-                                  "<b>hi</b>.png", "# title.png", "a\nb.png", "`code`.png", "x_y_z.png"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "[docs](https:evil.example) x.png",
+        "**x**.png",
+        ":red[alarm].png",
+        "$x^2$.png",
+        "<b>hi</b>.png",
+        "# title.png",
+        "a\nb.png",
+        "`code`.png",
+        "x_y_z.png",
+    ],
+)
 def test_md_escapes_every_markdown_construct(name: str) -> None:
     escaped = md(name)
     # Every punctuation mark is escaped, so no link, emphasis, directive, maths, HTML or code span can form.
@@ -23,10 +35,17 @@ def test_md_keeps_plain_text_readable() -> None:
     assert md(42) == "42"
 
 
-@pytest.mark.parametrize("asked,method,used", [
-    (504, "upper_bound_resize", 504), (113, "upper_bound_resize", 112), (119, "upper_bound_resize", 126),
-    (20, "upper_bound_resize", 14), (125, "upper_bound_crop", 112), (5, "lower_bound_resize", 14),
-    (9999, "upper_bound_resize", 4088),
-])
+@pytest.mark.parametrize(
+    "asked,method,used",
+    [
+        (504, "upper_bound_resize", 504),
+        (113, "upper_bound_resize", 112),
+        (119, "upper_bound_resize", 126),
+        (20, "upper_bound_resize", 14),
+        (125, "upper_bound_crop", 112),
+        (5, "lower_bound_resize", 14),
+        (9999, "upper_bound_resize", 4088),
+    ],
+)
 def test_snap_process_res_matches_da3_rounding(asked: int, method: str, used: int) -> None:
     assert snap_process_res(asked, method) == used

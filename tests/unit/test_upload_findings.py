@@ -6,17 +6,14 @@ server let go of after a run (the session's result cache, the finished job's val
 from __future__ import annotations
 
 import json
-import struct
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from da3_core import cameras as C
 from da3_core import guard, inputs, session
-from da3_core.cameras import CameraFileError
-from tests.unit.test_cameras import EXT, IXT, NAMES, H, W, colmap_model, edit_line, json_bytes, read_error
+from tests.unit.test_cameras import IXT, NAMES, H, W, colmap_model, edit_line, json_bytes, read_error
 
 # -- 7. camera files ------------------------------------------------------------------------
 
@@ -44,7 +41,9 @@ def test_a_whole_binary_model_still_reads(tmp_path):
     files = colmap_model(tmp_path / "m", "bin")
     C.check_colmap_binary("cameras.bin", files["cameras.bin"], "cameras")
     C.check_colmap_binary("images.bin", files["images.bin"], "images")
-    assert len(C.read_camera_files([(n, d) for n, d in files.items() if n.startswith(("cameras", "images"))]).entries) == 3
+    assert (
+        len(C.read_camera_files([(n, d) for n, d in files.items() if n.startswith(("cameras", "images"))]).entries) == 3
+    )
 
 
 def test_the_browser_findings_focal_lengths_are_refused_naming_the_camera(tmp_path):
@@ -53,23 +52,32 @@ def test_the_browser_findings_focal_lengths_are_refused_naming_the_camera(tmp_pa
     cams, n = edit_line(files["cameras.txt"], "2 ", f"2 PINHOLE {W} {H} 2577 1.2e8 30 22")
     err = read_error({"cameras.txt": cams, "images.txt": files["images.txt"]})
     assert (err.file, err.where) == ("cameras.txt", f"line {n} (camera 2)"), str(err)
-    assert "implausible focal lengths fx=2577 and fy=1.2e+08" in err.problem and "a typo or a damaged file?" in err.problem
+    assert (
+        "implausible focal lengths fx=2577 and fy=1.2e+08" in err.problem and "a typo or a damaged file?" in err.problem
+    )
 
 
-@pytest.mark.parametrize("fx, fy, expect", [(0.01, 0.01, "horizontal field of view of 180°"),
-                                            (1e7, 1e7, "horizontal field of view of 0.000367°")])
+@pytest.mark.parametrize(
+    "fx, fy, expect",
+    [(0.01, 0.01, "horizontal field of view of 180°"), (1e7, 1e7, "horizontal field of view of 0.000367°")],
+)
 def test_focal_lengths_absurd_for_the_image_size_are_refused(tmp_path, fx, fy, expect):
     files = colmap_model(tmp_path / "m", "txt")
     cams, n = edit_line(files["cameras.txt"], "1 ", f"1 PINHOLE {W} {H} {fx} {fy} 30 22")
     err = read_error({"cameras.txt": cams, "images.txt": files["images.txt"]})
-    assert err.where == f"line {n} (camera 1)" and "implausible focal length fx=" in err.problem and expect in err.problem, str(err)
+    assert (
+        err.where == f"line {n} (camera 1)" and "implausible focal length fx=" in err.problem and expect in err.problem
+    ), str(err)
 
 
 def test_json_with_an_image_size_refuses_an_implausible_camera_by_its_name():
     ixt = IXT.copy()
     ixt[1, 1, 1] = 5e6
     err = read_error([("cams.json", json_bytes(intrinsics=ixt.tolist(), width=W, height=H))])
-    assert (err.file, err.where) == ("cams.json", "intrinsics[1] (b.jpg)") and "implausible focal lengths" in err.problem
+    assert (err.file, err.where) == (
+        "cams.json",
+        "intrinsics[1] (b.jpg)",
+    ) and "implausible focal lengths" in err.problem
 
 
 def test_json_without_a_size_is_judged_against_the_frame_and_that_camera_not_used():
@@ -147,7 +155,7 @@ def test_the_sessions_result_cache_is_bounded(monkeypatch):
     state: dict = {}
     monkeypatch.setattr(session, "state", lambda: state)
     for i in range(10):
-        session.remember(f"run-{i}", object())  # type: ignore[arg-type]
+        session.remember(f"run-{i}", object())  # type: ignore[arg-type]  # any object: only the count matters
     assert list(state[session.RECS]) == ["run-7", "run-8", "run-9"]
 
 
@@ -165,20 +173,35 @@ def test_a_collected_run_lets_go_of_its_result_everywhere(module_runner, tmp_pat
     from tests.run_service_tasks import fake_reconstruct
 
     service = RunService(module_runner, Settings(workspace=tmp_path / "ws"), task=fake_reconstruct)
-    params = {"process_res": 112, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
-              "reference_view": None, "infer_gs": False, "device": "cpu"}
+    params = {
+        "process_res": 112,
+        "process_res_method": "upper_bound_resize",
+        "ref_view_strategy": "saddle_balanced",
+        "reference_view": None,
+        "infer_gs": False,
+        "device": "cpu",
+    }
     frames = [np.zeros((40, 60, 3), np.uint8)] * 2
     started = []
     for i in range(KEEP_RESULTS + 2):
-        started.append(service.submit(tmp_path / "ws" / "sessions" / ("e" * 32), frames, [f"a{i}", "b"], "upload",
-                                      ModelSpec("demo", "da3-small"), params))
+        started.append(
+            service.submit(
+                tmp_path / "ws" / "sessions" / ("e" * 32),
+                frames,
+                [f"a{i}", "b"],
+                "upload",
+                ModelSpec("demo", "da3-small"),
+                params,
+            )
+        )
     deadline = time.monotonic() + 60
     while not all(a.finished for a in started):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     service.get(started[0].run_dir)  # a look-up lets go of all but the newest uncollected results
     held = [a for a in started if a.result is not None]
-    assert len(held) == KEEP_RESULTS and held == sorted(started, key=lambda a: a.finished_at)[-KEEP_RESULTS:]
+    newest = sorted(started, key=lambda a: a.finished_at)[-KEEP_RESULTS:]
+    assert {a.run_id for a in held} == {a.run_id for a in newest} and len(held) == KEEP_RESULTS
     assert all(a.job.result() is None for a in started if a.result is None)  # the job's copy too
     last = started[-1]
     assert last.job.result() is not None
@@ -191,9 +214,6 @@ def test_release_value_leaves_a_running_job_alone():
     from da3_core.runner.jobs import Job
     from da3_core.runner.shm import Packed
 
-    job = Job(None, 1, "x:y", Packed(b""), 10.0)  # type: ignore[arg-type]
+    job = Job(None, 1, "x:y", Packed(b""), 10.0)  # type: ignore[arg-type]  # no runner: the job is never submitted
     job.release_value()
     assert not job._loaded  # still waiting: its result will load when it comes
-
-
-_ = (EXT, Path, struct, CameraFileError)

@@ -32,20 +32,39 @@ def indexed_frame(i: int, w: int = W, h: int = H) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w]
     img = np.stack([(x * 2 + i * 3) % 256, (y * 2 + i * 5) % 256, (x + y + i * 7) % 256], axis=2).astype(np.uint8)
     for b in range(BITS):
-        img[:BLOCK, b * BLOCK:(b + 1) * BLOCK] = 255 if (i >> b) & 1 else 0
+        img[:BLOCK, b * BLOCK : (b + 1) * BLOCK] = 255 if (i >> b) & 1 else 0
     return img
 
 
 def index_of(image: np.ndarray) -> int:
     """Read the frame number back (centre of each block, so codec ringing does not matter)."""
-    return sum(1 << b for b in range(BITS) if image[3:BLOCK - 3, b * BLOCK + 3:(b + 1) * BLOCK - 3].mean() > 127)
+    return sum(1 << b for b in range(BITS) if image[3 : BLOCK - 3, b * BLOCK + 3 : (b + 1) * BLOCK - 3].mean() > 127)
 
 
-def encode(path: Path, args: list[str], n: int = 90, fps: int = 30, vf: str | None = None,
-           extra_inputs: tuple[str, ...] = ()) -> Path:
+def encode(
+    path: Path, args: list[str], n: int = 90, fps: int = 30, vf: str | None = None, extra_inputs: tuple[str, ...] = ()
+) -> Path:
     """Pipe `indexed_frame` 0..n-1 into ffmpeg with ``args`` (codec, GOP...)."""
-    cmd = [corpus.ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}",
-           "-r", str(fps), "-i", "-", *extra_inputs, *(["-vf", vf] if vf else []), *args, str(path)]
+    cmd = [
+        corpus.ffmpeg_exe(),
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{W}x{H}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        *extra_inputs,
+        *(["-vf", vf] if vf else []),
+        *args,
+        str(path),
+    ]
     frames = b"".join(indexed_frame(i).tobytes() for i in range(n))
     subprocess.run(cmd, input=frames, check=True, capture_output=True, timeout=120)
     return path
@@ -59,14 +78,27 @@ VIDEOS = {
     # name: (ffmpeg args, extra) -- each a case the seek must get right
     "h264.mp4": (X264 + ["-g", "10", "-bf", "0"], {}),
     "bframes.mp4": (X264 + ["-g", "12", "-bf", "3"], {}),
-    "open_gop.mp4": (["-c:v", "libx265", "-pix_fmt", "yuv420p", "-tag:v", "hvc1",  # x265 default: open GOP
-                      "-x265-params", "log-level=error:keyint=12:bframes=3"], {"n": 26}),
+    "open_gop.mp4": (
+        [
+            "-c:v",
+            "libx265",
+            "-pix_fmt",
+            "yuv420p",
+            "-tag:v",
+            "hvc1",  # x265 default: open GOP
+            "-x265-params",
+            "log-level=error:keyint=12:bframes=3",
+        ],
+        {"n": 26},
+    ),
     "vp9.webm": (["-c:v", "libvpx-vp9", "-g", "10", "-deadline", "realtime", "-cpu-used", "8"], {}),
     "mpeg4.avi": (["-c:v", "mpeg4", "-g", "10", "-q:v", "3"], {}),  # time base 1/30: one unit per frame
     "vfr.mp4": (X264 + ["-g", "10", "-bf", "2", "-fps_mode", "vfr", "-video_track_timescale", "1000"], {"vf": VFR}),
     "vfr.mkv": (X264 + ["-g", "10", "-bf", "2", "-fps_mode", "vfr"], {"vf": VFR}),
-    "starts_late.mp4": (X264 + ["-g", "12", "-bf", "2", "-c:a", "aac"],  # video from 0.5 s, audio from 0
-                        {"vf": "setpts=PTS+0.5/TB", "extra_inputs": SINE}),
+    "starts_late.mp4": (
+        X264 + ["-g", "12", "-bf", "2", "-c:a", "aac"],  # video from 0.5 s, audio from 0
+        {"vf": "setpts=PTS+0.5/TB", "extra_inputs": SINE},
+    ),
     "offset.mkv": (X264 + ["-g", "12", "-bf", "2", "-output_ts_offset", "5"], {}),  # container starts at 5 s
 }
 
@@ -76,25 +108,68 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     d = tmp_path_factory.mktemp("seek-videos")
     out = {name: encode(d / name, args, **extra).read_bytes() for name, (args, extra) in VIDEOS.items()}
     rotated = d / "rotated.mp4"
-    subprocess.run([corpus.ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i", str(d / "bframes.mp4"),
-                    "-c", "copy", str(rotated)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            corpus.ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-display_rotation",
+            "90",
+            "-i",
+            str(d / "bframes.mp4"),
+            "-c",
+            "copy",
+            str(rotated),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     out["rotated.mp4"] = rotated.read_bytes()
     # A 30 s 640x360 clip with a 1 s GOP, the index drawn by ffmpeg (fast to make): sparse
     # sampling of it is where "auto" seeks on its own.
     boxes = [f"drawbox=x=0:y=0:w={BITS * BLOCK}:h={BLOCK}:color=black:t=fill"] + [
-        f"drawbox=x={b * BLOCK}:y=0:w={BLOCK}:h={BLOCK}:color=white:t=fill:enable='eq(mod(floor(n/{2 ** b})\\,2)\\,1)'"
-        for b in range(BITS)]
+        f"drawbox=x={b * BLOCK}:y=0:w={BLOCK}:h={BLOCK}:color=white:t=fill:enable='eq(mod(floor(n/{2**b})\\,2)\\,1)'"
+        for b in range(BITS)
+    ]
     long_path = d / "long.mp4"
-    subprocess.run([corpus.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=30",
-                    "-vf", ",".join(boxes), *X264[:4], "-preset", "ultrafast", "-g", "30", str(long_path)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            corpus.ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30:duration=30",
+            "-vf",
+            ",".join(boxes),
+            *X264[:4],
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            str(long_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     out["long.mp4"] = long_path.read_bytes()
     out["index.mp4"] = corpus.index_video(d / "index.mp4").read_bytes()  # the corpus video (grey levels)
     return out
 
 
-def extract(name: str, data: bytes, fps: float, cap: int, method: str, settings: Settings = SETTINGS,
-            ) -> tuple[list[inputs.Frame], dict]:
+def extract(
+    name: str,
+    data: bytes,
+    fps: float,
+    cap: int,
+    method: str,
+    settings: Settings = SETTINGS,
+) -> tuple[list[inputs.Frame], dict]:
     report: dict = {}
     frames, _, _ = inputs._extract(name, data, fps, cap, settings, method=method, report=report)
     return frames, report
@@ -170,7 +245,15 @@ def test_auto_mixes_runs_when_frames_cluster(videos: dict[str, bytes]) -> None:
     wanted = [0, 3, 6, 450, 453, 456, 890]
     runs = inputs._plan_runs(wanted, timeline, 640, 360)
     assert runs == [[0, 3, 6], [450, 453, 456], [890]]
-    assert inputs._plan_runs(wanted, timeline, 640, 360, every_frame=True) == [[0], [3], [6], [450], [453], [456], [890]]
+    assert inputs._plan_runs(wanted, timeline, 640, 360, every_frame=True) == [
+        [0],
+        [3],
+        [6],
+        [450],
+        [453],
+        [456],
+        [890],
+    ]
     assert inputs._plan_runs([0, 30, 60], timeline, 64, 48) == [[0, 30, 60]]  # tiny frames: decoding is cheap
 
 
@@ -202,8 +285,9 @@ def test_the_probe_with_a_timeline_reads_the_same_info(videos: dict[str, bytes],
     assert info == plain
 
 
-def test_a_timeline_over_its_size_cap_is_dropped_and_the_count_kept(videos: dict[str, bytes],
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_timeline_over_its_size_cap_is_dropped_and_the_count_kept(
+    videos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ffmpeg stops writing the timeline at the cap (``-fs``), and counting with it: the plain
     probe is run again, so the frame count stays right, and the old path is used."""
     monkeypatch.setattr(inputs, "_MAX_TIMELINE_BYTES", 2000)  # ~30 of the 90 frames' lines
@@ -233,43 +317,52 @@ def test_seek_points_survive_a_coarse_time_base() -> None:
         assert round(cut * 30) == i and cut < Fraction(i, 30)
     fine = inputs._Timeline(tb=Fraction(1, 10_000_000), pts=(0, 333_333, 666_667), keys=(0,), start=Fraction(1, 2))
     cut = Fraction(fine.seek_arg(1)) + fine.start
-    assert Fraction(0) < cut < Fraction(333_333, 10_000_000) and Fraction(333_333, 10_000_000) - cut <= Fraction(3, 1_000_000)
+    assert Fraction(0) < cut < Fraction(333_333, 10_000_000) and Fraction(333_333, 10_000_000) - cut <= Fraction(
+        3, 1_000_000
+    )
 
 
 HEAD = "#tb 0: 1/30\n#media_type 0: video\n"
 LOG = "  Duration: 00:00:00.10, start: 0.000000, bitrate: 1 kb/s\n"
 
 
-@pytest.mark.parametrize("text,log,n,why", [
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", LOG, 2, None),  # usable
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", "no start here", 2, "no start time"),
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x4\n", LOG, 2, "discarded packet"),
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x2\n", LOG, 2, "corrupt packet"),
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, -9223372036854775808, 1, 9, 0x1, F=0x0\n", LOG, 2, "no timestamp"),
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", LOG, 1, "more packets than the probe counted"),
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n", LOG, 2, "fewer packets than the probe counted"),
-    ("0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", LOG, 2, "no time base"),
-    (HEAD + "0, 0, zero, 1, 9, 0x1\n", LOG, 1, "unreadable line"),
-    (HEAD + "0, 0, 0, 1, 9, 0x1, F=0x0\n0, 1, 1, 1, 9, 0x1\n", LOG, 2, "first frame not a keyframe"),
-    ("#tb 0: 1/100000\n0, 0, 0, 1, 9, 0x1\n0, 1, 50, 1, 9, 0x1, F=0x0\n", LOG, 2, "frames 0.5 ms apart"),
-    (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 0, 1, 9, 0x1, F=0x0\n", LOG, 2, "two frames at one time"),
-])
-def test_timelines_that_cannot_drive_exact_seeks_are_refused(tmp_path: Path, text: str, log: str, n: int,
-                                                             why: str | None) -> None:
+@pytest.mark.parametrize(
+    "text,log,n,why",
+    [
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", LOG, 2, None),  # usable
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", "no start here", 2, "no start time"),
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x4\n", LOG, 2, "discarded packet"),
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x2\n", LOG, 2, "corrupt packet"),
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, -9223372036854775808, 1, 9, 0x1, F=0x0\n", LOG, 2, "no timestamp"),
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", LOG, 1, "more packets than the probe counted"),
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n", LOG, 2, "fewer packets than the probe counted"),
+        ("0, 0, 0, 1, 9, 0x1\n0, 1, 1, 1, 9, 0x1, F=0x0\n", LOG, 2, "no time base"),
+        (HEAD + "0, 0, zero, 1, 9, 0x1\n", LOG, 1, "unreadable line"),
+        (HEAD + "0, 0, 0, 1, 9, 0x1, F=0x0\n0, 1, 1, 1, 9, 0x1\n", LOG, 2, "first frame not a keyframe"),
+        ("#tb 0: 1/100000\n0, 0, 0, 1, 9, 0x1\n0, 1, 50, 1, 9, 0x1, F=0x0\n", LOG, 2, "frames 0.5 ms apart"),
+        (HEAD + "0, 0, 0, 1, 9, 0x1\n0, 1, 0, 1, 9, 0x1, F=0x0\n", LOG, 2, "two frames at one time"),
+    ],
+)
+def test_timelines_that_cannot_drive_exact_seeks_are_refused(
+    tmp_path: Path, text: str, log: str, n: int, why: str | None
+) -> None:
     path = tmp_path / "t.txt"
     path.write_text(text)
     info = inputs.VideoInfo(fps=30.0, n_frames=n, duration_s=0.1, width=64, height=48)
     timeline = inputs._read_timeline(str(path), log, info)
     assert (timeline is None) == (why is not None), why
     assert inputs._read_timeline(str(tmp_path / "missing.txt"), LOG, info) is None
-    assert inputs._read_timeline(str(path), LOG, inputs.VideoInfo(30.0, n, 0.1, 64, 48, n_frames_estimated=True)) is None
+    assert (
+        inputs._read_timeline(str(path), LOG, inputs.VideoInfo(30.0, n, 0.1, 64, 48, n_frames_estimated=True)) is None
+    )
 
 
-def test_a_slow_timeline_probe_falls_back_to_the_plain_one(videos: dict[str, bytes],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_slow_timeline_probe_falls_back_to_the_plain_one(
+    videos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_run = subprocess.run
 
-    def slow(cmd, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def slow(cmd, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - subprocess.run's arguments, passed on
         if "framecrc" in cmd:
             raise subprocess.TimeoutExpired(cmd, 1)
         return real_run(cmd, *args, **kwargs)
@@ -307,8 +400,12 @@ def test_an_edit_list_cut_takes_the_old_path_with_its_notes(videos: dict[str, by
     src = tmp_path / "b.mp4"
     src.write_bytes(videos["bframes.mp4"])
     cut = tmp_path / "cut.mp4"
-    subprocess.run([corpus.ffmpeg_exe(), "-v", "error", "-y", "-ss", "0.5", "-i", str(src), "-c", "copy", str(cut)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [corpus.ffmpeg_exe(), "-v", "error", "-y", "-ss", "0.5", "-i", str(src), "-c", "copy", str(cut)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     data = cut.read_bytes()
     _, report = extract("cut.mp4", data, 30, 64, "auto")
     assert report["method"] == "scan"
@@ -318,8 +415,9 @@ def test_an_edit_list_cut_takes_the_old_path_with_its_notes(videos: dict[str, by
     assert "the video ended early" in batch.notes[0]
 
 
-def test_a_seek_that_misses_is_retried_from_the_keyframe_before(videos: dict[str, bytes],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_seek_that_misses_is_retried_from_the_keyframe_before(
+    videos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = inputs._Timeline.seek_arg
     missed: set[int] = set()
 
@@ -343,8 +441,9 @@ def seeks_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(inputs, "_SEEK_START_S", 0.0)
 
 
-def test_a_seek_that_misses_twice_falls_back_to_the_old_path(videos: dict[str, bytes], seeks_are_free: None,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_seek_that_misses_twice_falls_back_to_the_old_path(
+    videos: dict[str, bytes], seeks_are_free: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = inputs._Timeline.seek_arg
     monkeypatch.setattr(inputs._Timeline, "seek_arg", lambda self, i: real(self, i - 1) if i > 1 else real(self, i))
     data = videos["bframes.mp4"]
@@ -356,8 +455,9 @@ def test_a_seek_that_misses_twice_falls_back_to_the_old_path(videos: dict[str, b
         extract("bframes.mp4", data, 2, 64, "seek")
 
 
-def test_a_decoder_that_drops_leading_frames_is_caught_by_the_first_run(videos: dict[str, bytes], seeks_are_free: None,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_decoder_that_drops_leading_frames_is_caught_by_the_first_run(
+    videos: dict[str, bytes], seeks_are_free: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If frame 0 as decoded is not the timeline's frame 0 (leading frames the decoder drops),
     every index would be off: the first run (no seek) checks frame 0 and the old path is used."""
     real = inputs._read_timeline
@@ -371,13 +471,14 @@ def test_a_decoder_that_drops_leading_frames_is_caught_by_the_first_run(videos: 
     assert report["method"] == "scan" and "run from frame 0" in report["miss"]
 
 
-def test_a_failing_ffmpeg_run_is_a_miss(videos: dict[str, bytes], seeks_are_free: None,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_ffmpeg_run_is_a_miss(
+    videos: dict[str, bytes], seeks_are_free: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run whose ffmpeg dies or hangs counts as a miss (and is stopped), never as frames."""
     real_popen = subprocess.Popen
 
-    class Hung(real_popen):  # type: ignore[misc, valid-type]
-        def wait(self, timeout=None):  # noqa: ANN001, ANN202
+    class Hung(real_popen):  # type: ignore[misc, valid-type]  # a variable holding subprocess.Popen
+        def wait(self, timeout=None):  # noqa: ANN001, ANN202 - Popen.wait's signature
             if "-ss" in self.args and timeout is not None:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             return super().wait(timeout)
@@ -409,8 +510,10 @@ def test_batches_plans_and_notes_are_unchanged(videos: dict[str, bytes]) -> None
     scan = _batch_with_method(files, 0.1, 5, "scan")
     assert auto.notes == scan.notes and auto.names == scan.names and auto.rejected == scan.rejected == []
     assert auto.notes[0] == "long.mp4: will make 3 frames (every 300th frame of 900 at 30 fps)."
-    assert auto.notes[1] == ("long (2).mp4: will make 2 frames (every 300th frame of 900 at 30 fps; 3 sampled, 1 dropped "
-                             "evenly to fit the cap of 2); only 2 of the batch's 5 frames were left for it.")
+    assert auto.notes[1] == (
+        "long (2).mp4: will make 2 frames (every 300th frame of 900 at 30 fps; 3 sampled, 1 dropped "
+        "evenly to fit the cap of 2); only 2 of the batch's 5 frames were left for it."
+    )
     assert [f.frame_index for f in auto.frames] == [0, 300, 600, 0, 600]
     assert all(np.array_equal(a, b) for a, b in zip(auto.images, scan.images))
     assert [f.note for f in auto.frames] == [f.note for f in scan.frames]
@@ -422,9 +525,13 @@ def test_batches_plans_and_notes_are_unchanged(videos: dict[str, bytes]) -> None
 def test_errors_still_name_the_file(videos: dict[str, bytes], method: str, tmp_path: Path) -> None:
     good = videos["long.mp4"]
     zero = corpus.lavfi_video(tmp_path / "zero.avi", "-frames:v", "0").read_bytes()
-    cases = {"corrupt.mp4": (good[:32] + bytes(20_000), "damaged"), "truncated.mp4": (good[:400], "damaged"),
-             "zero.avi": (zero, "no frames"), "empty.mp4": (b"", "empty"),
-             "photo.mp4": (corpus.encode(corpus.gradient_rgb(), "PNG"), "image")}
+    cases = {
+        "corrupt.mp4": (good[:32] + bytes(20_000), "damaged"),
+        "truncated.mp4": (good[:400], "damaged"),
+        "zero.avi": (zero, "no frames"),
+        "empty.mp4": (b"", "empty"),
+        "photo.mp4": (corpus.encode(corpus.gradient_rgb(), "PNG"), "image"),
+    }
     for name, (data, word) in cases.items():
         with pytest.raises(inputs.InputError) as err:
             extract(name, data, 10, 10, method)
@@ -438,8 +545,12 @@ def test_a_truncated_tail_gives_what_the_old_path_gives(videos: dict[str, bytes]
     src = tmp_path / "long.mp4"
     src.write_bytes(videos["long.mp4"])
     fast = tmp_path / "fast.mp4"
-    subprocess.run([corpus.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-c", "copy", "-movflags", "+faststart",
-                    str(fast)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [corpus.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-c", "copy", "-movflags", "+faststart", str(fast)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     data = fast.read_bytes()
     data = data[: len(data) * 2 // 3]
     outcomes = []
@@ -452,8 +563,9 @@ def test_a_truncated_tail_gives_what_the_old_path_gives(videos: dict[str, bytes]
     assert outcomes[0] == outcomes[1]
 
 
-def test_no_temp_files_or_ffmpeg_processes_are_left(videos: dict[str, bytes], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_temp_files_or_ffmpeg_processes_are_left(
+    videos: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))

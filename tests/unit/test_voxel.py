@@ -10,24 +10,34 @@ from da3_core.scene.voxel import suggest_voxel, voxel_downsample
 
 def test_hand_made_cloud_gives_exact_means_in_key_order():
     # Voxel 1.0, grid anchored at the origin: floor(p) picks the voxel.
-    points = np.array([
-        [0.2, 0.2, 0.2],   # voxel (0, 0, 0)
-        [1.5, 0.5, 0.5],   # voxel (1, 0, 0)
-        [0.6, 0.8, 0.4],   # voxel (0, 0, 0)
-        [-0.5, 0.5, 0.5],  # voxel (-1, 0, 0)
-        [0.5, 0.5, 1.5],   # voxel (0, 0, 1)
-        [1.9, 0.1, 0.9],   # voxel (1, 0, 0)
-        [1.0, 0.0, 0.0],   # voxel (1, 0, 0): a point on a face goes to the upper voxel
-    ], dtype=np.float32)
-    colors = np.array([[10, 20, 30], [0, 0, 0], [20, 40, 61], [255, 255, 255], [1, 2, 3], [3, 3, 3], [0, 0, 2]], np.uint8)
+    points = np.array(
+        [
+            [0.2, 0.2, 0.2],  # voxel (0, 0, 0)
+            [1.5, 0.5, 0.5],  # voxel (1, 0, 0)
+            [0.6, 0.8, 0.4],  # voxel (0, 0, 0)
+            [-0.5, 0.5, 0.5],  # voxel (-1, 0, 0)
+            [0.5, 0.5, 1.5],  # voxel (0, 0, 1)
+            [1.9, 0.1, 0.9],  # voxel (1, 0, 0)
+            [1.0, 0.0, 0.0],  # voxel (1, 0, 0): a point on a face goes to the upper voxel
+        ],
+        dtype=np.float32,
+    )
+    colors = np.array(
+        [[10, 20, 30], [0, 0, 0], [20, 40, 61], [255, 255, 255], [1, 2, 3], [3, 3, 3], [0, 0, 2]], np.uint8
+    )
     out_p, out_c = voxel_downsample(points, colors, 1.0)
     assert out_p.dtype == np.float32 and out_c.dtype == np.uint8
-    np.testing.assert_allclose(out_p, [
-        [-0.5, 0.5, 0.5],                       # (-1, 0, 0)
-        [0.4, 0.5, 0.3],                        # (0, 0, 0)
-        [0.5, 0.5, 1.5],                        # (0, 0, 1)
-        [(1.5 + 1.9 + 1.0) / 3, 0.2, 1.4 / 3],  # (1, 0, 0)
-    ], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        out_p,
+        [
+            [-0.5, 0.5, 0.5],  # (-1, 0, 0)
+            [0.4, 0.5, 0.3],  # (0, 0, 0)
+            [0.5, 0.5, 1.5],  # (0, 0, 1)
+            [(1.5 + 1.9 + 1.0) / 3, 0.2, 1.4 / 3],  # (1, 0, 0)
+        ],
+        rtol=0,
+        atol=1e-6,
+    )
     # Rounded means: (10+20)/2=15, (20+40)/2=30, (30+61)/2=45.5 -> 46 (half to even), (0+3+0)/3=1, (0+3+2)/3=1.67 -> 2.
     np.testing.assert_array_equal(out_c, [[255, 255, 255], [15, 30, 46], [1, 2, 3], [1, 1, 2]])
     # Same input in another order: same output in the same order.

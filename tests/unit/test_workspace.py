@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,17 +29,20 @@ def test_safe_join_plain(tmp_path: Path) -> None:
     assert safe_join(tmp_path, "./a/./b") == tmp_path.resolve() / "a" / "b"
 
 
-@pytest.mark.parametrize("parts", [
-    ("..",),
-    ("a", "..", "..", "b"),
-    ("a/../../b",),
-    ("a\\..\\..\\b",),
-    ("/etc/passwd",),
-    ("\\\\server\\share",),
-    ("C:\\Windows",),
-    ("c:relative",),
-    ("a\x00b",),
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("..",),
+        ("a", "..", "..", "b"),
+        ("a/../../b",),
+        ("a\\..\\..\\b",),
+        ("/etc/passwd",),
+        ("\\\\server\\share",),
+        ("C:\\Windows",),
+        ("c:relative",),
+        ("a\x00b",),
+    ],
+)
 def test_safe_join_refuses_escapes(tmp_path: Path, parts: tuple[str, ...]) -> None:
     with pytest.raises(UnsafePathError):
         safe_join(tmp_path, *parts)
@@ -69,7 +72,7 @@ def test_new_session_and_run_names(tmp_path: Path) -> None:
     assert session.parent == (tmp_path / "ws" / "sessions").resolve()
     assert re.fullmatch(r"[0-9a-f]{32}", session.name)
     assert ws.session_path(tmp_path / "ws", session.name) == session
-    run = ws.new_run(session, now=datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc))
+    run = ws.new_run(session, now=datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC))
     assert re.fullmatch(r"run-20250304-050607-[0-9a-f]{6}", run.name) and run.is_dir()
 
 
@@ -81,7 +84,7 @@ def test_session_path_refuses_bad_ids(tmp_path: Path, bad: str) -> None:
 
 def test_runs_sort_by_creation_time(tmp_path: Path) -> None:
     session = ws.new_session(tmp_path)
-    start = datetime(2025, 12, 31, 23, 59, 58, tzinfo=timezone.utc)
+    start = datetime(2025, 12, 31, 23, 59, 58, tzinfo=UTC)
     made = [ws.new_run(session, now=start + timedelta(seconds=s)) for s in (5, 0, 3600, 1)]
     (session / "notes.txt").write_text("x")
     (session / "run-20990101-000000-abcdef").symlink_to(tmp_path, target_is_directory=True)
@@ -177,8 +180,10 @@ def test_cleanup_keeping_a_session_keeps_its_runs(tmp_path: Path) -> None:
 def test_cleanup_by_size_oldest_first(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     session = make_session(root, "e" * 32)
-    runs = [make_run(session, f"run-2025010{i}-000000-00000{i}", MIB, hours) for i, hours in
-            enumerate((5.0, 4.0, 3.0, 2.0), start=1)]
+    runs = [
+        make_run(session, f"run-2025010{i}-000000-00000{i}", MIB, hours)
+        for i, hours in enumerate((5.0, 4.0, 3.0, 2.0), start=1)
+    ]
     other = make_session(root, "f" * 32)
     newest = make_run(other, "run-20250109-000000-000009", MIB, 0.5)
     kept = make_run(other, "run-20250101-000000-00000a", MIB, 9.0)  # the oldest, but kept
@@ -253,7 +258,7 @@ def test_cleanup_missing_root_and_datetime_now(tmp_path: Path) -> None:
     session = make_session(root, "5" * 32)
     make_run(session, "run-20250101-000000-000001", 10, 100)
     set_age(session, 100)
-    report = cleanup(root, 72, 5, now=datetime.fromtimestamp(NOW, timezone.utc))
+    report = cleanup(root, 72, 5, now=datetime.fromtimestamp(NOW, UTC))
     assert report.removed == [session.resolve()]
 
 

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from da3_core.runner.logsetup import one_line
-from da3_core.runner.protocol import ExceptionResult, GPUError, Notice, ResultNotCPUError, TaskCancelledError, TaskError, merge_notices
+from da3_core.runner.protocol import (
+    ExceptionResult,
+    GPUError,
+    Notice,
+    ResultNotCPUError,
+    TaskCancelledError,
+    TaskError,
+    merge_notices,
+)
 
 if TYPE_CHECKING:
     from da3_core.runner.jobs import Job
@@ -141,7 +149,7 @@ class Slot(abc.ABC):
         """Every distinct notice of this slot's workers, counts added over its starts."""
         return merge_notices(self._notices_before, self._notices_now)
 
-    def refresh(self) -> None:
+    def refresh(self) -> None:  # noqa: B027 - an optional hook: a backend with nothing to read keeps this no-op
         """Read what a worker sent while idle (e.g. notices), without blocking; called by `status`."""
 
     def state(self) -> str:
@@ -199,7 +207,9 @@ class WorkerSlot(Slot):
         self._kill("close")
 
 
-def cancel_or_kill_due(job: Job, policy: CallPolicy, now: float, cancel_deadline: float | None) -> tuple[bool, float | None]:
+def cancel_or_kill_due(
+    job: Job, policy: CallPolicy, now: float, cancel_deadline: float | None
+) -> tuple[bool, float | None]:
     """The shared cancel rule of every slot's wait loop.
 
     Returns:
@@ -233,7 +243,9 @@ def error_for_reply(job: Job, reply: ExceptionResult, worker: str) -> GPUError:
     if isinstance(error, TaskCancelledError):
         log.debug("call %d (%s) stopped at a checkpoint after its cancel", job.call_id, job.task)
     else:
-        log.error("call %d (%s) failed on %s: %s: %s", job.call_id, job.task, worker, reply.type_name, one_line(reply.message))
+        log.error(
+            "call %d (%s) failed on %s: %s: %s", job.call_id, job.task, worker, reply.type_name, one_line(reply.message)
+        )
         log.debug("call %d worker traceback:\n%s", job.call_id, reply.traceback)
     return error
 
@@ -277,5 +289,3 @@ def _error_class(type_name: str, module: str) -> type[TaskError]:
             cls = TaskError
     _ERROR_CLASSES[key] = cls
     return cls
-
-

@@ -15,8 +15,9 @@ import multiprocessing.spawn as mp_spawn
 import os
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any, Iterator
+from typing import Any
 
 from da3_core.runner import shm
 from da3_core.runner.backends.base import CallPolicy, WorkerSlot, cancel_or_kill_due, error_for_reply, next_wake
@@ -54,8 +55,17 @@ class ProcessSlot(WorkerSlot):
         log_setup: How the worker logs (default: as this process's package logger does).
     """
 
-    def __init__(self, index: int, label: str, device: str, *, env: dict[str, str] | None = None, preload: tuple[str, ...] = (), name: str = "da3-worker",
-                 log_setup: LogSetup | None = None) -> None:
+    def __init__(
+        self,
+        index: int,
+        label: str,
+        device: str,
+        *,
+        env: dict[str, str] | None = None,
+        preload: tuple[str, ...] = (),
+        name: str = "da3-worker",
+        log_setup: LogSetup | None = None,
+    ) -> None:
         super().__init__(index, label, device)
         self.env = dict(env or {})
         self.preload = tuple(preload)
@@ -81,7 +91,6 @@ class ProcessSlot(WorkerSlot):
         with contextlib.suppress(OSError):  # full (already woken) or closed
             os.write(self._wake_w, b"\0")
 
-
     def release_fds(self) -> None:
         """Close the wake-up pipe (once the slot's thread has ended)."""
         for fd in (self._wake_r, self._wake_w):
@@ -92,7 +101,14 @@ class ProcessSlot(WorkerSlot):
         proc, conn = self._ensure_worker(policy.start_timeout_s)
         job.started_at = time.monotonic()
         job.worker = self.label
-        log.debug("call %d (%s) started on %s (pid %d) after %.3f s queued", job.call_id, job.task, self.label, proc.pid, job.started_at - job.submitted_at)
+        log.debug(
+            "call %d (%s) started on %s (pid %d) after %.3f s queued",
+            job.call_id,
+            job.task,
+            self.label,
+            proc.pid,
+            job.started_at - job.submitted_at,
+        )
         job._push(Started(proc.pid, job.started_at - job.submitted_at, self.label))
         try:
             conn.send(CallRequest(job.call_id, job.task, job.payload))
@@ -102,7 +118,9 @@ class ProcessSlot(WorkerSlot):
         cancel_deadline: float | None = None
         while True:
             now = time.monotonic()
-            ready = wait([conn, proc.sentinel, self._wake_r], timeout=next_wake(job, policy, deadline, cancel_deadline, now))
+            ready = wait(
+                [conn, proc.sentinel, self._wake_r], timeout=next_wake(job, policy, deadline, cancel_deadline, now)
+            )
             if self._wake_r in ready:
                 self._drain_wake()  # a cancel: handled with the checks below
             if conn in ready:
@@ -131,12 +149,20 @@ class ProcessSlot(WorkerSlot):
                     job._finish(error=RunnerClosedError(f"{job.task} was stopped: the runner was closed"))
                 else:
                     err = WorkerCrashedError(job.task, exitcode)
-                    log.error("%s (pid %d) died during call %d (%s): %s", self.label, pid, job.call_id, job.task, err.how)
+                    log.error(
+                        "%s (pid %d) died during call %d (%s): %s", self.label, pid, job.call_id, job.task, err.how
+                    )
                     job._finish(error=err)
                 return
             now = time.monotonic()
             if now > deadline:
-                log.error("call %d (%s) ran past its budget of %.1f s on %s: the worker is killed", job.call_id, job.task, job.budget_s, self.label)
+                log.error(
+                    "call %d (%s) ran past its budget of %.1f s on %s: the worker is killed",
+                    job.call_id,
+                    job.task,
+                    job.budget_s,
+                    self.label,
+                )
                 self._kill("timeout")
                 self._reap()
                 job._finish(error=TaskTimeoutError(job.task, job.budget_s, now - job.started_at))
@@ -149,7 +175,11 @@ class ProcessSlot(WorkerSlot):
             elif cancel_deadline is not None and now > cancel_deadline:
                 self._kill("cancel")
                 self._reap()
-                job._finish(error=TaskCancelledError(f"{job.task} was cancelled; the worker did not stop within {policy.cancel_grace_s:.0f} s and was restarted"))
+                job._finish(
+                    error=TaskCancelledError(
+                        f"{job.task} was cancelled; the worker did not stop within {policy.cancel_grace_s:.0f} s and was restarted"
+                    )
+                )
                 return
 
     # -- messages --------------------------------------------------------------------
@@ -244,7 +274,11 @@ class ProcessSlot(WorkerSlot):
                     proc.join(2)
                     parent_conn.close()
                     shm.sweep(owner_pid=os.getpid(), maker_pid=proc.pid)
-                    why = f"exit code {proc.exitcode}" if proc.exitcode is not None else f"no answer in {start_timeout_s:.0f} s"
+                    why = (
+                        f"exit code {proc.exitcode}"
+                        if proc.exitcode is not None
+                        else f"no answer in {start_timeout_s:.0f} s"
+                    )
                     log.error("%s did not start (%s)", self.label, why)
                     raise WorkerStartError(f"the worker process did not start ({why}); see the server log")
             except OSError as exc:
@@ -257,8 +291,14 @@ class ProcessSlot(WorkerSlot):
             self._kill_reason = None
             self.starts += 1
             self.new_worker()
-            log.info("%s started on %s (pid %d, %.1f s%s)", self.label, self.device, proc.pid, time.monotonic() - t0,
-                     f", start #{self.starts}" if self.starts > 1 else "")
+            log.info(
+                "%s started on %s (pid %d, %.1f s%s)",
+                self.label,
+                self.device,
+                proc.pid,
+                time.monotonic() - t0,
+                f", start #{self.starts}" if self.starts > 1 else "",
+            )
             return proc, parent_conn
 
     def _kill(self, reason: str) -> None:
@@ -272,7 +312,10 @@ class ProcessSlot(WorkerSlot):
                 # (the budget, the recycle's error), is DEBUG; a cancel the task ignored, WARNING.
                 log.log(
                     logging.WARNING if reason == "cancel" else logging.DEBUG,
-                    "killing %s (pid %d, %s)%s", self.label, proc.pid, reason,
+                    "killing %s (pid %d, %s)%s",
+                    self.label,
+                    proc.pid,
+                    reason,
                     f" during call {current.call_id} ({current.task})" if current is not None else "",
                 )
                 proc.kill()

@@ -31,14 +31,15 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from da3_core.runner import shm
-from da3_core.runner.devices import worker_count
 from da3_core.runner.backends.base import CallPolicy, WorkerSlot, cancel_or_kill_due, error_for_reply, next_wake
+from da3_core.runner.devices import worker_count
 from da3_core.runner.jobs import Job, Progress, Started
 from da3_core.runner.logsetup import LogSetup
 from da3_core.runner.protocol import (
@@ -68,8 +69,14 @@ _init_lock = threading.Lock()
 _actor_class: Any = None
 
 
-def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address: str | None = None, name: str = "da3-worker",
-                   log_setup: LogSetup | None = None) -> list[RaySlot]:
+def make_ray_slots(
+    workers: int | str,
+    *,
+    preload: tuple[str, ...] = (),
+    address: str | None = None,
+    name: str = "da3-worker",
+    log_setup: LogSetup | None = None,
+) -> list[RaySlot]:
     """The slots of a Ray runner; connects to Ray first if this process is not connected yet.
 
     Args:
@@ -97,11 +104,27 @@ def make_ray_slots(workers: int | str, *, preload: tuple[str, ...] = (), address
     # More actors than GPUs share them, as worker processes do: each asks for a fraction.
     gpu_share = 1.0 / math.ceil(count / gpus) if gpus else 0.0
     log_setup = log_setup or LogSetup.of_caller()
-    slots = [RaySlot(i, f"actor {i + 1}", use_gpu=bool(gpus), gpu_share=gpu_share or 1.0, preload=preload, name=name, runtime_env=runtime_env,
-                     log_setup=log_setup)
-             for i in range(count)]
-    log.info("Ray runner: %d %s actor(s)%s on a cluster with %d GPU(s), %g CPU(s)", count, "GPU" if gpus else "CPU",
-             f" ({gpu_share:g} GPU each)" if gpus and gpu_share < 1 else "", gpus, ray.cluster_resources().get("CPU", 0))
+    slots = [
+        RaySlot(
+            i,
+            f"actor {i + 1}",
+            use_gpu=bool(gpus),
+            gpu_share=gpu_share or 1.0,
+            preload=preload,
+            name=name,
+            runtime_env=runtime_env,
+            log_setup=log_setup,
+        )
+        for i in range(count)
+    ]
+    log.info(
+        "Ray runner: %d %s actor(s)%s on a cluster with %d GPU(s), %g CPU(s)",
+        count,
+        "GPU" if gpus else "CPU",
+        f" ({gpu_share:g} GPU each)" if gpus and gpu_share < 1 else "",
+        gpus,
+        ray.cluster_resources().get("CPU", 0),
+    )
     return slots
 
 
@@ -136,16 +159,25 @@ def connect(address: str | None) -> bool:
             # second or so that a per-actor runtime_env costs.
             with project_on_pythonpath():
                 ray.init(include_dashboard=False)
-            log.info("started a local Ray instance in %.1f s (%g CPU, %g GPU)", time.monotonic() - t0,
-                     ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
+            log.info(
+                "started a local Ray instance in %.1f s (%g CPU, %g GPU)",
+                time.monotonic() - t0,
+                ray.cluster_resources().get("CPU", 0),
+                ray.cluster_resources().get("GPU", 0),
+            )
             return True
         target = _resolve_address(address)
         _check_reachable(address, target)
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         _settle_token(address, target, deadline)
         _init_bounded(address, target, deadline)
-        log.info("connected to the Ray cluster at %s in %.1f s (%g CPU, %g GPU)", target, time.monotonic() - t0,
-                 ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
+        log.info(
+            "connected to the Ray cluster at %s in %.1f s (%g CPU, %g GPU)",
+            target,
+            time.monotonic() - t0,
+            ray.cluster_resources().get("CPU", 0),
+            ray.cluster_resources().get("GPU", 0),
+        )
         return True
 
 
@@ -179,14 +211,14 @@ def _resolve_address(address: str) -> str:
         from ray._private.services import canonicalize_bootstrap_address
 
         return canonicalize_bootstrap_address(text) or text  # localhost becomes the node's IP, as Ray dials it
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a private helper: if it moved, dial the address as given
         return text
 
 
 def _check_reachable(address: str, target: str) -> None:
     if target == "auto":
         return
-    hostport = target[len("ray://"):] if target.startswith("ray://") else target
+    hostport = target[len("ray://") :] if target.startswith("ray://") else target
     host, _, port = hostport.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PORT_CHECK_TIMEOUT_S):
@@ -222,11 +254,16 @@ def _init_bounded(address: str, target: str, deadline: float | None = None) -> N
         exc = outcome["error"]
         if _is_auth_error(exc):
             raise _token_error(address, target, str(exc)) from exc
-        raise _cannot_connect(address, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        raise _cannot_connect(
+            address, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from exc
 
 
 def _no_answer(address: str, target: str) -> WorkerStartError:
-    return _cannot_connect(address, f"{target} did not answer as a Ray cluster within {CONNECT_TIMEOUT_S:.0f} s (restart the server after fixing it)")
+    return _cannot_connect(
+        address,
+        f"{target} did not answer as a Ray cluster within {CONNECT_TIMEOUT_S:.0f} s (restart the server after fixing it)",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -259,10 +296,19 @@ def _settle_token(address: str, target: str, deadline: float) -> None:
     if refusal is None:
         return
     token = _token_source()
-    if os.environ.get(AUTH_MODE_VAR) is None and token is not None and (address.strip() == "auto" or _on_this_machine(target)):
+    if (
+        os.environ.get(AUTH_MODE_VAR) is None
+        and token is not None
+        and (address.strip() == "auto" or _on_this_machine(target))
+    ):
         _enable_token_mode()
-        log.info("the Ray cluster at %s requires a token: sending this machine's (%s), as `ray.init()` does for a cluster "
-                 "on this machine; %s=token is set in this process", target, token, AUTH_MODE_VAR)
+        log.info(
+            "the Ray cluster at %s requires a token: sending this machine's (%s), as `ray.init()` does for a cluster "
+            "on this machine; %s=token is set in this process",
+            target,
+            token,
+            AUTH_MODE_VAR,
+        )
         refusal = _refusal(address, target, deadline)
         if refusal is None:
             return
@@ -273,7 +319,7 @@ def _refusal(address: str, target: str, deadline: float) -> str | None:
     """Ray's message when the GCS at ``target`` refuses this process's credentials; None when
     it accepts them, or when the question cannot be asked (`ray.init` then reports)."""
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # private, not in Ray's stubs (hence the try)
     except Exception:  # noqa: BLE001 - a private class: if it moved, let ray.init find out
         return None
     outcome: dict[str, BaseException | None] = {}
@@ -322,7 +368,7 @@ def _on_this_machine(target: str) -> bool:
 
     host = target.rpartition(":")[0].strip("[]")
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except OSError:
         return False
     mine = {a.address.split("%")[0] for nics in psutil.net_if_addrs().values() for a in nics}
@@ -344,7 +390,7 @@ def _enable_token_mode() -> None:
     except Exception:  # noqa: BLE001 - a private helper: set the variable and refresh by hand
         os.environ[AUTH_MODE_VAR] = "token"
         with contextlib.suppress(Exception):
-            from ray._raylet import Config
+            from ray._raylet import Config  # type: ignore[attr-defined]  # private, not in Ray's stubs (hence the suppress)
 
             Config.initialize("")
 
@@ -354,8 +400,10 @@ def _token_error(address: str, target: str, refusal: str) -> WorkerStartError:
     mode = os.environ.get(AUTH_MODE_VAR)
     token = _token_source()
     where = "~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
-    copy = ("put the cluster's token (`ray get-auth-token` on its head prints it) in ~/.ray/auth_token here, or pass "
-            "it as RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file>")
+    copy = (
+        "put the cluster's token (`ray get-auth-token` on its head prints it) in ~/.ray/auth_token here, or pass "
+        "it as RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file>"
+    )
     run = f"e.g. `RAY_AUTH_MODE=token DA3_RAY_ADDRESS={address.strip()} make run`"
     if mode is not None and mode.lower() != "token":
         why = f"this process has {AUTH_MODE_VAR}={mode}, which sends no token"
@@ -364,8 +412,10 @@ def _token_error(address: str, target: str, refusal: str) -> WorkerStartError:
         why = "no Ray token is found here"
         how = f"{copy}, and set {AUTH_MODE_VAR}=token"
     elif mode is None:
-        why = (f"{AUTH_MODE_VAR} is not set, and the token found here ({token}) is sent unasked only to a cluster on this "
-               "machine or found with DA3_RAY_ADDRESS=auto")
+        why = (
+            f"{AUTH_MODE_VAR} is not set, and the token found here ({token}) is sent unasked only to a cluster on this "
+            "machine or found with DA3_RAY_ADDRESS=auto"
+        )
         how = f"if it is this cluster's token, set {AUTH_MODE_VAR}=token; else {copy} and set {AUTH_MODE_VAR}=token"
     elif token is None:
         why = f"{AUTH_MODE_VAR}=token is set but no token is found here ({where})"
@@ -441,7 +491,7 @@ def _remote_actor_class() -> Any:
         from da3_core.runner.inside.actor import CallActor  # light: imports no torch
 
         # "control" runs `cancel`, `hello` and `state` beside a busy `run`.
-        _actor_class = ray.remote(concurrency_groups={"control": 2})(CallActor)
+        _actor_class = ray.remote(concurrency_groups={"control": 2})(CallActor)  # type: ignore[call-overload]  # a documented option that Ray's overloads lack
     return _actor_class
 
 
@@ -479,8 +529,18 @@ class RaySlot(WorkerSlot):
         log_setup: How the actor logs (default: as this process's package logger does).
     """
 
-    def __init__(self, index: int, label: str, *, use_gpu: bool, gpu_share: float = 1.0, preload: tuple[str, ...] = (),
-                 name: str = "da3-worker", runtime_env: dict[str, Any] | None = None, log_setup: LogSetup | None = None) -> None:
+    def __init__(
+        self,
+        index: int,
+        label: str,
+        *,
+        use_gpu: bool,
+        gpu_share: float = 1.0,
+        preload: tuple[str, ...] = (),
+        name: str = "da3-worker",
+        runtime_env: dict[str, Any] | None = None,
+        log_setup: LogSetup | None = None,
+    ) -> None:
         self.kind = "GPU" if use_gpu else "CPU"
         super().__init__(index, label, f"Ray {self.kind}")
         self.use_gpu = use_gpu
@@ -511,12 +571,18 @@ class RaySlot(WorkerSlot):
         if inbox is not None:
             inbox.put(_WAKE)
 
-
     def run(self, job: Job, policy: CallPolicy) -> None:
         actor = self._ensure_actor(policy.start_timeout_s)
         job.started_at = time.monotonic()
         job.worker = self.label
-        log.debug("call %d (%s) started on %s (pid %s) after %.3f s queued", job.call_id, job.task, self.label, self._pid, job.started_at - job.submitted_at)
+        log.debug(
+            "call %d (%s) started on %s (pid %s) after %.3f s queued",
+            job.call_id,
+            job.task,
+            self.label,
+            self._pid,
+            job.started_at - job.submitted_at,
+        )
         job._push(Started(self._pid, job.started_at - job.submitted_at, self.label))
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inbox = inbox
@@ -532,8 +598,12 @@ class RaySlot(WorkerSlot):
         except Exception as exc:  # noqa: BLE001 - e.g. Ray shut down under us: the actor is gone
             inbox.put(("error", exc))
         else:
-            threading.Thread(target=_read_stream, args=(stream, inbox), name=f"{self.name}-{self.index + 1}-ray-reader", daemon=True).start()
-        deadline = job.started_at + job.budget_s
+            threading.Thread(
+                target=_read_stream, args=(stream, inbox), name=f"{self.name}-{self.index + 1}-ray-reader", daemon=True
+            ).start()
+        started_at = job.started_at
+        assert started_at is not None  # `run` set it before calling here
+        deadline = started_at + job.budget_s
         cancel_deadline: float | None = None
         while True:
             now = time.monotonic()
@@ -552,9 +622,15 @@ class RaySlot(WorkerSlot):
                     return
             now = time.monotonic()
             if now > deadline:
-                log.error("call %d (%s) ran past its budget of %.1f s on %s: the actor is killed", job.call_id, job.task, job.budget_s, self.label)
+                log.error(
+                    "call %d (%s) ran past its budget of %.1f s on %s: the actor is killed",
+                    job.call_id,
+                    job.task,
+                    job.budget_s,
+                    self.label,
+                )
                 self._kill("timeout", actor)
-                job._finish(error=TaskTimeoutError(job.task, job.budget_s, now - job.started_at))
+                job._finish(error=TaskTimeoutError(job.task, job.budget_s, now - started_at))
                 return
             send_cancel, grace_end = cancel_or_kill_due(job, policy, now, cancel_deadline)
             if send_cancel:
@@ -565,7 +641,11 @@ class RaySlot(WorkerSlot):
                     log.debug("the cancel of call %d could not be sent", job.call_id, exc_info=True)
             elif cancel_deadline is not None and now > cancel_deadline:
                 self._kill("cancel", actor)
-                job._finish(error=TaskCancelledError(f"{job.task} was cancelled; the worker did not stop within {policy.cancel_grace_s:.0f} s and was restarted"))
+                job._finish(
+                    error=TaskCancelledError(
+                        f"{job.task} was cancelled; the worker did not stop within {policy.cancel_grace_s:.0f} s and was restarted"
+                    )
+                )
                 return
 
     # -- items from the actor --------------------------------------------------------
@@ -681,8 +761,14 @@ class RaySlot(WorkerSlot):
             self.starts += 1
             self.new_worker()
             self.note_notices(info.get("notices"))
-        log.info("%s started on %s (pid %d, %.1f s%s)", self.label, self.device, self._pid, time.monotonic() - t0,
-                 f", start #{self.starts}" if self.starts > 1 else "")
+        log.info(
+            "%s started on %s (pid %d, %.1f s%s)",
+            self.label,
+            self.device,
+            self._pid,
+            time.monotonic() - t0,
+            f", start #{self.starts}" if self.starts > 1 else "",
+        )
         return actor
 
     def _let_exit(self, timeout_s: float = 3.0) -> None:
@@ -721,7 +807,10 @@ class RaySlot(WorkerSlot):
             # As for a process worker: only a cancel the task ignored gets a line of its own.
             log.log(
                 logging.WARNING if reason == "cancel" else logging.DEBUG,
-                "killing %s (pid %s, %s)%s", self.label, pid, reason,
+                "killing %s (pid %s, %s)%s",
+                self.label,
+                pid,
+                reason,
                 f" during call {call.call_id} ({call.task})" if call is not None else "",
             )
         try:
@@ -785,7 +874,7 @@ def _local_ip() -> str | None:
             import ray
 
             _LOCAL_IP = ray.util.get_node_ip_address()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - unknown: no actor is measured as local
             return None
     return _LOCAL_IP
 

@@ -34,7 +34,8 @@ import logging
 import os
 import queue
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -82,14 +83,22 @@ class CallActor:
     def __init__(self, preload: tuple[str, ...] = (), label: str = "actor", log_setup: LogSetup | None = None) -> None:
         log_setup = log_setup or LogSetup()
         log_setup.apply()
-        capture.install(tee=log_setup.tee, echo_format=log_setup.echo_format)  # third-party warnings become notices for the Runner page
+        capture.install(
+            tee=log_setup.tee, echo_format=log_setup.echo_format
+        )  # third-party warnings become notices for the Runner page
         self.label = label
         self._lock = threading.Lock()
         self._call_id: int | None = None
         self._flag: CallFlag | None = None
         self._node_ip, self._node_id = _node()
-        log.debug("%s ready (pid %d on %s, CUDA_VISIBLE_DEVICES=%s, preload %s)", label, os.getpid(), self._node_ip,
-                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), ", ".join(preload) or "none")
+        log.debug(
+            "%s ready (pid %d on %s, CUDA_VISIBLE_DEVICES=%s, preload %s)",
+            label,
+            os.getpid(),
+            self._node_ip,
+            os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            ", ".join(preload) or "none",
+        )
         if preload:
             threading.Thread(target=_preload, args=(tuple(preload),), name="da3-actor-preload", daemon=True).start()
 
@@ -121,7 +130,7 @@ class CallActor:
         (read in place from Ray's object store; unpickling copies the arguments out of it).
         """
         if data is not None:
-            request = CallRequest(request.call_id, request.task, Packed(memoryview(data)))  # type: ignore[arg-type]
+            request = CallRequest(request.call_id, request.task, Packed(memoryview(data)))
         flag = CallFlag()
         with self._lock:
             self._call_id, self._flag = request.call_id, flag
@@ -206,8 +215,13 @@ def _preload(names: tuple[str, ...]) -> None:
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - the first call that needs it raises the real error
-            log.error("actor pid %d: preloading %s failed (the first call that needs it will fail too): %s: %s",
-                      os.getpid(), name, type(exc).__name__, exc)
+            log.error(
+                "actor pid %d: preloading %s failed (the first call that needs it will fail too): %s: %s",
+                os.getpid(),
+                name,
+                type(exc).__name__,
+                exc,
+            )
             log.debug("preload traceback", exc_info=True)
 
 

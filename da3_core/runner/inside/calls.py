@@ -12,9 +12,11 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from da3_core.runner import context, shm
+from da3_core.runner.context import CancelFlag
 from da3_core.runner.inside.tocpu import CPUOnlyPickler, NotCPUDataError, to_cpu
 from da3_core.runner.protocol import CallRequest, ExceptionResult, OkResult, Packed, ProgressMsg
 from da3_core.runner.taskpath import resolve_task_path
@@ -24,10 +26,6 @@ log = logging.getLogger(__name__)
 # Functions that describe worker state (e.g. which models are cached); their dicts are merged
 # into `worker_state()` and sent to the parent after every call. Registered by task modules.
 STATE_PROVIDERS: list[Callable[[], dict[str, Any]]] = []
-
-
-class CancelFlag(Protocol):
-    def is_set(self) -> bool: ...
 
 
 def worker_state() -> dict[str, Any]:
@@ -62,7 +60,9 @@ def resolve_task(path: str) -> Callable[..., Any]:
     return getattr(obj, "__gpu_wrapped__", obj)
 
 
-def run_value(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any], None], keep: list[Any] | None = None) -> tuple[Any, float] | ExceptionResult:
+def run_value(
+    request: CallRequest, cancelled: CancelFlag, send: Callable[[Any], None], keep: list[Any] | None = None
+) -> tuple[Any, float] | ExceptionResult:
     """Run one task and return ``(cpu_value, seconds)``, or the `ExceptionResult`. Never raises.
 
     The value has been through `to_cpu` (tensors become numpy; unreadable ones are refused
@@ -91,7 +91,9 @@ def run_value(request: CallRequest, cancelled: CancelFlag, send: Callable[[Any],
         except NotCPUDataError as exc:
             return exception_reply(request.call_id, exc, type_name="ResultNotCPUError")
     except BaseException as exc:  # noqa: BLE001 - everything, incl. SystemExit, reaches the caller
-        return exception_reply(request.call_id, exc, recycle=isinstance(exc, (MemoryError, SystemExit, KeyboardInterrupt)))
+        return exception_reply(
+            request.call_id, exc, recycle=isinstance(exc, (MemoryError, SystemExit, KeyboardInterrupt))
+        )
     finally:
         context.set_context(None)
 
@@ -130,7 +132,9 @@ def run_call(
     return OkResult(request.call_id, payload, seconds)
 
 
-def exception_reply(call_id: int, exc: BaseException, *, type_name: str | None = None, recycle: bool = False) -> ExceptionResult:
+def exception_reply(
+    call_id: int, exc: BaseException, *, type_name: str | None = None, recycle: bool = False
+) -> ExceptionResult:
     """The `ExceptionResult` for ``exc``: class name, module, message and traceback kept."""
     return ExceptionResult(
         call_id=call_id,

@@ -79,7 +79,7 @@ def module_of_file(filename: str) -> str:
     else:
         for entry in sorted((p.replace("\\", "/").rstrip("/") + "/" for p in sys.path if p), key=len, reverse=True):
             if entry != "/" and path.startswith(entry):
-                path = path[len(entry):]
+                path = path[len(entry) :]
                 break
         else:
             path = path.rsplit("/", 1)[-1]
@@ -118,7 +118,9 @@ class NoticeBook:
             if old is None:
                 self._notices[key] = Notice(message, kind, category, source, 1, time.time())
             else:
-                self._notices[key] = Notice(old.message, old.kind, old.category, old.source, old.count + 1, old.first_seen)
+                self._notices[key] = Notice(
+                    old.message, old.kind, old.category, old.source, old.count + 1, old.first_seen
+                )
             self._version += 1
 
     def snapshot(self) -> tuple[Notice, ...]:
@@ -139,7 +141,9 @@ class NoticeHandler(logging.Handler):
     """Turns third-party log records into notices. Records at ERROR and above, and every
     record when ``echo`` is given, are also written to ``echo`` (errors stay in the terminal)."""
 
-    def __init__(self, book: NoticeBook, echo: TextIO | None = None, tee: bool = False, echo_format: str = DEFAULT_FORMAT) -> None:
+    def __init__(
+        self, book: NoticeBook, echo: TextIO | None = None, tee: bool = False, echo_format: str = DEFAULT_FORMAT
+    ) -> None:
         super().__init__(logging.WARNING)
         self.book = book
         self.echo = echo
@@ -199,11 +203,11 @@ class CaptureStream(io.TextIOBase):
         self._lock = threading.RLock()
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase's attribute, read from the real stream
         return getattr(self.real, "encoding", None) or "utf-8"
 
     @property
-    def errors(self) -> str | None:  # type: ignore[override]
+    def errors(self) -> str | None:  # type: ignore[override]  # as encoding
         return getattr(self.real, "errors", None)
 
     def writable(self) -> bool:
@@ -275,11 +279,14 @@ def install(tee: bool = False, echo_format: str = DEFAULT_FORMAT) -> NoticeBook:
         return BOOK
     book = NoticeBook()
     real_out, real_err = sys.stdout, sys.stderr
-    _original.update(stdout=real_out, stderr=real_err, showwarning=warnings.showwarning,
-                     threading_excepthook=threading.excepthook)
+    _original.update(
+        stdout=real_out, stderr=real_err, showwarning=warnings.showwarning, threading_excepthook=threading.excepthook
+    )
     shown = warnings.showwarning
 
-    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    def showwarning(
+        message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
         book.add("warning", category.__name__, module_of_file(filename), str(message))
         if tee:
             shown(message, category, filename, lineno, _original["stderr"] if file is None else file, line)
@@ -296,7 +303,9 @@ def install(tee: bool = False, echo_format: str = DEFAULT_FORMAT) -> NoticeBook:
         # An uncaught exception in a thread is an error: one line in the terminal, not a notice.
         if args.exc_type is SystemExit:
             return
-        log.error("uncaught %s in thread %s: %s", args.exc_type.__name__, getattr(args.thread, "name", "?"), args.exc_value)
+        log.error(
+            "uncaught %s in thread %s: %s", args.exc_type.__name__, getattr(args.thread, "name", "?"), args.exc_value
+        )
         log.debug("traceback", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
     threading.excepthook = excepthook
@@ -323,5 +332,16 @@ def changes() -> tuple[Notice, ...] | None:
     return BOOK.changes() if BOOK is not None else None
 
 
-__all__ = ["BOOK", "CaptureStream", "NoticeBook", "NoticeHandler", "changes", "clean", "install", "is_redraw", "module_of_file",
-           "parse_logged_warning", "uninstall"]
+__all__ = [
+    "BOOK",
+    "CaptureStream",
+    "NoticeBook",
+    "NoticeHandler",
+    "changes",
+    "clean",
+    "install",
+    "is_redraw",
+    "module_of_file",
+    "parse_logged_warning",
+    "uninstall",
+]

@@ -27,7 +27,15 @@ from typing import Any
 from da3_core.runner.inside import capture
 from da3_core.runner.inside.calls import exception_reply, release, run_call, worker_state
 from da3_core.runner.logsetup import LogSetup
-from da3_core.runner.protocol import CallDone, CallRequest, CancelRequest, ExceptionResult, NoticesMsg, OkResult, WorkerReady
+from da3_core.runner.protocol import (
+    CallDone,
+    CallRequest,
+    CancelRequest,
+    ExceptionResult,
+    NoticesMsg,
+    OkResult,
+    WorkerReady,
+)
 
 # Our lines go where the server's go (stderr, which the worker shares with it; a log file),
 # as the server set them up (`da3_core.runner.logsetup`); third-party warnings and prints are captured as notices (`capture`) and sent to the parent.
@@ -36,8 +44,13 @@ log = logging.getLogger(__name__)
 _send_lock = threading.Lock()
 
 
-def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                log_setup: LogSetup | None = None) -> None:
+def worker_main(
+    conn: Connection,
+    parent_pid: int,
+    preload: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    log_setup: LogSetup | None = None,
+) -> None:
     """Entry point of the worker process.
 
     Args:
@@ -53,7 +66,9 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
     os.environ.update(env or {})
     log_setup = log_setup or LogSetup()
     log_setup.apply()
-    capture.install(tee=log_setup.tee, echo_format=log_setup.echo_format)  # before any heavy import: what libraries print becomes notices for the Runner page
+    capture.install(
+        tee=log_setup.tee, echo_format=log_setup.echo_format
+    )  # before any heavy import: what libraries print becomes notices for the Runner page
     inbox: queue.Queue[CallRequest | None] = queue.Queue()
     busy = threading.Event()
     cancelled: dict[int, threading.Event] = {}
@@ -116,8 +131,13 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
                 try:
                     importlib.import_module(name)
                 except Exception as exc:  # noqa: BLE001 - the first call will raise the real error
-                    log.error("worker pid %d: preloading %s failed (the first call that needs it will fail too): %s: %s",
-                              os.getpid(), name, type(exc).__name__, exc)
+                    log.error(
+                        "worker pid %d: preloading %s failed (the first call that needs it will fail too): %s: %s",
+                        os.getpid(),
+                        name,
+                        type(exc).__name__,
+                        exc,
+                    )
                     log.debug("preload traceback", exc_info=True)
             try:
                 send_notices()  # what the imports printed, for the Runner page before any call
@@ -139,13 +159,23 @@ def worker_main(conn: Connection, parent_pid: int, preload: tuple[str, ...] = ()
         try:
             send_done(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. a reply the pipe refuses
-            log.debug("worker pid %d: the reply to call %d could not be sent", os.getpid(), request.call_id, exc_info=True)  # the server logs the error
+            log.debug(
+                "worker pid %d: the reply to call %d could not be sent", os.getpid(), request.call_id, exc_info=True
+            )  # the server logs the error
             if isinstance(reply, OkResult):
                 release(reply.payload)
-            send_done(exception_reply(request.call_id, exc, type_name="ResultNotCPUError"), capture.BOOK.snapshot() if capture.BOOK else None)
+            send_done(
+                exception_reply(request.call_id, exc, type_name="ResultNotCPUError"),
+                capture.BOOK.snapshot() if capture.BOOK else None,
+            )
         keep.clear()
         if isinstance(reply, ExceptionResult) and reply.recycle:
             try:
-                log.warning("worker pid %d: exiting after %s in call %d (state may be damaged)", os.getpid(), reply.type_name, request.call_id)
+                log.warning(
+                    "worker pid %d: exiting after %s in call %d (state may be damaged)",
+                    os.getpid(),
+                    reply.type_name,
+                    request.call_id,
+                )
             finally:
                 os._exit(3)  # memory or interpreter state may be damaged: the parent starts a fresh worker

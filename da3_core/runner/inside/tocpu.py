@@ -27,6 +27,7 @@ from da3_core.runner.protocol import is_forbidden_module
 
 log = logging.getLogger(__name__)
 
+
 class NotCPUDataError(TypeError):
     """A value in a task result cannot be turned into CPU data. ``path`` names it."""
 
@@ -84,6 +85,7 @@ def _convert(value: Any, path: str, torch: Any, memo: dict[int, Any]) -> Any:
     key = id(value)
     if key in memo:
         return memo[key]
+    out: Any
     if torch is not None and isinstance(value, torch.Tensor):
         out = _tensor_to_numpy(value, path, torch)
     elif torch is not None and isinstance(value, (torch.dtype, torch.device)):
@@ -91,14 +93,17 @@ def _convert(value: Any, path: str, torch: Any, memo: dict[int, Any]) -> Any:
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = _convert_dataclass(value, path, torch, memo)
     elif isinstance(value, dict):
-        items = {k: _convert(v, _join(path, f"[{k!r}]" if not isinstance(k, str) else k), torch, memo) for k, v in value.items()}
+        items = {
+            k: _convert(v, _join(path, f"[{k!r}]" if not isinstance(k, str) else k), torch, memo)
+            for k, v in value.items()
+        }
         out = items if type(value) is dict or is_forbidden_module(type(value).__module__) else _rebuild(value, items)
     elif isinstance(value, tuple):
-        items = [_convert(v, _join(path, f"[{i}]"), torch, memo) for i, v in enumerate(value)]
+        elems = [_convert(v, _join(path, f"[{i}]"), torch, memo) for i, v in enumerate(value)]
         if hasattr(value, "_fields") and not is_forbidden_module(type(value).__module__):
-            out = type(value)(*items)
+            out = type(value)(*elems)
         else:
-            out = tuple(items)
+            out = tuple(elems)
     elif isinstance(value, list):
         out = [_convert(v, _join(path, f"[{i}]"), torch, memo) for i, v in enumerate(value)]
     elif isinstance(value, (set, frozenset)):
@@ -110,7 +115,9 @@ def _convert(value: Any, path: str, torch: Any, memo: dict[int, Any]) -> Any:
 
 
 def _convert_dataclass(value: Any, path: str, torch: Any, memo: dict[int, Any]) -> Any:
-    fields = {f.name: _convert(getattr(value, f.name), _join(path, f.name), torch, memo) for f in dataclasses.fields(value)}
+    fields = {
+        f.name: _convert(getattr(value, f.name), _join(path, f.name), torch, memo) for f in dataclasses.fields(value)
+    }
     if is_forbidden_module(type(value).__module__):
         # e.g. depth_anything_3.specs.Prediction: its class cannot be unpickled without torch.
         return fields
@@ -133,7 +140,7 @@ def _rebuild(value: dict, items: dict) -> dict:
     # mappings refuse update()), else empty and updated (e.g. defaultdict), else a plain dict.
     try:
         return type(value)(items)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - its constructor takes no items: try the next way
         pass
     try:
         out = type(value)()
@@ -151,10 +158,11 @@ class CPUOnlyPickler(pickle.Pickler):
             module = getattr(obj, "__module__", None) or getattr(obj, "__name__", None)
         else:
             module = type(obj).__module__
-        if is_forbidden_module(module):
+        if module is not None and is_forbidden_module(module):
             raise NotCPUDataError(
-                "", f"it contains a {module}.{getattr(type(obj), '__qualname__', type(obj).__name__)} object, "
-                f"which the caller could only unpickle by importing {module.split('.')[0]}"
+                "",
+                f"it contains a {module}.{getattr(type(obj), '__qualname__', type(obj).__name__)} object, "
+                f"which the caller could only unpickle by importing {module.split('.')[0]}",
             )
         return NotImplemented
 
