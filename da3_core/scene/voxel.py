@@ -71,12 +71,14 @@ def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: float) -> tu
         return np.zeros((0, 3), dtype), np.zeros((0, 3), np.uint8)
     inverse, counts = _voxel_ids(pts, float(voxel))
     m = counts.shape[0]
-    mean = lambda values: (
-        np.stack(  # noqa: E731 - per-voxel mean of each column, in float64
-            [np.bincount(inverse, weights=values[:, j], minlength=m) for j in range(3)], axis=1
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        """Per-voxel mean of each column, in float64."""
+        return (
+            np.stack([np.bincount(inverse, weights=values[:, j], minlength=m) for j in range(3)], axis=1)
+            / counts[:, None]
         )
-        / counts[:, None]
-    )
+
     out_points = mean(pts.astype(np.float64, copy=False)).astype(dtype)
     out_colors = np.clip(np.rint(mean(cols.astype(np.float64))), 0, 255).astype(np.uint8)
     return out_points, out_colors
