@@ -249,7 +249,8 @@ def diagnose(page: Page, workspace: Path | None) -> str:
 
 
 def choose_demo_weights(page: Page) -> None:
-    page.locator(".st-key-model_kind").get_by_text("Untrained demo weights", exact=True).click()
+    # .first: while a rerun redraws the radio, the old and the new label can both be in the page.
+    page.locator(".st-key-model_kind").get_by_text("Untrained demo weights", exact=True).first.click()
     expect(page.get_by_text("Preset to build untrained weights from")).to_be_visible()
 
 

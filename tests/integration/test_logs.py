@@ -163,7 +163,8 @@ EXPECTED = [
     STAMP
     + r"ERROR MainProcess da3_core\.runner\.backends\.base: call 2 \(da3_core\.tasks:reconstruct\) failed on worker 1: "
     r"ModelUnavailableError: .*no-such-model.*",
-    STAMP + r"WARNING MainProcess da3_core\.run_service: run run-\S+ failed after \d+\.\d s: ModelUnavailableError: .*",
+    STAMP
+    + r"WARNING MainProcess da3_core\.run_service: run run-\S+ failed after \d+\.\d s \(\d+\.\d s running, \d+\.\d s waiting\): ModelUnavailableError: .*",
 ]
 
 
