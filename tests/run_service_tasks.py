@@ -44,6 +44,14 @@ def fake_reconstruct(
     depth = np.ones((n, h, w), np.float32) + np.arange(n, dtype=np.float32)[:, None, None]
     ext = np.tile(np.eye(4, dtype=np.float32)[:3], (n, 1, 1))
     k = np.tile(np.array([[40, 0, w / 2], [0, 40, h / 2], [0, 0, 1]], np.float32), (n, 1, 1))
+    return _result(request, depth, ext, k, images)
+
+
+def _result(
+    request: ReconstructRequest, depth: np.ndarray, ext: np.ndarray, k: np.ndarray, images: np.ndarray
+) -> Reconstruction:
+    """The stand-ins' result around their arrays (confidence 2 everywhere, no sky)."""
+    n, h, w = depth.shape
     return Reconstruction(
         depth=depth,
         conf=np.full((n, h, w), 2.0, np.float32),
@@ -83,20 +91,4 @@ def sized_reconstruct(
     ext = np.tile(np.eye(4, dtype=np.float32)[:3], (n, 1, 1))
     ext[:, 0, 3] = np.arange(n, dtype=np.float32) * 0.1
     k = np.tile(np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float32), (n, 1, 1))
-    return Reconstruction(
-        depth=depth,
-        conf=np.full((n, h, w), 2.0, np.float32),
-        extrinsics=ext,
-        intrinsics=k,
-        images=images,
-        sky=None,
-        is_metric=False,
-        scale_factor=None,
-        gaussians=None,
-        names=request.names,
-        model=request.model,
-        preset="da3-small",
-        device="cpu",
-        timings={"total": 0.01},
-        params={"process_res": request.process_res},
-    )
+    return _result(request, depth, ext, k, images)
