@@ -57,7 +57,7 @@ bench: $(STAMP) $(RAY_STAMP)
 
 # Untrained weights from a preset, for machines that cannot reach the model hub.
 demo-weights: $(STAMP)
-	$(PY) -m da3_core.demo_weights $(or $(PRESET),da3-small)
+	$(PY) -m da3_core.runs.demo_weights $(or $(PRESET),da3-small)
 
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from da3_core import presets, session, ui
+from da3_core import presets
+from da3_core.app import session, ui
 from da3_core.contract import ModelSpec
 
 ctx = ui.page_setup("Home", "🛰️", status_in_main=True)

@@ -17,8 +17,12 @@ import plotly.io as pio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from da3_core import export, figures, geometry  # noqa: E402 - run as a script: the repo root joins sys.path first
 from da3_core.contract import ModelSpec, Reconstruction  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.scene import (
+    export,
+    figures,
+    geometry,  # noqa: E402 - run as a script: the repo root joins sys.path first
+)
 
 GOALS = {"figure_200k_s": 0.3, "figure_200k_mb": 6.0, "refilter_1m_s": 0.5}
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from da3_core import tasks
 from da3_core.contract import ModelSpec, ReconstructRequest
 from da3_core.runner import Runner
 from da3_core.runner.protocol import GPUError
+from da3_core.runs import tasks
 
 GOALS = {"fault_recovery_s": 2.0, "rss_growth_pct_100_calls": 10.0}
 FT = "tests.fake_tasks"

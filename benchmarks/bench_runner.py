@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from da3_core import tasks
 from da3_core.contract import ModelSpec, ReconstructRequest
 from da3_core.runner import Runner
+from da3_core.runs import tasks
 
 GOALS = {"runner_overhead_ratio": 1.05, "cpu_speedup_vs_stock": 3.5}
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,9 +144,9 @@ def parent_rss_mb(demo_root: str) -> float:
         from streamlit.testing.v1 import AppTest
         at = AppTest.from_file("streamlit_app.py", default_timeout=300)
         at.run()
-        from da3_core import tasks
+        from da3_core.runs import tasks
         from da3_core.contract import ModelSpec, ReconstructRequest
-        from da3_core.holder import get_runner
+        from da3_core.app.holder import get_runner
         imgs = tuple(np.full((480, 640, 3), 60 * i, np.uint8) for i in range(4))
         tasks.reconstruct.call(ReconstructRequest(imgs, tuple("abcd"), ModelSpec("demo", "da3-small"), process_res=504),
                                {demo_root!r}, runner=get_runner())

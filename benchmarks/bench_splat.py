@@ -27,8 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from da3_core import geometry, splat  # noqa: E402 - run as a script: the repo root joins sys.path first
 from da3_core.contract import Gaussians  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.scene import (
+    geometry,
+    splat,  # noqa: E402 - run as a script: the repo root joins sys.path first
+)
 
 GOALS = {"splat_payload_mb_117k": splat.PAYLOAD_GOAL_MB_117K}
 

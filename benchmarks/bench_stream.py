@@ -162,11 +162,11 @@ def session(ws: Path) -> Path:
 def one(n: int, workspace: Path, chunk: int = 8, overlap: int = 2) -> dict[str, float]:
     """A chunked DA3 run of ``n`` generated frames in this process (a fresh one: the parent
     peak is this run's): the worker's and this process's resident peaks."""
-    from da3_core import runs, tasks
     from da3_core.config import Settings
     from da3_core.contract import ModelSpec, ReconstructRequest
-    from da3_core.run_service import RunService
     from da3_core.runner import Runner
+    from da3_core.runs import records, tasks
+    from da3_core.runs.service import RunService
 
     settings = Settings(workspace=workspace)
     runner = Runner(start_timeout_s=300)
@@ -198,7 +198,7 @@ def one(n: int, workspace: Path, chunk: int = 8, overlap: int = 2) -> dict[str, 
         wall = time.perf_counter() - t
         if not outcome.ok:
             raise RuntimeError(f"chunked run of {n} frames: {outcome.message}")
-        rec = runs.load_result(run.run_dir)  # memory-mapped: what the server then holds
+        rec = records.load_result(run.run_dir)  # memory-mapped: what the server then holds
         assert rec.n_views == n
         del rec
         assert runner.worker_pid == pid, "the worker restarted during the run"
@@ -258,8 +258,8 @@ def memory(workspace: Path) -> dict[str, float]:
 def time_ratio(workspace: Path, n: int = 32, chunk: int = 16, overlap: int = 5, rounds: int = 2) -> dict[str, float]:
     from da3_core.config import Settings
     from da3_core.contract import ModelSpec
-    from da3_core.run_service import RunService
     from da3_core.runner import Runner
+    from da3_core.runs.service import RunService
 
     model = ModelSpec("demo", "da3-small")
     imgs = [frame(i) for i in range(n)]
@@ -322,11 +322,11 @@ def time_ratio(workspace: Path, n: int = 32, chunk: int = 16, overlap: int = 5, 
 
 # -- oracle: alignment, loop closure, pool, resume ---------------------------------------------
 def ate_pct(run_dir: Path, scene: Path) -> float:
-    from da3_core import runs
+    from da3_core.runs import records
     from da3_core.scene.align import ate_rmse, camera_centres
     from tests import oracle
 
-    rec = runs.load_result(run_dir)
+    rec = records.load_result(run_dir)
     gt = oracle.load_gt(scene)
     rmse, length = ate_rmse(
         camera_centres(np.asarray(rec.extrinsics, np.float64)), camera_centres(gt["extrinsics"][: rec.n_views])
@@ -359,8 +359,8 @@ def result_arrays(run_dir: Path) -> dict[str, np.ndarray]:
 def oracle_figures(tmp: Path) -> dict[str, float]:
     from da3_core.chunks import store
     from da3_core.config import Settings
-    from da3_core.run_service import RunService
     from da3_core.runner import Runner
+    from da3_core.runs.service import RunService
     from tests import oracle
     from tests.oracle_tasks import oracle_chunk
 
@@ -480,9 +480,9 @@ def oracle_figures(tmp: Path) -> dict[str, float]:
 
 # -- the module ----------------------------------------------------------------------------------
 def run() -> dict[str, float]:
-    from da3_core import tasks
     from da3_core.config import Settings
     from da3_core.runner import Runner
+    from da3_core.runs import tasks
 
     tmp = Path(tempfile.mkdtemp(prefix="da3-bench-stream-"))
     try:

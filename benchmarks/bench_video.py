@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from da3_core import inputs  # noqa: E402 - run as a script: the repo root joins sys.path first
 from da3_core.config import Settings  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.media import inputs  # noqa: E402 - run as a script: the repo root joins sys.path first
 
 GOALS = {"video_seek_speedup": 10.0}
 

@@ -1,4 +1,4 @@
-"""Measure DA3 runs and fit the memory and time model the run guard uses (`da3_core.guard`).
+"""Measure DA3 runs and fit the memory and time model the run guard uses (`da3_core.runs.guard`).
 
 Each point is one real reconstruction through the runner in a fresh worker (untrained weights
 built from the preset, 640x480 frames): the worker's resident peak (``VmHWM``, reset before the call), on
@@ -17,7 +17,7 @@ holds the result. The fit:
 * on a CPU, inference seconds are scaled by the share of the worker's threads' time actually
   used, so that other work on the machine does not inflate them.
 
-Usage: ``python -m benchmarks.fit_guard [--grid quick|cpu|cuda] [--out FILE] [--merge da3_core/guard_model.json]``.
+Usage: ``python -m benchmarks.fit_guard [--grid quick|cpu|cuda] [--out FILE] [--merge da3_core/runs/guard_model.json]``.
 ``--merge`` writes this device's part into the model file the app reads, keeping the other
 device's part. Prints one table row per point and the fit's largest errors.
 """
@@ -39,9 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.worker_tasks import reset_hwm, vm_kb  # noqa: E402 - run as a script: the repo root joins sys.path first
-from da3_core import presets, tasks  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core import presets  # noqa: E402 - run as a script: the repo root joins sys.path first
 from da3_core.contract import ModelSpec, ReconstructRequest  # noqa: E402 - run as a script: the repo root joins sys.path first
-from da3_core.guard import ktokens  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.runs import tasks  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.runs.guard import ktokens  # noqa: E402 - run as a script: the repo root joins sys.path first
 
 GRIDS = {
     # (preset, frames, process_res)
@@ -79,15 +80,18 @@ def parent_cycle(req: ReconstructRequest, demo: str, runner, folder: Path) -> tu
     """The call through the runner and what the server then does with a result: save the
     run, load it back, compute the world points. Returns the worker's measurement and the
     parent's resident growth at its peak."""
-    from da3_core import geometry, runs
+    from da3_core.runs import records
+    from da3_core.scene import geometry
 
     before = _hwm_reset()
     rec_m = runner.call("benchmarks.worker_tasks:measure_run_kept", req, demo, duration=3600)
     m, rec = rec_m
-    run_dir, meta = runs.start_run(folder, req.images, req.names, "upload", req.model, {"process_res": req.process_res})
-    meta = runs.finish_run(run_dir, meta, rec)
+    run_dir, meta = records.start_run(
+        folder, req.images, req.names, "upload", req.model, {"process_res": req.process_res}
+    )
+    meta = records.finish_run(run_dir, meta, rec)
     del rec
-    loaded = runs.load_result(run_dir, meta)
+    loaded = records.load_result(run_dir, meta)
     cams = geometry.resolve_cameras(loaded, fov_deg=60.0)
     pts = geometry.unproject_all(loaded, cams)
     growth = vm_kb("VmHWM") / 1024 - before

@@ -1,7 +1,7 @@
 """Files and folders that appear whole or not at all.
 
 A writer gets a hidden temporary path beside the final one (``.<name>.<token>.part``, the
-naming `da3_core.workspace.save_upload` uses), writes there, and the temporary path is
+naming `da3_core.runs.workspace.save_upload` uses), writes there, and the temporary path is
 renamed to the final one only when the writing ended without an error. A reader that sees
 the final path therefore never sees a half-written file (a COLMAP model whose points3D.bin
 is still being written). A writer that is killed (a cancelled export whose worker is

@@ -69,11 +69,11 @@ class Settings:
             where the CPU has hardware bfloat16, flags ``avx512_bf16`` or ``amx_bf16``;
             float32 otherwise), ``fp32`` or ``bf16``. Env ``DA3_CPU_PRECISION``.
         admins: Emails (lower case) of the users allowed on the Runner page when sign-in
-            is on (`da3_core.auth`); with sign-in on and none listed, the page is closed to
+            is on (`da3_core.app.auth`); with sign-in on and none listed, the page is closed to
             everyone. Without sign-in it is ignored (the page is open). Env ``DA3_ADMINS``,
             comma-separated.
         memory_limit_mb: Memory (MB) the app may use, worker and server together; runs the
-            run guard expects to exceed it are refused before they start (`da3_core.guard`).
+            run guard expects to exceed it are refused before they start (`da3_core.runs.guard`).
             0 (default): the container's cgroup limit where one is set, else the machine's
             available memory. On Streamlit Community Cloud set about 2700. Env
             ``DA3_MEMORY_LIMIT_MB``.

@@ -25,7 +25,7 @@ from da3_core.presets import DEVICES, PRESETS_BY_NAME, PROCESS_RES_METHODS, REF_
 
 ModelKind = Literal["hub", "local", "demo"]
 CAMERA_SOURCES: tuple[str, ...] = ("COLMAP", "JSON", "NPZ")
-"""Where known cameras can come from (`da3_core.cameras`)."""
+"""Where known cameras can come from (`da3_core.media.cameras`)."""
 
 
 @dataclass(frozen=True)

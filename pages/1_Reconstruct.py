@@ -7,14 +7,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from da3_core import cameras, guard, inputs, session, ui
-from da3_core.run_service import RunRefused
+from da3_core.app import session, ui
+from da3_core.app.text import md
+from da3_core.media import cameras, inputs
 from da3_core.runner.protocol import GPUError
-from da3_core.text import md
+from da3_core.runs import guard
+from da3_core.runs.service import RunRefused
 
 ctx = ui.page_setup("Reconstruct", "▶️", status_in_main=True)
 settings = ctx.settings
-EXAMPLES_ROOT = Path(inputs.__file__).resolve().parents[1] / "examples"
+EXAMPLES_ROOT = Path(__file__).resolve().parents[1] / "examples"
 
 st.title("Reconstruct")
 

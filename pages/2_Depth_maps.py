@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from da3_core import figures, geometry, ui
+from da3_core.app import ui
+from da3_core.scene import figures, geometry
 
 ctx = ui.page_setup("Depth maps", "🗺️")
 st.title("Depth maps")

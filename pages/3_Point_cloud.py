@@ -7,7 +7,8 @@ import time
 
 import streamlit as st
 
-from da3_core import export, figures, geometry, session, splat, ui, viewer
+from da3_core.app import session, ui, viewer
+from da3_core.scene import export, figures, geometry, splat
 
 ctx = ui.page_setup("Point cloud", "☁️")
 st.title("Point cloud")

@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from da3_core import export, geometry, presets, run_service, runs, session, ui
+from da3_core import presets
+from da3_core.app import session, ui
+from da3_core.app.text import md
 from da3_core.runner.protocol import GPUError
-from da3_core.scene import depth_video, voxel
-from da3_core.text import md
+from da3_core.runs import records, service
+from da3_core.scene import depth_video, export, geometry, voxel
 
 ctx = ui.page_setup("Exports", "📦")
 st.title("Exports")
 run_dir, meta, rec = ui.require_active_run(ctx)
-out_dir = runs.exports_dir(run_dir)
+out_dir = records.exports_dir(run_dir)
 cs = ui.cloud_settings(rec, widgets=False)
 st.caption(
     f"Point formats use the Point cloud page's filters: {cs.filters.conf_percentile:g}% confidence percentile, "
@@ -227,7 +229,7 @@ def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> Non
             ctx.service.submit_export(run_dir, kind, rec, **options)
         except (ValueError, OSError, GPUError) as exc:
             ui.show_error(
-                f"The {run_service.EXPORT_TITLES[kind]} could not be queued: {getattr(exc, 'message', exc)}",
+                f"The {service.EXPORT_TITLES[kind]} could not be queued: {getattr(exc, 'message', exc)}",
                 getattr(exc, "remote_traceback", ""),
             )
         else:
@@ -257,7 +259,7 @@ def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> Non
 
 def export_made(kind: str) -> Path | None:
     """The finished export on disk (the COLMAP folder, the PLY, the mp4), or None if gone."""
-    target = run_service.export_target(run_dir, kind)
+    target = service.export_target(run_dir, kind)
     if kind == "colmap":
         return target if target.is_dir() and any(target.iterdir()) else None
     return target if target.is_file() else None

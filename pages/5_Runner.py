@@ -7,9 +7,9 @@ import time
 
 import streamlit as st
 
-from da3_core import auth, ui
-from da3_core.notices_view import show_notices
-from da3_core.text import md
+from da3_core.app import auth, ui
+from da3_core.app.notices_view import show_notices
+from da3_core.app.text import md
 
 ctx = ui.page_setup("Runner", "⚙️")
 auth.require_admin(ctx.settings)  # with sign-in on: DA3_ADMINS only; without: open, as before

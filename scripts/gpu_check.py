@@ -88,9 +88,9 @@ def main() -> int:
 
     import numpy as np
 
-    from da3_core import tasks
     from da3_core.contract import ModelSpec, ReconstructRequest
     from da3_core.runner import Runner
+    from da3_core.runs import tasks
 
     check("parent imports da3_core without torch", "torch" not in sys.modules)
     work = Path(tempfile.mkdtemp(prefix="da3-gpu-"))
@@ -185,7 +185,7 @@ def gs_video_check(runner, rec_gs, work: Path, check) -> dict:
     """The novel-view video (issue "3D Gaussians end to end"): DA3-GIANT untrained, 2 views,
     ``infer_gs``, rendered with gsplat in the worker; the mp4 must decode with the frame count
     and size the worker reported."""
-    from da3_core import tasks
+    from da3_core.runs import tasks
 
     info = tasks.worker_info.call(runner=runner)
     why = info.get("gs_video_unavailable")
@@ -227,8 +227,8 @@ def overhead_table(runner, demo: str, presets: tuple[str, ...], rounds: int = 5)
 
     import numpy as np
 
-    from da3_core import tasks
     from da3_core.contract import ModelSpec, ReconstructRequest
+    from da3_core.runs import tasks
 
     rows = []
     rng = np.random.default_rng(1)

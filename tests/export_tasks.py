@@ -1,4 +1,4 @@
-"""Light stand-ins for the export tasks of `da3_core.tasks` (same signatures), for the export
+"""Light stand-ins for the export tasks of `da3_core.runs.tasks` (same signatures), for the export
 job tests: they run in the real worker, write a few small files the way the real exporters do
 (under a hidden name, renamed when complete: `da3_core.atomic`), in milliseconds.
 

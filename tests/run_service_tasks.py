@@ -1,4 +1,4 @@
-"""A light stand-in for `da3_core.tasks.reconstruct` (same signature), for the run-service tests.
+"""A light stand-in for `da3_core.runs.tasks.reconstruct` (same signature), for the run-service tests.
 
 It runs in the real worker but builds its `Reconstruction` from the request with numpy
 alone, in milliseconds. The first frame name steers it: ``"fail"`` raises, ``"no-weights"``
@@ -78,7 +78,7 @@ def sized_reconstruct(
     """`fake_reconstruct`'s sibling whose result has the size DA3's would: each frame at
     ``process_res`` (long side, sides multiples of 14), with depth and confidence, so a test
     of the server's memory holds what a real run makes it hold (a few MB a run)."""
-    from da3_core.guard import processed_size
+    from da3_core.runs.guard import processed_size
 
     img0 = request.images[0]
     w, h = processed_size(img0.shape[1], img0.shape[0], request.process_res, request.process_res_method)

@@ -371,16 +371,16 @@ def depth_video(run_dir: str | Path, fps: float = 10.0) -> dict[str, Any]:
     """For a video run: a colour-mapped depth mp4 of every frame with one depth scale for the
     whole run (a legend beside each frame), and the 16-bit PNG sequence with that scale, both
     in the run's ``exports/`` folder. Frame by frame from the memory-mapped result."""
-    from da3_core import runs
+    from da3_core.runs import records
     from da3_core.scene import depth_video as dv
 
     run_dir = Path(run_dir)
-    meta = runs.read_meta(run_dir)
+    meta = records.read_meta(run_dir)
     state = store.read_state(run_dir)
     depth = np.load(store.result_dir(run_dir) / "depth.npy", mmap_mode="r", allow_pickle=False)
     unit = "m" if state.get("is_metric") else "relative units"
     lo, hi = dv.global_depth_range(depth)
-    out = runs.exports_dir(run_dir)
+    out = records.exports_dir(run_dir)
     video = dv.write_depth_video(depth, out / DEPTH_VIDEO, fps=fps, lo=lo, hi=hi, unit=unit, names=list(meta.names))
     pngs = dv.write_depth_png_sequence(depth, out / DEPTH_PNGS, names=list(meta.names), unit=unit, lo=lo, hi=hi)
     return {

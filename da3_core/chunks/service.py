@@ -1,7 +1,7 @@
 """A chunked run's life in the server: its chunks queued on the runner, saved as they land,
 assembled in a child process, loops closed, resumable.
 
-`ChunkedRun` is what `da3_core.run_service.RunService` holds for a chunked run; it reads
+`ChunkedRun` is what `da3_core.runs.service.RunService` holds for a chunked run; it reads
 like a one-call `ActiveRun` to the pages (status line, progress, cancel, outcome), so the
 Reconstruct page and the sidebar need no second code path.
 
@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from da3_core import runs
 from da3_core.chunks import store
 from da3_core.chunks.plan import ChunkPlan
 from da3_core.contract import ChunkRequest, ReconstructRequest
 from da3_core.logs import one_line
 from da3_core.runner import Job, Progress, Queued
 from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
+from da3_core.runs import records
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,14 @@ class ChunkedRun:
         run_dir / meta: The run folder and its metadata.
         plan: Its chunks.
         stage / fraction / position: What the page shows.
-        outcome: Set when the run ended (a `da3_core.run_service.RunOutcome`).
+        outcome: Set when the run ended (a `da3_core.runs.service.RunOutcome`).
     """
 
     def __init__(
         self,
         service: Any,
         run_dir: Path,
-        meta: runs.RunMeta,
+        meta: records.RunMeta,
         plan: ChunkPlan,
         options: dict[str, Any],
         task: Any,
@@ -229,7 +229,7 @@ class ChunkedRun:
         self._thread.start()
 
     def _frames(self, ids: list[int]) -> tuple[np.ndarray, ...]:
-        paths = runs.input_paths(self.run_dir, self.meta)
+        paths = records.input_paths(self.run_dir, self.meta)
         out = []
         for i in ids:
             with Image.open(paths[i]) as im:
@@ -238,7 +238,7 @@ class ChunkedRun:
 
     def _request(self, ids: list[int], chunk: int) -> ChunkRequest:
         p = self.meta.params
-        cams = runs.load_cameras(self.run_dir, self.meta)
+        cams = records.load_cameras(self.run_dir, self.meta)
         request = ReconstructRequest(
             images=self._frames(ids),
             names=tuple(self.meta.names[i] for i in ids),
@@ -317,7 +317,7 @@ class ChunkedRun:
         future.add_done_callback(done)
 
     def _main(self) -> None:
-        from da3_core.run_service import RunOutcome
+        from da3_core.runs.service import RunOutcome
 
         try:
             self.stage = "running"
@@ -373,7 +373,7 @@ class ChunkedRun:
                     )
                     self.options["depth_video_error"] = f"{type(exc).__name__}: {exc}"
                 self._check_cancel()
-            self.meta = runs.finish_chunked(self.run_dir, self.meta, self._summary())
+            self.meta = records.finish_chunked(self.run_dir, self.meta, self._summary())
             self.frames_ready = self.plan.n_frames
             self.fraction = 1.0
             self.finished_at = time.monotonic()
@@ -439,7 +439,7 @@ class ChunkedRun:
             from dataclasses import replace
 
             spent = {**self.meta.timings, "attempts_s": self.earlier_s + self.elapsed_s}
-            self.meta = runs.fail_run(
+            self.meta = records.fail_run(
                 self.run_dir, replace(self.meta, timings=spent), outcome.message, status=outcome.status
             )
         except Exception as write_exc:  # noqa: BLE001 - the page still learns the outcome from memory

@@ -1,6 +1,6 @@
 """A chunked run on disk: its plan, each chunk as it lands, and the assembled result.
 
-Layout inside the run folder (next to ``input/`` and ``run.json``, `da3_core.runs`)::
+Layout inside the run folder (next to ``input/`` and ``run.json``, `da3_core.runs.records`)::
 
     chunks/plan.json          the `ChunkPlan` and the run's chunk options
     chunks/c0003/             one finished chunk: depth.npy conf.npy extrinsics.npy

@@ -1,1 +1,2 @@
-"""Pure maths and pictures: alignment (Sim(3), pose graph), depth video; numpy only, no Streamlit, no torch."""
+"""Pure maths and pictures: geometry and filters, Plotly figures, exports, the Gaussian codec,
+alignment (Sim(3), pose graph) and depth video; numpy only, no Streamlit, no torch."""

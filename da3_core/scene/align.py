@@ -8,7 +8,7 @@ fit (weights ``sqrt(conf_a * conf_b)``, confident pixels only, at most ``max_pai
 metric presets fit SE(3) (scale fixed at 1).
 
 Conventions (``docs/CONVENTIONS.md``): OpenCV camera axes; extrinsics (N, 3, 4) world-to-camera
-``[R|t]`` (inverted as general 4x4 matrices, as DA3 and `da3_core.geometry` do); intrinsics in
+``[R|t]`` (inverted as general 4x4 matrices, as DA3 and `da3_core.scene.geometry` do); intrinsics in
 pixels; z-depth; pixel (u, v) = (column, row) unprojected at the integer coordinate.
 """
 

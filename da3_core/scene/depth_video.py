@@ -2,7 +2,7 @@
 
 Chunked runs keep their (N, H, W) depth on disk as memory-mapped ``.npy``; everything here
 reads it one frame at a time (``depth[i]``), so memory stays flat whatever N is. Unlike
-`da3_core.export.colorize_depth` and `da3_core.export.depth_png_zip_bytes`, which stretch each
+`da3_core.scene.export.colorize_depth` and `da3_core.scene.export.depth_png_zip_bytes`, which stretch each
 view over its own range, every frame shares one range, so a colour (or a PNG code) means
 the same depth in every frame of the video.
 
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from da3_core import export
+from da3_core.scene import export
 
 VIDEO_FILENAME = "depth_video.mp4"
 """File name of `write_depth_video`'s output in a run folder's ``exports/``."""
@@ -172,7 +172,7 @@ def colorize_fixed(
 
     Depth ``lo`` (near) gets the first colour of ``colormap`` and ``hi`` the last; depth
     outside the range takes the end colour. Same 256-entry table as
-    `da3_core.export.colorize_depth`.
+    `da3_core.scene.export.colorize_depth`.
 
     Args:
         depth_frame: (H, W) z-depth.
@@ -457,8 +457,8 @@ def write_depth_png_sequence(
 ) -> dict[str, Any]:
     """A zip of one 16-bit PNG per frame, with ONE scale for every frame.
 
-    Same layout and ``depth_scale.json`` as `da3_core.export.depth_png_zip_bytes`, so
-    `da3_core.export.read_depth_png_zip` reads it back: ``depth/0000.png``, ... (more
+    Same layout and ``depth_scale.json`` as `da3_core.scene.export.depth_png_zip_bytes`, so
+    `da3_core.scene.export.read_depth_png_zip` reads it back: ``depth/0000.png``, ... (more
     digits past 10,000 frames), each view's ``scale``/``offset`` (here all equal), ``min``
     and ``max`` (that frame's own valid depth, None when it has none), and the PNGs'
     ``depth_scale``/``depth_offset``/``depth_unit`` text chunks. Code

@@ -2,7 +2,7 @@
 session, a guard that torch never enters the pytest process, and helpers that drive pages
 only through widgets and files on disk.
 
-Settings are read once per process (`da3_core.holder.get_settings` is ``st.cache_resource``):
+Settings are read once per process (`da3_core.app.holder.get_settings` is ``st.cache_resource``):
 `app_env` sets ``DA3_*`` in ``os.environ`` only while it reads them, so no variable leaks
 into other test modules; when the last AppTest has run it closes the app's runner (its
 worker), resets the default runner and clears the app's resource caches.
@@ -60,7 +60,7 @@ class AppEnv:
 
     def new_session(self) -> tuple[str, Path]:
         """A fresh session folder (the app finds it from ``?s=<id>``)."""
-        from da3_core import workspace
+        from da3_core.runs import workspace
 
         path = workspace.new_session(self.workspace)
         return path.name, path
@@ -69,7 +69,7 @@ class AppEnv:
     def settings_from(self, overrides: dict[str, str]) -> Iterator[None]:
         """The app reads its settings again, from these variables, until the block ends; then
         the session's settings are read back (the runner keeps the settings it started with)."""
-        from da3_core import holder
+        from da3_core.app import holder
 
         holder.get_settings.clear()
         try:
@@ -85,7 +85,8 @@ class AppEnv:
         if self.closed:
             return
         self.closed = True
-        from da3_core import holder, runner
+        from da3_core import runner
+        from da3_core.app import holder
 
         try:
             if self.used:
@@ -116,7 +117,7 @@ def app_env(workspace) -> Iterator[AppEnv]:
             "first (tests/conftest.py orders them so) to prove the Streamlit process stays torch-free",
             pytrace=False,
         )
-    from da3_core import holder
+    from da3_core.app import holder
 
     guard = HeavyImportGuard()
     sys.meta_path.insert(0, guard)

@@ -1,5 +1,5 @@
 """Helpers for the page tests: they drive the app only through widgets and page text, and
-write on-disk runs only through `da3_core.runs`."""
+write on-disk runs only through `da3_core.runs.records`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sign-in in the pages (`da3_core.auth`), in process with AppTest.
+"""Sign-in in the pages (`da3_core.app.auth`), in process with AppTest.
 
 Real: the secrets file (a temporary ``secrets.toml`` with an ``[auth]`` section that
 Streamlit itself reads, through its ``secrets.files`` option, for both ``st.secrets`` and
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from da3_core import auth, runs
+from da3_core.app import auth
+from da3_core.runs import records
 from tests.app.kit import HOME, PAGES, check, keys, run_picker, texts
 from tests.unit import synthetic
 
@@ -164,7 +165,7 @@ def test_signed_in_users_runs_land_in_their_own_folder_and_follow_them(new_app, 
         time.sleep(0.3)
         at.run()
         check(at, "after cancel")
-    metas = runs.list_session_runs(alice_dir)
+    metas = records.list_session_runs(alice_dir)
     assert [m.status for m in metas] == ["cancelled"]
     alice_run = metas[0].run_id
     _, done = synthetic.write_finished_run(alice_dir, synthetic.box_scene(2))  # and one finished run

@@ -174,8 +174,9 @@ def test_the_advised_process_res_is_then_accepted(new_app, app_env, monkeypatch)
     """A memory limit that refuses 1008 but not much less: the page's advice, applied, passes."""
     import dataclasses
 
-    from da3_core import guard, holder
+    from da3_core.app import holder
     from da3_core.presets import PRESETS_BY_NAME
+    from da3_core.runs import guard
 
     at = open_reconstruct(new_app)
     photos = [(f"p{i}.png", png_bytes(i, (640, 480)), "image/png") for i in range(3)]

@@ -22,7 +22,7 @@ def fake_exports(monkeypatch):
     """The app's run service makes its exports with the stand-ins (restored afterwards)."""
 
     def install() -> None:
-        from da3_core import holder
+        from da3_core.app import holder
 
         service = holder.get_holder().runs
         monkeypatch.setitem(service.export_tasks, "colmap", fake_export_colmap)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from streamlit.runtime.media_file_manager import MediaFileManager
 
-from da3_core import runs
+from da3_core.runs import records as runs
 from da3_core.scene import depth_video
 from tests.app.kit import PAGES, check, keys, texts
 from tests.unit import synthetic

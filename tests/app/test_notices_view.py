@@ -1,4 +1,4 @@
-"""The Runner page's "Notices from the workers" (`da3_core.notices_view`), in process: each
+"""The Runner page's "Notices from the workers" (`da3_core.app.notices_view`), in process: each
 distinct notice once with its meaning, merged over workers; the empty state; and the
 section on the real Runner page."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from da3_core.notices_view import EMPTY, TITLE, notice_rows
+from da3_core.app.notices_view import EMPTY, TITLE, notice_rows
 from da3_core.runner import WorkerStatus
 from da3_core.runner.protocol import Notice
 from tests.app.kit import PAGES, check, texts
@@ -36,7 +36,7 @@ WORKERS = [
 def page() -> None:  # runs inside AppTest: imports its own names
     import streamlit as st
 
-    from da3_core.notices_view import show_notices
+    from da3_core.app.notices_view import show_notices
 
     show_notices(st.session_state.get("workers", []))
 

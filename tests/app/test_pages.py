@@ -1,5 +1,5 @@
 """AppTest of every page, in process, on synthetic finished runs written to disk through
-`da3_core.runs` (no model: the pages are the point). torch never enters this process
+`da3_core.runs.records` (no model: the pages are the point). torch never enters this process
 (`tests/app/conftest.py` checks it around every test)."""
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_bad_and_hostile_uploads_are_listed_and_the_good_ones_run(new_app, app_e
     one is listed with a reason naming it, names never become paths, the app keeps working."""
     from PIL import Image
 
-    from da3_core import runs
+    from da3_core.runs import records
     from tests.unit import inputs_corpus as corpus
 
     root = app_env.workspace
@@ -164,7 +164,7 @@ def test_bad_and_hostile_uploads_are_listed_and_the_good_ones_run(new_app, app_e
         assert any(name in w for w in warnings + run_warnings), name
     assert errors == []
     assert done and done[0].startswith("Done: 4 view(s)")
-    metas = runs.list_session_runs(root / "sessions" / sid)
+    metas = records.list_session_runs(root / "sessions" / sid)
     assert metas[0].names == ["evil.png", "passwd.png", "café photo 1.png", "café photo 1 (2).png"]
     escaped = [
         str(p)

@@ -105,7 +105,7 @@ def test_cancel_reads_as_cancelled_and_keeps_the_frames(new_app, app_env):
     """Cancel shows "Cancelled" (not a red failure), the run folder says so and keeps its frames."""
     import time
 
-    from da3_core import runs
+    from da3_core.runs import records as runs
 
     sid, folder = app_env.new_session()
     at = new_app(sid, timeout=120)
@@ -144,7 +144,7 @@ def test_known_cameras_colmap_upload_shows_the_match_table_and_runs_with_them(ne
     run that reports and keeps the given cameras."""
     import numpy as np
 
-    from da3_core import runs
+    from da3_core.runs import records as runs
     from tests.app.kit import plain, wait_outcome
 
     sid, folder = app_env.new_session()
@@ -229,7 +229,7 @@ def _guarded(app_env, monkeypatch, **settings):
     """The app's RunService with some settings changed (it keeps those it started with)."""
     import dataclasses
 
-    from da3_core import holder
+    from da3_core.app import holder
 
     service = holder.get_holder().runs
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, **settings))

@@ -4,7 +4,7 @@ enters this process (`tests/app/conftest.py` checks it around every test)."""
 
 from __future__ import annotations
 
-from da3_core import splat
+from da3_core.scene import splat
 from tests.app.kit import PAGES, check, has_viewer, keys, run_picker, runner_counts, texts
 from tests.unit import synthetic
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from da3_core import auth, workspace
+from da3_core.app import auth
+from da3_core.runs import workspace
 from tests.e2e.conftest import ARTIFACTS, chromium_path
 from tests.e2e.oidc_provider import MockOIDCProvider
 from tests.e2e.server import AppServer, free_port

@@ -27,8 +27,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
-from da3_core import geometry, splat, tasks
 from da3_core.contract import Gaussians
+from da3_core.runs import tasks
+from da3_core.scene import geometry, splat
 from tests.e2e.conftest import SCREENSHOTS
 from tests.unit import synthetic
 
@@ -324,7 +325,7 @@ def test_the_ply_from_da3s_writer_in_the_worker_loads_in_the_viewer(open_viewer,
 
 @pytest.mark.slow
 def test_the_point_cloud_page_shows_the_gaussians_in_the_app(app_server, browser):
-    from da3_core import workspace
+    from da3_core.runs import workspace
 
     session_dir = workspace.new_session(app_server.workspace)
     rec = three_bands()

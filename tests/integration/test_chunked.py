@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from da3_core import runs
 from da3_core.chunks import store
 from da3_core.chunks.plan import plan_chunks
 from da3_core.config import Settings
-from da3_core.run_service import RunService
+from da3_core.runs import records
+from da3_core.runs.service import RunService
 from da3_core.scene.align import ate_rmse, camera_centres
 from tests import oracle
 from tests.oracle_tasks import oracle_chunk
@@ -112,7 +112,7 @@ def wait(run, timeout: float = 120.0):
 
 
 def ate_pct(run_dir: Path, scene: Path) -> float:
-    rec = runs.load_result(run_dir)
+    rec = records.load_result(run_dir)
     gt = oracle.load_gt(scene)
     rmse, length = ate_rmse(camera_centres(np.asarray(rec.extrinsics, np.float64)), camera_centres(gt["extrinsics"]))
     return 100.0 * rmse / length
@@ -122,10 +122,10 @@ def test_a_chunked_run_ends_as_one_aligned_run(service, tmp_path, line_scene):
     run = start(service, tmp_path, line_scene, chunk=12, overlap=4)
     outcome = wait(run)
     assert outcome.ok, outcome.message
-    meta = runs.read_meta(run.run_dir)
+    meta = records.read_meta(run.run_dir)
     assert meta.status == "done" and meta.params["chunked"]["chunks"] == plan_chunks(40, 12, 4).n_chunks
     assert meta.params["chunked"]["alignment"] == "sim3"
-    rec = runs.load_result(run.run_dir, meta)
+    rec = records.load_result(run.run_dir, meta)
     assert rec.n_views == 40 and isinstance(rec.depth, np.memmap)  # memory-mapped: the server holds none of it
     assert rec.names == tuple(meta.names)
     # Every chunk came back at its own random scale and frame: aligned, the path matches the truth.
@@ -149,13 +149,13 @@ def test_frames_so_far_are_readable_while_the_run_goes_on(service, tmp_path, slo
         time.sleep(0.005)
     run.cancel()  # stop it there, so what follows reads a run that is not done
     wait(run)
-    meta = runs.read_meta(run.run_dir)
+    meta = records.read_meta(run.run_dir)
     ready = store.frames_ready(run.run_dir)
     assert meta.status == "cancelled" and 0 < ready < 40
-    part = runs.load_result(run.run_dir, meta)
+    part = records.load_result(run.run_dir, meta)
     assert part.n_views == ready and part.names == tuple(meta.names[:ready])
     whole = run_to_completion(service, tmp_path, line_scene, "p", chunk=6, overlap=2)
-    full = runs.load_result(whole.run_dir)
+    full = records.load_result(whole.run_dir)
     np.testing.assert_array_equal(np.asarray(part.depth), np.asarray(full.depth[:ready]))  # the same frames, final
 
 
@@ -180,7 +180,7 @@ def test_cancel_then_resume_computes_no_chunk_twice_and_matches_an_uninterrupted
     run.cancel()
     outcome = wait(run)
     assert outcome.status == "cancelled" and "Resume" in outcome.message
-    assert runs.read_meta(run.run_dir).status == "cancelled"
+    assert records.read_meta(run.run_dir).status == "cancelled"
     first = set(run.computed)
     assert len(store.done_chunks(run.run_dir, run.plan)) >= 2
 
@@ -205,8 +205,8 @@ def test_a_server_restart_marks_the_run_resumable_and_a_new_server_resumes_it(mo
         time.sleep(0.01)
     run.cancel()  # the old server's thread stops; its run.json may still say anything
     wait(run)
-    meta = runs.read_meta(run.run_dir)
-    runs.write_meta(
+    meta = records.read_meta(run.run_dir)
+    records.write_meta(
         run.run_dir, type(meta)(**{**meta.__dict__, "status": "pending", "error": ""})
     )  # as a crash leaves it
     first.close()
@@ -214,11 +214,11 @@ def test_a_server_restart_marks_the_run_resumable_and_a_new_server_resumes_it(mo
     second = RunService(module_runner, Settings(workspace=tmp_path / "ws"), chunk_task=oracle_chunk)
     try:
         assert second.reconcile(session_dir(tmp_path, "d")) == [run.run_id]
-        meta = runs.read_meta(run.run_dir)
+        meta = records.read_meta(run.run_dir)
         assert meta.status == "failed" and "Resume" in meta.error
         resumed = second.resume(run.run_dir)
         assert wait(resumed).ok
-        assert resumed.resumed_from >= 1 and runs.read_meta(run.run_dir).status == "done"
+        assert resumed.resumed_from >= 1 and records.read_meta(run.run_dir).status == "done"
         with pytest.raises(ValueError, match="already done"):
             second.resume(run.run_dir)
     finally:
@@ -234,7 +234,7 @@ def test_loop_closure_cuts_the_drift(service, tmp_path, loop_scene):
     assert graph["loops"], "no loop was found on a path that comes back to its start"
     without, with_loops = ate_pct(plain.run_dir, loop_scene), ate_pct(closed.run_dir, loop_scene)
     assert with_loops * 2 < without, (without, with_loops)
-    assert runs.read_meta(closed.run_dir).params["chunked"]["loops_closed"] == len(graph["loops"])
+    assert records.read_meta(closed.run_dir).params["chunked"]["loops_closed"] == len(graph["loops"])
 
 
 def test_a_chunk_that_fails_fails_the_run_with_its_message_and_keeps_what_landed(service, tmp_path, line_scene):

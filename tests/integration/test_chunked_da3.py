@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from da3_core import runs
 from da3_core.chunks import store
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec
-from da3_core.run_service import RunService
+from da3_core.runs import records
+from da3_core.runs.service import RunService
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,8 @@ def test_real_da3_chunked_run_with_loop_closure(module_runner, workspace, tmp_pa
             run.pump()
             time.sleep(0.05)
         assert run.outcome.ok, run.outcome.message
-        meta = runs.read_meta(run.run_dir)
-        rec = runs.load_result(run.run_dir, meta)
+        meta = records.read_meta(run.run_dir)
+        rec = records.load_result(run.run_dir, meta)
         assert rec.n_views == len(frames) and rec.extrinsics.shape == (len(frames), 3, 4)
         assert np.isfinite(np.asarray(rec.depth)).all() and meta.params["chunked"]["alignment"] == "sim3"
         desc = store.chunk_array(run.run_dir, 0, "descriptors")

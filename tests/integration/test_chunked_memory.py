@@ -33,10 +33,10 @@ SERVER = r"""
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from da3_core import runs
+from da3_core.runs import records
 from da3_core.config import load_settings
 from da3_core.contract import ModelSpec
-from da3_core.run_service import RunService
+from da3_core.runs.service import RunService
 from da3_core.runner import Runner
 
 n = int(sys.argv[2])
@@ -70,10 +70,10 @@ while not run.finished:
     time.sleep(0.2)
 out["seconds"] = round(time.monotonic() - t0, 1)
 out["outcome"] = [run.outcome.status, run.outcome.message]
-meta = runs.read_meta(run.run_dir)
+meta = records.read_meta(run.run_dir)
 out["status"], out["chunked"] = meta.status, meta.params.get("chunked")
 if meta.status == "done":
-    rec = runs.load_result(run.run_dir, meta)
+    rec = records.load_result(run.run_dir, meta)
     out["n_views"], out["depth_shape"] = rec.n_views, list(rec.depth.shape)
 out["stages"] = stages
 out["worker_peak_mb"] = [w.state_report.get("peak_rss_mb") for w in runner.status().workers]

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from da3_core import tasks
 from da3_core.contract import ModelSpec, ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.runner import Progress, Runner
 from da3_core.runner.protocol import TaskCancelledError, TaskError
+from da3_core.runs import tasks
 
 pytestmark = pytest.mark.slow
 

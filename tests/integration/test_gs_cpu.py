@@ -1,5 +1,5 @@
 """DA3's Gaussian head runs on CPU (no CUDA-only operation), so `infer_gs` is offered there,
-and the run guard (`da3_core.guard`) refuses before the worker starts what cannot fit."""
+and the run guard (`da3_core.runs.guard`) refuses before the worker starts what cannot fit."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from da3_core import guard, ui
+from da3_core.app import ui
 from da3_core.contract import Gaussians
 from da3_core.presets import PRESETS_BY_NAME
+from da3_core.runs import guard
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +49,8 @@ def test_a_giant_run_that_cannot_fit_is_refused_with_the_numbers():
 
 
 def test_the_video_task_refuses_without_cuda_with_the_reason(module_runner):
-    from da3_core import tasks
     from da3_core.runner.protocol import TaskError
+    from da3_core.runs import tasks
     from tests.unit import synthetic
 
     rec = synthetic.with_gaussians(synthetic.box_scene(2))

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from da3_core import cameras, tasks
 from da3_core.contract import ModelSpec, ReconstructRequest
+from da3_core.media import cameras
 from da3_core.runner import Runner
+from da3_core.runs import tasks
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,7 @@ def test_given_cameras_come_back_as_given(cam_runner, workspace):
     assert rec.is_metric is False and np.isfinite(rec.depth).all() and (rec.depth > 0).all()
     assert cameras.describe(dict(rec.params)) == "given (JSON)"
     # Every view, figure and export works from the result's cameras: the given world frame.
-    from da3_core import geometry
+    from da3_core.scene import geometry
 
     cams = geometry.resolve_cameras(rec, 60.0)
     np.testing.assert_allclose(cams.extrinsics, rec.extrinsics)

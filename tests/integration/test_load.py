@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_hardening import rss_growth_pct
-from da3_core import tasks
 from da3_core.contract import ModelSpec, ReconstructRequest
 from da3_core.runner import Queued
+from da3_core.runs import tasks
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def holder(workspace):
     """
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DA3_WORKSPACE", str(workspace))
-        from da3_core import holder as holder_module
+        from da3_core.app import holder as holder_module
 
         holder_module.get_settings.clear()
         holder_module.get_holder.clear()

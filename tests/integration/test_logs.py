@@ -100,7 +100,7 @@ from da3_core import logs
 logs.setup()
 from da3_core.config import load_settings
 from da3_core.contract import ModelSpec
-from da3_core.run_service import RunService
+from da3_core.runs.service import RunService
 from da3_core.runner import Runner
 
 PARAMS = {"process_res": 112, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",
@@ -195,7 +195,7 @@ def test_debug_prints_everything_again(tmp_path, workspace):
         "notice-test: a third-party log record",
         "notice-test: printed to stderr at worker start",
         "DEBUG da3-worker da3_core.runner.inside.loop: worker pid",
-        "DEBUG MainProcess da3_core.run_service: run run-",
+        "DEBUG MainProcess da3_core.runs.service: run run-",
         "worker traceback",
     ):
         assert text in stderr, stderr

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from da3_core.config import load_settings
 from da3_core.contract import ModelSpec
-from da3_core.run_service import RunRefused, RunService
+from da3_core.runs.service import RunRefused, RunService
 from da3_core.runner import Runner
 
 params = {"process_res": 1008, "process_res_method": "upper_bound_resize", "ref_view_strategy": "saddle_balanced",

@@ -5,7 +5,7 @@ at most 10 %.
 
 A browser check saw the server grow from about 300 to 535 MB in an hour, and the run guard's
 "available" (the memory limit less this process) shrink with it. What it kept: every
-collected result in the session's cache (`da3_core.session.remember` had no bound) and every
+collected result in the session's cache (`da3_core.app.session.remember` had no bound) and every
 finished run's result in its job for ``keep_finished_s`` (10 minutes) after a page had
 collected it.
 
@@ -32,7 +32,9 @@ import ctypes, gc, json, os, statistics, sys, tempfile, time
 import psutil
 from streamlit.testing.v1 import AppTest
 
-from da3_core import holder, run_service, session
+from da3_core.app import holder
+from da3_core.runs import service as run_service
+from da3_core.app import session
 from tests.app.kit import PAGES, check, texts
 from tests.run_service_tasks import sized_reconstruct
 

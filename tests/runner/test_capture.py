@@ -245,7 +245,7 @@ def test_install_is_not_used_by_the_parent():
     # The server process never installs it: only the worker loop and the Ray actor do.
     assert (
         run_python(
-            "import da3_core.runner, da3_core.holder\nfrom da3_core.runner.inside import capture\nprint(capture.BOOK)"
+            "import da3_core.runner, da3_core.app.holder\nfrom da3_core.runner.inside import capture\nprint(capture.BOOK)"
         ).strip()
         == "None"
     )

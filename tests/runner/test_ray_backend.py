@@ -21,11 +21,11 @@ import numpy as np
 import psutil
 import pytest
 
-from da3_core import tasks
 from da3_core.contract import ModelSpec, Reconstruction, ReconstructRequest
 from da3_core.runner import Progress, Queued, Runner, Started
 from da3_core.runner.backends.ray import RaySlot, make_ray_slots
 from da3_core.runner.protocol import TaskCancelledError, TaskTimeoutError, WorkerCrashedError, WorkerStartError
+from da3_core.runs import tasks
 from tests.conftest import ROOT, run_python
 from tests.runner.ray_support import ray_runner, settled
 from tests.runner.waiting import PROMPT_S, Gate, until_running, until_started

@@ -98,7 +98,7 @@ def test_parent_modules_import_without_torch():
     code = textwrap.dedent(
         """
         import sys
-        import da3_core.config, da3_core.contract, da3_core.runner, da3_core.tasks, da3_core.presets
+        import da3_core.config, da3_core.contract, da3_core.runner, da3_core.runs.tasks, da3_core.presets
         import da3_core.runner.inside.loop, da3_core.runner.context, da3_core.runner.inside.tocpu
         from da3_core.runner import Runner
         r = Runner()
@@ -466,9 +466,9 @@ def test_inprocess_mode_and_isolated_default(monkeypatch):
 
 def test_the_default_runner_is_made_as_the_application_says(monkeypatch):
     """The runner reads no settings: the application hands `default_runner` a factory
-    (`da3_core.tasks`: from the DA3_* settings); without one it is ``Runner()``."""
-    from da3_core import tasks
+    (`da3_core.runs.tasks`: from the DA3_* settings); without one it is ``Runner()``."""
     from da3_core.runner import default_runner, set_default_runner, set_default_runner_factory
+    from da3_core.runs import tasks
 
     monkeypatch.setenv("DA3_ISOLATION", "inprocess")
     monkeypatch.setenv("DA3_CANCEL_GRACE_S", "3")

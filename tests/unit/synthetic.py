@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from da3_core.contract import ModelSpec, Reconstruction
-from da3_core.geometry import PointCloud
+from da3_core.scene.geometry import PointCloud
 
 BOX_MIN = np.array([-2.0, -1.5, -1.0])
 BOX_MAX = np.array([2.0, 1.5, 5.0])
@@ -178,17 +178,17 @@ def mono_box_scene(fov_deg: float = 60.0, *, is_metric: bool = False) -> Reconst
 def write_finished_run(
     session_dir, rec: Reconstruction, *, source: str = "upload", params: dict | None = None, timings: dict | None = None
 ):
-    """Save ``rec`` as a finished run of ``session_dir`` through `da3_core.runs` (as the app
+    """Save ``rec`` as a finished run of ``session_dir`` through `da3_core.runs.records` (as the app
     does after a real run): returns ``(run_dir, meta)``."""
     import dataclasses
 
-    from da3_core import runs
+    from da3_core.runs import records
 
     if timings is not None:
         rec = dataclasses.replace(rec, timings=dict(timings))
     run_params = {"process_res": 504, "process_res_method": "upper_bound_resize", **(params or {})}
-    run_dir, meta = runs.start_run(session_dir, list(rec.images), list(rec.names), source, rec.model, run_params)
-    return run_dir, runs.finish_run(run_dir, meta, rec)
+    run_dir, meta = records.start_run(session_dir, list(rec.images), list(rec.names), source, rec.model, run_params)
+    return run_dir, records.finish_run(run_dir, meta, rec)
 
 
 def with_gaussians(rec: Reconstruction) -> Reconstruction:

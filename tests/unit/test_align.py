@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from da3_core import geometry as g
+from da3_core.scene import geometry as g
 from da3_core.scene import posegraph as pg
 from da3_core.scene.align import (
     FitInfo,

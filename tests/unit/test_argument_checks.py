@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from da3_core import export, figures, geometry
+from da3_core.scene import export, figures, geometry
 from tests.unit import synthetic
 
 

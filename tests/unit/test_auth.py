@@ -1,5 +1,5 @@
 """Sign-in helpers without Streamlit's runtime: the identity key, the admin list, reading
-``[auth]`` from secrets (`da3_core.auth`), and ``DA3_ADMINS`` (`da3_core.config`)."""
+``[auth]`` from secrets (`da3_core.app.auth`), and ``DA3_ADMINS`` (`da3_core.config`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from da3_core import auth, workspace
+from da3_core.app import auth
 from da3_core.config import ConfigError, load_settings
+from da3_core.runs import workspace
 
 GOOGLE = "https://accounts.google.com"
 COMPLETE = {

@@ -1,4 +1,4 @@
-"""Known cameras in (`da3_core.cameras`): COLMAP text/binary/zip, JSON and NPZ read; matching
+"""Known cameras in (`da3_core.media.cameras`): COLMAP text/binary/zip, JSON and NPZ read; matching
 by name; rescaling to the frames' size; every bad-file case with its own test (the error
 names the file and the field or line); the request's checks; old runs still load."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from da3_core import cameras as C
-from da3_core.cameras import CameraFileError
 from da3_core.contract import ModelSpec, ReconstructRequest
+from da3_core.media import cameras as C
+from da3_core.media.cameras import CameraFileError
 
 W, H = 64, 48
 
@@ -517,7 +517,7 @@ def test_request_takes_cameras_and_checks_them():
 def test_cameras_saved_with_the_run_and_old_runs_still_load(tmp_path):
     from dataclasses import asdict
 
-    from da3_core import runs
+    from da3_core.runs import records as runs
 
     imgs = [np.zeros((H, W, 3), np.uint8)] * 3
     run_dir, meta = runs.start_run(

@@ -1,4 +1,4 @@
-"""`python -m da3_core.demo_weights`: untrained weights built by the worker, for offline machines."""
+"""`python -m da3_core.runs.demo_weights`: untrained weights built by the worker, for offline machines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from da3_core import demo_weights
+from da3_core.runs import demo_weights
 from tests.conftest import ROOT
 
 
@@ -23,7 +23,7 @@ def test_the_command_builds_weights_in_the_worker(workspace):
     """As a user runs it; the session's workspace may already hold the weights (then it only checks them)."""
     env = {**os.environ, "DA3_WORKSPACE": str(workspace), "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "da3_core.demo_weights", "da3-small"],
+        [sys.executable, "-m", "da3_core.runs.demo_weights", "da3-small"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -11,8 +11,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from da3_core import export
 from da3_core.scene import depth_video as dv
+from da3_core.scene import export
 
 
 def ramp_frames(n: int = 6, h: int = 40, w: int = 60, seed: int = 0) -> np.ndarray:

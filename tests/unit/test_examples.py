@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from da3_core import inputs
+from da3_core.media import inputs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

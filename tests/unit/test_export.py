@@ -10,8 +10,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from da3_core import export as e
-from da3_core import geometry as g
+from da3_core.scene import export as e
+from da3_core.scene import geometry as g
 from tests.unit import synthetic as syn
 
 

@@ -1,4 +1,4 @@
-"""Export jobs of the run service (`da3_core.run_service.RunService.submit_export`): COLMAP,
+"""Export jobs of the run service (`da3_core.runs.service.RunService.submit_export`): COLMAP,
 3DGS PLY and the Gaussian video go through the worker's queue like runs do.
 
 A real isolated worker runs light stand-ins of the export tasks (`tests.export_tasks`, same
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from da3_core import atomic, run_service
+from da3_core import atomic
 from da3_core.config import Settings
-from da3_core.run_service import INTERRUPTED_EXPORT, ExportJob, RunService
+from da3_core.runs import service as run_service
+from da3_core.runs.service import INTERRUPTED_EXPORT, ExportJob, RunService
 from tests.export_tasks import COLMAP_FILES, fake_export_colmap, fake_export_gs_ply, fake_render_gs_video
 from tests.run_service_tasks import fake_reconstruct
 from tests.unit import synthetic

@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
-from da3_core import figures as f
-from da3_core import geometry as g
+from da3_core.scene import figures as f
+from da3_core.scene import geometry as g
 from tests.unit import synthetic as syn
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from da3_core import geometry as g
+from da3_core.scene import geometry as g
 from tests.unit import synthetic as syn
 
 

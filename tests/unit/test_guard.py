@@ -1,4 +1,4 @@
-"""The run guard's model (`da3_core.guard`): sizes as DA3 processes them, estimates that cover
+"""The run guard's model (`da3_core.runs.guard`): sizes as DA3 processes them, estimates that cover
 what was measured, refusals with the numbers and ways on that fit, the cgroup limit, and the
 server's own speed calibration."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from da3_core import guard
 from da3_core.presets import PRESETS, PRESETS_BY_NAME
+from da3_core.runs import guard
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL, GIANT = PRESETS_BY_NAME["da3-small"], PRESETS_BY_NAME["da3-giant"]

@@ -1,4 +1,4 @@
-"""The run guard's ways on (`da3_core.guard.ways_on`) never advise what the guard then
+"""The run guard's ways on (`da3_core.runs.guard.ways_on`) never advise what the guard then
 refuses: every suggestion, applied, passes the same check as the refusal, also when a
 little less memory is available on the next look; and a refusal never reads "needs 2.3 GB
 and 2.3 GB is available"."""
@@ -10,8 +10,9 @@ import re
 
 import pytest
 
-from da3_core import guard, presets
+from da3_core import presets
 from da3_core.presets import PRESETS_BY_NAME
+from da3_core.runs import guard
 
 SMALL, BASE, LARGE, GIANT = (PRESETS_BY_NAME[n] for n in ("da3-small", "da3-base", "da3-large", "da3-giant"))
 BY_LABEL = {p.label: p for p in presets.PRESETS}

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from da3_core import holder, workspace
+from da3_core.app import holder
 from da3_core.config import load_settings
+from da3_core.runs import workspace
 
 
 def _old_session(root, days: float):

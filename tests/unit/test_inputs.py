@@ -14,9 +14,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from da3_core import inputs
 from da3_core.config import Settings
-from da3_core.inputs import Frame, InputError, load_batch, load_image
+from da3_core.media import inputs
+from da3_core.media.inputs import Frame, InputError, load_batch, load_image
 from tests.unit import inputs_corpus as corpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,7 +202,7 @@ def test_heic_round_trip() -> None:
 def test_heic_registration_is_lazy() -> None:
     code = (
         "import sys\n"
-        "from da3_core import inputs\n"
+        "from da3_core.media import inputs\n"
         "assert 'pillow_heif' not in sys.modules, 'imported at module load'\n"
         "import io\nfrom PIL import Image\n"
         "b = io.BytesIO(); Image.new('RGB', (32, 32)).save(b, 'PNG')\n"
@@ -646,7 +646,8 @@ def test_parent_process_stays_free_of_torch_and_cv2(corpus_dir: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from da3_core import inputs, workspace\n"
+        "from da3_core.media import inputs\n"
+        "from da3_core.runs import workspace\n"
         f"d = Path({str(corpus_dir)!r})\n"
         "b = inputs.load_batch([(p.name, p.read_bytes()) for p in sorted(d.iterdir())], None)\n"
         "assert b.frames\n"
@@ -670,7 +671,7 @@ def test_large_images_are_downscaled_to_max_side():
     from PIL import Image as _Image
 
     from da3_core.config import Settings
-    from da3_core.inputs import load_image
+    from da3_core.media.inputs import load_image
 
     big = _np.zeros((1200, 1600, 3), _np.uint8)
     big[:, :800] = (255, 0, 0)

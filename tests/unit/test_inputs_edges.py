@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from da3_core import inputs
 from da3_core.config import load_settings
+from da3_core.media import inputs
 from tests.conftest import png_bytes
 
 SETTINGS = load_settings({})

@@ -1,4 +1,4 @@
-"""What the workers' third-party warnings mean (`da3_core.notices`): the table of known
+"""What the workers' third-party warnings mean (`da3_core.runs.notices`): the table of known
 patterns, read by a pure function, and its fallback."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from da3_core import notices
-from da3_core.notices import PATTERNS, UNKNOWN, explain, harmless_label
+from da3_core.runs import notices
+from da3_core.runs.notices import PATTERNS, UNKNOWN, explain, harmless_label
 
 # What this machine's workers printed at start and at the first model load (torch 2.14.1,
 # xformers 0.0.35, omegaconf 2.4, DA3 without gsplat), word for word, with the module the

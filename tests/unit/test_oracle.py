@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from da3_core.contract import ChunkRequest, ChunkResult, ReconstructRequest
-from da3_core.geometry import unproject_depth
 from da3_core.runner import Progress
+from da3_core.scene.geometry import unproject_depth
 from tests import oracle as oracle_module
 from tests.oracle import (
     OracleOptions,

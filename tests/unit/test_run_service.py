@@ -1,4 +1,4 @@
-"""One owner for a run in the parent (`da3_core.run_service`): submit, watch, collect, fail.
+"""One owner for a run in the parent (`da3_core.runs.service`): submit, watch, collect, fail.
 
 A real isolated worker runs a light stand-in for the DA3 task (`tests.run_service_tasks`),
 so every path (done, failed, cancelled, a save that fails, a server restart) takes
@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from da3_core import run_service, runs
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec
-from da3_core.run_service import INTERRUPTED, RunService
+from da3_core.runs import records
+from da3_core.runs import service as run_service
+from da3_core.runs.service import INTERRUPTED, RunService
 from tests.run_service_tasks import fake_reconstruct
 
 PARAMS = {
@@ -50,7 +51,7 @@ def wait_finished(active: run_service.ActiveRun, timeout: float = 30.0) -> run_s
 
 
 def status_on_disk(active: run_service.ActiveRun) -> dict:
-    return json.loads((active.run_dir / runs.META_FILE).read_text())
+    return json.loads((active.run_dir / records.META_FILE).read_text())
 
 
 def test_done_run_is_saved_without_any_page(service, tmp_path):
@@ -59,10 +60,10 @@ def test_done_run_is_saved_without_any_page(service, tmp_path):
     assert status_on_disk(active)["status"] == "pending" and (active.run_dir / "input" / "0000.jpg").is_file()
     outcome = wait_finished(active)
     assert outcome.ok and outcome.message == ""
-    assert status_on_disk(active)["status"] == "done" and (active.run_dir / runs.RESULT_FILE).is_file()
+    assert status_on_disk(active)["status"] == "done" and (active.run_dir / records.RESULT_FILE).is_file()
     assert active.result is not None and active.result.names == ("a.png", "b.png")
     assert active.images == ()  # the frames are let go once the outcome is known
-    rec = runs.load_result(active.run_dir)
+    rec = records.load_result(active.run_dir)
     np.testing.assert_array_equal(rec.depth, active.result.depth)
 
 
@@ -70,7 +71,7 @@ def test_a_failed_save_shows_a_failed_run_never_pending(service, tmp_path, monke
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs, "finish_run", disk_full)
+    monkeypatch.setattr(records, "finish_run", disk_full)
     session = tmp_path / "ws" / "sessions" / ("b" * 32)
     active = service.submit(session, frames(), ["a.png", "b.png"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
     outcome = wait_finished(active)
@@ -83,8 +84,8 @@ def test_when_even_the_failure_cannot_be_written_the_page_still_learns_it(servic
     def broken(*args, **kwargs):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(runs, "finish_run", broken)
-    monkeypatch.setattr(runs, "fail_run", broken)
+    monkeypatch.setattr(records, "finish_run", broken)
+    monkeypatch.setattr(records, "fail_run", broken)
     session = tmp_path / "ws" / "sessions" / ("c" * 32)
     active = service.submit(session, frames(), ["a.png", "b.png"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
     outcome = wait_finished(active)
@@ -138,7 +139,7 @@ def test_cancel_reads_as_cancelled(service, tmp_path):
     outcome = wait_finished(active)
     assert outcome.status == "cancelled" and outcome.message == "cancelled by the user"
     meta = status_on_disk(active)
-    assert meta["status"] == "cancelled" and runs.read_meta(active.run_dir).label().endswith("· cancelled")
+    assert meta["status"] == "cancelled" and records.read_meta(active.run_dir).label().endswith("· cancelled")
 
 
 def test_a_reload_finds_the_run_again_until_collected(service, tmp_path):
@@ -157,9 +158,9 @@ def test_a_reload_finds_the_run_again_until_collected(service, tmp_path):
 
 def test_pending_runs_of_an_earlier_server_are_marked_interrupted(service, tmp_path):
     session = tmp_path / "ws" / "sessions" / ("3" * 32)
-    run_dir, meta = runs.start_run(session, frames(), ["a", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
+    run_dir, meta = records.start_run(session, frames(), ["a", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
     assert service.reconcile(session) == [meta.run_id]
-    after = runs.read_meta(run_dir)
+    after = records.read_meta(run_dir)
     assert after.status == "failed" and after.error == INTERRUPTED
     assert service.reconcile(session) == []
 
@@ -191,7 +192,7 @@ def test_status_line_says_queued_not_running(service, tmp_path):
 def test_the_time_says_both_the_wait_in_the_queue_and_the_run(service, tmp_path):
     """run.json keeps the time from submission to the end and the wait in the queue, so the
     Done banner says what the log says ("in 6.1 s (4.0 s running, 2.1 s waiting)")."""
-    from da3_core.session import view_of
+    from da3_core.app.session import view_of
 
     session = tmp_path / "ws" / "sessions" / ("6" * 32)
     first = service.submit(session, frames(), ["slow", "b"], "upload", ModelSpec("demo", "da3-small"), PARAMS)
@@ -215,7 +216,7 @@ def test_the_time_says_both_the_wait_in_the_queue_and_the_run(service, tmp_path)
 
 
 def test_retry_with_demo_weights_runs_the_same_frames_again(service, tmp_path):
-    from da3_core.session import view_of
+    from da3_core.app.session import view_of
 
     session = tmp_path / "ws" / "sessions" / ("7" * 32)
     submitted = frames(3)
@@ -254,12 +255,12 @@ def test_the_view_of_a_run_from_its_folder_alone(service, tmp_path):
     message, times and a chunked run's figures (`session.RunView`)."""
     from dataclasses import replace
 
-    from da3_core.session import view_of
+    from da3_core.app.session import view_of
 
     session = tmp_path / "ws" / "sessions" / ("8" * 32)
-    run_dir, meta = runs.start_run(session, frames(), ["a", "b"], "video", ModelSpec("demo", "da3-small"), PARAMS)
+    run_dir, meta = records.start_run(session, frames(), ["a", "b"], "video", ModelSpec("demo", "da3-small"), PARAMS)
     chunked = {"chunks": 3, "chunk": 8, "overlap": 3, "alignment": "sim3", "loops_closed": 1}
-    runs.write_meta(
+    records.write_meta(
         run_dir,
         replace(
             meta,
@@ -274,12 +275,12 @@ def test_the_view_of_a_run_from_its_folder_alone(service, tmp_path):
     assert view.ok and view.finished and not view.pending and view.n_views == 2
     assert view.took() == "6.1 s (4.0 s running, 2.1 s waiting)"
     assert view.chunk_text() == ", 3 chunks of 8 (overlap 3), alignment sim3, 1 loop(s) closed"
-    runs.fail_run(run_dir, runs.read_meta(run_dir), "ModelUnavailableError: Could not load model x/y")
+    records.fail_run(run_dir, records.read_meta(run_dir), "ModelUnavailableError: Could not load model x/y")
     failed = view_of(service, run_dir)
     assert failed.status == "failed" and failed.model_unavailable and failed.traceback == ""
     old = replace(
-        runs.read_meta(run_dir), status="done", error="", timings={"total": 1.5}
+        records.read_meta(run_dir), status="done", error="", timings={"total": 1.5}
     )  # saved before the wait was recorded
-    runs.write_meta(run_dir, old)
+    records.write_meta(run_dir, old)
     assert view_of(service, run_dir).took() == "1.5 s"
     assert view_of(service, tmp_path / "nowhere") is None

@@ -1,4 +1,4 @@
-"""The 3D Gaussian viewer's pure parts (`da3_core.splat`): SPZ packing, 3DGS PLY reading, the
+"""The 3D Gaussian viewer's pure parts (`da3_core.scene.splat`): SPZ packing, 3DGS PLY reading, the
 start camera, the self-contained page. The browser side is in tests/e2e/test_splat_viewer.py."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import struct
 import numpy as np
 import pytest
 
-from da3_core import geometry, splat
 from da3_core.contract import Gaussians
+from da3_core.scene import geometry, splat
 from tests.unit import synthetic
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from da3_core.app.text import md
 from da3_core.presets import snap_process_res
-from da3_core.text import md
 
 
 @pytest.mark.parametrize(

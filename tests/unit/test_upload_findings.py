@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from da3_core import cameras as C
-from da3_core import guard, inputs, session
+from da3_core.app import session
+from da3_core.media import cameras as C
+from da3_core.media import inputs
+from da3_core.runs import guard
 from tests.unit.test_cameras import IXT, NAMES, H, W, colmap_model, edit_line, json_bytes, read_error
 
 # -- 7. camera files ------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def test_release_free_heap_runs_at_most_every_few_seconds(monkeypatch):
 def test_a_collected_run_lets_go_of_its_result_everywhere(module_runner, tmp_path):
     from da3_core.config import Settings
     from da3_core.contract import ModelSpec
-    from da3_core.run_service import KEEP_RESULTS, RunService
+    from da3_core.runs.service import KEEP_RESULTS, RunService
     from tests.run_service_tasks import fake_reconstruct
 
     service = RunService(module_runner, Settings(workspace=tmp_path / "ws"), task=fake_reconstruct)

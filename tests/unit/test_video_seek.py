@@ -1,4 +1,4 @@
-"""Seeking to the sampled video frames (da3_core.inputs, "Seeking") returns exactly the frames
+"""Seeking to the sampled video frames (da3_core.media.inputs, "Seeking") returns exactly the frames
 the decode-everything path returns: same indices, names, notes and pixels, on several codecs
 and containers (B-frames, open GOPs, AVI's coarse time base, variable frame rate, rotation,
 streams that start late), with the plan and the errors unchanged.
@@ -18,8 +18,8 @@ import numpy as np
 import psutil
 import pytest
 
-from da3_core import inputs
 from da3_core.config import Settings
+from da3_core.media import inputs
 from tests.unit import inputs_corpus as corpus
 
 BITS, BLOCK = 12, 16

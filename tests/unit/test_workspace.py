@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from da3_core import workspace as ws
-from da3_core.workspace import UnsafePathError, cleanup, safe_join
+from da3_core.runs import workspace as ws
+from da3_core.runs.workspace import UnsafePathError, cleanup, safe_join
 from tests.unit import inputs_corpus as corpus
 
 NOW = 1_800_000_000.0  # a fixed "now" (epoch seconds) for the clean-up tests

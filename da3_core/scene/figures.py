@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from da3_core.geometry import Cameras, PointCloud, camera_rgb, depth_range, frustum_segments, scene_scale
+from da3_core.scene.geometry import Cameras, PointCloud, camera_rgb, depth_range, frustum_segments, scene_scale
 
 COLORMAPS: tuple[str, ...] = ("Turbo", "Viridis", "Inferno", "Greys", "Spectral")
 """Colour maps offered for depth and confidence (plotly named colour scales)."""

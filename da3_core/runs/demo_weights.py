@@ -1,4 +1,4 @@
-"""Build untrained demo weights from a DA3 preset: ``python -m da3_core.demo_weights da3-small``.
+"""Build untrained demo weights from a DA3 preset: ``python -m da3_core.runs.demo_weights da3-small``.
 
 For machines that cannot reach the model hub. The weights are written under
 ``<DA3_WORKSPACE>/demo-weights/<preset>`` by the worker (the only process that imports
@@ -19,8 +19,8 @@ def main(argv: list[str]) -> int:
     if preset not in PRESETS_BY_NAME:
         print(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS_BY_NAME)}", file=sys.stderr)
         return 2
-    from da3_core import tasks
     from da3_core.runner import Runner
+    from da3_core.runs import tasks
 
     settings = load_settings()
     runner = Runner(**{**settings.runner_options(), "workers": 1})

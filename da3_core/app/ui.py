@@ -22,15 +22,17 @@ from typing import Any
 import pandas  # noqa: F401 - imported before any figure: a fresh server's first pages raced on importing it
 import streamlit as st
 
-from da3_core import auth, presets, runs, session
-from da3_core.cameras import describe
+from da3_core import presets
+from da3_core.app import auth, session
+from da3_core.app.holder import RunnerHolder, get_holder, settings_or_stop
+from da3_core.app.text import md
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec, Reconstruction
-from da3_core.holder import RunnerHolder, get_holder, settings_or_stop
+from da3_core.media.cameras import describe
 from da3_core.presets import PRESETS, PRESETS_BY_NAME, Preset
-from da3_core.run_service import RunRefused, RunService
 from da3_core.runner import Runner
-from da3_core.text import md
+from da3_core.runs import records
+from da3_core.runs.service import RunRefused, RunService
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +217,7 @@ def export_status(ctx: PageContext, run_dir: Path, kind: str) -> Any:
     and kind: a reload, or another page and back, shows the same job.
 
     Returns:
-        The job's `da3_core.run_service.ExportStatus` as this page run began, or None when
+        The job's `da3_core.runs.service.ExportStatus` as this page run began, or None when
         this run was never exported to ``kind``.
     """
     status = ctx.service.export_status(run_dir, kind)
@@ -691,7 +693,7 @@ def run_guard(
         return GuardVerdict(True)
     est, ways = found
     if not est.fits_memory:
-        from da3_core.guard import memory_problem
+        from da3_core.runs.guard import memory_problem
 
         refusal = "This run would be refused: " + memory_problem(est, ways)
         if params.chunk_mode == "auto" and len(sizes) > 1 and not params.infer_gs:
@@ -706,7 +708,7 @@ def run_guard(
         st.error(md(refusal), icon="🧮")
         return GuardVerdict(False)
     if not est.fits_time:
-        from da3_core.guard import time_problem
+        from da3_core.runs.guard import time_problem
 
         st.warning(md(time_problem(est, ways)), icon="⏱️")
         return GuardVerdict(
@@ -773,11 +775,11 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
     the partial-cameras choice and the align control.
 
     Args:
-        frames: The frames shown (`da3_core.inputs.Frame`).
+        frames: The frames shown (`da3_core.media.inputs.Frame`).
         has_video: A video is among the uploads (its frames get names only on Run).
         preset: The chosen preset, when known.
     """
-    from da3_core import cameras
+    from da3_core.media import cameras
 
     every = CameraChoice(None, list(range(len(frames))))
     # A plain bordered box, not an expander: an expander closed itself on the rerun an upload causes.
@@ -867,7 +869,7 @@ def start_run(
     """Submit a run through the server's `RunService` (inputs saved, job queued; returns at
     once), watch it from this browser session, and remember the model choice.
 
-    ``cameras``: known cameras for every frame (`da3_core.cameras.KnownCameras`), or None.
+    ``cameras``: known cameras for every frame (`da3_core.media.cameras.KnownCameras`), or None.
     ``over_budget_ok``: start it although the run guard expects it to overrun its time budget.
 
     Raises:
@@ -915,7 +917,7 @@ def retry_with_demo_weights(ctx: PageContext, run_dir: Path) -> None:
 def resume_button(ctx: PageContext, run_id: str) -> None:
     """A Resume button under a stopped chunked run: it continues from the first missing chunk."""
     run_dir = session.run_dir(ctx.settings, run_id)
-    if not runs.is_chunked(run_dir):
+    if not records.is_chunked(run_dir):
         return
     if st.button(
         "Resume",
@@ -940,7 +942,7 @@ def resumable_runs(ctx: PageContext) -> None:
     """The newest chunked run of this session that stopped before the end, with Resume."""
     for meta in session.list_runs(ctx.settings)[:5]:
         run_dir = session.run_dir(ctx.settings, meta.run_id)
-        if meta.status in ("failed", "cancelled") and runs.is_chunked(run_dir):
+        if meta.status in ("failed", "cancelled") and records.is_chunked(run_dir):
             st.info(f"Chunked run {meta.run_id} ({len(meta.names)} frames) stopped: {md(meta.error)}", icon="🧩")
             resume_button(ctx, meta.run_id)
             return
@@ -961,7 +963,7 @@ def untrained_banner(rec: Reconstruction | None) -> None:
         )
 
 
-def require_active_run(ctx: PageContext) -> tuple[Path, runs.RunMeta, Reconstruction]:
+def require_active_run(ctx: PageContext) -> tuple[Path, records.RunMeta, Reconstruction]:
     """The active run (named under the title's place), or a pointer to the Reconstruct page and a stop."""
     found = session.active_run(ctx.settings)
     if found is None:
@@ -1048,7 +1050,7 @@ class CloudSettings:
 
 def cloud_settings(rec: Reconstruction, widgets: bool) -> CloudSettings:
     """Draw the point-cloud controls (``widgets``) or just read their kept values."""
-    from da3_core import geometry
+    from da3_core.scene import geometry
 
     defaults = {
         "pc_conf": 10.0,

@@ -5,7 +5,7 @@ Layout of ``<workspace>/sessions/<session>/run-.../``::
 
     input/0000.jpg ...   the frames as the model received them (generated names)
     cameras.npz          known cameras given with the frames, if any (`save_cameras`)
-    result.npz           arrays by DA3's field names (`da3_core.export.npz_arrays`) + gaussians
+    result.npz           arrays by DA3's field names (`da3_core.scene.export.npz_arrays`) + gaussians
     run.json             `RunMeta`: names, model, parameters, timings, status, error
     exports/             files made on the Exports page
 
@@ -25,8 +25,9 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
-from da3_core import export, workspace
 from da3_core.contract import Gaussians, ModelKind, ModelSpec, Reconstruction
+from da3_core.runs import workspace
+from da3_core.scene import export
 
 RESULT_FILE = "result.npz"
 META_FILE = "run.json"

@@ -2,8 +2,8 @@
 
 Sign-in is on when ``.streamlit/secrets.toml`` has an ``[auth]`` section (an example is in
 ``.streamlit/secrets.toml.example``). Then every page asks for sign-in first
-(`require_sign_in`, called by `da3_core.ui.page_setup`), a user's runs live in one folder
-keyed by `identity_key` (the same from any browser; `da3_core.session.session_dir`), and
+(`require_sign_in`, called by `da3_core.app.ui.page_setup`), a user's runs live in one folder
+keyed by `identity_key` (the same from any browser; `da3_core.app.session.session_dir`), and
 the Runner page admits only the emails in ``DA3_ADMINS`` (`require_admin`).
 
 Without ``[auth]`` nothing changes: the session id rides in the page address (``?s=``) and
@@ -26,8 +26,8 @@ from typing import Any
 
 import streamlit as st
 
+from da3_core.app.text import md
 from da3_core.config import Settings
-from da3_core.text import md
 
 log = logging.getLogger(__name__)
 

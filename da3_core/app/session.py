@@ -1,11 +1,11 @@
 """Per-browser-session state: its folder, its runs, the active run, the run it watches.
 
-Everything a session produces is on disk (`da3_core.runs`); ``st.session_state`` only
+Everything a session produces is on disk (`da3_core.runs.records`); ``st.session_state`` only
 caches it and remembers which run this browser watches. A run itself is owned by the
-server's `da3_core.run_service.RunService`: it saves the outcome whether or not a page is
+server's `da3_core.runs.service.RunService`: it saves the outcome whether or not a page is
 looking, and a reload finds a running job again. The session id rides in the URL
 (``?s=<32 hex>``); its folder is created by the first run, not by a page visit. With
-sign-in on (`da3_core.auth`) the id is the signed-in user's `identity_key` instead, the URL
+sign-in on (`da3_core.app.auth`) the id is the signed-in user's `identity_key` instead, the URL
 plays no part, and the user finds the same runs from any browser.
 Re-filtering and re-rendering read cached CPU arrays and never call the worker.
 """
@@ -22,10 +22,12 @@ from typing import Any
 
 import streamlit as st
 
-from da3_core import auth, geometry, runs, workspace
+from da3_core.app import auth
 from da3_core.config import Settings
 from da3_core.contract import Reconstruction
-from da3_core.run_service import QUEUE_WAIT_S, WALL_S, ActiveRun, RunService, took_text
+from da3_core.runs import records, workspace
+from da3_core.runs.service import QUEUE_WAIT_S, WALL_S, ActiveRun, RunService, took_text
+from da3_core.scene import geometry
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def view_of(service: RunService, run_dir: Path) -> RunView | None:
     run_dir = Path(run_dir)
     run = service.get(run_dir)
     try:
-        meta: runs.RunMeta | None = runs.read_meta(run_dir)
+        meta: records.RunMeta | None = records.read_meta(run_dir)
     except (OSError, ValueError, TypeError):
         meta = None
     if meta is None:
@@ -143,7 +145,7 @@ def view_of(service: RunService, run_dir: Path) -> RunView | None:
         device=meta.device,
         params=dict(meta.params),
         chunked=dict(meta.params.get("chunked") or {}),
-        resumable=runs.is_chunked(run_dir),
+        resumable=records.is_chunked(run_dir),
         retry_of=str(meta.params.get("retry_of") or ""),
         retry_frames=str(meta.params.get("retry_frames") or ""),
     )
@@ -243,9 +245,9 @@ def session_dir(settings: Settings) -> Path:
     return workspace.session_path(settings.workspace, ss[SID])
 
 
-def list_runs(settings: Settings) -> list[runs.RunMeta]:
+def list_runs(settings: Settings) -> list[records.RunMeta]:
     """The session's runs, newest first."""
-    return runs.list_session_runs(session_dir(settings))
+    return records.list_session_runs(session_dir(settings))
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
@@ -256,21 +258,21 @@ def set_active(run_id: str | None) -> None:
     state()[ACTIVE] = run_id
 
 
-def live_partial(settings: Settings) -> tuple[Path, runs.RunMeta] | None:
+def live_partial(settings: Settings) -> tuple[Path, records.RunMeta] | None:
     """The chunked run this browser watches while it runs, once some frames are assembled
     (the pages then show the aligned frames so far), else None."""
     key = state().get(WATCHING)
     if not key:
         return None
     path = Path(key)
-    if not runs.is_chunked(path):
+    if not records.is_chunked(path):
         return None
     from da3_core.chunks import store
 
     if store.frames_ready(path) <= 0:
         return None
     try:
-        meta = runs.read_meta(path)
+        meta = records.read_meta(path)
     except (OSError, ValueError):
         return None
     return (path, meta) if meta.status == "pending" else None
@@ -279,16 +281,16 @@ def live_partial(settings: Settings) -> tuple[Path, runs.RunMeta] | None:
 def watched_chunked_run(settings: Settings) -> str | None:
     """The id of the chunked run this browser watches while it is pending, else None."""
     key = state().get(WATCHING)
-    if not key or not runs.is_chunked(Path(key)):
+    if not key or not records.is_chunked(Path(key)):
         return None
     try:
-        meta = runs.read_meta(Path(key))
+        meta = records.read_meta(Path(key))
     except (OSError, ValueError):
         return None
     return meta.run_id if meta.status == "pending" else None
 
 
-def active_run(settings: Settings) -> tuple[Path, runs.RunMeta, Reconstruction] | None:
+def active_run(settings: Settings) -> tuple[Path, records.RunMeta, Reconstruction] | None:
     """The run the pages show: the watched chunked run while it runs (its frames so far),
     else the active finished run (the newest finished one if none was chosen), or None."""
     partial = live_partial(settings)
@@ -311,7 +313,7 @@ def active_run(settings: Settings) -> tuple[Path, runs.RunMeta, Reconstruction] 
     return path, meta, reconstruction(path, meta)
 
 
-def reconstruction(path: Path, meta: runs.RunMeta) -> Reconstruction:
+def reconstruction(path: Path, meta: records.RunMeta) -> Reconstruction:
     """The run's result, from the session cache or from disk."""
     cache: dict[str, Reconstruction] = state().setdefault(RECS, {})
     key = meta.run_id
@@ -320,7 +322,7 @@ def reconstruction(path: Path, meta: runs.RunMeta) -> Reconstruction:
 
         key = f"{meta.run_id}@{store.frames_ready(path)}"
     if key not in cache:
-        cache[key] = runs.load_result(path, meta)
+        cache[key] = records.load_result(path, meta)
         while len(cache) > _MAX_RECS:
             cache.pop(next(iter(cache)))
     return cache[key]
@@ -365,7 +367,7 @@ def watch(active: ActiveRun) -> None:
 
 
 def collect(service: RunService, settings: Settings) -> ActiveRun | None:
-    """Bring this session up to date with its runs; `da3_core.ui.page_setup` calls it first.
+    """Bring this session up to date with its runs; `da3_core.app.ui.page_setup` calls it first.
 
     * No run watched: a run of this session that the server still holds (e.g. started
       before a browser reload) is watched again; pending runs no job owns are marked

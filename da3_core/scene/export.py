@@ -23,7 +23,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from da3_core.contract import Reconstruction
-from da3_core.geometry import Cameras, PointCloud, camera_rgb, frustum_segments, scene_scale
+from da3_core.scene.geometry import Cameras, PointCloud, camera_rgb, frustum_segments, scene_scale
 
 GLB_FROM_WORLD = np.diag([1.0, -1.0, -1.0, 1.0])
 """4x4 applied to world points for GLB: OpenCV (x right, y down, z forward) to glTF
@@ -326,7 +326,7 @@ def export_bytes(
     ``glb`` and ``ply`` need ``cloud`` (the filtered, capped points); ``glb`` draws
     ``cameras`` when given and ``show_cameras``; ``npz`` and ``depth_png`` use ``rec``.
     ``hw``: the image size ``cameras``' intrinsics belong to, when not ``rec``'s (a long
-    run's figures take every s-th pixel: `da3_core.geometry.strided`).
+    run's figures take every s-th pixel: `da3_core.scene.geometry.strided`).
     """
     if fmt in ("glb", "ply"):
         if cloud is None:

@@ -1029,6 +1029,6 @@ def describe(params: dict[str, Any] | None, has_poses: bool = True) -> str:
 
 
 def names_and_sizes(frames: Iterable[Any]) -> tuple[list[str], list[tuple[int, int]]]:
-    """(names, (width, height) sizes) of `da3_core.inputs.Frame`-like objects."""
+    """(names, (width, height) sizes) of `da3_core.media.inputs.Frame`-like objects."""
     frames = list(frames)
     return [f.name for f in frames], [(int(f.image.shape[1]), int(f.image.shape[0])) for f in frames]

@@ -12,7 +12,7 @@ import functools
 import json
 from pathlib import Path
 
-VIEWER_JS = Path(__file__).resolve().parent / "static" / "glb_viewer.js"
+VIEWER_JS = Path(__file__).resolve().parents[1] / "static" / "glb_viewer.js"
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,7 +27,7 @@ def glb_viewer_html(
     """A self-contained HTML page that renders ``glb`` (for ``components.html``).
 
     Args:
-        glb: A binary glTF (from `da3_core.export.glb_bytes`).
+        glb: A binary glTF (from `da3_core.scene.export.glb_bytes`).
         height: Viewer height in CSS pixels.
         point_size: Point size in screen pixels.
         show_cameras: Show the camera wireframes.

@@ -1,5 +1,5 @@
 """The Runner page's "Notices from the workers": each distinct third-party warning once,
-with what it means (`da3_core.notices`)."""
+with what it means (`da3_core.runs.notices`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import streamlit as st
 
-from da3_core.notices import explain, harmless_label
-from da3_core.text import md
+from da3_core.app.text import md
+from da3_core.runs.notices import explain, harmless_label
 
 TITLE = "Notices from the workers"
 ICONS = {"yes": "✅", "no": "⚠️", "unknown": "❔"}

@@ -1,6 +1,6 @@
 """A run's life in the parent, owned in one place: submit, watch, collect, fail.
 
-One `RunService` per server (held by `da3_core.holder`), shared by every browser session:
+One `RunService` per server (held by `da3_core.app.holder`), shared by every browser session:
 
 * `RunService.submit` validates the request, saves the frames and ``run.json`` (status
   ``pending``), and queues the reconstruction on the runner;
@@ -13,7 +13,7 @@ One `RunService` per server (held by `da3_core.holder`), shared by every browser
 * `RunService.reconcile` marks ``pending`` runs that no job of this server owns (the
   server restarted mid-run) as failed, saying so.
 
-Nothing here touches ``st.session_state``: `da3_core.session` keeps which run a browser
+Nothing here touches ``st.session_state``: `da3_core.app.session` keeps which run a browser
 session watches.
 """
 
@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from da3_core import guard, presets, runs, tasks
+from da3_core import presets
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec, ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.logs import one_line
 from da3_core.runner import Job, Progress, Queued, Runner, Started
 from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
+from da3_core.runs import guard, records, tasks
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class ActiveRun(OneJob):
     """
 
     run_dir: Path
-    meta: runs.RunMeta
+    meta: records.RunMeta
     job: Job
     stage: str = "queued"
     fraction: float = 0.0
@@ -230,7 +231,7 @@ class ActiveRun(OneJob):
 
 
 class RunRefused(ValueError):
-    """The run guard refused a run before anything was saved or queued (`da3_core.guard`).
+    """The run guard refused a run before anything was saved or queued (`da3_core.runs.guard`).
 
     Attributes:
         estimate: The estimate behind the refusal (memory, time, what is available).
@@ -549,11 +550,11 @@ class ExportJob(OneJob):
 
 def export_target(run_dir: Path, kind: str) -> Path:
     """Where an export of ``kind`` of the run in ``run_dir`` lands (folder or file)."""
-    return Path(run_dir) / runs.EXPORTS_DIR / EXPORT_TARGETS[kind]
+    return Path(run_dir) / records.EXPORTS_DIR / EXPORT_TARGETS[kind]
 
 
 def _record_path(run_dir: Path, kind: str) -> Path:
-    return Path(run_dir) / runs.EXPORTS_DIR / EXPORT_RECORD.format(kind=kind)
+    return Path(run_dir) / records.EXPORTS_DIR / EXPORT_RECORD.format(kind=kind)
 
 
 def read_export_record(run_dir: Path, kind: str) -> dict[str, Any] | None:
@@ -838,7 +839,7 @@ class RunService:
             "reference_view": None,
         }
         with self._lock:
-            run_dir, meta = runs.start_run(session_dir, images, names, source, model, run_params, cameras=saved)
+            run_dir, meta = records.start_run(session_dir, images, names, source, model, run_params, cameras=saved)
             store.write_plan(run_dir, choice.plan, options)
             run = ChunkedRun(self, run_dir, meta, choice.plan, options, self.chunk_task, self._chunked_ended)
             self._runs[str(run_dir)] = run  # type: ignore[assignment]  # duck-typed: a ChunkedRun has what the pages read of an ActiveRun
@@ -863,14 +864,14 @@ class RunService:
             live = self._runs.get(str(run_dir))
             if live is not None and not live.finished:
                 raise ValueError(f"run {run_dir.name} is still running")
-            meta = runs.read_meta(run_dir)
+            meta = records.read_meta(run_dir)
             if meta.status == "done":
                 raise ValueError(f"run {run_dir.name} is already done")
             plan, options = store.read_plan(run_dir)
             from dataclasses import replace
 
             meta = replace(meta, status="pending", error="")
-            runs.write_meta(run_dir, meta)
+            records.write_meta(run_dir, meta)
             options = {**options, "parallel": max(1, len(self.runner.status().workers))}
             run = ChunkedRun(self, run_dir, meta, plan, options, self.chunk_task, self._chunked_ended)
             self._runs[str(run_dir)] = run  # type: ignore[assignment]  # duck-typed: a ChunkedRun has what the pages read of an ActiveRun
@@ -886,9 +887,9 @@ class RunService:
             saved[QUEUE_WAIT_S] = float(max(0.0, run.started_at - run.submitted_at))
         with self._lock:  # `resume` writes run.json under the same lock
             try:
-                meta = runs.read_meta(run.run_dir)
+                meta = records.read_meta(run.run_dir)
                 if meta.status != "pending":
-                    runs.write_meta(run.run_dir, replace(meta, timings={**meta.timings, **saved}))
+                    records.write_meta(run.run_dir, replace(meta, timings={**meta.timings, **saved}))
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("run %s: could not save its queue wait: %s", run.run_id, exc)
 
@@ -915,7 +916,7 @@ class RunService:
             params: DA3 parameters (``process_res``, ``process_res_method``,
                 ``ref_view_strategy``, ``reference_view``, ``infer_gs``, ``device``, and
                 optionally ``use_ray_pose``, ``align_to_input_ext_scale``).
-            cameras: Known cameras for every frame (`da3_core.cameras.KnownCameras`: its
+            cameras: Known cameras for every frame (`da3_core.media.cameras.KnownCameras`: its
                 ``extrinsics``, ``intrinsics``, ``source``), or None to let DA3 estimate them.
                 Saved in the run folder with the frames.
             over_budget_ok: Start it even if the guard expects it to overrun its time budget.
@@ -951,7 +952,7 @@ class RunService:
             saved = (request.extrinsics, request.intrinsics, request.camera_source)
         params = {**params, "cameras": request.camera_label}
         with self._lock:  # reconcile() must not see the folder before the run is registered
-            run_dir, meta = runs.start_run(session_dir, images, names, source, model, params, cameras=saved)
+            run_dir, meta = records.start_run(session_dir, images, names, source, model, params, cameras=saved)
             try:
                 job = self.task.submit(
                     request,
@@ -963,7 +964,7 @@ class RunService:
             except GPUError as exc:
                 log.error("run %s could not be queued: %s: %s", meta.run_id, type(exc).__name__, one_line(str(exc)))
                 log.debug("traceback", exc_info=True)
-                runs.fail_run(run_dir, meta, f"{type(exc).__name__}: {exc}")
+                records.fail_run(run_dir, meta, f"{type(exc).__name__}: {exc}")
                 raise
             job.touch()
             # The exact frames stay in memory until the outcome is known: a run that failed for
@@ -1006,11 +1007,13 @@ class RunService:
         fixed = []
         with self._lock:
             owned = {key for key in self._runs}
-            for meta in runs.list_session_runs(session_dir):
+            for meta in records.list_session_runs(session_dir):
                 run_dir = session_dir / meta.run_id
                 if meta.status == "pending" and str(run_dir) not in owned:
                     try:
-                        runs.fail_run(run_dir, meta, INTERRUPTED_CHUNKED if runs.is_chunked(run_dir) else INTERRUPTED)
+                        records.fail_run(
+                            run_dir, meta, INTERRUPTED_CHUNKED if records.is_chunked(run_dir) else INTERRUPTED
+                        )
                         fixed.append(meta.run_id)
                     except OSError:
                         log.exception("could not mark the interrupted run %s as failed", meta.run_id)
@@ -1049,7 +1052,7 @@ class RunService:
             )
             return
         try:
-            done = runs.finish_run(active.run_dir, active.meta, rec)
+            done = records.finish_run(active.run_dir, active.meta, rec)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions, a removed folder...
             log.error("run %s: saving the result failed: %s: %s", active.run_id, type(exc).__name__, one_line(str(exc)))
             log.debug("traceback", exc_info=True)
@@ -1105,7 +1108,7 @@ class RunService:
         if outcome.traceback:
             log.debug("run %s worker traceback:\n%s", active.run_id, outcome.traceback)
         try:
-            runs.fail_run(
+            records.fail_run(
                 active.run_dir,
                 replace(active.meta, timings={**active.meta.timings, **clock_timings(job_clock(active.job))}),
                 outcome.message,
@@ -1137,13 +1140,13 @@ class RunService:
         return took_text(*clock) if clock else f"{RunService._seconds(active):.1f} s"
 
     @staticmethod
-    def _save_clock(run_dir: Path, meta: runs.RunMeta, clock: tuple[float, float] | None) -> None:
+    def _save_clock(run_dir: Path, meta: records.RunMeta, clock: tuple[float, float] | None) -> None:
         """Add the run's time from submission to end and its wait in the queue to ``run.json``
         (`WALL_S`, `QUEUE_WAIT_S`), so the page says both after the server let go of it."""
         if clock is None:
             return
         try:
-            runs.write_meta(run_dir, replace(meta, timings={**meta.timings, **clock_timings(clock)}))
+            records.write_meta(run_dir, replace(meta, timings={**meta.timings, **clock_timings(clock)}))
         except OSError as exc:  # the result stands; only the wait is not on disk
             log.warning("run %s: could not save its queue wait: %s", meta.run_id, exc)
 
@@ -1190,9 +1193,9 @@ class RunService:
             return list(active.images), True
         from PIL import Image
 
-        meta = runs.read_meta(run_dir)
+        meta = records.read_meta(run_dir)
         frames = []
-        for path in runs.input_paths(run_dir, meta):
+        for path in records.input_paths(run_dir, meta):
             with Image.open(path) as im:
                 frames.append(np.asarray(im.convert("RGB")))
         return frames, False
@@ -1234,16 +1237,16 @@ class RunService:
         if live is not None and not live.finished:
             raise ValueError(f"run {run_dir.name} is still running")
         try:
-            meta = runs.read_meta(run_dir)
+            meta = records.read_meta(run_dir)
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"run {run_dir.name} cannot be read again: {exc}") from exc
         preset = preset_of(meta.model)
         model = ModelSpec("demo", preset.name if preset is not None else fallback_preset)
         frames, exact = self.frames_for_retry(run_dir)
-        saved = runs.load_cameras(run_dir, meta)
+        saved = records.load_cameras(run_dir, meta)
         cameras = None
         if saved is not None:
-            from da3_core.cameras import KnownCameras
+            from da3_core.media.cameras import KnownCameras
 
             cameras = KnownCameras(*saved)
         params = {k: v for k, v in meta.params.items() if k not in ("cameras", "chunked", "retry_of", "retry_frames")}
@@ -1254,7 +1257,7 @@ class RunService:
             model.ref,
             "the exact" if exact else "the saved JPEG copies of the",
         )
-        if runs.is_chunked(run_dir):
+        if records.is_chunked(run_dir):
             return self.submit_chunked(
                 run_dir.parent, frames, list(meta.names), meta.source, model, params, cameras=cameras
             )
@@ -1277,11 +1280,11 @@ class RunService:
 
     @staticmethod
     def _export_args(run_dir: Path, kind: str, rec: Reconstruction, options: dict[str, Any]) -> tuple[Any, ...]:
-        """The task's arguments for an export of ``kind`` (the tasks of `da3_core.tasks`)."""
+        """The task's arguments for an export of ``kind`` (the tasks of `da3_core.runs.tasks`)."""
         target = export_target(run_dir, kind)
         if kind == "colmap":
-            meta = runs.read_meta(run_dir)
-            return rec, runs.input_paths(run_dir, meta), str(target), float(options.get("conf_percentile", 40.0))
+            meta = records.read_meta(run_dir)
+            return rec, records.input_paths(run_dir, meta), str(target), float(options.get("conf_percentile", 40.0))
         if kind == "gs_ply":
             return rec, str(target.parent.parent)
         return (
@@ -1486,7 +1489,7 @@ def _export_files(run_dir: Path, value: Any) -> tuple[tuple[str, ...], dict[str,
         paths = list(value)
     else:
         paths = [value]
-    exports = (Path(run_dir) / runs.EXPORTS_DIR).resolve()
+    exports = (Path(run_dir) / records.EXPORTS_DIR).resolve()
     files = []
     for p in paths:
         path = Path(str(p)).resolve()

@@ -78,7 +78,7 @@ def export_colmap(
     """Write a COLMAP sparse model with DA3's exporter into ``out_dir`` (a hidden folder
     renamed to ``out_dir`` when complete); return the files written.
 
-    Queued by `da3_core.run_service.RunService.submit_export` (kind ``colmap``)."""
+    Queued by `da3_core.runs.service.RunService.submit_export` (kind ``colmap``)."""
     from da3_core.worker.exports import export_colmap as run
 
     return run(rec, image_paths, out_dir, conf_percentile)
@@ -89,7 +89,7 @@ def export_gs_ply(rec: Reconstruction, out_dir: str) -> str:
     """Write the Gaussians as a 3DGS PLY with DA3's writer (``out_dir/gs_ply/0000.ply``,
     renamed into place when complete); return the file path.
 
-    Queued by `da3_core.run_service.RunService.submit_export` (kind ``gs_ply``)."""
+    Queued by `da3_core.runs.service.RunService.submit_export` (kind ``gs_ply``)."""
     from da3_core.worker.exports import export_gs_ply as run
 
     return run(rec, out_dir)
@@ -109,7 +109,7 @@ def render_gs_video(
     The budget covers gsplat's one-time kernel compile (69.5 s and 86 s measured on H100s,
     ``../shared/design/GPU_NOTES.md``) plus the rendering. The mp4 is written under a hidden
     name and renamed to ``out_path`` when complete. Queued by
-    `da3_core.run_service.RunService.submit_export` (kind ``gs_video``).
+    `da3_core.runs.service.RunService.submit_export` (kind ``gs_video``).
     """
     from da3_core.worker.gs_video import render_gs_video as run
 

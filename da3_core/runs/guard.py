@@ -2,7 +2,7 @@
 what cannot fit (parent side, torch-free; pure functions but `check`).
 
 The model is fitted to measured runs by ``python -m benchmarks.fit_guard`` and stored in
-``da3_core/guard_model.json`` (one part per device: ``cpu``, ``cuda``):
+``da3_core/runs/guard_model.json`` (one part per device: ``cpu``, ``cuda``):
 
 * the worker's resident peak, per preset: ``a + b * ktokens + d * h`` (ktokens: thousands of
   14x14 patch tokens over all frames at the processed size, which DA3's backbone holds; h:

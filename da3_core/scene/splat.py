@@ -9,7 +9,7 @@ The Gaussians travel as SPZ (Niantic's compressed splat format, version 3, gzip 
 24-bit fixed-point positions, u8 alpha, colour (SH DC), log-scales and smallest-three
 quaternions, about 9 bytes per Gaussian after gzip. The viewer script
 (``static/splat_viewer.js``, built from ``viewer/``) and the data are inlined into one HTML
-page (for ``st.iframe``/``components.html``), as `da3_core.viewer` does for the GLB: no
+page (for ``st.iframe``/``components.html``), as `da3_core.app.viewer` does for the GLB: no
 request leaves the page.
 
 Coordinates stay in DA3's world frame (OpenCV axes, ``docs/CONVENTIONS.md``); the viewer
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from da3_core import geometry
+from da3_core.app.text import md
 from da3_core.contract import Gaussians, Reconstruction
-from da3_core.text import md
+from da3_core.scene import geometry
 
-SPLAT_JS = Path(__file__).resolve().parent / "static" / "splat_viewer.js"
+SPLAT_JS = Path(__file__).resolve().parents[1] / "static" / "splat_viewer.js"
 
 SH_C0 = 0.28209479177387814
 """Degree-0 spherical-harmonic constant: ``rgb = 0.5 + SH_C0 * dc``."""

@@ -19,8 +19,8 @@ import streamlit as st
 
 from da3_core import logs
 from da3_core.config import ConfigError, Settings, load_settings
-from da3_core.run_service import RunService
 from da3_core.runner import Job, Runner, set_default_runner
+from da3_core.runs.service import RunService
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Janitor:
         threading.Thread(target=self._clean, args=(keep,), name="da3-janitor", daemon=True).start()
 
     def _clean(self, keep: tuple[Path, ...]) -> None:
-        from da3_core import workspace
+        from da3_core.runs import workspace
 
         try:
             report = workspace.cleanup(
@@ -115,7 +115,7 @@ class RunnerHolder:
 
     def refresh_probe(self) -> None:
         """Ask the worker again (after a restart, or a failed probe)."""
-        from da3_core import tasks
+        from da3_core.runs import tasks
 
         try:
             self.probe = tasks.worker_info.submit(runner=self.runner)  # type: ignore[call-arg]  # runner=: ParamSpec cannot declare it
