@@ -19,7 +19,7 @@ neighbours' load; CPU seconds do not, so the goals bound the CPU ratios. DA3 doc
 head as slower; the goals are regression bounds: ray poses at most 5x the decoder's CPU
 cost, given cameras at most 25 % more (the camera encoder is a few small transformer blocks).
 The Reconstruct page quotes the figures next to the use_ray_pose switch
-(`da3_core.app.ui.RAY_POSE_MEASURED`).
+(`da3_core.app.run_form.RAY_POSE_MEASURED`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m benchmarks.bench_video``. The video is a synthetic 10
 200 MB upload limit, a keyframe every 2 s as phones do), made once (about a minute) and kept in
 ``test-artifacts/bench-video/``. Both paths get the same upload bytes and plan: 10 frames spread
 over the whole video (0.1 fps, the slider's lowest, capped at 10 frames: frames 0 ... 17700),
-through ``inputs._extract`` as the page calls it (temp file, probe, decode).
+through ``video_io._extract`` as the page calls it (temp file, probe, decode).
 
 * ``video_sample_10_of_600s_s``: the new path (``method="auto"``, which seeks here), median.
 * ``video_scan_10_of_600s_s``: the old decode-everything path (``method="scan"``).
@@ -27,7 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from da3_core.config import Settings  # noqa: E402 - run as a script: the repo root joins sys.path first
-from da3_core.media import inputs  # noqa: E402 - run as a script: the repo root joins sys.path first
+from da3_core.media import (
+    inputs,  # noqa: E402 - run as a script: the repo root joins sys.path first
+    video_io,  # noqa: E402 - run as a script: the repo root joins sys.path first
+)
 
 GOALS = {"video_seek_speedup": 10.0}
 
@@ -45,7 +48,7 @@ def long_video() -> Path:
     print(f"making {VIDEO.name} (once, about a minute) ...", file=sys.stderr, flush=True)
     subprocess.run(
         [
-            inputs._ffmpeg_exe(),
+            video_io._ffmpeg_exe(),
             "-v",
             "error",
             "-y",
@@ -75,7 +78,7 @@ def long_video() -> Path:
 def _timed(data: bytes, method: str) -> tuple[float, list[inputs.Frame], dict]:
     report: dict = {}
     t0 = time.perf_counter()
-    frames, _, _ = inputs._extract("long.mp4", data, TARGET_FPS, MAX_FRAMES, Settings(), method=method, report=report)
+    frames, _, _ = video_io._extract("long.mp4", data, TARGET_FPS, MAX_FRAMES, Settings(), method=method, report=report)
     return time.perf_counter() - t0, frames, report
 
 

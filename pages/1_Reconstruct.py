@@ -7,9 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from da3_core.app import session, ui
+from da3_core.app import run_form, session, ui, view_state
 from da3_core.app.text import md
-from da3_core.media import cameras, inputs
+from da3_core.media import batches, cameras, filenames, image_io, inputs, video_io
 from da3_core.runner.protocol import GPUError
 from da3_core.runs import guard
 from da3_core.runs.service import RunRefused
@@ -22,8 +22,8 @@ st.title("Reconstruct")
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def probe(name: str, data: bytes) -> inputs.VideoInfo:
-    return inputs.probe_video(name, data, settings)
+def probe(name: str, data: bytes) -> video_io.VideoInfo:
+    return video_io.probe_video(name, data, settings)
 
 
 def image_preview(images: list) -> inputs.Batch:
@@ -32,19 +32,21 @@ def image_preview(images: list) -> inputs.Batch:
     cached = st.session_state.get("rc_preview")
     if cached and cached[0] == key:
         return cached[1]
-    batch = inputs.load_batch(images, settings, max_frames=settings.max_chunked_frames)
+    batch = batches.load_batch(images, settings, max_frames=settings.max_chunked_frames)
     st.session_state["rc_preview"] = (key, batch)
     return batch
 
 
 # What the page was given is kept per browser session (Streamlit drops the state of widgets
-# a page run does not draw: another page, or the other source): values in `ui.keep`, and the
+# a page run does not draw: another page, or the other source): values in `view_state.keep`, and the
 # uploads themselves, which a file uploader cannot be given back.
 KEPT_UPLOADS = "rc_uploads_kept"  # uploads from before the uploader was last dropped, still in use
 LAST_UPLOADS = "rc_uploads_last"  # every upload in use at the last page run
 SOURCES = ("Upload photos or a video", "Example scene")
-source = st.radio("Frames from", SOURCES, horizontal=True, key="rc_source", index=ui.kept_index("rc_source", SOURCES))
-ui.keep("rc_source", source)
+source = st.radio(
+    "Frames from", SOURCES, horizontal=True, key="rc_source", index=view_state.kept_index("rc_source", SOURCES)
+)
+view_state.keep("rc_source", source)
 frames: list[inputs.Frame] = []
 videos: list = []
 video_sizes: list[tuple[int, int]] = []  # (width, height) of each frame the videos will give, for the run guard
@@ -77,7 +79,9 @@ if source.startswith("Upload"):
     kept_files = [f for f in ss.get(KEPT_UPLOADS, []) if f.file_id not in fresh]
     if kept_files:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
-        listed = ", ".join(inputs.display_name(f.name) for f in kept_files[:5]) + (", …" if len(kept_files) > 5 else "")
+        listed = ", ".join(filenames.display_name(f.name) for f in kept_files[:5]) + (
+            ", …" if len(kept_files) > 5 else ""
+        )
         c1.caption(md(f"{len(kept_files)} file(s) kept from before: {listed}") + " (used with any you add above).")
         c2.button(
             "Clear kept files",
@@ -89,7 +93,7 @@ if source.startswith("Upload"):
     ss[LAST_UPLOADS] = files
     # Sniff each upload once per rerun, from its first bytes only (no copy of the whole file); a
     # damaged file named as a video is a video that cannot be read, not an unknown image.
-    is_video = {f.file_id: inputs.looks_like_video(f.name, bytes(f.getbuffer()[:64])) for f in files}
+    is_video = {f.file_id: image_io.looks_like_video(f.name, bytes(f.getbuffer()[:64])) for f in files}
     infos = {}
     for video in (f for f in files if is_video[f.file_id]):
         try:
@@ -102,14 +106,14 @@ if source.startswith("Upload"):
         c1, c2 = st.columns(2)
         fps = c1.slider(
             "Frames per second to take from the video",
-            *inputs.TARGET_FPS_RANGE,
+            *video_io.TARGET_FPS_RANGE,
             step=0.1,
             key="rc_fps",
-            value=float(ui.kept("rc_fps", inputs.DEFAULT_TARGET_FPS)),
+            value=float(view_state.kept("rc_fps", video_io.DEFAULT_TARGET_FPS)),
             help="DA3's rule: one frame every max(1, int(video fps / this)).",
         )
-        ui.keep("rc_fps", fps)
-        cap, cap_problem = ui.bounded_number(
+        view_state.keep("rc_fps", fps)
+        cap, cap_problem = run_form.bounded_number(
             c2,
             "Frame cap",
             1,
@@ -129,14 +133,14 @@ if source.startswith("Upload"):
     budget = (int(cap) if videos else settings.max_chunked_frames) - len(frames)
     for video in videos:
         info = infos[video.file_id]
-        plan = inputs.plan_video(info, float(fps), max(0, budget))
+        plan = video_io.plan_video(info, float(fps), max(0, budget))
         st.info(
-            f"**{md(inputs.display_name(video.name))}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {md(plan.summary)}"
+            f"**{md(filenames.display_name(video.name))}**: {info.duration_s:.1f} s, {info.width}x{info.height} at {info.fps:.2f} fps — {md(plan.summary)}"
         )
         budget -= plan.n_frames
         video_sizes += [(info.width, info.height)] * plan.n_frames
 else:
-    examples = inputs.list_examples(EXAMPLES_ROOT)
+    examples = batches.list_examples(EXAMPLES_ROOT)
     if not examples:
         st.error(f"No example scenes found under {md(EXAMPLES_ROOT.name)}.")
     else:
@@ -146,11 +150,11 @@ else:
             list(by_key),
             format_func=lambda k: f"{by_key[k].title} ({len(by_key[k].files)} views)",
             key="rc_example",
-            index=ui.kept_index("rc_example", list(by_key)),
+            index=view_state.kept_index("rc_example", list(by_key)),
         )
-        ui.keep("rc_example", key)
+        view_state.keep("rc_example", key)
         st.caption(by_key[key].description)
-        frames = inputs.load_example(by_key[key], settings)
+        frames = batches.load_example(by_key[key], settings)
 
 if frames:
     shown = frames[:12]
@@ -168,13 +172,13 @@ cams_box = st.container()  # drawn here, filled once the preset is known (below)
 left, right = st.columns([3, 2])
 with left, st.container(border=True):
     st.subheader("Model")
-    model, preset = ui.model_picker(ctx)
+    model, preset = run_form.model_picker(ctx)
 with cams_box:
-    cam_choice = ui.known_cameras_picker(frames, bool(videos), preset)
+    cam_choice = run_form.known_cameras_picker(frames, bool(videos), preset)
 names = [frames[i].name for i in cam_choice.frames]
 run_box = right.container(border=True)  # filled below, once the parameters are known (they sit under the columns)
 with st.expander("Parameters", expanded=False):
-    params = ui.params_picker(ctx, preset, names, cameras_given=cam_choice.known is not None)
+    params = run_form.params_picker(ctx, preset, names, cameras_given=cam_choice.known is not None)
 params = dataclasses.replace(
     params,
     align_to_input_ext_scale=cam_choice.align,
@@ -187,7 +191,7 @@ if crop:
 with run_box:
     st.subheader("Run")
     busy = session.watching(ctx.service) is not None
-    verdict = ui.run_guard(ctx, sizes, model, params) if not busy else ui.GuardVerdict(True)
+    verdict = run_form.run_guard(ctx, sizes, model, params) if not busy else run_form.GuardVerdict(True)
     over_budget_ok = verdict.over_budget_ok
     ready = bool(frames or videos) and model is not None and not busy and verdict.fits
     run_clicked = st.button(verdict.label, type="primary", disabled=not ready, key="rc_run", width="stretch")
@@ -202,7 +206,7 @@ def start(frames_to_run: list[inputs.Frame], source_label: str, known: cameras.K
         st.error("No usable frame: see the messages above.")
         return
     try:
-        ui.start_run(
+        run_form.start_run(
             ctx,
             [f.image for f in frames_to_run],
             [f.name for f in frames_to_run],
@@ -227,7 +231,7 @@ if run_clicked and model is not None and not busy:
     if source.startswith("Upload"):
         if videos:
             with st.spinner("Reading frames…"):
-                batch = inputs.load_batch(photos + videos, settings, target_fps=float(fps), max_frames=int(cap))
+                batch = batches.load_batch(photos + videos, settings, target_fps=float(fps), max_frames=int(cap))
         else:  # the photos as decoded for the preview: decoding them again doubled this process's share for a while
             batch = preview
         for rejected in batch.rejected:
@@ -247,7 +251,7 @@ ui.pending_status(ctx)
 # from the run service while it holds the run, else from the run folder.
 view = session.run_view(ctx.service)
 if view is None:
-    ui.resumable_runs(ctx)  # chunked runs stopped by a server restart or an earlier session
+    run_form.resumable_runs(ctx)  # chunked runs stopped by a server restart or an earlier session
 elif view.finished:
     if view.ok:
         st.success(
@@ -271,16 +275,16 @@ elif view.finished:
             f"Cancelled: run {view.run_id} was stopped ({md(view.message)}). Its frames are kept in the run folder.",
             icon="⏹️",
         )
-        ui.resume_button(ctx, view.run_id)
+        run_form.resume_button(ctx, view.run_id)
     else:
         ui.show_error(f"Run {view.run_id} failed. {view.message}", view.traceback)
         st.caption("Its frames are kept in the run folder.")
-        ui.resume_button(ctx, view.run_id)
+        run_form.resume_button(ctx, view.run_id)
         if view.model_unavailable and st.button(
             "Use untrained demo weights and run again",
             type="primary",
             key="rc_use_demo",
-            on_click=ui.use_demo_weights,  # the weights choice follows (a callback: the radio is drawn above)
+            on_click=run_form.use_demo_weights,  # the weights choice follows (a callback: the radio is drawn above)
             help="Builds untrained weights from the preset once (about a second for DA3 Small) and re-runs the same frames.",
         ):
-            ui.retry_with_demo_weights(ctx, view.run_dir)
+            run_form.retry_with_demo_weights(ctx, view.run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from da3_core.app import ui
+from da3_core.app import ui, view_state
 from da3_core.scene import figures, geometry
 
 ctx = ui.page_setup("Depth maps", "🗺️")
@@ -15,7 +15,7 @@ n = rec.n_views
 ss = st.session_state
 if ss.get("dm_view_w") not in range(n):
     # First visit, back from another page (Streamlit dropped the widget), or a run with fewer views.
-    ss["dm_view_w"] = min(int(ui.kept("dm_view", 0)), n - 1)
+    ss["dm_view_w"] = min(int(view_state.kept("dm_view", 0)), n - 1)
 
 
 def step(delta: int) -> None:
@@ -32,18 +32,18 @@ view = c_view.selectbox(
     format_func=lambda i: f"View {i + 1} of {n}: {rec.names[i]}",
     label_visibility="collapsed",
 )
-ui.keep("dm_view", view)
+view_state.keep("dm_view", view)
 c_next.button("Next ▶", key="dm_next", on_click=step, args=(1,), disabled=n < 2, width="stretch")
 cmap = c_map.selectbox(
     "Colour map",
     figures.COLORMAPS,
-    index=figures.COLORMAPS.index(ui.kept("dm_cmap", "Turbo")),
+    index=figures.COLORMAPS.index(view_state.kept("dm_cmap", "Turbo")),
     key="dm_cmap_w",
     label_visibility="collapsed",
 )
-ui.keep("dm_cmap", cmap)
-reverse = c_rev.toggle("Reverse colours", ui.kept("dm_rev", False), key="dm_rev_w")
-ui.keep("dm_rev", reverse)
+view_state.keep("dm_cmap", cmap)
+reverse = c_rev.toggle("Reverse colours", view_state.kept("dm_rev", False), key="dm_rev_w")
+view_state.keep("dm_rev", reverse)
 
 depth = rec.depth[view]
 rng = geometry.depth_range(depth, rec.depth_unit)
@@ -86,7 +86,7 @@ else:
     st.image(rec.images[view], caption=f"Input as processed ({rec.hw[1]}x{rec.hw[0]})", width=360)
 
 if marks:
-    fov = float(ui.kept("pc_fov", geometry.DEFAULT_FOV_DEG))
+    fov = float(view_state.kept("pc_fov", geometry.DEFAULT_FOV_DEG))
     cameras = geometry.resolve_cameras(rec, fov_deg=fov)  # cameras only: no need to unproject every pixel
     if len(marks) == 1:
         try:

@@ -7,14 +7,14 @@ import time
 
 import streamlit as st
 
-from da3_core.app import session, ui, viewer
+from da3_core.app import session, ui, view_state, viewer
 from da3_core.scene import export, figures, geometry, splat
 
 ctx = ui.page_setup("Point cloud", "☁️")
 st.title("Point cloud")
 run_dir, meta, rec = ui.require_active_run(ctx)
 
-cs = ui.cloud_settings(rec, widgets=True)
+cs = view_state.cloud_settings(rec, widgets=True)
 t0 = time.perf_counter()
 cameras, world = session.world_points(meta.run_id, rec, cs.fov_deg)
 cloud = geometry.apply_filters(world, cs.filters)

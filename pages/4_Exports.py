@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from da3_core import presets
-from da3_core.app import session, ui
+from da3_core.app import session, ui, view_state
 from da3_core.app.text import md
 from da3_core.runner.protocol import GPUError
 from da3_core.runs import records, service
@@ -22,7 +22,7 @@ ctx = ui.page_setup("Exports", "📦")
 st.title("Exports")
 run_dir, meta, rec = ui.require_active_run(ctx)
 out_dir = records.exports_dir(run_dir)
-cs = ui.cloud_settings(rec, widgets=False)
+cs = view_state.cloud_settings(rec, widgets=False)
 st.caption(
     f"Point formats use the Point cloud page's filters: {cs.filters.conf_percentile:g}% confidence percentile, "
     f"max {cs.filters.max_points:,} points, cameras {'on' if cs.show_cameras else 'off'}. Files are also written to the run folder."

@@ -187,7 +187,7 @@ def save_upload(run_dir: str | os.PathLike[str], index: int, data: bytes, ext: s
         index: Position of the upload in the batch, >= 0.
         data: The bytes, written as received.
         ext: Extension without the dot (``[a-z0-9]{1,5}``); detected from the content
-            (`da3_core.media.inputs.sniff`) when None, ``"bin"`` when unknown. Never the user's.
+            (`da3_core.media.filenames.sniff`) when None, ``"bin"`` when unknown. Never the user's.
 
     Returns:
         The file written.
@@ -198,7 +198,7 @@ def save_upload(run_dir: str | os.PathLike[str], index: int, data: bytes, ext: s
     if not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative int, got {index!r}")
     if ext is None:
-        from da3_core.media.inputs import sniff
+        from da3_core.media.filenames import sniff
 
         ext = sniff(data).ext or "bin"
     ext = ext.lower().lstrip(".")

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from da3_core.app import ui
+from da3_core.app import run_form
 from da3_core.contract import Gaussians
 from da3_core.presets import PRESETS_BY_NAME
 from da3_core.runs import guard
@@ -32,8 +32,8 @@ def _ctx(device: str):
 
 def test_gaussians_are_offered_on_cpu():
     giant = PRESETS_BY_NAME["da3-giant"]
-    assert ui.gs_unavailable_reason(_ctx("cpu"), giant, "auto") is None
-    assert "GS head" in ui.gs_unavailable_reason(_ctx("cpu"), PRESETS_BY_NAME["da3-small"], "auto")
+    assert run_form.gs_unavailable_reason(_ctx("cpu"), giant, "auto") is None
+    assert "GS head" in run_form.gs_unavailable_reason(_ctx("cpu"), PRESETS_BY_NAME["da3-small"], "auto")
 
 
 def test_a_giant_run_that_cannot_fit_is_refused_with_the_numbers():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from da3_core.media import inputs
+from da3_core.media import batches, image_io
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -30,12 +30,12 @@ def maker() -> ModuleType:
 
 
 def test_examples_are_listed_and_load() -> None:
-    examples = inputs.list_examples(EXAMPLES)
+    examples = batches.list_examples(EXAMPLES)
     assert [e.key for e in examples] == ["courtyard", "room", "tabletop"]
     for ex in examples:
         assert ex.title and ex.description and len(ex.description) < 200
         assert 3 <= len(ex.files) <= 4
-        frames = inputs.load_example(ex)
+        frames = batches.load_example(ex)
         assert len(frames) == len(ex.files)
         for f in frames:
             assert f.image.shape == (240, 320, 3) and f.image.dtype == np.uint8
@@ -50,7 +50,7 @@ def test_examples_fit_the_size_budget() -> None:
 
 
 def test_ground_truth_cameras_are_valid() -> None:
-    for ex in inputs.list_examples(EXAMPLES):
+    for ex in batches.list_examples(EXAMPLES):
         for ext, k in zip(ex.extrinsics, ex.intrinsics):
             rot = ext[:, :3]
             assert np.allclose(rot @ rot.T, np.eye(3), atol=1e-6) and np.linalg.det(rot) == pytest.approx(1.0)
@@ -66,11 +66,11 @@ def test_ground_truth_cameras_are_valid() -> None:
 @pytest.mark.parametrize("key,shape_index,colour", [("room", 5, "red"), ("tabletop", 7, "red"), ("room", 6, "yellow")])
 def test_poses_project_objects_where_they_are_drawn(maker: ModuleType, key: str, shape_index: int, colour: str) -> None:
     """World-to-camera extrinsics + K put a known object's centre on pixels of its colour."""
-    ex = {e.key: e for e in inputs.list_examples(EXAMPLES)}[key]
+    ex = {e.key: e for e in batches.list_examples(EXAMPLES)}[key]
     sphere = maker.SCENES[key]().shapes[shape_index]
     assert isinstance(sphere, maker.Sphere)
     centre = np.asarray(sphere.center)
-    for frame, ext, k in zip(inputs.load_example(ex), ex.extrinsics, ex.intrinsics):
+    for frame, ext, k in zip(batches.load_example(ex), ex.extrinsics, ex.intrinsics):
         cam = ext[:, :3] @ centre + ext[:, 3]
         assert cam[2] > 0, "object behind the camera: extrinsics are not world-to-camera"
         u, v = (k @ cam)[:2] / cam[2]
@@ -84,21 +84,21 @@ def test_poses_project_objects_where_they_are_drawn(maker: ModuleType, key: str,
 
 
 def test_courtyard_has_sky_at_the_top() -> None:
-    ex = {e.key: e for e in inputs.list_examples(EXAMPLES)}["courtyard"]
+    ex = {e.key: e for e in batches.list_examples(EXAMPLES)}["courtyard"]
     assert ex.meta["has_sky"] is True
-    top = inputs.load_example(ex)[0].image[:8, 100:220].reshape(-1, 3).astype(int).mean(axis=0)
+    top = batches.load_example(ex)[0].image[:8, 100:220].reshape(-1, 3).astype(int).mean(axis=0)
     assert top[2] > top[0] + 20  # blue-ish sky
 
 
 def test_script_is_deterministic_and_matches_bundled(maker: ModuleType) -> None:
     scene = maker.SCENES["courtyard"]()
     img, rot, tvec, k = maker.render(scene, *scene.cameras[0])
-    ex = {e.key: e for e in inputs.list_examples(EXAMPLES)}["courtyard"]
-    bundled = inputs.load_example(ex)[0].image.astype(int)
+    ex = {e.key: e for e in batches.list_examples(EXAMPLES)}["courtyard"]
+    bundled = batches.load_example(ex)[0].image.astype(int)
     assert np.abs(bundled - img.astype(int)).mean() < 8  # JPEG q90 on fine texture
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "JPEG", quality=maker.JPEG_QUALITY, optimize=True)
-    again = inputs.load_image("again.jpg", buf.getvalue()).image.astype(int)
+    again = image_io.load_image("again.jpg", buf.getvalue()).image.astype(int)
     assert np.abs(bundled - again).mean() < 0.5  # same pixels, same encoder: identical here
     assert np.allclose(ex.extrinsics[0], np.concatenate([rot, tvec[:, None]], axis=1), atol=1e-7)
     assert np.allclose(ex.intrinsics[0], k, atol=1e-6)
@@ -123,5 +123,5 @@ def test_list_examples_skips_broken_folders(tmp_path: Path) -> None:
     broken.mkdir()
     (broken / "scene.json").write_text("{not json")
     (tmp_path / "no_json").mkdir()
-    assert [e.key for e in inputs.list_examples(tmp_path)] == ["good"]
-    assert inputs.list_examples(tmp_path / "absent") == []
+    assert [e.key for e in batches.list_examples(tmp_path)] == ["good"]
+    assert batches.list_examples(tmp_path / "absent") == []

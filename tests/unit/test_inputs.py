@@ -15,8 +15,10 @@ import pytest
 from PIL import Image
 
 from da3_core.config import Settings
-from da3_core.media import inputs
-from da3_core.media.inputs import Frame, InputError, load_batch, load_image
+from da3_core.media import filenames, image_io, inputs, video_io
+from da3_core.media.batches import load_batch
+from da3_core.media.image_io import load_image
+from da3_core.media.inputs import Frame, InputError
 from tests.unit import inputs_corpus as corpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,11 +190,11 @@ def test_heic_round_trip() -> None:
     import pillow_heif
 
     assert pillow_heif.libheif_info()["encoders"].get("x265"), "this libheif build cannot encode HEIC"
-    inputs._register_heif()
+    image_io._register_heif()
     src = corpus.gradient_rgb()
     data = corpus.encode(src, "HEIF", quality=95)
     assert data[4:12] == b"ftypheic"
-    assert inputs.sniff(data).ext == "heic"
+    assert filenames.sniff(data).ext == "heic"
     frame = load_image("IMG_0001.HEIC", data)
     check_frame(frame, 64, 96)
     assert np.abs(frame.image.astype(int) - np.asarray(src).astype(int)).mean() < 4
@@ -202,11 +204,11 @@ def test_heic_round_trip() -> None:
 def test_heic_registration_is_lazy() -> None:
     code = (
         "import sys\n"
-        "from da3_core.media import inputs\n"
+        "from da3_core.media import image_io\n"
         "assert 'pillow_heif' not in sys.modules, 'imported at module load'\n"
         "import io\nfrom PIL import Image\n"
         "b = io.BytesIO(); Image.new('RGB', (32, 32)).save(b, 'PNG')\n"
-        "inputs.load_image('a.png', b.getvalue())\n"
+        "image_io.load_image('a.png', b.getvalue())\n"
         "assert 'pillow_heif' not in sys.modules, 'imported for a PNG'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
@@ -356,16 +358,16 @@ def test_animated_gif_first_frame_with_note() -> None:
     ],
 )
 def test_display_name(raw: str, expected: str) -> None:
-    assert inputs.display_name(raw) == expected
+    assert filenames.display_name(raw) == expected
 
 
 def test_long_names_are_shortened_keeping_the_extension() -> None:
-    name = inputs.display_name("x" * 500 + ".jpeg")
+    name = filenames.display_name("x" * 500 + ".jpeg")
     assert len(name) <= inputs.MAX_NAME_CHARS and name.endswith(".jpeg") and "\u2026" in name
 
 
 def test_duplicate_names_get_suffixes() -> None:
-    got = inputs.unique_display_names(["a.jpg", "a.jpg", "dir/a.jpg", "a (2).jpg", "b", "b"])
+    got = filenames.unique_display_names(["a.jpg", "a.jpg", "dir/a.jpg", "a (2).jpg", "b", "b"])
     assert got == ["a.jpg", "a (2).jpg", "a (3).jpg", "a (2) (2).jpg", "b", "b (2)"]
 
 
@@ -375,7 +377,7 @@ def test_duplicate_names_get_suffixes() -> None:
 
 
 def test_probe_video(corpus_dir: Path) -> None:
-    info = inputs.probe_video("index.mp4", read(corpus_dir, "index.mp4"))
+    info = video_io.probe_video("index.mp4", read(corpus_dir, "index.mp4"))
     assert info.fps == pytest.approx(30.0)
     assert info.n_frames == 90 and not info.n_frames_estimated
     assert info.duration_s == pytest.approx(3.0, abs=0.05)
@@ -397,9 +399,9 @@ def test_probe_video(corpus_dir: Path) -> None:
     ],
 )
 def test_plan_video_indices(target_fps: float, cap: int, expected: list[int] | None) -> None:
-    info = inputs.VideoInfo(fps=30.0, n_frames=90, duration_s=3.0, width=64, height=48)
-    got = list(inputs.plan_video(info, target_fps, cap).indices)
-    plan = inputs.plan_video(info, target_fps, cap)
+    info = video_io.VideoInfo(fps=30.0, n_frames=90, duration_s=3.0, width=64, height=48)
+    got = list(video_io.plan_video(info, target_fps, cap).indices)
+    plan = video_io.plan_video(info, target_fps, cap)
     if expected is None:  # step 1, 90 frames capped to 64
         assert len(got) == 64 and got[0] == 0 and got[-1] == 89 and plan.n_dropped == 26
         assert len(set(got)) == 64 and got == sorted(got)
@@ -411,17 +413,17 @@ def test_plan_video_indices(target_fps: float, cap: int, expected: list[int] | N
 
 
 def test_plan_rejects_out_of_range_parameters() -> None:
-    info = inputs.VideoInfo(fps=30.0, n_frames=90, duration_s=3.0, width=64, height=48)
+    info = video_io.VideoInfo(fps=30.0, n_frames=90, duration_s=3.0, width=64, height=48)
     for bad in (0.0, 0.05, 61, -1):
         with pytest.raises(ValueError):
-            inputs.plan_video(info, bad, 10)
+            video_io.plan_video(info, bad, 10)
     with pytest.raises(ValueError):
-        inputs.plan_video(info, 10, 0)
+        video_io.plan_video(info, 10, 0)
 
 
 def test_plan_summary_mentions_drops() -> None:
-    info = inputs.VideoInfo(fps=30.0, n_frames=300, duration_s=10.0, width=64, height=48)
-    plan = inputs.plan_video(info, 10, 64)
+    info = video_io.VideoInfo(fps=30.0, n_frames=300, duration_s=10.0, width=64, height=48)
+    plan = video_io.plan_video(info, 10, 64)
     assert plan.n_frames == 64 and plan.n_sampled == 100 and plan.n_dropped == 36
     assert "36 dropped" in plan.summary and "every 3rd frame" in plan.summary
 
@@ -429,9 +431,9 @@ def test_plan_summary_mentions_drops() -> None:
 @pytest.mark.parametrize("target_fps,cap", [(10, 64), (1, 64), (30, 64), (10, 5), (0.1, 64)])
 def test_extract_frames_are_the_planned_ones(corpus_dir: Path, target_fps: float, cap: int) -> None:
     data = read(corpus_dir, "index.mp4")
-    info = inputs.probe_video("index.mp4", data)
-    expected = list(inputs.plan_video(info, target_fps, cap).indices)
-    frames = inputs.extract_frames("index.mp4", data, target_fps, cap)
+    info = video_io.probe_video("index.mp4", data)
+    expected = list(video_io.plan_video(info, target_fps, cap).indices)
+    frames = video_io.extract_frames("index.mp4", data, target_fps, cap)
     assert [f.frame_index for f in frames] == expected
     for f in frames:
         check_frame(f, 48, 64)
@@ -443,9 +445,9 @@ def test_extract_frames_are_the_planned_ones(corpus_dir: Path, target_fps: float
 
 def test_extract_default_cap_is_settings_max_frames(corpus_dir: Path) -> None:
     data = read(corpus_dir, "index.mp4")
-    frames = inputs.extract_frames("index.mp4", data, 30, settings=Settings(max_frames=7))
+    frames = video_io.extract_frames("index.mp4", data, 30, settings=Settings(max_frames=7))
     assert len(frames) == 7 and frames[0].frame_index == 0 and frames[-1].frame_index == 89
-    assert len(inputs.extract_frames("index.mp4", data, 30, 50, settings=Settings(max_frames=7))) == 7
+    assert len(video_io.extract_frames("index.mp4", data, 30, 50, settings=Settings(max_frames=7))) == 7
 
 
 @pytest.mark.parametrize(
@@ -459,7 +461,7 @@ def test_extract_default_cap_is_settings_max_frames(corpus_dir: Path) -> None:
 )
 def test_bad_videos(corpus_dir: Path, name: str, words: tuple[str, ...]) -> None:
     data = read(corpus_dir, name)
-    for call in (lambda: inputs.probe_video(name, data), lambda: inputs.extract_frames(name, data, 10, 10)):
+    for call in (lambda: video_io.probe_video(name, data), lambda: video_io.extract_frames(name, data, 10, 10)):
         with pytest.raises(InputError) as info:
             call()
         assert name in str(info.value)
@@ -471,12 +473,12 @@ def test_video_over_upload_limit(corpus_dir: Path) -> None:
     limit = Settings(max_upload_mb=1)
     big = data + b"\x00" * (1024 * 1024)
     with pytest.raises(InputError, match="over the upload limit"):
-        inputs.probe_video("big.mp4", big, limit)
+        video_io.probe_video("big.mp4", big, limit)
 
 
 def test_video_frames_over_pixel_limit(corpus_dir: Path) -> None:
     with pytest.raises(InputError, match="DA3_MAX_PIXELS"):
-        inputs.probe_video("index.mp4", read(corpus_dir, "index.mp4"), Settings(max_pixels=64 * 47))
+        video_io.probe_video("index.mp4", read(corpus_dir, "index.mp4"), Settings(max_pixels=64 * 47))
 
 
 def test_rotated_video_comes_out_upright(tmp_path: Path, corpus_dir: Path) -> None:
@@ -499,9 +501,9 @@ def test_rotated_video_comes_out_upright(tmp_path: Path, corpus_dir: Path) -> No
         timeout=60,
     )
     data = rotated.read_bytes()
-    info = inputs.probe_video("rotated.mp4", data)
+    info = video_io.probe_video("rotated.mp4", data)
     assert info.rotation in (90, 270) and (info.width, info.height) == (48, 64)
-    frames = inputs.extract_frames("rotated.mp4", data, 1, 10)
+    frames = video_io.extract_frames("rotated.mp4", data, 1, 10)
     assert [f.image.shape for f in frames] == [(64, 48, 3)] * 3
 
 
@@ -512,12 +514,12 @@ def test_no_temp_files_or_ffmpeg_processes_leak(
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     good = read(corpus_dir, "index.mp4")
-    inputs.probe_video("index.mp4", good)
-    inputs.extract_frames("index.mp4", good, 10, 64)
-    inputs.extract_frames("index.mp4", good, 1, 1)  # stops early: ffmpeg must be stopped too
+    video_io.probe_video("index.mp4", good)
+    video_io.extract_frames("index.mp4", good, 10, 64)
+    video_io.extract_frames("index.mp4", good, 1, 1)  # stops early: ffmpeg must be stopped too
     for name in ("corrupt.mp4", "zero_frames.avi", "no_stream.mp4"):
         with pytest.raises(InputError):
-            inputs.extract_frames(name, read(corpus_dir, name), 10, 10)
+            video_io.extract_frames(name, read(corpus_dir, name), 10, 10)
     load_batch([("index.mp4", good), ("corrupt.mp4", read(corpus_dir, "corrupt.mp4"))], Settings())
     assert list(private_tmp.iterdir()) == []
     ffmpegs = []
@@ -537,7 +539,7 @@ def test_image_named_like_a_video_is_read_as_image() -> None:
 
 def test_video_content_in_extract_but_image_given() -> None:
     with pytest.raises(InputError, match="image"):
-        inputs.probe_video("x.mp4", corpus.encode(corpus.gradient_rgb(), "PNG"))
+        video_io.probe_video("x.mp4", corpus.encode(corpus.gradient_rgb(), "PNG"))
 
 
 # --------------------------------------------------------------------------------------
@@ -546,14 +548,14 @@ def test_video_content_in_extract_but_image_given() -> None:
 
 
 def test_sniff_signatures(corpus_dir: Path) -> None:
-    assert inputs.sniff(read(corpus_dir, "good.jpg")) == inputs.Sniffed("image", "jpg")
-    assert inputs.sniff(read(corpus_dir, "good.png")) == inputs.Sniffed("image", "png")
-    assert inputs.sniff(read(corpus_dir, "index.mp4")) == inputs.Sniffed("video", "mp4")
-    assert inputs.sniff(read(corpus_dir, "zero_frames.avi")) == inputs.Sniffed("video", "avi")
-    assert inputs.sniff(corpus.encode(corpus.gradient_rgb(), "WEBP")).ext == "webp"
-    assert inputs.sniff(corpus.encode(corpus.gradient_rgb(), "AVIF")).ext == "avif"
-    assert inputs.sniff(b"hello") == inputs.Sniffed(None, None)
-    assert inputs.sniff(b"") == inputs.Sniffed(None, None)
+    assert filenames.sniff(read(corpus_dir, "good.jpg")) == filenames.Sniffed("image", "jpg")
+    assert filenames.sniff(read(corpus_dir, "good.png")) == filenames.Sniffed("image", "png")
+    assert filenames.sniff(read(corpus_dir, "index.mp4")) == filenames.Sniffed("video", "mp4")
+    assert filenames.sniff(read(corpus_dir, "zero_frames.avi")) == filenames.Sniffed("video", "avi")
+    assert filenames.sniff(corpus.encode(corpus.gradient_rgb(), "WEBP")).ext == "webp"
+    assert filenames.sniff(corpus.encode(corpus.gradient_rgb(), "AVIF")).ext == "avif"
+    assert filenames.sniff(b"hello") == filenames.Sniffed(None, None)
+    assert filenames.sniff(b"") == filenames.Sniffed(None, None)
 
 
 # --------------------------------------------------------------------------------------
@@ -646,10 +648,10 @@ def test_parent_process_stays_free_of_torch_and_cv2(corpus_dir: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from da3_core.media import inputs\n"
+        "from da3_core.media import batches\n"
         "from da3_core.runs import workspace\n"
         f"d = Path({str(corpus_dir)!r})\n"
-        "b = inputs.load_batch([(p.name, p.read_bytes()) for p in sorted(d.iterdir())], None)\n"
+        "b = batches.load_batch([(p.name, p.read_bytes()) for p in sorted(d.iterdir())], None)\n"
         "assert b.frames\n"
         "bad = [m for m in ('torch', 'depth_anything_3', 'cv2') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -671,7 +673,7 @@ def test_large_images_are_downscaled_to_max_side():
     from PIL import Image as _Image
 
     from da3_core.config import Settings
-    from da3_core.media.inputs import load_image
+    from da3_core.media.image_io import load_image
 
     big = _np.zeros((1200, 1600, 3), _np.uint8)
     big[:, :800] = (255, 0, 0)

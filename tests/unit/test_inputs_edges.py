@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from da3_core.config import load_settings
-from da3_core.media import inputs
+from da3_core.media import batches, filenames, image_io, inputs, video_io
 from tests.conftest import png_bytes
 
 SETTINGS = load_settings({})
@@ -36,7 +36,7 @@ def _tiff(img: Image.Image) -> bytes:
     ],
 )
 def test_wide_greyscale_becomes_8_bit_rgb_with_a_note(array, note):
-    frame = inputs.load_image("scan.tif", _tiff(Image.fromarray(array)), SETTINGS)
+    frame = image_io.load_image("scan.tif", _tiff(Image.fromarray(array)), SETTINGS)
     assert frame.image.dtype == np.uint8 and frame.image.shape == (64, 64, 3)
     assert frame.height == 64 and frame.width == 64
     assert note in frame.note
@@ -44,14 +44,14 @@ def test_wide_greyscale_becomes_8_bit_rgb_with_a_note(array, note):
 
 
 def test_a_flat_float_image_is_black_not_an_error():
-    frame = inputs.load_image("flat.tif", _tiff(Image.fromarray(np.full((64, 64), 7.5, np.float32))), SETTINGS)
+    frame = image_io.load_image("flat.tif", _tiff(Image.fromarray(np.full((64, 64), 7.5, np.float32))), SETTINGS)
     assert not frame.image.any()
 
 
 def test_cmyk_jpeg_is_converted_with_a_note():
     buf = io.BytesIO()
     Image.new("CMYK", (64, 48), (0, 255, 255, 0)).save(buf, format="JPEG")
-    frame = inputs.load_image("print.jpg", buf.getvalue(), SETTINGS)
+    frame = image_io.load_image("print.jpg", buf.getvalue(), SETTINGS)
     assert "CMYK converted to RGB" in frame.note
     r, g, b = frame.image[10, 10].astype(int)
     assert r > 200 and g < 60 and b < 60  # cyan 0, magenta and yellow full: red
@@ -63,10 +63,10 @@ def test_frames_refuse_non_rgb_arrays():
 
 
 def test_long_names_are_cut_keeping_a_short_extension():
-    assert inputs.display_name("a" * 300 + ".jpeg", max_chars=20) == "a" * 14 + "\u2026.jpeg"
-    cut = inputs.display_name("b" * 300 + ".averyverylongext", max_chars=20)
+    assert filenames.display_name("a" * 300 + ".jpeg", max_chars=20) == "a" * 14 + "\u2026.jpeg"
+    cut = filenames.display_name("b" * 300 + ".averyverylongext", max_chars=20)
     assert len(cut) == 20 and cut.endswith("\u2026")
-    assert inputs.display_name("c" * 300, max_chars=10) == "c" * 9 + "\u2026"
+    assert filenames.display_name("c" * 300, max_chars=10) == "c" * 9 + "\u2026"
 
 
 @pytest.mark.parametrize(
@@ -84,13 +84,13 @@ def test_long_names_are_cut_keeping_a_short_extension():
     ],
 )
 def test_sniff_container_signatures(head, expected):
-    got = inputs.sniff(head)
+    got = filenames.sniff(head)
     assert (got.kind, got.ext) == expected
 
 
 def test_an_image_offered_as_a_video_is_refused_by_name():
     with pytest.raises(inputs.InputError, match="this is an image \\(png\\), not a video"):
-        inputs.probe_video("holiday.mp4", png_bytes(1), SETTINGS)
+        video_io.probe_video("holiday.mp4", png_bytes(1), SETTINGS)
 
 
 @pytest.mark.parametrize(
@@ -107,20 +107,20 @@ def test_an_image_offered_as_a_video_is_refused_by_name():
     ],
 )
 def test_plan_summary_ordinals(step, word):
-    info = inputs.VideoInfo(fps=float(step), n_frames=step * 10, duration_s=10.0, width=64, height=64)
-    plan = inputs.plan_video(info, target_fps=1.0, max_frames=100)
+    info = video_io.VideoInfo(fps=float(step), n_frames=step * 10, duration_s=10.0, width=64, height=64)
+    plan = video_io.plan_video(info, target_fps=1.0, max_frames=100)
     assert plan.step == step and word in plan.summary
 
 
 def test_plan_summary_with_unknown_fps_and_a_cap():
-    info = inputs.VideoInfo(fps=0.0, n_frames=50, duration_s=0.0, width=64, height=64)
-    plan = inputs.plan_video(info, target_fps=1.0, max_frames=5)
+    info = video_io.VideoInfo(fps=0.0, n_frames=50, duration_s=0.0, width=64, height=64)
+    plan = video_io.plan_video(info, target_fps=1.0, max_frames=5)
     assert "unknown fps" in plan.summary and "dropped evenly to fit the cap of 5" in plan.summary
 
 
 def test_one_bad_file_never_sinks_the_batch(monkeypatch):
     good = png_bytes(2)
-    real = inputs.load_image
+    real = image_io.load_image
 
     def flaky(name, data, settings=None):
         if name == "huge.png":
@@ -129,8 +129,8 @@ def test_one_bad_file_never_sinks_the_batch(monkeypatch):
             raise RuntimeError("decoder exploded")
         return real(name, data, settings)
 
-    monkeypatch.setattr(inputs, "load_image", flaky)
-    batch = inputs.load_batch([("ok.png", memoryview(good)), ("huge.png", good), ("odd.png", good)], SETTINGS)
+    monkeypatch.setattr(batches, "load_image", flaky)
+    batch = batches.load_batch([("ok.png", memoryview(good)), ("huge.png", good), ("odd.png", good)], SETTINGS)
     assert [f.name for f in batch.frames] == ["ok.png"]
     reasons = {r.name: r.reason for r in batch.rejected}
     assert "not enough memory" in reasons["huge.png"]
@@ -145,7 +145,7 @@ def test_an_upload_object_that_gives_no_bytes_is_a_programming_error():
             return "not bytes"
 
     with pytest.raises(TypeError, match="upload 'weird.png': expected bytes, got str"):
-        inputs.load_batch([Upload()], SETTINGS)
+        batches.load_batch([Upload()], SETTINGS)
 
 
 def test_example_folders_with_broken_metadata_are_skipped(tmp_path):
@@ -163,5 +163,5 @@ def test_example_folders_with_broken_metadata_are_skipped(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "scene.json").write_text("{" if meta is None else json.dumps(meta))
-    assert [e.key for e in inputs.list_examples(tmp_path)] == ["good"]
-    assert inputs.list_examples(tmp_path / "nowhere") == []
+    assert [e.key for e in batches.list_examples(tmp_path)] == ["good"]
+    assert batches.list_examples(tmp_path / "nowhere") == []

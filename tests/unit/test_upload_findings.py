@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from da3_core.app import session
+from da3_core.media import batches, image_io, inputs
 from da3_core.media import cameras as C
-from da3_core.media import inputs
 from da3_core.runs import guard
 from tests.unit.test_cameras import IXT, NAMES, H, W, colmap_model, edit_line, json_bytes, read_error
 
@@ -117,24 +117,24 @@ def test_focal_problem_bounds():
 @pytest.mark.parametrize("name", ["holiday.mp4", "clip.MOV", "a.webm"])
 def test_a_damaged_video_is_a_video_that_could_not_be_read(name):
     garbage = b"\x00\x01garbage" * 300
-    batch = inputs.load_batch([(name, garbage)])
+    batch = batches.load_batch([(name, garbage)])
     assert len(batch.rejected) == 1
     reason = batch.rejected[0].reason
     assert reason.startswith(f"{name}: the video cannot be read") and "not an image" not in reason
     with pytest.raises(inputs.InputError) as info:
-        inputs.load_image(name, garbage)
+        image_io.load_image(name, garbage)
     assert str(info.value).startswith(f"{name}: this is a video that could not be read")
-    assert inputs.looks_like_video(name, garbage)
+    assert image_io.looks_like_video(name, garbage)
 
 
 def test_content_still_decides_over_the_name():
     from tests.conftest import png_bytes
 
-    assert not inputs.looks_like_video("photo.mp4", png_bytes(1))  # a PNG named .mp4 is an image
-    assert inputs.load_batch([("photo.mp4", png_bytes(1))]).frames
-    assert not inputs.looks_like_video("notes.png", b"just text")
+    assert not image_io.looks_like_video("photo.mp4", png_bytes(1))  # a PNG named .mp4 is an image
+    assert batches.load_batch([("photo.mp4", png_bytes(1))]).frames
+    assert not image_io.looks_like_video("notes.png", b"just text")
     with pytest.raises(inputs.InputError, match="not an image format this app reads"):
-        inputs.load_image("notes.png", b"just text")
+        image_io.load_image("notes.png", b"just text")
 
 
 # -- 6. DA3's centre crop -------------------------------------------------------------------

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from da3_core.config import Settings
-from da3_core.media import inputs
+from da3_core.media import batches, inputs, video_io
 from tests.unit import inputs_corpus as corpus
 
 BITS, BLOCK = 12, 16
@@ -171,7 +171,7 @@ def extract(
     settings: Settings = SETTINGS,
 ) -> tuple[list[inputs.Frame], dict]:
     report: dict = {}
-    frames, _, _ = inputs._extract(name, data, fps, cap, settings, method=method, report=report)
+    frames, _, _ = video_io._extract(name, data, fps, cap, settings, method=method, report=report)
     return frames, report
 
 
@@ -243,9 +243,9 @@ def test_auto_keeps_dense_sampling_in_one_pass(videos: dict[str, bytes]) -> None
 def test_auto_mixes_runs_when_frames_cluster(videos: dict[str, bytes]) -> None:
     timeline = _timeline(videos["long.mp4"])
     wanted = [0, 3, 6, 450, 453, 456, 890]
-    runs = inputs._plan_runs(wanted, timeline, 640, 360)
+    runs = video_io._plan_runs(wanted, timeline, 640, 360)
     assert runs == [[0, 3, 6], [450, 453, 456], [890]]
-    assert inputs._plan_runs(wanted, timeline, 640, 360, every_frame=True) == [
+    assert video_io._plan_runs(wanted, timeline, 640, 360, every_frame=True) == [
         [0],
         [3],
         [6],
@@ -254,7 +254,7 @@ def test_auto_mixes_runs_when_frames_cluster(videos: dict[str, bytes]) -> None:
         [456],
         [890],
     ]
-    assert inputs._plan_runs([0, 30, 60], timeline, 64, 48) == [[0, 30, 60]]  # tiny frames: decoding is cheap
+    assert video_io._plan_runs([0, 30, 60], timeline, 64, 48) == [[0, 30, 60]]  # tiny frames: decoding is cheap
 
 
 def test_one_planned_frame_is_the_old_path(videos: dict[str, bytes]) -> None:
@@ -267,11 +267,11 @@ def test_one_planned_frame_is_the_old_path(videos: dict[str, bytes]) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _timeline(data: bytes, ext: str = "mp4") -> inputs._Timeline:
-    with inputs._VideoFile(data, ext) as path:
+def _timeline(data: bytes, ext: str = "mp4") -> video_io._Timeline:
+    with video_io._VideoFile(data, ext) as path:
         tl_path = str(Path(path).with_name("t.txt"))
-        info, log = inputs._probe("v", path, tl_path)
-        timeline = inputs._read_timeline(tl_path, log, info)
+        info, log = video_io._probe("v", path, tl_path)
+        timeline = video_io._read_timeline(tl_path, log, info)
     assert timeline is not None
     return timeline
 
@@ -279,9 +279,9 @@ def _timeline(data: bytes, ext: str = "mp4") -> inputs._Timeline:
 @pytest.mark.parametrize("name", ["bframes.mp4", "vp9.webm", "mpeg4.avi", "vfr.mkv", "starts_late.mp4", "rotated.mp4"])
 def test_the_probe_with_a_timeline_reads_the_same_info(videos: dict[str, bytes], name: str) -> None:
     data = videos[name]
-    with inputs._VideoFile(data, inputs._video_ext(name, data)) as path:
-        plain = inputs._probe_path(name, path)
-        info, _ = inputs._probe(name, path, str(Path(path).with_name("t.txt")))
+    with video_io._VideoFile(data, video_io._video_ext(name, data)) as path:
+        plain = video_io._probe_path(name, path)
+        info, _ = video_io._probe(name, path, str(Path(path).with_name("t.txt")))
     assert info == plain
 
 
@@ -290,13 +290,13 @@ def test_a_timeline_over_its_size_cap_is_dropped_and_the_count_kept(
 ) -> None:
     """ffmpeg stops writing the timeline at the cap (``-fs``), and counting with it: the plain
     probe is run again, so the frame count stays right, and the old path is used."""
-    monkeypatch.setattr(inputs, "_MAX_TIMELINE_BYTES", 2000)  # ~30 of the 90 frames' lines
+    monkeypatch.setattr(video_io, "_MAX_TIMELINE_BYTES", 2000)  # ~30 of the 90 frames' lines
     data = videos["bframes.mp4"]
-    with inputs._VideoFile(data, "mp4") as path:
+    with video_io._VideoFile(data, "mp4") as path:
         tl_path = str(Path(path).with_name("t.txt"))
-        info, _ = inputs._probe("bframes.mp4", path, tl_path)
+        info, _ = video_io._probe("bframes.mp4", path, tl_path)
         assert info.n_frames == 90 and not info.n_frames_estimated and not Path(tl_path).exists()
-    monkeypatch.setattr(inputs, "_SEEK_START_S", 0.0)
+    monkeypatch.setattr(video_io, "_SEEK_START_S", 0.0)
     assert extract("bframes.mp4", data, 2, 64, "auto")[1]["method"] == "scan"
 
 
@@ -311,11 +311,11 @@ def test_timeline_of_an_open_gop_marks_its_leading_frames(videos: dict[str, byte
 
 def test_seek_points_survive_a_coarse_time_base() -> None:
     """AVI: one time-base unit per frame. ffmpeg rounds the cut to a unit: it must round to frame i."""
-    tl = inputs._Timeline(tb=Fraction(1, 30), pts=(0, 1, 2, 3), keys=(0,), start=Fraction(0))
+    tl = video_io._Timeline(tb=Fraction(1, 30), pts=(0, 1, 2, 3), keys=(0,), start=Fraction(0))
     for i in (1, 2, 3):
         cut = Fraction(tl.seek_arg(i))
         assert round(cut * 30) == i and cut < Fraction(i, 30)
-    fine = inputs._Timeline(tb=Fraction(1, 10_000_000), pts=(0, 333_333, 666_667), keys=(0,), start=Fraction(1, 2))
+    fine = video_io._Timeline(tb=Fraction(1, 10_000_000), pts=(0, 333_333, 666_667), keys=(0,), start=Fraction(1, 2))
     cut = Fraction(fine.seek_arg(1)) + fine.start
     assert Fraction(0) < cut < Fraction(333_333, 10_000_000) and Fraction(333_333, 10_000_000) - cut <= Fraction(
         3, 1_000_000
@@ -348,12 +348,13 @@ def test_timelines_that_cannot_drive_exact_seeks_are_refused(
 ) -> None:
     path = tmp_path / "t.txt"
     path.write_text(text)
-    info = inputs.VideoInfo(fps=30.0, n_frames=n, duration_s=0.1, width=64, height=48)
-    timeline = inputs._read_timeline(str(path), log, info)
+    info = video_io.VideoInfo(fps=30.0, n_frames=n, duration_s=0.1, width=64, height=48)
+    timeline = video_io._read_timeline(str(path), log, info)
     assert (timeline is None) == (why is not None), why
-    assert inputs._read_timeline(str(tmp_path / "missing.txt"), LOG, info) is None
+    assert video_io._read_timeline(str(tmp_path / "missing.txt"), LOG, info) is None
     assert (
-        inputs._read_timeline(str(path), LOG, inputs.VideoInfo(30.0, n, 0.1, 64, 48, n_frames_estimated=True)) is None
+        video_io._read_timeline(str(path), LOG, video_io.VideoInfo(30.0, n, 0.1, 64, 48, n_frames_estimated=True))
+        is None
     )
 
 
@@ -367,7 +368,7 @@ def test_a_slow_timeline_probe_falls_back_to_the_plain_one(
             raise subprocess.TimeoutExpired(cmd, 1)
         return real_run(cmd, *args, **kwargs)
 
-    monkeypatch.setattr(inputs.subprocess, "run", slow)
+    monkeypatch.setattr(video_io.subprocess, "run", slow)
     data = videos["long.mp4"]
     frames, report = extract("long.mp4", data, 0.1, 64, "auto")
     assert report["method"] == "scan" and [f.frame_index for f in frames] == [0, 300, 600]
@@ -376,10 +377,10 @@ def test_a_slow_timeline_probe_falls_back_to_the_plain_one(
 def test_a_run_that_ends_early_is_a_miss(videos: dict[str, bytes]) -> None:
     data = videos["bframes.mp4"]
     timeline = _timeline(data)
-    with inputs._VideoFile(data, "mp4") as path:
-        assert len(inputs._decode_run(path, timeline, 24, [24, 89], W, H)) == 2
-        with pytest.raises(inputs._SeekMiss, match="run from frame 24: ffmpeg exit 0, 1/2 frames"):
-            inputs._decode_run(path, timeline, 24, [24, 90], W, H)  # there is no frame 90
+    with video_io._VideoFile(data, "mp4") as path:
+        assert len(video_io._decode_run(path, timeline, 24, [24, 89], W, H)) == 2
+        with pytest.raises(video_io._SeekMiss, match="run from frame 24: ffmpeg exit 0, 1/2 frames"):
+            video_io._decode_run(path, timeline, 24, [24, 90], W, H)  # there is no frame 90
 
 
 def test_packets_without_timestamps_take_the_old_path(tmp_path: Path) -> None:
@@ -409,7 +410,7 @@ def test_an_edit_list_cut_takes_the_old_path_with_its_notes(videos: dict[str, by
     data = cut.read_bytes()
     _, report = extract("cut.mp4", data, 30, 64, "auto")
     assert report["method"] == "scan"
-    batch = inputs.load_batch([("cut.mp4", data)], SETTINGS, target_fps=30, max_frames=64)
+    batch = batches.load_batch([("cut.mp4", data)], SETTINGS, target_fps=30, max_frames=64)
     with_scan = _batch_with_method([("cut.mp4", data)], 30, 64, "scan")
     assert batch.notes == with_scan.notes and batch.names == with_scan.names
     assert "the video ended early" in batch.notes[0]
@@ -418,16 +419,16 @@ def test_an_edit_list_cut_takes_the_old_path_with_its_notes(videos: dict[str, by
 def test_a_seek_that_misses_is_retried_from_the_keyframe_before(
     videos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = inputs._Timeline.seek_arg
+    real = video_io._Timeline.seek_arg
     missed: set[int] = set()
 
-    def once_wrong(self: inputs._Timeline, i: int) -> str:
+    def once_wrong(self: video_io._Timeline, i: int) -> str:
         if i % 15 == 0 and i not in missed:  # the planned frames' first seek only
             missed.add(i)
             return real(self, i - 1)  # lands one frame early
         return real(self, i)
 
-    monkeypatch.setattr(inputs._Timeline, "seek_arg", once_wrong)
+    monkeypatch.setattr(video_io._Timeline, "seek_arg", once_wrong)
     data = videos["bframes.mp4"]
     old, _ = extract("bframes.mp4", data, 2, 64, "scan")
     new, report = extract("bframes.mp4", data, 2, 64, "seek")  # frames 0, 15, ... 75: each misses once
@@ -438,14 +439,14 @@ def test_a_seek_that_misses_is_retried_from_the_keyframe_before(
 @pytest.fixture
 def seeks_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make "auto" seek on small clips (gaps longer than the keyframe distance)."""
-    monkeypatch.setattr(inputs, "_SEEK_START_S", 0.0)
+    monkeypatch.setattr(video_io, "_SEEK_START_S", 0.0)
 
 
 def test_a_seek_that_misses_twice_falls_back_to_the_old_path(
     videos: dict[str, bytes], seeks_are_free: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = inputs._Timeline.seek_arg
-    monkeypatch.setattr(inputs._Timeline, "seek_arg", lambda self, i: real(self, i - 1) if i > 1 else real(self, i))
+    real = video_io._Timeline.seek_arg
+    monkeypatch.setattr(video_io._Timeline, "seek_arg", lambda self, i: real(self, i - 1) if i > 1 else real(self, i))
     data = videos["bframes.mp4"]
     old, _ = extract("bframes.mp4", data, 2, 64, "scan")
     new, report = extract("bframes.mp4", data, 2, 64, "auto")  # frames 0, 15, 30...: a seek each
@@ -460,13 +461,13 @@ def test_a_decoder_that_drops_leading_frames_is_caught_by_the_first_run(
 ) -> None:
     """If frame 0 as decoded is not the timeline's frame 0 (leading frames the decoder drops),
     every index would be off: the first run (no seek) checks frame 0 and the old path is used."""
-    real = inputs._read_timeline
+    real = video_io._read_timeline
 
-    def shifted(*args: object) -> inputs._Timeline | None:
+    def shifted(*args: object) -> video_io._Timeline | None:
         tl = real(*args)
-        return tl and inputs._Timeline(tl.tb, tuple(p - 512 for p in tl.pts), tl.keys, tl.start)
+        return tl and video_io._Timeline(tl.tb, tuple(p - 512 for p in tl.pts), tl.keys, tl.start)
 
-    monkeypatch.setattr(inputs, "_read_timeline", shifted)
+    monkeypatch.setattr(video_io, "_read_timeline", shifted)
     _, report = extract("bframes.mp4", videos["bframes.mp4"], 2, 64, "auto")
     assert report["method"] == "scan" and "run from frame 0" in report["miss"]
 
@@ -483,7 +484,7 @@ def test_a_failing_ffmpeg_run_is_a_miss(
                 raise subprocess.TimeoutExpired(self.args, timeout)
             return super().wait(timeout)
 
-    monkeypatch.setattr(inputs.subprocess, "Popen", Hung)
+    monkeypatch.setattr(video_io.subprocess, "Popen", Hung)
     _, report = extract("bframes.mp4", videos["bframes.mp4"], 2, 64, "auto")
     assert report["method"] == "scan" and "ffmpeg exit -1" in report["miss"]
 
@@ -494,11 +495,11 @@ def test_a_failing_ffmpeg_run_is_a_miss(
 
 
 def _batch_with_method(files: list[tuple[str, bytes]], fps: float, cap: int, method: str) -> inputs.Batch:
-    real = inputs._extract
+    real = video_io._extract
     mp = pytest.MonkeyPatch()
-    mp.setattr(inputs, "_extract", lambda *a, **k: real(*a, **k, method=method))
+    mp.setattr(batches, "_extract", lambda *a, **k: real(*a, **k, method=method))
     try:
-        return inputs.load_batch(files, SETTINGS, target_fps=fps, max_frames=cap)
+        return batches.load_batch(files, SETTINGS, target_fps=fps, max_frames=cap)
     finally:
         mp.undo()
 
@@ -506,7 +507,7 @@ def _batch_with_method(files: list[tuple[str, bytes]], fps: float, cap: int, met
 def test_batches_plans_and_notes_are_unchanged(videos: dict[str, bytes]) -> None:
     data = videos["long.mp4"]
     files = [("long.mp4", data), ("long.mp4", data)]
-    auto = inputs.load_batch(files, SETTINGS, target_fps=0.1, max_frames=5)
+    auto = batches.load_batch(files, SETTINGS, target_fps=0.1, max_frames=5)
     scan = _batch_with_method(files, 0.1, 5, "scan")
     assert auto.notes == scan.notes and auto.names == scan.names and auto.rejected == scan.rejected == []
     assert auto.notes[0] == "long.mp4: will make 3 frames (every 300th frame of 900 at 30 fps)."
@@ -517,7 +518,7 @@ def test_batches_plans_and_notes_are_unchanged(videos: dict[str, bytes]) -> None
     assert [f.frame_index for f in auto.frames] == [0, 300, 600, 0, 600]
     assert all(np.array_equal(a, b) for a, b in zip(auto.images, scan.images))
     assert [f.note for f in auto.frames] == [f.note for f in scan.frames]
-    plan = inputs.plan_video(inputs.probe_video("long.mp4", data), 0.1, 5)
+    plan = video_io.plan_video(video_io.probe_video("long.mp4", data), 0.1, 5)
     assert plan.indices == (0, 300, 600) and plan.summary in auto.notes[0]
 
 
@@ -569,12 +570,12 @@ def test_no_temp_files_or_ffmpeg_processes_are_left(
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
-    monkeypatch.setattr(inputs, "_SEEK_START_S", 0.0)
+    monkeypatch.setattr(video_io, "_SEEK_START_S", 0.0)
     data = videos["bframes.mp4"]
     assert extract("bframes.mp4", data, 2, 64, "auto")[1]["method"] == "seek"
     extract("bframes.mp4", data, 10, 3, "seek")
-    real = inputs._Timeline.seek_arg
-    monkeypatch.setattr(inputs._Timeline, "seek_arg", lambda self, i: real(self, i - 1) if i > 1 else real(self, i))
+    real = video_io._Timeline.seek_arg
+    monkeypatch.setattr(video_io._Timeline, "seek_arg", lambda self, i: real(self, i - 1) if i > 1 else real(self, i))
     assert extract("bframes.mp4", data, 2, 64, "auto")[1]["method"] == "scan"  # misses, then the old path
     assert list(private_tmp.iterdir()) == []
     left = []
