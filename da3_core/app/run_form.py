@@ -546,7 +546,7 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
         has_video: A video is among the uploads (its frames get names only on Run).
         preset: The chosen preset, when known.
     """
-    from da3_core.media import cameras
+    from da3_core.media import camera_files, camera_match, cameras
 
     every = CameraChoice(None, list(range(len(frames))))
     # A plain bordered box, not an expander: an expander closed itself on the rerun an upload causes.
@@ -586,7 +586,7 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
             read = cached[1]
         else:
             try:
-                read = cameras.read_camera_files([(f.name, f.getvalue()) for f in files])
+                read = camera_files.read_camera_files([(f.name, f.getvalue()) for f in files])
             except cameras.CameraFileError as exc:
                 read = exc
             st.session_state["rc_cams_read"] = (key, read)
@@ -596,8 +596,8 @@ def known_cameras_picker(frames: list, has_video: bool, preset: Preset | None) -
                 "Your frames are kept: without a usable camera file DA3 estimates the cameras. Fix the file and upload it again."
             )
             return every
-        names, sizes = cameras.names_and_sizes(frames)
-        match = cameras.match_cameras(read, names, sizes)
+        names, sizes = camera_match.names_and_sizes(frames)
+        match = camera_match.match_cameras(read, names, sizes)
         st.table([{k: md(v) for k, v in row.items()} for row in match.table()])  # cells are Markdown: names are data
         st.markdown(md(match.summary()))
         chosen = list(range(len(frames)))

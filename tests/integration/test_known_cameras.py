@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from da3_core.contract import ModelSpec, ReconstructRequest
-from da3_core.media import cameras
+from da3_core.media import camera_files, camera_match, cameras
 from da3_core.runner import Runner
 from da3_core.runs import tasks
 
@@ -159,9 +159,9 @@ def test_colmap_export_reads_back_as_the_same_cameras(cam_runner, workspace, tmp
         paths.append(str(path))
     written = tasks.export_colmap.call(first, paths, str(tmp_path / "colmap"), 40.0, runner=cam_runner)
     files = [(Path(p).name, Path(p).read_bytes()) for p in written]
-    read = cameras.read_camera_files(files)
+    read = camera_files.read_camera_files(files)
     assert read.source == "COLMAP" and sorted(e.name for e in read.entries) == sorted(first.names)
-    match = cameras.match_cameras(read, list(first.names), [(W, H)] * N)
+    match = camera_match.match_cameras(read, list(first.names), [(W, H)] * N)
     known = match.known
     assert known is not None and [r.note for r in match.rows] == [""] * N  # same size: nothing rescaled
     ext = np.concatenate([first.extrinsics, np.tile([[[0, 0, 0, 1.0]]], (N, 1, 1))], axis=1)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from da3_core.contract import ModelSpec, ReconstructRequest
+from da3_core.media import camera_files, camera_match, colmap
 from da3_core.media import cameras as C
 from da3_core.media.cameras import CameraFileError
 
@@ -79,7 +80,7 @@ def colmap_model(
 
 def read_error(files) -> CameraFileError:
     with pytest.raises(CameraFileError) as info:
-        C.read_camera_files(list(files.items()) if isinstance(files, dict) else files)
+        camera_files.read_camera_files(list(files.items()) if isinstance(files, dict) else files)
     return info.value
 
 
@@ -105,16 +106,16 @@ def check_cameras(cs: C.CameraSet, source: str, atol: float = 1e-9) -> None:
 
 
 def test_json_4x4_and_3x4():
-    check_cameras(C.read_camera_files([("cams.json", json_bytes())]), "JSON")
-    check_cameras(C.read_camera_files([("cams.json", json_bytes(extrinsics=EXT[:, :3].tolist()))]), "JSON")
-    one_k = C.read_camera_files([("cams.json", json_bytes(intrinsics=IXT[0].tolist(), width=W, height=H))])
+    check_cameras(camera_files.read_camera_files([("cams.json", json_bytes())]), "JSON")
+    check_cameras(camera_files.read_camera_files([("cams.json", json_bytes(extrinsics=EXT[:, :3].tolist()))]), "JSON")
+    one_k = camera_files.read_camera_files([("cams.json", json_bytes(intrinsics=IXT[0].tolist(), width=W, height=H))])
     assert all(np.array_equal(e.intrinsic, IXT[0]) and (e.width, e.height) == (W, H) for e in one_k.entries)
 
 
 def test_npz_with_names_and_image_size():
-    check_cameras(C.read_camera_files([("cams.npz", npz_bytes())]), "NPZ")
+    check_cameras(camera_files.read_camera_files([("cams.npz", npz_bytes())]), "NPZ")
     # This dashboard's NPZ export: (N, 3, 4), intrinsics at the processed size, the processed images.
-    cs = C.read_camera_files(
+    cs = camera_files.read_camera_files(
         [("results.npz", npz_bytes(extrinsics=EXT[:, :3], image=np.zeros((3, 24, 32, 3), np.uint8)))]
     )
     assert [(e.width, e.height) for e in cs.entries] == [(32, 24)] * 3
@@ -124,12 +125,12 @@ def test_npz_with_names_and_image_size():
 def test_colmap_text_and_binary(tmp_path, fmt):
     files = colmap_model(tmp_path / fmt, fmt)
     assert {"cameras." + fmt, "images." + fmt, "points3D." + fmt} <= set(files)
-    cs = C.read_camera_files(list(files.items()))  # rigs/frames/points files come along and are ignored
+    cs = camera_files.read_camera_files(list(files.items()))  # rigs/frames/points files come along and are ignored
     check_cameras(cs, "COLMAP", atol=1e-9)
     assert all((e.width, e.height, e.model, e.note) == (W, H, "PINHOLE", "") for e in cs.entries)
     # Only cameras + images: an empty points3D is made for pycolmap.
     only = {k: v for k, v in files.items() if k.startswith(("cameras", "images"))}
-    check_cameras(C.read_camera_files(list(only.items())), "COLMAP")
+    check_cameras(camera_files.read_camera_files(list(only.items())), "COLMAP")
 
 
 def test_colmap_in_a_zip_with_folders(tmp_path):
@@ -138,20 +139,20 @@ def test_colmap_in_a_zip_with_folders(tmp_path):
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in files.items():
             zf.writestr(f"run-x-colmap/sparse/0/{name}", data)
-    check_cameras(C.read_camera_files([("run-x-colmap.zip", buf.getvalue())]), "COLMAP")
+    check_cameras(camera_files.read_camera_files([("run-x-colmap.zip", buf.getvalue())]), "COLMAP")
 
 
 def test_simple_pinhole_and_radial_distortion_is_ignored_and_said(tmp_path):
     ixt = IXT.copy()
     ixt[:, 1, 1] = ixt[:, 0, 0]  # one focal length for the SIMPLE_* models
     files = colmap_model(tmp_path / "m", "txt", models={0: "SIMPLE_PINHOLE", 1: "SIMPLE_RADIAL", 2: "OPENCV"}, ixt=ixt)
-    cs = C.read_camera_files(list(files.items()))
+    cs = camera_files.read_camera_files(list(files.items()))
     assert [e.model for e in cs.entries] == ["SIMPLE_PINHOLE", "SIMPLE_RADIAL", "OPENCV"]
     np.testing.assert_allclose(cs.entries[1].intrinsic, ixt[1])
     assert cs.entries[0].note == ""
     assert "SIMPLE_RADIAL distortion ignored (k=0.05)" in cs.entries[1].note and "pinhole" in cs.entries[1].note
     assert cs.entries[2].note == ""  # OPENCV with all coefficients 0: nothing to say
-    match = C.match_cameras(cs, NAMES, [(W, H)] * 3)
+    match = camera_match.match_cameras(cs, NAMES, [(W, H)] * 3)
     assert "distortion ignored" in match.rows[1].note
 
 
@@ -161,8 +162,8 @@ def test_simple_pinhole_and_radial_distortion_is_ignored_and_said(tmp_path):
 
 
 def test_match_by_name_exact_basename_case_and_stem():
-    cs = C.read_camera_files([("c.json", json_bytes(names=["images/A.JPG", "b.jpg", "sub/c.tif"]))])
-    m = C.match_cameras(cs, ["a.jpg", "b.jpg", "c.png"], [(W, H)] * 3)
+    cs = camera_files.read_camera_files([("c.json", json_bytes(names=["images/A.JPG", "b.jpg", "sub/c.tif"]))])
+    m = camera_match.match_cameras(cs, ["a.jpg", "b.jpg", "c.png"], [(W, H)] * 3)
     assert [r.camera for r in m.rows] == ["images/A.JPG", "b.jpg", "sub/c.tif"]
     assert m.complete and m.known is not None and m.known.source == "JSON"
     np.testing.assert_allclose(m.known.extrinsics, EXT)
@@ -182,8 +183,8 @@ def test_match_by_name_exact_basename_case_and_stem():
 def test_a_frame_without_a_camera_is_all_or_none():
     """DA3's inference() takes cameras for all views or none: with some missing, no cameras
     are given unless the user runs only the frames that have one."""
-    cs = C.read_camera_files([("c.json", json_bytes())])
-    m = C.match_cameras(cs, ["a.jpg", "zzz.jpg", "c.jpg", "d.jpg"], [(W, H)] * 4)
+    cs = camera_files.read_camera_files([("c.json", json_bytes())])
+    m = camera_match.match_cameras(cs, ["a.jpg", "zzz.jpg", "c.jpg", "d.jpg"], [(W, H)] * 4)
     assert m.matched == [0, 2] and not m.complete and m.known is None
     assert m.rows[1].camera is None and "no camera named like this frame in c.json" in m.rows[1].note
     assert m.table()[1]["camera found"] == "— none" and m.table()[1]["focal length (px)"] == "—"
@@ -193,36 +194,36 @@ def test_a_frame_without_a_camera_is_all_or_none():
     some = m.known_for_matched()
     np.testing.assert_allclose(some.extrinsics, EXT[[0, 2]])
     assert some.subset([1]).extrinsics.shape == (1, 4, 4)
-    none = C.match_cameras(cs, ["x.jpg"], [(W, H)])
+    none = camera_match.match_cameras(cs, ["x.jpg"], [(W, H)])
     assert (
         none.known is None and none.known_for_matched() is None and none.summary().startswith("No frame has a camera")
     )
 
 
 def test_ambiguous_stems_and_one_camera_per_frame():
-    cs = C.read_camera_files([("c.json", json_bytes(names=["a.jpg", "a.png", "b.jpg"]))])
-    m = C.match_cameras(cs, ["a.tif", "b.png", "B.jpg"], [(W, H)] * 3)
+    cs = camera_files.read_camera_files([("c.json", json_bytes(names=["a.jpg", "a.png", "b.jpg"]))])
+    m = camera_match.match_cameras(cs, ["a.tif", "b.png", "B.jpg"], [(W, H)] * 3)
     assert m.rows[0].camera is None  # "a" names two cameras: no guess
     assert m.rows[1].camera == "b.jpg" and m.rows[2].camera is None and "already serves frame 'b.png'" in m.rows[2].note
 
 
 def test_intrinsics_rescaled_to_a_downscaled_frame_as_da3_does():
-    cs = C.read_camera_files(
+    cs = camera_files.read_camera_files(
         [("c.json", json_bytes(width=640, height=480, intrinsics=[K(500, 510, 320, 240).tolist()] * 3))]
     )
-    m = C.match_cameras(cs, NAMES, [(320, 240), (640, 480), (160, 120)])
+    m = camera_match.match_cameras(cs, NAMES, [(320, 240), (640, 480), (160, 120)])
     np.testing.assert_allclose(m.known.intrinsics[0], K(250, 255, 160, 120))
     np.testing.assert_allclose(m.known.intrinsics[1], K(500, 510, 320, 240))
     np.testing.assert_allclose(m.known.intrinsics[2], K(125, 127.5, 80, 60))
     assert "rescaled from 640x480 to the frame's 320x240" in m.rows[0].note and m.rows[1].note == ""
     np.testing.assert_allclose(
-        C.rescale_intrinsic(K(500, 510, 320, 240), (640, 480), (700, 420)), K(546.875, 446.25, 350, 210)
+        camera_match.rescale_intrinsic(K(500, 510, 320, 240), (640, 480), (700, 420)), K(546.875, 446.25, 350, 210)
     )
 
 
 def test_an_aspect_ratio_that_differs_is_not_used():
-    cs = C.read_camera_files([("c.json", json_bytes(width=640, height=480))])
-    m = C.match_cameras(cs, NAMES, [(480, 640), (640, 480), (640, 480)])
+    cs = camera_files.read_camera_files([("c.json", json_bytes(width=640, height=480))])
+    m = camera_match.match_cameras(cs, NAMES, [(480, 640), (640, 480), (640, 480)])
     assert m.rows[0].camera is None and "aspect ratios differ" in m.rows[0].note and not m.complete
 
 
@@ -239,7 +240,7 @@ def test_describe_old_and_new_runs():
         name = "a.jpg"
         image = np.zeros((H, W, 3), np.uint8)
 
-    assert C.names_and_sizes([F()]) == (["a.jpg"], [(W, H)])
+    assert camera_match.names_and_sizes([F()]) == (["a.jpg"], [(W, H)])
 
 
 # --------------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ def test_a_crafted_binary_cannot_exhaust_memory(tmp_path, monkeypatch):
         and "truncated or corrupt" in err.problem
         and "1,099,511,627,776 2D points" in err.problem
     )
-    monkeypatch.setattr(C, "check_colmap_binary", lambda *args: None)  # the child's own limit, alone
+    monkeypatch.setattr(colmap, "check_colmap_binary", lambda *args: None)  # the child's own limit, alone
     err = read_error({"cameras.bin": files["cameras.bin"], "images.bin": data})
     assert "cameras.bin + images.bin" in str(err)
 

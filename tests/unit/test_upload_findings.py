@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from da3_core.app import session
-from da3_core.media import batches, image_io, inputs
+from da3_core.media import batches, camera_files, camera_match, colmap, image_io, inputs
 from da3_core.media import cameras as C
 from da3_core.runs import guard
 from tests.unit.test_cameras import IXT, NAMES, H, W, colmap_model, edit_line, json_bytes, read_error
@@ -41,10 +41,15 @@ def test_trailing_bytes_after_the_last_record_are_corrupt_too(tmp_path):
 
 def test_a_whole_binary_model_still_reads(tmp_path):
     files = colmap_model(tmp_path / "m", "bin")
-    C.check_colmap_binary("cameras.bin", files["cameras.bin"], "cameras")
-    C.check_colmap_binary("images.bin", files["images.bin"], "images")
+    colmap.check_colmap_binary("cameras.bin", files["cameras.bin"], "cameras")
+    colmap.check_colmap_binary("images.bin", files["images.bin"], "images")
     assert (
-        len(C.read_camera_files([(n, d) for n, d in files.items() if n.startswith(("cameras", "images"))]).entries) == 3
+        len(
+            camera_files.read_camera_files(
+                [(n, d) for n, d in files.items() if n.startswith(("cameras", "images"))]
+            ).entries
+        )
+        == 3
     )
 
 
@@ -85,8 +90,8 @@ def test_json_with_an_image_size_refuses_an_implausible_camera_by_its_name():
 def test_json_without_a_size_is_judged_against_the_frame_and_that_camera_not_used():
     ixt = IXT.copy()
     ixt[2, 0, 0] = ixt[2, 1, 1] = 1e7  # plausible ratio, absurd for a 64 px wide frame
-    cams = C.read_camera_files([("cams.json", json_bytes(intrinsics=ixt.tolist()))])
-    match = C.match_cameras(cams, NAMES, [(W, H)] * 3)
+    cams = camera_files.read_camera_files([("cams.json", json_bytes(intrinsics=ixt.tolist()))])
+    match = camera_match.match_cameras(cams, NAMES, [(W, H)] * 3)
     assert match.matched == [0, 1] and match.known is None
     row = match.rows[2]
     assert row.camera is None and row.note.startswith("camera 'c.jpg' not used: implausible focal length fx=1e+07 px")
@@ -97,10 +102,10 @@ def test_json_without_a_size_is_judged_against_the_frame_and_that_camera_not_use
 def test_fx_and_fy_somewhat_apart_are_taken_and_noted():
     ixt = IXT.copy()
     ixt[0, 1, 1] = ixt[0, 0, 0] * 1.5
-    cams = C.read_camera_files([("cams.json", json_bytes(intrinsics=ixt.tolist()))])
+    cams = camera_files.read_camera_files([("cams.json", json_bytes(intrinsics=ixt.tolist()))])
     assert cams.entries[0].note == "fx and fy differ 1.50-fold (non-square pixels?)"
     assert cams.entries[1].note == ""  # 45 / 45
-    row = C.match_cameras(cams, NAMES, [(W, H)] * 3).rows[0]
+    row = camera_match.match_cameras(cams, NAMES, [(W, H)] * 3).rows[0]
     assert row.camera == "a.jpg" and "non-square pixels" in row.note
 
 
