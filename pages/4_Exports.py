@@ -15,7 +15,7 @@ from da3_core import presets
 from da3_core.app import session, ui, view_state
 from da3_core.app.text import md
 from da3_core.runner.protocol import GPUError
-from da3_core.runs import records, service
+from da3_core.runs import exports, records
 from da3_core.scene import depth_video, export, geometry, voxel
 
 ctx = ui.page_setup("Exports", "📦")
@@ -229,7 +229,7 @@ def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> Non
             ctx.service.submit_export(run_dir, kind, rec, **options)
         except (ValueError, OSError, GPUError) as exc:
             ui.show_error(
-                f"The {service.EXPORT_TITLES[kind]} could not be queued: {getattr(exc, 'message', exc)}",
+                f"The {exports.EXPORT_TITLES[kind]} could not be queued: {getattr(exc, 'message', exc)}",
                 getattr(exc, "remote_traceback", ""),
             )
         else:
@@ -259,7 +259,7 @@ def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> Non
 
 def export_made(kind: str) -> Path | None:
     """The finished export on disk (the COLMAP folder, the PLY, the mp4), or None if gone."""
-    target = service.export_target(run_dir, kind)
+    target = exports.export_target(run_dir, kind)
     if kind == "colmap":
         return target if target.is_dir() and any(target.iterdir()) else None
     return target if target.is_file() else None

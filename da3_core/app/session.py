@@ -26,7 +26,8 @@ from da3_core.app import auth
 from da3_core.config import Settings
 from da3_core.contract import Reconstruction
 from da3_core.runs import records, workspace
-from da3_core.runs.service import QUEUE_WAIT_S, WALL_S, ActiveRun, RunService, took_text
+from da3_core.runs.jobs import QUEUE_WAIT_S, WALL_S, took_text
+from da3_core.runs.service import ActiveRun, RunService
 from da3_core.scene import geometry
 
 log = logging.getLogger(__name__)

@@ -211,7 +211,7 @@ def export_status(ctx: PageContext, run_dir: Path, kind: str) -> Any:
     and kind: a reload, or another page and back, shows the same job.
 
     Returns:
-        The job's `da3_core.runs.service.ExportStatus` as this page run began, or None when
+        The job's `da3_core.runs.exports.ExportStatus` as this page run began, or None when
         this run was never exported to ``kind``.
     """
     status = ctx.service.export_status(run_dir, kind)

@@ -317,7 +317,7 @@ class ChunkedRun:
         future.add_done_callback(done)
 
     def _main(self) -> None:
-        from da3_core.runs.service import RunOutcome
+        from da3_core.runs.jobs import RunOutcome
 
         try:
             self.stage = "running"

@@ -17,8 +17,10 @@ import pytest
 
 from da3_core import atomic
 from da3_core.config import Settings
+from da3_core.runs import exports
 from da3_core.runs import service as run_service
-from da3_core.runs.service import INTERRUPTED_EXPORT, ExportJob, RunService
+from da3_core.runs.exports import INTERRUPTED_EXPORT, ExportJob
+from da3_core.runs.service import RunService
 from tests.export_tasks import COLMAP_FILES, fake_export_colmap, fake_export_gs_ply, fake_render_gs_video
 from tests.run_service_tasks import fake_reconstruct
 from tests.unit import synthetic
@@ -157,7 +159,7 @@ def test_a_reload_finds_the_job_and_its_end_outlives_the_server(service, tmp_pat
 
     # A server that stopped mid-export left its record pending and a hidden half-written file:
     # the next server says it was interrupted and removes the leftover.
-    _write = run_service._write_export_record
+    _write = exports._write_export_record
     _write(run_dir, "colmap", {"kind": "colmap", "status": "pending", "estimate": "Estimate: ..."})
     leftover = atomic.partial_name(run_dir / "exports" / "colmap")
     leftover.mkdir()
@@ -191,15 +193,15 @@ def test_estimates_say_what_they_rest_on(service, tmp_path):
     n, h, w = rec.depth.shape
     colmap = service.export_estimate(run_dir, "colmap", rec, conf_percentile=40.0)
     assert colmap.budget_s == 30  # the (stand-in) task's budget
-    assert colmap.output_mb == pytest.approx(n * h * w * 0.6 * run_service.COLMAP_BYTES_PER_POINT / 2**20)
+    assert colmap.output_mb == pytest.approx(n * h * w * 0.6 * exports.COLMAP_BYTES_PER_POINT / 2**20)
     assert f"{int(n * h * w * 0.6):,} points kept" in colmap.note() and "stopped after 30 s" in colmap.note()
     ply = service.export_estimate(run_dir, "gs_ply", rec)
     assert ply.output_mb == pytest.approx(len(rec.gaussians.means) * 14 * 4 / 2**20)  # 14 floats: SH degree 0
     video = service.export_estimate(run_dir, "gs_video", rec, trajectory="wander")
-    assert video.seconds >= run_service.GSPLAT_COMPILE_S and "gsplat's one-time kernel compile" in video.note()
+    assert video.seconds >= exports.GSPLAT_COMPILE_S and "gsplat's one-time kernel compile" in video.note()
     assert "about 120 frames" in video.note()
-    assert run_service.gs_video_frames(2, "interpolate_smooth") == 48  # DA3: at least 2 s at 24 fps
-    assert run_service.gs_video_frames(9, "original") == 9
+    assert exports.gs_video_frames(2, "interpolate_smooth") == 48  # DA3: at least 2 s at 24 fps
+    assert exports.gs_video_frames(9, "original") == 9
     real = RunService(service.runner, service.settings)
     assert real.export_estimate(run_dir, "gs_video", rec).budget_s == 900  # the real task's: covers the compile
     with pytest.raises(ValueError, match="unknown export"):

@@ -16,7 +16,7 @@ import pytest
 
 from da3_core.config import Settings
 from da3_core.contract import ModelSpec
-from da3_core.runs import records
+from da3_core.runs import jobs, records
 from da3_core.runs import service as run_service
 from da3_core.runs.service import INTERRUPTED, RunService
 from tests.run_service_tasks import fake_reconstruct
@@ -200,14 +200,13 @@ def test_the_time_says_both_the_wait_in_the_queue_and_the_run(service, tmp_path)
     wait_finished(first)
     wait_finished(second)
     timings = status_on_disk(second)["timings"]
-    assert timings[run_service.QUEUE_WAIT_S] > 1.0  # it waited behind the slow one (2 s)
-    assert timings[run_service.WALL_S] >= timings[run_service.QUEUE_WAIT_S]
+    assert timings[jobs.QUEUE_WAIT_S] > 1.0  # it waited behind the slow one (2 s)
+    assert timings[jobs.WALL_S] >= timings[jobs.QUEUE_WAIT_S]
     view = view_of(service, second.run_dir)  # from the service's run
-    assert view.status == "done" and view.waiting_s == pytest.approx(timings[run_service.QUEUE_WAIT_S])
-    running = timings[run_service.WALL_S] - timings[run_service.QUEUE_WAIT_S]
+    assert view.status == "done" and view.waiting_s == pytest.approx(timings[jobs.QUEUE_WAIT_S])
+    running = timings[jobs.WALL_S] - timings[jobs.QUEUE_WAIT_S]
     assert view.took() == (
-        f"{timings[run_service.WALL_S]:.1f} s ({running:.1f} s running, "
-        f"{timings[run_service.QUEUE_WAIT_S]:.1f} s waiting)"
+        f"{timings[jobs.WALL_S]:.1f} s ({running:.1f} s running, {timings[jobs.QUEUE_WAIT_S]:.1f} s waiting)"
     )
     service.keep_finished_s = -1.0  # the server let go of it (any age is past this; no sleep): the folder says the same
     assert service.get(second.run_dir) is None
@@ -268,7 +267,7 @@ def test_the_view_of_a_run_from_its_folder_alone(service, tmp_path):
             preset="da3-small",
             device="cpu",
             params={**meta.params, "chunked": chunked},
-            timings={"total": 6.1, run_service.WALL_S: 6.1, run_service.QUEUE_WAIT_S: 2.1},
+            timings={"total": 6.1, jobs.WALL_S: 6.1, jobs.QUEUE_WAIT_S: 2.1},
         ),
     )
     view = view_of(service, run_dir)
