@@ -37,19 +37,33 @@ def _one_sided(d: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel along ``axis``: the depth change per unit step in + direction with the smaller
     magnitude (forward or backward), and the depth of that neighbour. NaN where no
     neighbour is valid (``d`` holds NaN at invalid pixels)."""
-    if axis == 0:
-        step, nb = _one_sided(d.T, 1)
-        return step.T, nb.T
     h, w = d.shape
     # Padded with NaN on both ends: forward and backward differences are views of one array.
-    dp = np.full((h, w + 2), np.nan, dtype=d.dtype)
-    dp[:, 1:-1] = d
-    diff = dp[:, 1:] - dp[:, :-1]  # (h, w + 1): diff[:, u + 1] = d[u + 1] - d[u]
+    if axis == 1:
+        dp = np.full((h, w + 2), np.nan, dtype=d.dtype)
+        dp[:, 1:-1] = d
+        diff = dp[:, 1:] - dp[:, :-1]  # diff[:, u + 1] = d[u + 1] - d[u]
+        lo, hi, nb_lo, nb_hi = (
+            (slice(None), slice(None, -1)),
+            (slice(None), slice(1, None)),
+            (slice(None), slice(None, -2)),
+            (slice(None), slice(2, None)),
+        )
+    else:
+        dp = np.full((h + 2, w), np.nan, dtype=d.dtype)
+        dp[1:-1] = d
+        diff = dp[1:] - dp[:-1]
+        lo, hi, nb_lo, nb_hi = (
+            (slice(None, -1), slice(None)),
+            (slice(1, None), slice(None)),
+            (slice(None, -2), slice(None)),
+            (slice(2, None), slice(None)),
+        )
     mag = np.abs(diff)
     mag[np.isnan(mag)] = np.inf
-    use_b = mag[:, :-1] < mag[:, 1:]
-    step = np.where(use_b, diff[:, :-1], diff[:, 1:])
-    nb = np.where(use_b, dp[:, :-2], dp[:, 2:])
+    use_b = mag[lo] < mag[hi]
+    step = np.where(use_b, diff[lo], diff[hi])
+    nb = np.where(use_b, dp[nb_lo], dp[nb_hi])
     return step, nb
 
 
