@@ -27,6 +27,7 @@ MODULES = (
     "bench_da3_options",
     "bench_hardening",
     "bench_stream",
+    "bench_evaluate",
 )
 
 
