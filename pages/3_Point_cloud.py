@@ -7,8 +7,8 @@ import time
 
 import streamlit as st
 
-from da3_core.app import session, ui, view_state, viewer
-from da3_core.scene import export, figures, geometry, splat
+from da3_core.app import session, splat_view, ui, view_state, viewer
+from da3_core.scene import export, figures, geometry
 
 ctx = ui.page_setup("Point cloud", "☁️")
 st.title("Point cloud")
@@ -50,16 +50,16 @@ if rec.gaussians is not None:
     )
 else:
     choice = VIEWERS[0]
-    st.caption(splat.NO_GAUSSIANS)
+    st.caption(splat_view.NO_GAUSSIANS)
 
 if choice == VIEWERS[1]:
     key = (meta.run_id, cs.fov_deg, cs.show_cameras)
     if st.session_state.get("pc_splat_key") != key or st.session_state.get("pc_splat") is None:
         with st.spinner("Packing the Gaussians…"):
-            st.session_state["pc_splat"] = splat.run_viewer(rec, cameras, show_cameras=cs.show_cameras, height=620)
+            st.session_state["pc_splat"] = splat_view.run_viewer(rec, cameras, show_cameras=cs.show_cameras, height=620)
         st.session_state["pc_splat_key"] = key
     view = st.session_state["pc_splat"]
-    st.caption(splat.run_viewer_caption(view, rec.names))
+    st.caption(splat_view.run_viewer_caption(view, rec.names))
     st.iframe(view.html, height=640)
 else:
     full_filters = geometry.FilterParams(**{**cs.filters.__dict__, "max_points": None})

@@ -1,4 +1,5 @@
-"""The in-page 3D Gaussian viewer: DA3's Gaussians, packed compactly, drawn by the browser.
+"""DA3's Gaussians for the in-page viewer: activated arrays, the SPZ codec and a 3DGS PLY reader.
+The viewer's page is `da3_core.app.splat_view`; its camera maths `da3_core.scene.splat_cameras`.
 
 Renderer: Spark (``@sparkjsdev/spark``, on three.js): maintained, draws in WebGL2 (so it
 runs in headless Chromium on SwiftShader, as the browser tests check), reads SPZ natively,
@@ -15,55 +16,52 @@ request leaves the page.
 Coordinates stay in DA3's world frame (OpenCV axes, ``docs/CONVENTIONS.md``); the viewer
 starts at the reference camera (DA3's world frame is its reference view's camera).
 
-Pure functions only (numpy, no torch): the page calls `splat_viewer_html`.
+Pure functions only (numpy, no torch).
 """
 
 from __future__ import annotations
 
-import base64
-import functools
 import gzip
-import json
 import math
 import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from da3_core.app.text import md
-from da3_core.contract import Gaussians, Reconstruction
-from da3_core.scene import geometry
-
-SPLAT_JS = Path(__file__).resolve().parents[1] / "static" / "splat_viewer.js"
+from da3_core.contract import Gaussians
 
 SH_C0 = 0.28209479177387814
+
+
 """Degree-0 spherical-harmonic constant: ``rgb = 0.5 + SH_C0 * dc``."""
 
+
 SPZ_MAGIC = 0x5053474E  # "NGSP"
+
+
 SPZ_VERSION = 3
+
+
 SPZ_COLOR_SCALE = 0.15
+
+
 """SPZ stores ``dc * 0.15 * 255 + 127.5`` (a wider range than 0..1 RGB)."""
 
+
 MIN_OPACITY = 1.0 / 255.0
+
+
 """Gaussians less opaque than this draw nothing and are not sent."""
 
+
 PAYLOAD_GOAL_MB_117K = 8.0
+
+
 """The issue's budget: the page for DA3-GIANT's 117,600 Gaussians stays within this (MB)."""
 
+
 _SQRT1_2 = math.sqrt(0.5)
-
-
-@functools.lru_cache(maxsize=1)
-def viewer_script() -> str:
-    """The bundled viewer (three.js, Spark, OrbitControls), read once."""
-    return SPLAT_JS.read_text(encoding="utf-8")
-
-
-# --------------------------------------------------------------------------------------
-# Gaussians -> activated numpy arrays
-# --------------------------------------------------------------------------------------
 
 
 def opacities_1d(g: Gaussians) -> np.ndarray:
@@ -101,11 +99,6 @@ def visible_mask(g: Gaussians, min_opacity: float = MIN_OPACITY) -> np.ndarray:
     op = opacities_1d(g)
     norms = np.linalg.norm(np.asarray(g.rotations, dtype=np.float64), axis=1)
     return finite & np.isfinite(op) & (op >= min_opacity) & (np.asarray(g.scales) > 0).all(1) & (norms > 1e-12)
-
-
-# --------------------------------------------------------------------------------------
-# SPZ (version 3) writer and reader
-# --------------------------------------------------------------------------------------
 
 
 def _fractional_bits(means: np.ndarray) -> int:
@@ -250,10 +243,6 @@ def read_spz(data: bytes) -> SpzContents:
     )
 
 
-# --------------------------------------------------------------------------------------
-# 3DGS PLY (DA3's writer) -> Gaussians
-# --------------------------------------------------------------------------------------
-
 _PLY_TYPES = {
     "float": "f4",
     "float32": "f4",
@@ -349,299 +338,4 @@ def read_gs_ply(data: bytes) -> Gaussians:
     )
 
 
-# --------------------------------------------------------------------------------------
-# Cameras
-# --------------------------------------------------------------------------------------
-
-
-def gaussian_cameras(rec: Reconstruction, cameras: geometry.Cameras) -> geometry.Cameras:
-    """The cameras in the Gaussians' frame.
-
-    For metric runs DA3 keeps the Gaussians unscaled: its video renderer divides the camera
-    translations by ``scale_factor`` (``export_to_gs_video``); so do we.
-    """
-    if not (rec.is_metric and rec.scale_factor):
-        return cameras
-    ext = np.array(cameras.extrinsics, dtype=np.float64, copy=True)
-    ext[:, :, 3] /= float(rec.scale_factor)
-    return geometry.Cameras(ext, cameras.intrinsics, cameras.assumed, cameras.fov_deg)
-
-
-def reference_index(cameras: geometry.Cameras) -> int:
-    """The reference camera: the one whose pose is closest to identity (DA3's world frame is
-    its reference view's camera); the first on a tie."""
-    eye = np.eye(3, 4)
-    return int(np.argmin(np.abs(cameras.extrinsics - eye).sum(axis=(1, 2))))
-
-
-def _quat_xyzw(r: np.ndarray) -> list[float]:
-    """Rotation matrix -> unit quaternion, xyzw (three.js order)."""
-    m = np.asarray(r, dtype=np.float64)
-    t = np.trace(m)
-    if t > 0:
-        s = math.sqrt(t + 1.0) * 2
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    qa = np.asarray(q)
-    return [float(x) for x in qa / np.linalg.norm(qa)]
-
-
-# OpenCV camera (x right, y down, z forward) -> three.js camera (x right, y up, looks along -z).
-_CV_TO_GL = np.diag([1.0, -1.0, -1.0])
-
-
-def viewer_camera(cameras: geometry.Cameras, hw: tuple[int, int], means: np.ndarray, index: int | None = None) -> dict:
-    """The viewer's start (and reset) camera: the reference camera's pose and vertical field of
-    view, orbiting about the point straight ahead at the Gaussians' median depth.
-
-    Returns:
-        ``{"index", "position", "quaternion" (xyzw, three.js camera), "up", "target", "fovY",
-        "near", "far"}`` (plain floats, JSON-ready).
-    """
-    i = reference_index(cameras) if index is None else int(index)
-    c2w = cameras.cam_to_world()[i]
-    r, centre = c2w[:3, :3], c2w[:3, 3]
-    h, _w = hw
-    fy = float(cameras.intrinsics[i][1, 1])
-    fov_y = math.degrees(2 * math.atan((h / 2) / fy)) if fy > 0 else 50.0
-    ext = cameras.extrinsics[i]
-    pts = np.asarray(means, dtype=np.float64)
-    pts = pts[:: max(1, len(pts) // 50_000)]
-    z = pts @ ext[:, :3].T[:, 2] + ext[2, 3] if len(pts) else np.zeros(0)
-    z = z[np.isfinite(z) & (z > 0)]
-    size = geometry.scene_scale(pts) if len(pts) else 1.0
-    depth = float(np.median(z)) if len(z) else size
-    return {
-        "index": i,
-        "position": [float(v) for v in centre],
-        "quaternion": _quat_xyzw(r @ _CV_TO_GL),
-        "up": [float(v) for v in -r[:, 1]],
-        "target": [float(v) for v in centre + r[:, 2] * depth],
-        "fovY": float(fov_y),
-        "near": float(max(size, depth) / 1000.0),
-        "far": float(max(size, depth) * 100.0),
-    }
-
-
-def frustum_lines(cameras: geometry.Cameras, hw: tuple[int, int], size: float) -> tuple[list[float], list[float]]:
-    """Camera wireframes for the viewer: flat world segment end points and one RGB (0..1) per
-    end point (each camera its colour, as in the GLB)."""
-    segs = geometry.frustum_segments(cameras, hw, size)  # (N, 8, 2, 3)
-    n = cameras.n_views
-    colours = np.repeat(np.array([geometry.camera_rgb(i, n) for i in range(n)], dtype=np.float64) / 255.0, 16, axis=0)
-    return [round(float(v), 6) for v in segs.reshape(-1)], [round(float(v), 4) for v in colours.reshape(-1)]
-
-
-# --------------------------------------------------------------------------------------
-# The page
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SplatPayload:
-    """What the page embeds: the SPZ bytes and the viewer options."""
-
-    spz: bytes
-    options: dict
-    n_sent: int
-    n_total: int
-
-
-def splat_payload(
-    g: Gaussians,
-    cameras: geometry.Cameras,
-    hw: tuple[int, int],
-    *,
-    splat_scale: float = 1.0,
-    show_cameras: bool = True,
-    background: str = "#0e1117",
-    mode: str = "orbit",
-    camera_size: float = 0.03,
-    reference: int | None = None,
-) -> SplatPayload:
-    """Pack ``g`` and the viewer's options (start camera, frustums, controls).
-
-    Args:
-        g: The Gaussians (world frame).
-        cameras: Cameras in the Gaussians' frame (`gaussian_cameras`).
-        hw: (H, W) processed image size (field of view, frustum shape).
-        splat_scale: Initial multiplier of every Gaussian's size.
-        show_cameras: Show the camera frustums at first.
-        background: Hex colour behind the scene (``#rgb`` or ``#rrggbb``).
-        mode: ``"orbit"`` or ``"fly"`` at first.
-        camera_size: Frustum depth as a fraction of the scene size (DA3's 0.03).
-        reference: Start at this camera instead of the reference camera.
-    """
-    if mode not in ("orbit", "fly"):
-        raise ValueError(f"mode must be 'orbit' or 'fly', got {mode!r}")
-    if not re.fullmatch(r"#[0-9a-fA-F]{6}|#[0-9a-fA-F]{3}", background):
-        raise ValueError(f"background must be a hex colour such as '#0e1117', got {background!r}")
-    keep = visible_mask(g)
-    spz = pack_spz(g)
-    means = np.asarray(g.means, dtype=np.float64)[keep]
-    size = geometry.scene_scale(means) if len(means) else 1.0
-    segments, colours = frustum_lines(cameras, hw, camera_size * size)
-    options = {
-        "count": int(keep.sum()),
-        "camera": viewer_camera(cameras, hw, means, reference),
-        "frustums": segments,
-        "frustumColors": colours,
-        "sceneSize": float(size),
-        "splatScale": float(splat_scale),
-        "showCameras": bool(show_cameras),
-        "background": background,
-        "mode": mode,
-    }
-    return SplatPayload(spz, options, int(keep.sum()), int(len(keep)))
-
-
-def splat_viewer_html(
-    g: Gaussians,
-    cameras: geometry.Cameras,
-    hw: tuple[int, int],
-    *,
-    height: int = 620,
-    splat_scale: float = 1.0,
-    show_cameras: bool = True,
-    background: str = "#0e1117",
-    mode: str = "orbit",
-    reference: int | None = None,
-) -> str:
-    """A self-contained HTML page that renders ``g`` in the browser (for ``st.iframe``).
-
-    Controls inside the page: orbit / fly, splat scale, cameras on/off, reset to the
-    reference camera. The page sets ``data-state="ready"`` on ``#da3-splat`` (and logs
-    ``DA3_SPLAT_READY <ms>``) once the first frame with the Gaussians is drawn.
-
-    Args: see `splat_payload`; ``height`` is the viewer height in CSS pixels.
-
-    Returns:
-        HTML with the script and the data inlined; no external requests.
-    """
-    payload = splat_payload(
-        g,
-        cameras,
-        hw,
-        splat_scale=splat_scale,
-        show_cameras=show_cameras,
-        background=background,
-        mode=mode,
-        reference=reference,
-    )
-    return html_page(payload, height=height)
-
-
-def html_page(payload: SplatPayload, *, height: int = 620) -> str:
-    """The HTML page for a `SplatPayload` (see `splat_viewer_html`)."""
-    opts = payload.options
-    data = base64.b64encode(payload.spz).decode("ascii")
-    options = json.dumps(opts, separators=(",", ":")).replace("</", "<\\/")
-    script = viewer_script().replace("</script", "<\\/script")
-    background = opts["background"]  # a hex colour (checked in `splat_payload`)
-    scale = float(opts["splatScale"])
-    fly = opts["mode"] == "fly"
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8">
-<style>
-  html, body {{ margin: 0; padding: 0; background: {background}; overflow: hidden; font: 13px sans-serif; color: #ccd; }}
-  #da3-splat {{ position: relative; width: 100%; height: {int(height)}px; }}
-  #da3-splat canvas {{ display: block; outline: none; }}
-  .da3-status {{ position: absolute; left: 8px; bottom: 6px; pointer-events: none; opacity: .85; }}
-  #da3-bar {{ position: absolute; right: 8px; top: 6px; display: flex; gap: 10px; align-items: center; background: rgba(14,17,23,.6); padding: 3px 6px; border-radius: 4px; }}
-  #da3-bar button, #da3-bar input, #da3-bar select {{ font: inherit; }}
-</style></head>
-<body>
-<div id="da3-splat" data-state="loading">
-  <div id="da3-bar">
-    <label>mode <select id="da3-mode"><option value="orbit"{"" if fly else " selected"}>orbit</option><option value="fly"{" selected" if fly else ""}>fly (WASD)</option></select></label>
-    <label>splat scale <input id="da3-scale" type="range" min="0.1" max="3" step="0.05" value="{scale:g}"></label>
-    <label><input id="da3-cams" type="checkbox" {"checked" if opts["showCameras"] else ""}> cameras</label>
-    <button id="da3-reset" type="button">reset view</button>
-  </div>
-</div>
-<script>{script}</script>
-<script>
-  (function () {{
-    var el = document.getElementById('da3-splat');
-    var viewer = DA3SplatViewer.mount(el, "{data}", {options});
-    window.da3SplatViewer = viewer;
-    if (!viewer) return;
-    document.getElementById('da3-mode').addEventListener('change', function (e) {{ viewer.setMode(e.target.value); }});
-    document.getElementById('da3-scale').addEventListener('input', function (e) {{ viewer.setSplatScale(parseFloat(e.target.value)); }});
-    document.getElementById('da3-cams').addEventListener('change', function (e) {{ viewer.setCamerasVisible(e.target.checked); }});
-    document.getElementById('da3-reset').addEventListener('click', function () {{ viewer.resetView(); }});
-  }})();
-</script>
-</body></html>"""
-
-
-# --------------------------------------------------------------------------------------
-# A run's viewer (what the Point cloud page shows)
-# --------------------------------------------------------------------------------------
-
-NO_GAUSSIANS = (
-    "3D Gaussian viewer: this run has no Gaussians (they come from presets with a GS head, "
-    "DA3 Giant or Nested Giant-Large, run with 'Infer 3D Gaussians')."
-)
 """The one line the page shows when the viewer cannot be offered."""
-
-
-@dataclass(frozen=True)
-class RunViewer:
-    """A run's Gaussian viewer, ready for ``st.iframe``.
-
-    Attributes:
-        html: The self-contained page.
-        n_sent: Gaussians drawn (those that can be seen).
-        n_total: Gaussians in the run.
-        reference: Index of the view the viewer starts from.
-        payload_mb: Size of ``html`` in MB (10^6 bytes): what travels to the browser.
-    """
-
-    html: str
-    n_sent: int
-    n_total: int
-    reference: int
-    payload_mb: float
-
-
-def run_viewer(
-    rec: Reconstruction, cameras: geometry.Cameras, *, show_cameras: bool = True, height: int = 620
-) -> RunViewer:
-    """The Gaussian viewer of a run: its Gaussians with its cameras (in the Gaussians' frame).
-
-    Raises:
-        ValueError: The run has no Gaussians.
-    """
-    if rec.gaussians is None:
-        raise ValueError(NO_GAUSSIANS)
-    payload = splat_payload(rec.gaussians, gaussian_cameras(rec, cameras), rec.hw, show_cameras=show_cameras)
-    html = html_page(payload, height=height)
-    return RunViewer(
-        html, payload.n_sent, payload.n_total, int(payload.options["camera"]["index"]), len(html.encode("utf-8")) / 1e6
-    )
-
-
-def run_viewer_caption(view: RunViewer, names: tuple[str, ...] | list[str]) -> str:
-    """One line of Markdown under the viewer: what is drawn, where it starts, how much was sent
-    (the view name is escaped)."""
-    hidden = view.n_total - view.n_sent
-    left_out = f" ({hidden:,} fully transparent or invalid left out)" if hidden else ""
-    ref = (
-        f"view {view.reference}: {md(names[view.reference])}"
-        if 0 <= view.reference < len(names)
-        else f"view {view.reference}"
-    )
-    return (
-        f"{view.n_sent:,} of {view.n_total:,} Gaussians{left_out}, drawn by your browser (WebGL2, Spark): nothing renders on the "
-        f"server. Starts at the reference camera ({ref}); orbit or fly, splat scale, cameras and reset are in the viewer's bar. "
-        f"Page size {view.payload_mb:.1f} MB."
-    )

@@ -4,7 +4,7 @@ enters this process (`tests/app/conftest.py` checks it around every test)."""
 
 from __future__ import annotations
 
-from da3_core.scene import splat
+from da3_core.app import splat_view
 from tests.app.kit import PAGES, check, has_viewer, keys, run_picker, runner_counts, texts
 from tests.unit import synthetic
 
@@ -42,7 +42,7 @@ def test_the_point_cloud_page_offers_the_gaussian_viewer_beside_the_points(new_a
     viewer = at.radio(key="pc_viewer")
     assert list(viewer.options) == ["Points", "3D Gaussians"] and viewer.value == "Points"
     assert "pc_full" in keys(at.button) and splat_html(at) == []
-    assert splat.NO_GAUSSIANS not in texts(at.caption)
+    assert splat_view.NO_GAUSSIANS not in texts(at.caption)
 
     viewer.set_value("3D Gaussians").run()
     check(at, "Gaussian viewer")
@@ -73,7 +73,7 @@ def test_the_point_cloud_page_offers_the_gaussian_viewer_beside_the_points(new_a
     at.switch_page(PAGES[2]).run()
     check(at, "cloud without Gaussians")
     assert "pc_viewer" not in keys(at.radio)
-    assert texts(at.caption).count(splat.NO_GAUSSIANS) == 1
+    assert texts(at.caption).count(splat_view.NO_GAUSSIANS) == 1
     assert "pc_full" in keys(at.button)
 
     # Showing the Gaussians never called the worker (the browser draws them).

@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
+from da3_core.app import splat_view
 from da3_core.contract import Gaussians
 from da3_core.runs import tasks
 from da3_core.scene import geometry, splat
@@ -175,7 +176,7 @@ def assert_thirds(img: np.ndarray, what: str) -> None:
 
 def test_three_coloured_blobs_land_in_their_thirds(open_viewer):
     g = three_blobs()
-    html = splat.splat_viewer_html(g, one_camera(), (H, W), height=H, show_cameras=False, background=BACKGROUND)
+    html = splat_view.splat_viewer_html(g, one_camera(), (H, W), height=H, show_cameras=False, background=BACKGROUND)
     v = open_viewer(html)
     assert v.page.locator("#da3-splat").get_attribute("data-splats") == str(len(g.means))
     img = v.pixels()
@@ -198,7 +199,7 @@ def test_an_elongated_gaussian_keeps_its_rotation_and_up_is_up(open_viewer):
     turn = [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)]
     g = make_gaussians([[0.0, -1.0, 4.0]], (1, 1, 0), [0.25, 0.02, 0.02], rotations=turn, opacity=1.0)
     v = open_viewer(
-        splat.splat_viewer_html(g, one_camera(), (H, W), height=H, show_cameras=False, background=BACKGROUND)
+        splat_view.splat_viewer_html(g, one_camera(), (H, W), height=H, show_cameras=False, background=BACKGROUND)
     )
     img = v.pixels()
     v.shoot("rotation")
@@ -218,7 +219,7 @@ def test_the_controls_change_the_picture(open_viewer):
         None,
     )
     g = three_blobs()
-    v = open_viewer(splat.splat_viewer_html(g, cams, (H, W), height=H, show_cameras=True, background=BACKGROUND))
+    v = open_viewer(splat_view.splat_viewer_html(g, cams, (H, W), height=H, show_cameras=True, background=BACKGROUND))
     start = v.pixels()
     below = (slice(300, 400), slice(280, 360))  # where the second camera's frustum is drawn
     assert lit(start[below]).sum() > 20, "the camera frustum is not drawn"
@@ -316,7 +317,7 @@ def test_the_ply_from_da3s_writer_in_the_worker_loads_in_the_viewer(open_viewer,
     assert 0.85 * 48 * 64 < len(g.means) < 48 * 64
     assert np.allclose(g.opacities, 0.95, atol=1e-5) and np.allclose(g.scales, 0.7 * 4 / 50, rtol=1e-5)
     cams = geometry.Cameras(rec.extrinsics.astype(np.float64), rec.intrinsics.astype(np.float64), False, None)
-    v = open_viewer(splat.splat_viewer_html(g, cams, rec.hw, height=H, show_cameras=False, background=BACKGROUND))
+    v = open_viewer(splat_view.splat_viewer_html(g, cams, rec.hw, height=H, show_cameras=False, background=BACKGROUND))
     img = v.pixels()
     v.shoot("da3-ply")
     assert_thirds(img, "DA3's 3DGS PLY")

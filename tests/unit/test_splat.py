@@ -13,8 +13,9 @@ import struct
 import numpy as np
 import pytest
 
+from da3_core.app import splat_view
 from da3_core.contract import Gaussians
-from da3_core.scene import geometry, splat
+from da3_core.scene import geometry, splat, splat_cameras
 from tests.unit import synthetic
 
 
@@ -241,7 +242,7 @@ def test_the_viewer_starts_at_the_reference_camera_looking_along_its_axis():
     order = [1, 0, 2]
     cams = geometry.Cameras(cams.extrinsics[order], cams.intrinsics[order], False, None)
     means = np.array([[0, 0, 2.0], [0.1, 0.2, 4.0], [0, 0, 6.0], [0, 0, -3.0]])
-    cam = splat.viewer_camera(cams, rec.hw, means)
+    cam = splat_cameras.viewer_camera(cams, rec.hw, means)
     assert cam["index"] == 1
     assert np.allclose(cam["position"], 0.0, atol=1e-9)
     assert np.allclose(cam["quaternion"], [1, 0, 0, 0], atol=1e-9)  # OpenCV -> three.js camera: 180 degrees about x
@@ -250,7 +251,7 @@ def test_the_viewer_starts_at_the_reference_camera_looking_along_its_axis():
     assert cam["fovY"] == pytest.approx(math.degrees(2 * math.atan(24 / 50.0)))
     assert 0 < cam["near"] < cam["far"]
     # Another camera: the three.js camera's -z is the OpenCV optical axis, its +y the image up.
-    other = splat.viewer_camera(cams, rec.hw, means, index=2)
+    other = splat_cameras.viewer_camera(cams, rec.hw, means, index=2)
     r_c2w = cams.cam_to_world()[2][:3, :3]
     assert np.allclose(rotate(other["quaternion"], [0, 0, -1]), r_c2w[:, 2], atol=1e-9)
     assert np.allclose(rotate(other["quaternion"], [0, 1, 0]), other["up"], atol=1e-9)
@@ -259,7 +260,7 @@ def test_the_viewer_starts_at_the_reference_camera_looking_along_its_axis():
 
 def test_viewer_camera_without_points_in_front_or_focal_length():
     cams = geometry.Cameras(np.eye(3, 4)[None], np.diag([0.0, 0.0, 1.0])[None], True, 60.0)
-    cam = splat.viewer_camera(cams, (10, 10), np.zeros((0, 3)))
+    cam = splat_cameras.viewer_camera(cams, (10, 10), np.zeros((0, 3)))
     assert cam["fovY"] == 50.0 and np.allclose(cam["target"], [0, 0, 1.0])
 
 
@@ -267,16 +268,16 @@ def test_viewer_camera_without_points_in_front_or_focal_length():
 def test_rotation_to_quaternion_for_half_turns(axis):
     r = -np.eye(3)
     r[axis, axis] = 1.0  # 180 degrees about this axis: trace -1, the branch on the largest diagonal
-    q = splat._quat_xyzw(r)
+    q = splat_cameras._quat_xyzw(r)
     want = [0.0, 0.0, 0.0, 0.0]
     want[axis] = 1.0
     assert np.allclose(np.abs(q), want, atol=1e-12)
 
 
 def test_rotation_to_quaternion_matches_the_rotation():
-    assert np.allclose(splat._quat_xyzw(np.eye(3)), [0, 0, 0, 1])
+    assert np.allclose(splat_cameras._quat_xyzw(np.eye(3)), [0, 0, 0, 1])
     r = synthetic.rot_y(30.0) @ synthetic.rot_x(-20.0)  # trace > 0
-    q = splat._quat_xyzw(r)
+    q = splat_cameras._quat_xyzw(r)
     for v in np.eye(3):
         assert np.allclose(rotate(q, v), r @ v, atol=1e-12)
 
@@ -284,9 +285,9 @@ def test_rotation_to_quaternion_matches_the_rotation():
 def test_metric_runs_scale_the_cameras_into_the_gaussians_frame():
     rec = synthetic.box_scene(3)
     cams = geometry.resolve_cameras(rec)
-    assert splat.gaussian_cameras(rec, cams) is cams
+    assert splat_cameras.gaussian_cameras(rec, cams) is cams
     metric = dataclasses.replace(rec, is_metric=True, scale_factor=4.0)
-    scaled = splat.gaussian_cameras(metric, cams)
+    scaled = splat_cameras.gaussian_cameras(metric, cams)
     assert np.allclose(scaled.extrinsics[:, :, 3], cams.extrinsics[:, :, 3] / 4.0)
     assert np.allclose(scaled.extrinsics[:, :, :3], cams.extrinsics[:, :, :3])
 
@@ -294,7 +295,7 @@ def test_metric_runs_scale_the_cameras_into_the_gaussians_frame():
 def test_frustum_lines_one_colour_per_end_point():
     rec = synthetic.box_scene(3)
     cams = geometry.resolve_cameras(rec)
-    pts, cols = splat.frustum_lines(cams, rec.hw, 0.5)
+    pts, cols = splat_cameras.frustum_lines(cams, rec.hw, 0.5)
     assert len(pts) == len(cols) == 3 * 8 * 2 * 3
     assert np.allclose(np.array(pts).reshape(3, 16, 3)[0, 0], 0.0)  # camera 0's first segment starts at its centre
     assert np.allclose(np.array(cols).reshape(3, 16, 3)[1, 0], np.array(geometry.camera_rgb(1, 3)) / 255, atol=1e-4)
@@ -313,10 +314,10 @@ def options_of(html: str) -> dict:
 
 def test_the_page_is_self_contained():
     rec = synthetic.with_gaussians(synthetic.box_scene(3))
-    view = splat.run_viewer(rec, geometry.resolve_cameras(rec), show_cameras=False, height=500)
+    view = splat_view.run_viewer(rec, geometry.resolve_cameras(rec), show_cameras=False, height=500)
     html = view.html
     assert html.startswith("<!doctype html>") and "DA3SplatViewer.mount" in html
-    page = html.replace(splat.viewer_script(), "")  # the bundle's own network-free-ness is checked in the browser
+    page = html.replace(splat_view.viewer_script(), "")  # the bundle's own network-free-ness is checked in the browser
     assert not re.search(r"<script[^>]+src=|<link|<img|@import|url\(|https?:", page, re.I)  # the page fetches nothing
     assert html.count("</script>") == 2  # the bundle cannot close its own tag early
     opts = options_of(html)
@@ -331,15 +332,15 @@ def test_the_page_is_self_contained():
 def test_page_options_and_the_fly_mode():
     g = gaussians(30)
     cams = geometry.Cameras(np.eye(3, 4)[None], synthetic.pinhole()[None], False, None)
-    html = splat.splat_viewer_html(g, cams, (48, 64), mode="fly", splat_scale=2.0, background="#fff")
+    html = splat_view.splat_viewer_html(g, cams, (48, 64), mode="fly", splat_scale=2.0, background="#fff")
     opts = options_of(html)
     assert opts["mode"] == "fly" and opts["splatScale"] == 2.0
     assert '<option value="fly" selected>' in html and 'value="2"' in html
     assert "background: #fff;" in html and opts["background"] == "#fff"
     with pytest.raises(ValueError, match="mode must be"):
-        splat.splat_payload(g, cams, (48, 64), mode="walk")
+        splat_view.splat_payload(g, cams, (48, 64), mode="walk")
     with pytest.raises(ValueError, match="background must be a hex colour"):
-        splat.splat_payload(g, cams, (48, 64), background="#fff</style>")
+        splat_view.splat_payload(g, cams, (48, 64), background="#fff</style>")
 
 
 def test_117k_gaussians_fit_the_payload_budget():
@@ -359,7 +360,7 @@ def test_117k_gaussians_fit_the_payload_budget():
     cams = geometry.Cameras(
         np.stack([np.eye(3, 4)] * 2), np.stack([synthetic.pinhole(224, 224, w / 2, h / 2)] * 2), False, None
     )
-    html = splat.splat_viewer_html(g, cams, (h, w))
+    html = splat_view.splat_viewer_html(g, cams, (h, w))
     assert len(g.means) == 117_600
     assert len(html.encode()) / 1e6 <= splat.PAYLOAD_GOAL_MB_117K
 
@@ -367,9 +368,9 @@ def test_117k_gaussians_fit_the_payload_budget():
 def test_run_viewer_needs_gaussians_and_its_caption_escapes_names():
     rec = synthetic.box_scene(2)
     with pytest.raises(ValueError, match="this run has no Gaussians"):
-        splat.run_viewer(rec, geometry.resolve_cameras(rec))
-    view = splat.RunViewer("<html>", 90, 100, 1, 1.25)
-    caption = splat.run_viewer_caption(view, ("a.png", "*b*.png"))
+        splat_view.run_viewer(rec, geometry.resolve_cameras(rec))
+    view = splat_view.RunViewer("<html>", 90, 100, 1, 1.25)
+    caption = splat_view.run_viewer_caption(view, ("a.png", "*b*.png"))
     assert caption.startswith("90 of 100 Gaussians (10 fully transparent or invalid left out), drawn by your browser")
     assert "view 1: \\*b\\*" in caption and "Page size 1.2 MB." in caption
-    assert "view 5)" in splat.run_viewer_caption(dataclasses.replace(view, reference=5, n_sent=100), ("a.png",))
+    assert "view 5)" in splat_view.run_viewer_caption(dataclasses.replace(view, reference=5, n_sent=100), ("a.png",))
