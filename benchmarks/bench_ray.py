@@ -91,7 +91,7 @@ def pool_speedup(tasks: int = 16, seconds: float = 0.5) -> dict[str, float]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from da3_core.runner.backends.ray import project_on_pythonpath
+    from da3_core.runner.backends.ray_connect import project_on_pythonpath
 
     t = time.perf_counter()
     with project_on_pythonpath():
@@ -125,7 +125,7 @@ def pool_speedup(tasks: int = 16, seconds: float = 0.5) -> dict[str, float]:
 def run() -> dict[str, float]:
     import ray
 
-    from da3_core.runner.backends.ray import connect
+    from da3_core.runner.backends.ray_connect import connect
 
     if ray.is_initialized():
         raise RuntimeError(

@@ -40,11 +40,11 @@ def start_cluster() -> Any:
         import ray
         from ray.cluster_utils import Cluster
 
-        from da3_core.runner.backends import ray as ray_backend
+        from da3_core.runner.backends import ray_connect
 
         t0 = time.monotonic()
         # Its processes inherit this environment: the actors import the project from here.
-        with ray_backend.project_on_pythonpath():
+        with ray_connect.project_on_pythonpath():
             cluster = Cluster(
                 initialize_head=True,
                 head_node_args={
@@ -179,7 +179,7 @@ def token_head():
     authentication on. One CPU, no dashboard; ``--block`` keeps the command in the foreground,
     so that stopping it (SIGTERM: Ray ends the node's processes) ends this cluster only, where
     ``ray stop`` would end every Ray cluster of this machine (the session's too)."""
-    from da3_core.runner.backends.ray import PROJECT_ROOT
+    from da3_core.runner.backends.ray_connect import PROJECT_ROOT
 
     home = Path(tempfile.mkdtemp(prefix="da3-ray-home-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="da3r", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes

@@ -62,7 +62,7 @@ def test_bad_addresses_fail_fast_with_what_to_check():
     code = textwrap.dedent(
         """
         import os, socket, sys, threading, time
-        import da3_core.runner.backends.ray as rb
+        import da3_core.runner.backends.ray_connect as rb
         from da3_core.runner import Runner
         from da3_core.runner.protocol import WorkerStartError
 
@@ -96,7 +96,7 @@ TOKEN_DRIVER = textwrap.dedent(
     """
     import json, os, sys, time
     import ray
-    import da3_core.runner.backends.ray as rb
+    import da3_core.runner.backends.ray_connect as rb
     from da3_core.runner import Runner
     from da3_core.runner.protocol import WorkerStartError
 
