@@ -16,9 +16,9 @@ the same as for worker processes; only the transport differs:
   `restart` and `close` end the actor with ``ray.kill``; the next call starts a fresh one;
 * actors are created with ``max_restarts=0``: Ray then reports a dead actor to the caller in
   a few milliseconds (with restarts it takes one to two seconds).
+
 Connecting (a local cluster or ``DA3_RAY_ADDRESS``, the token) is `ray_connect`. Ray is imported
 lazily, only in these two modules; the server process still never imports torch.
-Ray is imported lazily, only here; the server process still never imports torch.
 """
 
 from __future__ import annotations
