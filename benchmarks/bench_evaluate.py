@@ -146,7 +146,7 @@ def _run_arrays(scene: dict[str, np.ndarray]) -> metrics.RunArrays:
     )
 
 
-def _tsdf_child(queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def _tsdf_child(queue: mp.Queue) -> None:  # type: ignore[type-arg] - mp.Queue is not subscriptable at run time
     scene = render_scene(16)
     t0 = time.perf_counter()
     fused = mesh.fuse_tsdf(scene["depth"], scene["intrinsics"], scene["extrinsics"], scene["images"])

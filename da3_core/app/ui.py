@@ -36,16 +36,30 @@ from da3_core.runs.service import RunService
 log = logging.getLogger(__name__)
 
 
-# The app's pages, for the links this module draws. Streamlit's automatic page list is off
-# (.streamlit/config.toml) because it labels the entry page "streamlit app".
+# The app's pages: the menu `streamlit_app.py` builds with st.navigation (`pages`), and the
+# links pages draw to each other (`link`). Key: (file, title, icon); the URL is the file's name
+# without its number ("/Reconstruct"), Home is "/".
 NAV: dict[str, tuple[str, str, str]] = {
-    "home": ("streamlit_app.py", "Home", "🛰️"),
+    "home": ("pages/0_Home.py", "Home", "🛰️"),
     "reconstruct": ("pages/1_Reconstruct.py", "Reconstruct", "▶️"),
     "depth": ("pages/2_Depth_maps.py", "Depth maps", "🗺️"),
     "cloud": ("pages/3_Point_cloud.py", "Point cloud", "☁️"),
     "exports": ("pages/4_Exports.py", "Exports", "📦"),
     "runner": ("pages/5_Runner.py", "Runner", "⚙️"),
 }
+
+
+def pages() -> list[Any]:
+    """The app's pages for ``st.navigation``, in `NAV`'s order; Home is the default."""
+    return [
+        st.Page(path, title=title, icon=icon, default=key == "home", url_path=None if key == "home" else url_path(path))
+        for key, (path, title, icon) in NAV.items()
+    ]
+
+
+def url_path(path: str) -> str:
+    """A page's URL path: its file name without the number and the extension ("Depth_maps")."""
+    return Path(path).stem.split("_", 1)[1]
 
 
 def link(key: str, label: str | None = None) -> None:
@@ -105,9 +119,6 @@ def page_setup(title: str, icon: str = "🛰️", status_in_main: bool = False) 
 
 def sidebar(ctx: PageContext, status: bool = True) -> None:
     with st.sidebar:
-        for key in NAV:
-            link(key)
-        st.divider()
         auth.sidebar_account(ctx.user)
         st.caption(runner_caption(ctx))
         if status:

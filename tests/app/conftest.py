@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.kit import HEAVY, HOME, environ, heavy
+from tests.app.kit import ENTRY, HEAVY, environ, heavy
 from tests.conftest import ROOT
 
 # Variables the app reads at its first page run; set only while `app_env` reads them.
@@ -166,7 +166,7 @@ def new_app(app_env):
     from streamlit.testing.v1 import AppTest
 
     def make(sid: str | None = None, timeout: float = 60):
-        at = AppTest.from_file(str(ROOT / HOME), default_timeout=timeout)
+        at = AppTest.from_file(str(ROOT / ENTRY), default_timeout=timeout)
         if sid is not None:
             at.query_params["s"] = sid
         app_env.used = True

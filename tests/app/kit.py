@@ -18,7 +18,9 @@ PAGES = [
     "pages/4_Exports.py",
     "pages/5_Runner.py",
 ]
-HOME = "streamlit_app.py"
+# The entry script (st.navigation over the pages) and the Home page it opens on.
+ENTRY = "streamlit_app.py"
+HOME = "pages/0_Home.py"
 
 
 def heavy() -> list[str]:

@@ -50,7 +50,7 @@ def test_upload_and_run_in_a_separate_streamlit_process(workspace):
         pages["viewer"] = has_viewer(at)
         at.switch_page(PAGES[3]).run(); check(at, "exports")
         pages["exports"] = sorted(k for k in keys(at.get("download_button")) if k)
-        at.switch_page("streamlit_app.py").run(); check(at, "home with runs")
+        at.switch_page("pages/0_Home.py").run(); check(at, "home with runs")
         pages["home_runs"] = len(at.dataframe[0].value) if at.dataframe else 0
         print(json.dumps({"rejected": rejected, "done": done, "errors": errors, "pages": pages, "heavy": heavy()}))
         """

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 from tests.conftest import png_bytes
@@ -88,14 +89,15 @@ def test_known_cameras_upload_table_and_run(app_server, browser, tmp_path):
         # A rerun still in flight after the photos can replace the uploader and drop its files,
         # even after their chips showed (seen once in ~10 runs, in CI and here): the table, drawn
         # by the server from the files it received, is what says the upload landed. Upload again
-        # only when the chips are gone.
+        # only when the chips are gone. While a rerun swaps the uploader, the old and the new one
+        # are both in the page for a moment: the upload then goes to the last (the new) one.
         for attempt in range(4):
-            if chips.count() == 0:
-                cams_input.set_input_files([str(tmp_path / "cameras.txt"), str(tmp_path / "images.txt")])
             try:
+                if chips.count() == 0:
+                    cams_input.last.set_input_files([str(tmp_path / "cameras.txt"), str(tmp_path / "images.txt")])
                 expect(table).to_be_visible(timeout=30_000)
                 break
-            except AssertionError:
+            except (AssertionError, PlaywrightError):
                 if attempt == 3:
                     raise
         expect(table.locator("tbody tr")).to_have_count(3)

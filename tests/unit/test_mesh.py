@@ -134,7 +134,7 @@ def test_exports_read_back(fmt: str) -> None:
     depth = np.full((8, 10), 2.0)
     image = np.full((8, 10, 3), 50, dtype=np.uint8)
     m = ME.view_mesh(depth, K, None, image)
-    data = ME.mesh_bytes(m, fmt)  # type: ignore[arg-type]
+    data = ME.mesh_bytes(m, fmt)  # type: ignore[arg-type] - fmt loops over the Literal values as str
     loaded = trimesh.load(io.BytesIO(data), file_type=fmt, process=False, force="mesh")
     assert len(loaded.faces) == m.n_faces and len(loaded.vertices) == m.n_vertices
     z = np.asarray(loaded.vertices)[:, 2]
@@ -147,4 +147,4 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError):
         ME.fuse_tsdf(np.zeros((2, 4, 4)), np.repeat(K[None], 2, 0), np.zeros((2, 3, 4)))
     with pytest.raises(ValueError):
-        ME.mesh_bytes(ME.view_mesh(np.ones((4, 4)), K), "stl")  # type: ignore[arg-type]
+        ME.mesh_bytes(ME.view_mesh(np.ones((4, 4)), K), "stl")  # type: ignore[arg-type] - an unknown format on purpose
