@@ -23,14 +23,28 @@ os.environ.setdefault("DA3_ISOLATION", "isolated")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# Test modules that share one Ray cluster: under pytest-xdist they run in the same worker
+# process (the session's cluster is started once there, not once per worker).
+RAY_MODULES = ("test_ray_backend.py", "test_runner_contract.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
     """The AppTests run first: they prove torch never enters the Streamlit process, which this
-    pytest process stands in for, so no earlier test may have imported torch here."""
+    pytest process stands in for, so no earlier test may have imported torch here.
+
+    Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) each module is one unit
+    of work, so a module's fixtures (a runner, a Streamlit server) start once; the Ray modules
+    form one unit.
+    """
     app_dir = ROOT / "tests" / "app"
     first = [item for item in items if app_dir in Path(str(item.path)).parents]
     if first:
         chosen = {id(item) for item in first}
         items[:] = first + [item for item in items if id(item) not in chosen]
+    for item in items:
+        path = Path(str(item.path))
+        group = "ray" if path.name in RAY_MODULES else str(path.relative_to(ROOT))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session, exitstatus):
