@@ -159,12 +159,12 @@ EXPECTED = [
     + r"INFO MainProcess da3_core: DA3 dashboard logs go to stderr .*\(level INFO; .*DA3_APP_LOG_LEVEL=DEBUG prints everything\)",
     STAMP + r"INFO MainProcess da3_core\.runner\.backends\.process: worker 1 started on CPU \(pid \d+, \d+\.\d s\)",
     STAMP
-    + r"INFO MainProcess da3_core\.run_service: run run-\S+ done in \d+\.\d s \(\d+\.\d s running, \d+\.\d s waiting\) \(2 frame\(s\), da3-small untrained on cpu\)",
+    + r"INFO MainProcess da3_core\.runs\.service: run run-\S+ done in \d+\.\d s \(\d+\.\d s running, \d+\.\d s waiting\) \(2 frame\(s\), da3-small untrained on cpu\)",
     STAMP
-    + r"ERROR MainProcess da3_core\.runner\.backends\.base: call 2 \(da3_core\.tasks:reconstruct\) failed on worker 1: "
+    + r"ERROR MainProcess da3_core\.runner\.backends\.base: call 2 \(da3_core\.runs\.tasks:reconstruct\) failed on worker 1: "
     r"ModelUnavailableError: .*no-such-model.*",
     STAMP
-    + r"WARNING MainProcess da3_core\.run_service: run run-\S+ failed after \d+\.\d s \(\d+\.\d s running, \d+\.\d s waiting\): ModelUnavailableError: .*",
+    + r"WARNING MainProcess da3_core\.runs\.service: run run-\S+ failed after \d+\.\d s \(\d+\.\d s running, \d+\.\d s waiting\): ModelUnavailableError: .*",
 ]
 
 
