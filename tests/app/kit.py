@@ -17,6 +17,7 @@ PAGES = [
     "pages/3_Point_cloud.py",
     "pages/4_Exports.py",
     "pages/5_Runner.py",
+    "pages/6_Compare.py",
 ]
 HOME = "streamlit_app.py"
 
