@@ -294,9 +294,11 @@ def save_reference(
 # --------------------------------------------------------------------------------------
 
 
-def _run_arrays(run_dir: Path) -> tuple[Any, str, Any, Any]:
-    """(RunArrays, unit, meta, rec) of a finished run. Runs without poses (mono presets) get
-    their assumed intrinsics and no extrinsics: depth is compared, cameras and clouds not."""
+def _run_arrays(run_dir: Path) -> tuple[Any, str, Any]:
+    """(RunArrays, unit, meta) of a finished run. Only the arrays the scores need are read
+    (a one-call run's ``result.npz`` also holds the images and confidence). Runs without
+    poses (mono presets) get their assumed intrinsics and no extrinsics: depth is compared,
+    cameras and clouds not."""
     from da3_core.runs import records
     from da3_core.scene import geometry
     from da3_core.scene.metrics import RunArrays
@@ -304,14 +306,22 @@ def _run_arrays(run_dir: Path) -> tuple[Any, str, Any, Any]:
     meta = records.read_meta(run_dir)
     if meta.status != "done":
         raise ValueError(f"run {meta.run_id} is {meta.status}, not done: only finished runs can be compared")
-    rec = records.load_result(run_dir, meta)
-    names = tuple(rec.names)
-    if rec.has_poses:
-        arrays = RunArrays(np.asarray(rec.depth), np.asarray(rec.intrinsics), np.asarray(rec.extrinsics), names)
+    if records.is_chunked(run_dir):
+        rec = records.load_result(run_dir, meta)
+        depth, ext, ixt = np.asarray(rec.depth), rec.extrinsics, rec.intrinsics
+        names, metric = tuple(rec.names), bool(rec.is_metric)
     else:
-        cams = geometry.resolve_cameras(rec)
-        arrays = RunArrays(np.asarray(rec.depth), cams.intrinsics, None, names)
-    return arrays, rec.depth_unit, meta, rec
+        with np.load(Path(run_dir) / records.RESULT_FILE, allow_pickle=False) as z:
+            depth = z["depth"]
+            ext = z["extrinsics"] if "extrinsics" in z.files else None
+            ixt = z["intrinsics"] if "intrinsics" in z.files else None
+            names = tuple(str(n) for n in z["names"]) if "names" in z.files else tuple(meta.names)
+            metric = bool(z["is_metric"]) if "is_metric" in z.files else meta.is_metric
+    unit = "m" if metric else "relative units"
+    if ext is not None and ixt is not None:
+        return RunArrays(depth, np.asarray(ixt), np.asarray(ext), names), unit, meta
+    k = geometry.intrinsics_from_fov(int(depth.shape[1]), int(depth.shape[2]))
+    return RunArrays(depth, np.repeat(k[None], len(depth), axis=0), None, names), unit, meta
 
 
 def _threshold(depth: np.ndarray, pct: float) -> float:
@@ -343,7 +353,7 @@ def _cloud_sample(arrays: Any, index: np.ndarray, n: int, seed: int) -> np.ndarr
 def _write(out: Path, summary: CompareSummary, arrays: dict[str, np.ndarray]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    np.savez(tmp, **arrays)  # small (capped clouds, strided maps): not worth compressing
     tmp.replace(out.with_suffix(".npz"))
     tmp_json = out.with_name(out.name + ".tmp.json")
     tmp_json.write_text(json.dumps(summary.to_json(), indent=1))
@@ -363,8 +373,8 @@ def compute(request: CompareRequest) -> CompareSummary:
     out = Path(request.out)
     notes: list[str] = []
     if request.kind == "runs":
-        a, unit, meta_a, _ = _run_arrays(Path(request.run_a))
-        b, _, meta_b, _ = _run_arrays(Path(request.run_b))
+        a, unit, meta_a = _run_arrays(Path(request.run_a))
+        b, _, meta_b = _run_arrays(Path(request.run_b))
         ia, _ = M.shared_frames(a.names, b.names)
         if ia.size == 0:
             raise ValueError(
@@ -379,7 +389,7 @@ def compute(request: CompareRequest) -> CompareSummary:
     elif request.kind == "example":
         from da3_core.scene.reference import example_truth
 
-        b, _, meta_b, rec = _run_arrays(Path(request.run_a))
+        b, _, meta_b = _run_arrays(Path(request.run_a))
         params = dict(meta_b.params)
         truth = example_truth(
             Path(request.reference),
@@ -445,7 +455,7 @@ def _score_cameras(request: CompareRequest, t0: float) -> CompareSummary:
     """A run's cameras against reference cameras (pose metrics only)."""
     from da3_core.scene import metrics as M
 
-    b, _, meta, _ = _run_arrays(Path(request.run_a))
+    b, _, meta = _run_arrays(Path(request.run_a))
     with np.load(request.reference, allow_pickle=False) as z:
         ext = np.asarray(z["extrinsics"], np.float64)
         names = tuple(str(n) for n in z["names"])
