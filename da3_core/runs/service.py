@@ -233,6 +233,7 @@ class RunService:
         self.task = task or tasks.reconstruct
         self.chunk_task = chunk_task or tasks.reconstruct_chunk
         self._assembler: Any = None
+        self._comparer: Any = None
         self._runs: dict[str, ActiveRun] = {}
         self.export_tasks: dict[str, Any] = {
             "colmap": tasks.export_colmap,
@@ -340,6 +341,17 @@ class RunService:
 
                 self._assembler = Assembler()
             return self._assembler
+
+    @property
+    def comparer(self) -> Any:
+        """The child process that compares runs and scores them against references
+        (`da3_core.runs.compare.Comparer`, started on first use)."""
+        with self._lock:
+            if self._comparer is None:
+                from da3_core.runs.compare import Comparer
+
+                self._comparer = Comparer()
+            return self._comparer
 
     def choose_chunks(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any]) -> ChunkChoice:
         """C and O for a chunked run of frames of these sizes: the user's when set in
@@ -756,9 +768,11 @@ class RunService:
             log.warning("run %s: could not save its queue wait: %s", meta.run_id, exc)
 
     def close(self) -> None:
-        """Stop the assembler child (the runner is closed by its owner)."""
+        """Stop the assembler and comparer children (the runner is closed by its owner)."""
         if self._assembler is not None:
             self._assembler.close()
+        if self._comparer is not None:
+            self._comparer.close()
 
     def _forget_old(self) -> None:
         now = time.monotonic()
