@@ -282,7 +282,7 @@ def export_done_text(status) -> str:
         info = status.info
         what = (
             f"Fused mesh: {int(info.get('fused_faces') or 0):,} triangles ({info.get('tsdf', {}).get('describe', '')}); "
-            f"per-view meshes: {int(info.get('view_faces') or 0):,} triangles at every {info.get('view_stride')}nd pixel; "
+            f"per-view meshes: {int(info.get('view_faces') or 0):,} triangles (pixel stride {info.get('view_stride')}); "
             f"fusion {float(info.get('fuse_s') or 0):.1f} s, worker peak memory {info.get('peak_rss_mb')} MB. "
             "Saved in the run folder (exports/mesh)"
         )
