@@ -421,7 +421,7 @@ c1.markdown(
     "jumps (one GLB), with the Point cloud page's confidence and sky filters."
 )
 mesh_options = {"conf_percentile": float(cs.filters.conf_percentile), "fov_deg": float(cs.fov_deg)}
-c1.caption(md(views.mesh_preview_text(rec, mesh_options["conf_percentile"], mesh_options["fov_deg"])))
+c1.caption(md(views.mesh_preview_text(meta.run_id, rec, mesh_options["conf_percentile"], mesh_options["fov_deg"])))
 worker_export("mesh", "Make meshes", "ex_mesh", c1, c2, mesh_options)
 mesh_files = views.mesh_files(run_dir)
 mesh_status = ctx.service.export_status(run_dir, "mesh")
