@@ -8,6 +8,12 @@ closed form), so nothing is downloaded or rendered slowly.
   against a perturbed copy: 1 % depth noise, camera jitter, another world and scale): every
   number (depth, cameras, clouds at 200k points each, the difference maps). Figures are
   excluded: they are drawn by the page from these numbers and maps.
+* ``compare_32_views_page_s``: the same two runs as the Compare page does it: saved as run
+  folders, then one `da3_core.runs.compare.Comparer` request (the child process reads both
+  runs from disk, scores them, writes the cached summary, the difference maps and the overlay
+  clouds, and sends the summary back); a warm child, the median of a few requests.
+  ``compare_child_cold_s``: the first such request, which spawns the child and imports
+  numpy and scipy there. No goals: they show what the child process and the disk add.
 * ``tsdf_16_views_504_s``: `mesh.fuse_tsdf` of 16 views at 504 x 378, with vertex colours.
 * ``tsdf_16_views_504_peak_mb``: the peak resident memory (``resource.getrusage`` ``ru_maxrss``,
   whole process, so Python, numpy, scipy and scikit-image count too) of a fresh spawned child
@@ -166,6 +172,62 @@ def tsdf_peak_mb() -> float:
     return float(out["peak_mb"])
 
 
+def _write_run(session_dir: Path, scene: dict[str, np.ndarray]) -> Path:
+    """Save a scene as a finished run folder, as the app does after a run."""
+    from da3_core.contract import ModelSpec, Reconstruction
+    from da3_core.runs import records
+
+    n = len(scene["depth"])
+    names = [f"{i:04d}.jpg" for i in range(n)]
+    rec = Reconstruction(
+        depth=scene["depth"],
+        conf=None,
+        extrinsics=scene["extrinsics"].astype(np.float32),
+        intrinsics=scene["intrinsics"].astype(np.float32),
+        images=scene["images"],
+        sky=None,
+        is_metric=False,
+        scale_factor=None,
+        gaussians=None,
+        names=tuple(names),
+        model=ModelSpec(kind="demo", ref="da3-small"),
+        preset="da3-small",
+        device="cpu",
+    )
+    params = {"process_res": 504, "process_res_method": "upper_bound_resize"}
+    run_dir, meta = records.start_run(session_dir, list(scene["images"]), names, "upload", rec.model, params)
+    records.finish_run(run_dir, meta, rec)
+    return run_dir
+
+
+def compare_page_times(a: dict[str, np.ndarray], b: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+    """``compare_child_cold_s`` and ``compare_32_views_page_s`` (see the module doc)."""
+    import tempfile
+
+    from da3_core.runs import compare, workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        session_dir = workspace.new_session(tmp)
+        dir_a = _write_run(session_dir, a)
+        time.sleep(1.01)  # run folders are named by the second
+        dir_b = _write_run(session_dir, b)
+        comparer = compare.Comparer()
+        count = iter(range(1_000_000))
+
+        def once() -> compare.CompareSummary:
+            out = compare.cache_dir(session_dir) / f"bench-{next(count)}"
+            request = compare.CompareRequest("runs", str(dir_a), str(dir_b), 2.0, str(out))
+            return comparer.submit(request).future.result(timeout=600)
+
+        try:
+            cold, _ = _median(once, 1)
+            warm, summary = _median(once, repeats)
+        finally:
+            comparer.close()
+        assert isinstance(summary, compare.CompareSummary) and "chamfer" in summary.numbers
+    return {"compare_child_cold_s": cold, "compare_32_views_page_s": warm}
+
+
 def run(repeats: int = 3) -> dict[str, float]:
     """Returns ``compare_32_views_s``, ``tsdf_16_views_504_s``, ``tsdf_16_views_504_peak_mb``,
     ``normals_1mpx_s`` (the goals), plus ``tsdf_16_views_504_faces`` and ``tsdf_voxel_size``."""
@@ -175,6 +237,7 @@ def run(repeats: int = 3) -> dict[str, float]:
     metrics.compare_runs(a, b)  # warm-up (imports, first allocations)
     out["compare_32_views_s"], cmp = _median(lambda: metrics.compare_runs(a, b), repeats)
     assert isinstance(cmp, metrics.Comparison) and cmp.pose is not None
+    out.update(compare_page_times(truth32, perturbed(truth32), repeats))
     del truth32
 
     scene16 = render_scene(16)

@@ -450,3 +450,91 @@ class ChunkResult:
         d = self.descriptors
         if d is not None and (not isinstance(d, np.ndarray) or d.ndim != 2 or d.shape[0] != self.rec.n_views):
             raise ValueError(f"ChunkResult.descriptors must be (n_views, D), got {getattr(d, 'shape', type(d))}")
+
+
+# --------------------------------------------------------------------------------------
+# Feature maps (`export_feat_layers`): a worker job on an existing run's frames
+# --------------------------------------------------------------------------------------
+
+MAX_FEATURE_LAYERS = 8
+"""Most backbone layers one feature-map job exports (each is N x h x w x C float16)."""
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """DA3's backbone features of chosen layers for a run's frames (``export_feat_layers``).
+
+    Attributes:
+        request: The run's frames and DA3 parameters (same model, process_res, resize method,
+            reference view and cameras as the run, so the features are those of its forward pass).
+        layers: Backbone block indices (0-based, as DA3's ``export_feat_layers``), distinct,
+            sorted here; at most `MAX_FEATURE_LAYERS`.
+        run_id: The run they belong to (for messages).
+    """
+
+    request: ReconstructRequest
+    layers: tuple[int, ...]
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            layers = tuple(sorted({int(x) for x in self.layers}))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"FeatureRequest.layers must be integers, got {self.layers!r}") from exc
+        where = f" (run {self.run_id})" if self.run_id else ""
+        if not layers:
+            raise ValueError(f"FeatureRequest.layers is empty{where}: choose at least one backbone layer")
+        if layers[0] < 0:
+            raise ValueError(f"FeatureRequest.layers{where} must be >= 0, got {layers[0]}")
+        if len(layers) > MAX_FEATURE_LAYERS:
+            raise ValueError(
+                f"FeatureRequest.layers{where} has {len(layers)} layers; at most {MAX_FEATURE_LAYERS} per job"
+            )
+        object.__setattr__(self, "layers", layers)
+
+
+@dataclass(frozen=True)
+class FeatureMaps:
+    """What a feature-map job sends back: CPU numpy, float16 to keep it small.
+
+    Attributes:
+        layers: The backbone layers, ascending.
+        maps: One (N, h, w, C) float16 array per layer (``h = H // patch``, ``w = W // patch``
+            of the processed frames), views in input order (DA3's reference-view reordering
+            undone).
+        names: One name per view.
+        image_hw: (H, W) of the processed frames.
+        patch_size: Pixels per feature cell (14 for DA3).
+        preset: The DA3 preset that produced them.
+    """
+
+    layers: tuple[int, ...]
+    maps: tuple[np.ndarray, ...]
+    names: tuple[str, ...]
+    image_hw: tuple[int, int]
+    patch_size: int
+    preset: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "maps", tuple(self.maps))
+        object.__setattr__(self, "names", tuple(self.names))
+        if len(self.maps) != len(self.layers):
+            raise ValueError(f"FeatureMaps.maps has {len(self.maps)} arrays for {len(self.layers)} layers")
+        n = len(self.names)
+        for layer, m in zip(self.layers, self.maps):
+            if not isinstance(m, np.ndarray) or m.dtype != np.float16 or m.ndim != 4 or m.shape[0] != n:
+                raise ValueError(
+                    f"FeatureMaps.maps of layer {layer} must be ({n}, h, w, C) float16, got "
+                    f"{getattr(m, 'shape', type(m).__name__)} {getattr(m, 'dtype', '')}"
+                )
+
+    @property
+    def n_views(self) -> int:
+        return len(self.names)
+
+    def layer(self, k: int) -> np.ndarray:
+        """The (N, h, w, C) features of backbone layer ``k``."""
+        if k not in self.layers:
+            raise KeyError(f"layer {k} was not exported (these are: {', '.join(map(str, self.layers))})")
+        return self.maps[self.layers.index(k)]

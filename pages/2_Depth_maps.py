@@ -1,11 +1,12 @@
-"""Depth maps: one view at a time, depth and confidence, colour maps, and measuring by clicking."""
+"""Depth maps: one view at a time, depth and confidence, normals, feature maps, colour maps, and
+measuring by clicking."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from da3_core.app import ui, view_state
-from da3_core.scene import figures, geometry
+from da3_core.app import ui, view_state, views
+from da3_core.scene import features, figures, geometry
 
 ctx = ui.page_setup("Depth maps", "🗺️")
 st.title("Depth maps")
@@ -44,6 +45,22 @@ cmap = c_map.selectbox(
 view_state.keep("dm_cmap", cmap)
 reverse = c_rev.toggle("Reverse colours", view_state.kept("dm_rev", False), key="dm_rev_w")
 view_state.keep("dm_rev", reverse)
+beside_options = (
+    ["Confidence", "Normals", "Feature map"] if rec.conf is not None else ["Input", "Normals", "Feature map"]
+)
+beside = (
+    st.segmented_control(
+        "Beside depth",
+        beside_options,
+        default=beside_options[view_state.kept_index("dm_beside", beside_options)],
+        key="dm_beside_w",
+        help="Normals: per-pixel surface normals from the depth and the intrinsics, colour-coded (x right = red, "
+        "y up = green, towards you = blue), black where undefined (depth edges, holes). Feature map: DA3's backbone "
+        "features of one layer as PCA colours (made on the Exports page).",
+    )
+    or beside_options[0]
+)
+view_state.keep("dm_beside", beside)
 
 depth = rec.depth[view]
 rng = geometry.depth_range(depth, rec.depth_unit)
@@ -61,7 +78,7 @@ m[4].metric("Valid pixels", f"{rng.n_valid / max(rng.n_total, 1):.0%}")
 # Measuring: clicks on the depth map, two points per measurement, kept per run and view.
 marks_all: dict = st.session_state.setdefault("dm_marks", {})
 marks: list[tuple[int, int]] = marks_all.setdefault((meta.run_id, view), [])
-left, right = st.columns([3, 2] if rec.conf is not None else [1, 0.0001])
+left, right = st.columns([3, 2] if rec.conf is not None or beside != "Input" else [1, 0.0001])
 with left:
     st.caption("Click two points on the depth map to measure their depths and 3D distance.")
     fig = figures.depth_figure(depth, unit, colormap=cmap, reverse=reverse, marks=tuple(marks), title=f"Depth ({unit})")
@@ -74,7 +91,40 @@ with left:
         marks_all[last_key] = pixel
         marks[:] = [pixel] if len(marks) >= 2 else marks + [pixel]
         st.rerun()
-if rec.conf is not None:
+if beside == "Normals":
+    with right, st.container(key="dm_normals"):
+        nv = views.view_normals(meta.run_id, rec, view, float(view_state.kept("pc_fov", geometry.DEFAULT_FOV_DEG)))
+        st.image(nv.rgb, width="stretch")
+        st.caption(
+            f"Normals: {nv.valid_fraction:.0%} of pixels"
+            + (" (intrinsics assumed: this preset predicts none)" if nv.assumed_intrinsics else "")
+            + ". Red = x right, green = y up, blue = towards you; black = none (depth edges, holes). "
+            "16-bit PNGs of every view on the Exports page."
+        )
+        st.image(rec.images[view], caption=f"Input as processed ({rec.hw[1]}x{rec.hw[0]})", width="stretch")
+elif beside == "Feature map":
+    with right, st.container(key="dm_features"):
+        saved = views.feature_maps(run_dir)
+        if saved is None:
+            st.info("No feature maps for this run yet: make them on the Exports page (DA3's backbone layers).")
+            ui.link("exports", "Exports: feature maps")
+        else:
+            layer = st.selectbox(
+                "Layer",
+                saved.layers,
+                index=len(saved.layers) - 1,
+                key="dm_feat_layer",
+                format_func=lambda k: f"layer {k}",
+            )
+            pca = views.feature_pca(meta.run_id, run_dir, int(layer))
+            if pca is not None and view < len(pca[0]):
+                st.image(features.upsample(pca[0][view], pca[1]), width="stretch")
+                st.caption(
+                    f"Layer {layer} of {saved.preset}: {pca[0].shape[1]}x{pca[0].shape[2]} cells, 3 principal components "
+                    "(fitted over all views, DA3's visualisation) as RGB."
+                )
+        st.image(rec.images[view], caption=f"Input as processed ({rec.hw[1]}x{rec.hw[0]})", width="stretch")
+elif rec.conf is not None:
     with right:
         st.plotly_chart(
             figures.confidence_figure(rec.conf[view], title="Confidence"),

@@ -12,11 +12,12 @@ import numpy as np
 import streamlit as st
 
 from da3_core import presets
-from da3_core.app import session, ui, view_state
+from da3_core.app import session, ui, view_state, views
 from da3_core.app.text import md
+from da3_core.app.viewer import glb_viewer_html
 from da3_core.runner.protocol import GPUError
 from da3_core.runs import exports, records
-from da3_core.scene import depth_video, export, geometry, voxel
+from da3_core.scene import depth_video, export, features, geometry, mesh_build, voxel
 
 ctx = ui.page_setup("Exports", "📦")
 st.title("Exports")
@@ -150,6 +151,12 @@ DESCRIPTIONS = {
         "one PNG per view in a zip, with depth_scale.json to recover values",
         "application/zip",
     ),
+    "normals_png": (
+        "16-bit normal PNGs",
+        "one RGB PNG per view in a zip (normal = value / 65535 * 2 - 1; x, y, z in the camera's OpenCV axes), "
+        "with normals.json",
+        "application/zip",
+    ),
 }
 for fmt in export.EXPORT_FORMATS:
     title, what, mime = DESCRIPTIONS[fmt]
@@ -258,9 +265,9 @@ def worker_export(kind: str, label: str, key: str, c1, c2, options: dict) -> Non
 
 
 def export_made(kind: str) -> Path | None:
-    """The finished export on disk (the COLMAP folder, the PLY, the mp4), or None if gone."""
+    """The finished export on disk (the COLMAP or mesh folder, the PLY, the mp4, the NPZ), or None if gone."""
     target = exports.export_target(run_dir, kind)
-    if kind == "colmap":
+    if kind in ("colmap", "mesh"):
         return target if target.is_dir() and any(target.iterdir()) else None
     return target if target.is_file() else None
 
@@ -271,6 +278,21 @@ def export_done_text(status) -> str:
         what = f"COLMAP model written: {names} (exports/colmap in the run folder)"
     elif status.kind == "gs_ply":
         what = "3DGS PLY written (exports/gs_ply/0000.ply in the run folder)"
+    elif status.kind == "mesh":
+        info = status.info
+        what = (
+            f"Fused mesh: {int(info.get('fused_faces') or 0):,} triangles ({info.get('tsdf', {}).get('describe', '')}); "
+            f"per-view meshes: {int(info.get('view_faces') or 0):,} triangles (pixel stride {info.get('view_stride')}); "
+            f"fusion {float(info.get('fuse_s') or 0):.1f} s, worker peak memory {info.get('peak_rss_mb')} MB. "
+            "Saved in the run folder (exports/mesh)"
+        )
+    elif status.kind == "features":
+        info = status.info
+        what = (
+            f"Feature maps of layers {', '.join(map(str, info.get('layers') or []))}: {info.get('views')} views, "
+            f"{'x'.join(map(str, info.get('grid') or []))} cells of {info.get('channels')} channels, float16, "
+            f"{info.get('mb')} MB. Saved in the run folder (exports/{features.FEATURES_FILENAME})"
+        )
     else:
         info = status.info
         what = (
@@ -290,6 +312,30 @@ def offer_download(kind: str, made: Path, where) -> None:
             file_name=f"{meta.run_id}-colmap.zip",
             mime="application/zip",
             key="ex_colmap_zip",
+            width="stretch",
+            on_click="ignore",
+        )
+    elif kind == "mesh":
+        files = views.mesh_files(run_dir)
+        for fmt in ("glb", "ply", "obj", "views"):
+            if fmt in files:
+                label = "per-view meshes (GLB)" if fmt == "views" else f"fused mesh ({fmt.upper()})"
+                where.download_button(
+                    f"Download {label}",
+                    data=lambda p=files[fmt]: p.read_bytes(),
+                    file_name=f"{meta.run_id}-mesh-{files[fmt].name}",
+                    mime="model/gltf-binary" if files[fmt].suffix == ".glb" else "application/octet-stream",
+                    key=f"ex_mesh_dl_{fmt}",
+                    width="stretch",
+                    on_click="ignore",
+                )
+    elif kind == "features":
+        where.download_button(
+            "Download feature maps (NPZ)",
+            data=lambda: made.read_bytes(),
+            file_name=f"{meta.run_id}-{features.FEATURES_FILENAME}",
+            mime="application/octet-stream",
+            key="ex_features_dl",
             width="stretch",
             on_click="ignore",
         )
@@ -366,6 +412,68 @@ if rec.gaussians is not None:
             button_row,
             {"trajectory": str(trajectory), "fps": int(fps), "crf": int(crf), "depth_panel": bool(depth_panel)},
         )
+
+st.divider()
+st.markdown("**Meshes and feature maps** (worker jobs, like the exports above)")
+c1, c2 = st.columns([3, 2])
+c1.markdown(
+    "**Meshes** — a fused mesh of all views by TSDF fusion (GLB, PLY, OBJ) and one mesh per view cut at depth "
+    "jumps (one GLB), with the Point cloud page's confidence and sky filters."
+)
+mesh_options = {"conf_percentile": float(cs.filters.conf_percentile), "fov_deg": float(cs.fov_deg)}
+c1.caption(md(views.mesh_preview_text(meta.run_id, rec, mesh_options["conf_percentile"], mesh_options["fov_deg"])))
+worker_export("mesh", "Make meshes", "ex_mesh", c1, c2, mesh_options)
+mesh_files = views.mesh_files(run_dir)
+mesh_status = ctx.service.export_status(run_dir, "mesh")
+if "glb" in mesh_files and mesh_status is not None and mesh_status.ok:
+    faces = int(mesh_status.info.get("fused_faces") or 0)
+    if faces > mesh_build.VIEWER_MAX_FACES:
+        st.caption(
+            f"The fused mesh has {faces:,} triangles, more than the in-page viewer draws "
+            f"({mesh_build.VIEWER_MAX_FACES:,}): download it instead."
+        )
+    elif st.toggle("View the fused mesh", key="ex_mesh_view", help="Drawn by the app's three.js viewer, in the page."):
+        import streamlit.components.v1 as components
+
+        components.html(glb_viewer_html(mesh_files["glb"].read_bytes(), height=520, show_cameras=False), height=530)
+
+c1, c2 = st.columns([3, 2])
+c1.markdown(
+    "**Feature maps** — DA3's backbone features (`export_feat_layers`) of the layers you choose, for every view: "
+    "one more forward pass on the run's frames, float16 NPZ; seen as PCA colours here and on the Depth maps page."
+)
+bb = features.backbone(rec.preset)
+if bb is None:
+    c2.caption(f"Unavailable: the backbone of {rec.preset or 'this checkpoint'} is not known to the app.")
+elif records.is_chunked(run_dir):
+    c2.caption("Unavailable for chunked runs (no single forward pass).")
+else:
+    chosen = c1.multiselect(
+        f"Layers (0..{bb.blocks - 1}; the depth head reads {', '.join(map(str, bb.out_layers))})",
+        list(range(bb.blocks)),
+        default=[bb.out_layers[-1]],
+        key="ex_feat_layers",
+        max_selections=8,
+    )
+    if chosen:
+        worker_export("features", "Make feature maps", "ex_features", c1, c2, {"layers": [int(x) for x in chosen]})
+    else:
+        c2.caption("Choose at least one layer.")
+    saved = views.feature_maps(run_dir) if export_made("features") is not None else None
+    if saved is not None:
+        layer = st.selectbox("Feature map layer", saved.layers, key="ex_feat_show", format_func=lambda k: f"layer {k}")
+        pca = views.feature_pca(meta.run_id, run_dir, int(layer))
+        if pca is not None:
+            shown = min(saved.n_views, 16)
+            cols = st.columns(4)
+            for i in range(shown):
+                cols[i % 4].image(
+                    features.upsample(pca[0][i], pca[1]), caption=f"{i + 1}: {saved.names[i]}", width="stretch"
+                )
+            if saved.n_views > shown:
+                st.caption(
+                    f"First {shown} of {saved.n_views} views; every view is in the NPZ and on the Depth maps page."
+                )
 
 st.divider()
 st.subheader("The run folder")

@@ -46,6 +46,7 @@ NAV: dict[str, tuple[str, str, str]] = {
     "cloud": ("pages/3_Point_cloud.py", "Point cloud", "☁️"),
     "exports": ("pages/4_Exports.py", "Exports", "📦"),
     "runner": ("pages/5_Runner.py", "Runner", "⚙️"),
+    "compare": ("pages/6_Compare.py", "Compare", "⚖️"),
 }
 
 

@@ -20,11 +20,23 @@ from da3_core.runner import Job
 from da3_core.runs import guard, records
 from da3_core.runs.jobs import OneJob, RunOutcome, _read_events, job_clock, queued_text, took_text
 
-EXPORT_TITLES = {"colmap": "COLMAP model", "gs_ply": "3DGS PLY", "gs_video": "novel-view video"}
+EXPORT_TITLES = {
+    "colmap": "COLMAP model",
+    "gs_ply": "3DGS PLY",
+    "gs_video": "novel-view video",
+    "mesh": "meshes",
+    "features": "feature maps",
+}
 
 
 # What each kind leaves in exports/ when done (a folder for COLMAP, a file for the others).
-EXPORT_TARGETS = {"colmap": "colmap", "gs_ply": "gs_ply/0000.ply", "gs_video": "gs_video.mp4"}
+EXPORT_TARGETS = {
+    "colmap": "colmap",
+    "gs_ply": "gs_ply/0000.ply",
+    "gs_video": "gs_video.mp4",
+    "mesh": "mesh",
+    "features": "features.npz",
+}
 
 
 EXPORT_RECORD = ".{kind}.job.json"  # the job's state in exports/ (hidden: not offered as a download)
@@ -159,6 +171,33 @@ def export_estimate(
             f"(69.5 s and {GSPLAT_COMPILE_S:.0f} s measured on H100s, counted here: the first video of a "
             f"worker compiles) plus {GSPLAT_S_PER_FRAME} s per rendered view measured there; x264 "
             f"encoding not measured.",
+        )
+    if kind == "mesh":
+        from da3_core.scene import mesh, mesh_build
+
+        return ExportEstimate(
+            budget_s,
+            mesh_build.estimate_seconds(rec),
+            mesh_build.estimate_mb(rec),
+            None,
+            f"{n} views of {w}x{h}; a TSDF grid of at most {mesh.MAX_VOXELS:,} voxels (5 bytes each) integrated "
+            f"in blocks near the surface, then marching cubes; fusion measured at about "
+            f"{mesh_build.FUSE_S_PER_MPX:g} s per million pixels on a 2-core CPU.",
+        )
+    if kind == "features":
+        from da3_core.scene import features
+
+        layers = tuple(options.get("layers") or ())
+        size = features.feature_mb(n, (h, w), rec.preset, len(layers))
+        forward = float(rec.timings.get("inference", 0.0) or 0.0)
+        return ExportEstimate(
+            budget_s,
+            float(rec.timings.get("load_model", 0.0) or 0.0) + forward + 1.0,
+            3 * arrays + 2 * (size or 0.0),
+            size,
+            f"one more forward pass of {rec.preset} on the run's {n} frames (the run's took {forward:.1f} s); "
+            f"{len(layers)} layer(s) of float16 features"
+            + ("." if size is not None else " (size unknown for this checkpoint)."),
         )
     raise ValueError(f"unknown export {kind!r}: one of {', '.join(EXPORT_TITLES)}")
 
@@ -344,11 +383,12 @@ def _status_from_record(kind: str, record: dict[str, Any]) -> ExportStatus:
 
 def _export_files(run_dir: Path, value: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     """(files relative to exports/, other figures) from an export task's return value: a
-    list of paths (COLMAP), a path (3DGS PLY) or a dict with ``path`` (the video)."""
+    list of paths (COLMAP), a path (3DGS PLY) or a dict with ``path`` (the video) or
+    ``paths`` (the meshes)."""
     info: dict[str, Any] = {}
     if isinstance(value, dict):
-        info = {k: v for k, v in value.items() if k != "path"}
-        paths = [value["path"]] if value.get("path") else []
+        info = {k: v for k, v in value.items() if k not in ("path", "paths")}
+        paths = list(value.get("paths") or ()) + ([value["path"]] if value.get("path") else [])
     elif isinstance(value, (list, tuple)):
         paths = list(value)
     else:
@@ -359,6 +399,32 @@ def _export_files(run_dir: Path, value: Any) -> tuple[tuple[str, ...], dict[str,
         path = Path(str(p)).resolve()
         files.append(str(path.relative_to(exports)) if path.is_relative_to(exports) else path.name)
     return tuple(files), info
+
+
+def _land_export(ej: ExportJob, value: Any) -> Any:
+    """What the parent writes itself from a task's value: feature maps (`FeatureMaps`, float16
+    numpy that crossed the contract) go to exports/features.npz, written atomically; the
+    value becomes ``{"path", "layers", "views", "mb"}``. Other values pass unchanged."""
+    from da3_core.contract import FeatureMaps
+
+    if not isinstance(value, FeatureMaps):
+        return value
+    from da3_core.atomic import atomic_file
+    from da3_core.scene.features import features_npz_bytes
+
+    target = export_target(ej.run_dir, "features")
+    data = features_npz_bytes(value)
+    with atomic_file(target) as partial:
+        partial.write_bytes(data)
+    return {
+        "path": str(target),
+        "layers": list(value.layers),
+        "views": value.n_views,
+        "grid": list(value.maps[0].shape[1:3]) if value.maps else [],
+        "channels": int(value.maps[0].shape[3]) if value.maps else 0,
+        "mb": round(len(data) / 2**20, 2),
+        "preset": value.preset,
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -31,7 +31,7 @@ import numpy as np
 
 from da3_core import presets
 from da3_core.config import Settings
-from da3_core.contract import ModelSpec, ModelUnavailableError, Reconstruction, ReconstructRequest
+from da3_core.contract import FeatureRequest, ModelSpec, ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.logs import one_line
 from da3_core.runner import Job, Runner
 from da3_core.runner.protocol import GPUError, TaskCancelledError, TaskError
@@ -44,6 +44,7 @@ from da3_core.runs.exports import (
     ExportStatus,
     _export_files,
     _jsonable,
+    _land_export,
     _status_from_record,
     _write_export_record,
     export_estimate,
@@ -233,11 +234,14 @@ class RunService:
         self.task = task or tasks.reconstruct
         self.chunk_task = chunk_task or tasks.reconstruct_chunk
         self._assembler: Any = None
+        self._comparer: Any = None
         self._runs: dict[str, ActiveRun] = {}
         self.export_tasks: dict[str, Any] = {
             "colmap": tasks.export_colmap,
             "gs_ply": tasks.export_gs_ply,
             "gs_video": tasks.render_gs_video,
+            "mesh": tasks.export_mesh,
+            "features": tasks.export_features,
             **(export_tasks or {}),
         }
         self._exports: dict[tuple[str, str], ExportJob] = {}
@@ -340,6 +344,17 @@ class RunService:
 
                 self._assembler = Assembler()
             return self._assembler
+
+    @property
+    def comparer(self) -> Any:
+        """The child process that compares runs and scores them against references
+        (`da3_core.runs.compare.Comparer`, started on first use)."""
+        with self._lock:
+            if self._comparer is None:
+                from da3_core.runs.compare import Comparer
+
+                self._comparer = Comparer()
+            return self._comparer
 
     def choose_chunks(self, sizes: Sequence[tuple[int, int]], model: ModelSpec, params: dict[str, Any]) -> ChunkChoice:
         """C and O for a chunked run of frames of these sizes: the user's when set in
@@ -756,9 +771,11 @@ class RunService:
             log.warning("run %s: could not save its queue wait: %s", meta.run_id, exc)
 
     def close(self) -> None:
-        """Stop the assembler child (the runner is closed by its owner)."""
+        """Stop the assembler and comparer children (the runner is closed by its owner)."""
         if self._assembler is not None:
             self._assembler.close()
+        if self._comparer is not None:
+            self._comparer.close()
 
     def _forget_old(self) -> None:
         now = time.monotonic()
@@ -883,8 +900,7 @@ class RunService:
             raise ValueError(f"unknown export {kind!r}: one of {', '.join(EXPORT_TITLES)}")
         return self.export_tasks[kind]
 
-    @staticmethod
-    def _export_args(run_dir: Path, kind: str, rec: Reconstruction, options: dict[str, Any]) -> tuple[Any, ...]:
+    def _export_args(self, run_dir: Path, kind: str, rec: Reconstruction, options: dict[str, Any]) -> tuple[Any, ...]:
         """The task's arguments for an export of ``kind`` (the tasks of `da3_core.runs.tasks`)."""
         target = export_target(run_dir, kind)
         if kind == "colmap":
@@ -892,6 +908,21 @@ class RunService:
             return rec, records.input_paths(run_dir, meta), str(target), float(options.get("conf_percentile", 40.0))
         if kind == "gs_ply":
             return rec, str(target.parent.parent)
+        if kind == "mesh":
+            return (
+                rec,
+                str(target),
+                float(options.get("conf_percentile", 40.0)),
+                float(options.get("fov_deg", 60.0)),
+                int(options.get("view_stride", 2)),
+            )
+        if kind == "features":
+            return (
+                self._feature_request(run_dir, rec, options.get("layers") or ()),
+                str(self.settings.demo_weights_dir),
+                self.settings.cpu_threads,
+                self.settings.cpu_precision,
+            )
         return (
             rec,
             str(target),
@@ -900,6 +931,48 @@ class RunService:
             int(options.get("crf", 18)),
             bool(options.get("depth_panel", False)),
         )
+
+    def _feature_request(self, run_dir: Path, rec: Reconstruction, layers: Sequence[int]) -> FeatureRequest:
+        """The run's frames and DA3 parameters with the chosen layers (`FeatureRequest`): the
+        exact frames while this server holds them, else the saved copies (`frames_for_retry`).
+
+        Raises:
+            ValueError: No layer, a layer the preset lacks, a chunked run, or an unreadable
+                run folder (the message names the run).
+        """
+        from da3_core.scene.features import check_layers
+
+        try:
+            layers = check_layers(rec.preset, list(layers))
+        except ValueError as exc:
+            raise ValueError(f"feature maps of run {run_dir.name}: {exc}") from exc
+        if records.is_chunked(run_dir):
+            raise ValueError(
+                f"feature maps of run {run_dir.name}: a chunked run has no single forward pass; "
+                "run fewer frames in one call to get its feature maps"
+            )
+        try:
+            meta = records.read_meta(run_dir)
+            frames, _exact = self.frames_for_retry(run_dir)
+            saved = records.load_cameras(run_dir, meta)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"feature maps of run {run_dir.name}: its frames cannot be read: {exc}") from exc
+        p = meta.params
+        request = ReconstructRequest(
+            images=tuple(frames),
+            names=tuple(meta.names),
+            model=meta.model,
+            process_res=int(p.get("process_res", 504)),
+            process_res_method=str(p.get("process_res_method", "upper_bound_resize")),
+            ref_view_strategy=str(p.get("ref_view_strategy", "saddle_balanced")),
+            reference_view=p.get("reference_view"),
+            device=str(p.get("device", "auto")),
+            extrinsics=None if saved is None else saved[0],
+            intrinsics=None if saved is None else saved[1],
+            align_to_input_ext_scale=bool(p.get("align_to_input_ext_scale", True)),
+            camera_source="" if saved is None else saved[2],
+        )
+        return FeatureRequest(request, layers, run_id=run_dir.name)
 
     def export_estimate(self, run_dir: Path, kind: str, rec: Reconstruction, **options: Any) -> ExportEstimate:
         """The estimate of an export job (see `export_estimate`); starts nothing."""
@@ -1042,8 +1115,14 @@ class RunService:
             log.debug("traceback", exc_info=True)
             outcome = RunOutcome("failed", f"the result could not be read: {type(exc).__name__}: {exc}")
         else:
-            files, info = _export_files(ej.run_dir, value)
-            outcome = RunOutcome("done")
+            try:
+                value = _land_export(ej, value)
+            except Exception as exc:  # noqa: BLE001 - a file the parent could not write: failed, not pending
+                log.debug("traceback", exc_info=True)
+                outcome = RunOutcome("failed", f"the result could not be saved: {type(exc).__name__}: {exc}")
+            else:
+                files, info = _export_files(ej.run_dir, value)
+                outcome = RunOutcome("done")
         clock = job_clock(job)
         if not outcome.ok:
             try:

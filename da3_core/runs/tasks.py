@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from da3_core.config import load_settings
-from da3_core.contract import ChunkRequest, ChunkResult, Reconstruction, ReconstructRequest
+from da3_core.contract import ChunkRequest, ChunkResult, FeatureMaps, FeatureRequest, Reconstruction, ReconstructRequest
 from da3_core.runner import Runner, gpu, set_default_runner_factory
 
 
@@ -114,6 +114,46 @@ def render_gs_video(
     from da3_core.worker.gs_video import render_gs_video as run
 
     return run(rec, out_path, trajectory, fps, crf, depth_panel)
+
+
+def mesh_budget(rec: Reconstruction, *args: Any, **kwargs: Any) -> float:
+    """Seconds a mesh export may run: 120 s plus ten times its estimate (a busy shared CPU)."""
+    from da3_core.scene.mesh_build import estimate_seconds
+
+    return 120.0 + 10.0 * estimate_seconds(rec)
+
+
+@gpu(duration=mesh_budget)
+def export_mesh(
+    rec: Reconstruction, out_dir: str, conf_percentile: float = 40.0, fov_deg: float = 60.0, view_stride: int = 2
+) -> dict[str, Any]:
+    """Build the fused TSDF mesh (GLB, PLY, OBJ) and the per-view meshes (one GLB) into
+    ``out_dir`` (a hidden folder renamed when complete); return the files and figures.
+
+    Pure numpy, scikit-image and trimesh, but in the worker all the same: its memory (the
+    TSDF grid) stays out of the Streamlit process and the job is queued and cancellable.
+    Queued by `da3_core.runs.service.RunService.submit_export` (kind ``mesh``)."""
+    from da3_core.worker.mesh import export_mesh as run
+
+    return run(rec, out_dir, conf_percentile, fov_deg, view_stride)
+
+
+def features_budget(req: FeatureRequest, *args: Any, **kwargs: Any) -> float:
+    """Seconds a feature-map job may run: the run budget's rule for its frames."""
+    settings = load_settings()
+    return settings.duration_base_s + settings.duration_per_frame_s * req.request.n_frames
+
+
+@gpu(duration=features_budget)
+def export_features(
+    req: FeatureRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto"
+) -> FeatureMaps:
+    """DA3's backbone features of ``req.layers`` for the run's frames, as float16 CPU numpy
+    (`da3_core.worker.features.feature_maps`). The parent writes them to the run's
+    exports/features.npz. Queued by `da3_core.runs.service.RunService.submit_export` (kind ``features``)."""
+    from da3_core.worker.features import feature_maps as run
+
+    return run(req, demo_root, cpu_threads, cpu_precision)
 
 
 def chunk_budget(chunk: ChunkRequest, *args: Any, **kwargs: Any) -> float:

@@ -29,7 +29,7 @@ GLB_FROM_WORLD = np.diag([1.0, -1.0, -1.0, 1.0])
 """4x4 applied to world points for GLB: OpenCV (x right, y down, z forward) to glTF
 (x right, y up, z backward), a 180 degree turn about x. Undo with the same matrix."""
 
-EXPORT_FORMATS: tuple[str, ...] = ("glb", "ply", "npz", "depth_png")
+EXPORT_FORMATS: tuple[str, ...] = ("glb", "ply", "npz", "depth_png", "normals_png")
 """Formats `export_bytes` makes, in display order (the Exports page lists them so)."""
 
 FILENAMES: dict[str, str] = {
@@ -37,6 +37,7 @@ FILENAMES: dict[str, str] = {
     "ply": "points.ply",
     "npz": "results.npz",
     "depth_png": "depth_png.zip",
+    "normals_png": "normals_png.zip",
 }
 """File name of each format inside a run folder."""
 
@@ -235,6 +236,41 @@ def depth_png_zip_bytes(rec: Reconstruction, *, colorized: bool = False, colorma
     return buf.getvalue()
 
 
+NORMALS_FILE = "normals.json"
+
+
+def normals_png_zip_bytes(rec: Reconstruction, cameras: Cameras | None = None) -> bytes:
+    """A zip of one 16-bit RGB normal PNG per view (`da3_core.scene.normals.normals_png16_bytes`).
+
+    Layout: ``normals/0000.png``, ... and ``normals.json`` (the decoding, the axes and, per
+    view, ``file``, ``name``, ``valid`` fraction). Normals are in each view's camera frame
+    (OpenCV axes), from the depth and the intrinsics of ``cameras`` (or `resolve_cameras` of
+    ``rec``: assumed ones for mono presets); they must be at ``rec``'s full size.
+    """
+    from da3_core.scene import geometry, normals
+
+    cams = cameras if cameras is not None else geometry.resolve_cameras(rec)
+    if np.shape(cams.intrinsics) != (rec.n_views, 3, 3):
+        raise ValueError(f"normals need ({rec.n_views}, 3, 3) intrinsics, got {np.shape(cams.intrinsics)}")
+    views = []
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for i in range(rec.n_views):
+            n, valid = normals.normals_from_depth(rec.depth[i], cams.intrinsics[i])
+            name = f"normals/{i:04d}.png"
+            zf.writestr(name, normals.normals_png16_bytes(n, valid))
+            views.append({"file": name, "name": rec.names[i], "valid": round(float(valid.mean()), 4)})
+        doc = {
+            "format": "da3-normals-png-v1",
+            "encoding": normals.PNG16_TEXT,
+            "frame": "each view's camera frame: x right, y down, z forward (OpenCV); normals face the camera",
+            "intrinsics": "assumed (the preset predicts none)" if cams.assumed else "predicted",
+            "views": views,
+        }
+        zf.writestr(NORMALS_FILE, json.dumps(doc, indent=2), compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
 def read_depth_png_zip(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a `depth_png_zip_bytes` archive.
 
@@ -338,4 +374,7 @@ def export_bytes(
         return npz_bytes(rec)
     if fmt == "depth_png":
         return depth_png_zip_bytes(rec, colorized=colorized_depth)
+    if fmt == "normals_png":
+        full = cameras is not None and (hw is None or tuple(hw) == rec.hw)
+        return normals_png_zip_bytes(rec, cameras if full else None)
     raise ValueError(f"unknown export format {fmt!r}: choose from {EXPORT_FORMATS}")

@@ -253,7 +253,9 @@ def tsdf_params(
 ) -> TSDFParams:
     """Voxel size, truncation and grid box from the scene.
 
-    Voxel ``= median valid depth / VOXELS_PER_SCALE`` (or ``voxel_size``); truncation
+    Voxel ``= median valid depth / VOXELS_PER_SCALE`` (or ``voxel_size``), but never finer than
+    one pixel's footprint at the median depth (``median / fx``): a finer grid than the pixels
+    only makes a holey, heavier mesh on small images; truncation
     ``trunc_voxels`` voxels; the box holds the ``box_percentile``..``100 - box_percentile``
     percentiles of the points per axis (every 4th pixel), padded by the truncation, so a few
     far points (sky) do not blow it up; then the voxel grows until the box fits
@@ -265,7 +267,13 @@ def tsdf_params(
     if not valid.any():
         raise ValueError("no valid depth in any view: nothing to fuse")
     scale = float(np.median(depth[valid]))
-    base = float(voxel_size) if voxel_size is not None else scale / VOXELS_PER_SCALE
+    if voxel_size is not None:
+        base = float(voxel_size)
+    else:
+        fx = float(np.median(np.asarray(intrinsics)[:, 0, 0]))
+        base = scale / VOXELS_PER_SCALE
+        if math.isfinite(fx) and fx > 0:
+            base = max(base, scale / fx)
     if not (math.isfinite(base) and base > 0):
         raise ValueError(f"voxel_size must be finite and > 0, got {base}")
     pts = np.concatenate([_view_points(depth[i], intrinsics[i], extrinsics[i], 4) for i in range(depth.shape[0])])

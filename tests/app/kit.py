@@ -17,6 +17,7 @@ PAGES = [
     "pages/3_Point_cloud.py",
     "pages/4_Exports.py",
     "pages/5_Runner.py",
+    "pages/6_Compare.py",
 ]
 # The entry script (st.navigation over the pages) and the Home page it opens on.
 ENTRY = "streamlit_app.py"

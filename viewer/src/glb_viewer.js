@@ -1,4 +1,6 @@
-// The in-page full-density viewer: a GLB (points + camera wireframes) in three.js.
+// The in-page full-density viewer: a GLB (points + camera wireframes, or triangle meshes)
+// in three.js. Meshes are lit by a hemisphere light and a light at the camera (their vertex
+// colours shaded), both sides drawn.
 // Bundled with esbuild into da3_core/static/glb_viewer.js and inlined into the page,
 // so it needs no network. Build: `cd viewer && npm ci && npm run build`.
 import * as THREE from 'three';
@@ -42,6 +44,11 @@ export function mount(container, glbBase64, options = {}) {
   const cameraObjects = [];
   let home = null;
   let pointCount = 0;
+  let faceCount = 0;
+  scene.add(new THREE.HemisphereLight(0xffffff, 0x444444, 1.6));
+  const headLight = new THREE.DirectionalLight(0xffffff, 1.4);
+  camera.add(headLight);
+  scene.add(camera);
 
   function render() { renderer.render(scene, camera); }
   function animate() { requestAnimationFrame(animate); controls.update(); render(); }
@@ -76,13 +83,24 @@ export function mount(container, glbBase64, options = {}) {
         pointCount += obj.geometry.attributes.position.count;
       } else if (obj.isLine || obj.isLineSegments) {
         cameraObjects.push(obj);
+      } else if (obj.isMesh) {
+        const g = obj.geometry;
+        if (!g.attributes.normal) g.computeVertexNormals();
+        obj.material = new THREE.MeshLambertMaterial({
+          vertexColors: Boolean(g.attributes.color), color: g.attributes.color ? 0xffffff : 0xb0b8c8, side: THREE.DoubleSide,
+        });
+        faceCount += g.index ? g.index.count / 3 : g.attributes.position.count / 3;
       }
     });
     api.setCamerasVisible(opts.showCameras);
     frame(gltf.scene);
-    status.textContent = pointCount.toLocaleString() + ' points · drag to orbit, scroll to zoom, right-drag to pan';
+    const what = faceCount > 0
+      ? faceCount.toLocaleString() + ' triangles' + (pointCount > 0 ? ', ' + pointCount.toLocaleString() + ' points' : '')
+      : pointCount.toLocaleString() + ' points';
+    status.textContent = what + ' · drag to orbit, scroll to zoom, right-drag to pan';
     container.dataset.state = 'ready';
     container.dataset.points = String(pointCount);
+    container.dataset.faces = String(faceCount);
     animate();
   }, (err) => {
     status.textContent = 'Could not read the GLB: ' + (err && err.message ? err.message : err);
