@@ -10,6 +10,11 @@ PORT ?= 8501
 # .coveragerc) and prints the modules not at 100 %. ARGS passes extra pytest arguments.
 COV := --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered
 ARGS ?=
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist), a test module per unit of work
+# (tests/conftest.py): much of it waits on workers, servers and browsers, so two processes
+# keep a 2-core machine busy. PYTEST_WORKERS=0 runs it in this process alone.
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 
 .PHONY: run test test-fast lint coverage bench demo-weights clean
 
@@ -35,7 +40,7 @@ run: $(STAMP)
 	$(VENV)/bin/streamlit run streamlit_app.py --server.port $(PORT)
 
 test: $(STAMP) $(RAY_STAMP) lint
-	$(PY) -m pytest $(COV) --durations=15 $(ARGS)
+	$(PY) -m pytest $(XDIST) $(COV) --durations=15 $(ARGS)
 
 # Lint, format and types (settings in pyproject.toml); `make test` runs this first.
 lint: $(STAMP)

@@ -51,7 +51,7 @@ DEFINITIONS: dict[str, str] = {
     "ate_rmse": "RMS distance between A's camera centres and B's after B's similarity alignment, in A's units (lower is better).",
     "accuracy": "Mean distance from each point of B (aligned) to its nearest point of A, in A's units (DA3 'acc').",
     "completeness": "Mean distance from each point of A to its nearest point of B (aligned), in A's units (DA3 'comp').",
-    "chamfer": "Chamfer distance: (accuracy + completeness) / 2, in A's units (DA3's 'overall').",
+    "chamfer": "Chamfer distance: (accuracy + completeness) / 2, in A's units (DA3's 'overall'); distances past the F1 threshold within 1 %.",
     "precision": "Share of B's points closer than the threshold to A (DA3 bench).",
     "recall": "Share of A's points closer than the threshold to B (DA3 bench).",
     "f1": "F-score: 2 * precision * recall / (precision + recall), 0 when both are 0 (DA3 bench).",
@@ -385,12 +385,29 @@ class CloudMetrics:
     n_est: int
 
 
+NEAREST_EPS = 0.01
+"""Relative error allowed on nearest-neighbour distances beyond the F1 threshold (scipy's ``eps``)."""
+
+
+def _nearest(tree: cKDTree, points: np.ndarray, threshold: float, workers: int) -> np.ndarray:
+    """Each point's distance to its nearest neighbour in ``tree``: exact up to ``threshold``
+    (so precision, recall and F1 are exact), and within ``NEAREST_EPS`` (1 %, never less than
+    the true distance) beyond it. An exact search for far points visits most of the tree: two
+    thin clouds 5 units apart took 18 s for 200k points, against 0.16 s this way."""
+    d, _ = tree.query(points, k=1, distance_upper_bound=threshold, workers=workers)
+    far = ~np.isfinite(d)
+    if far.any():
+        d[far], _ = tree.query(points[far], k=1, eps=NEAREST_EPS, workers=workers)
+    return d
+
+
 def cloud_metrics(ref: np.ndarray, est: np.ndarray, threshold: float, *, workers: int = -1) -> CloudMetrics:
     """Chamfer distance, precision, recall and F1 between two point clouds (scipy cKDTree).
 
     Both directions' nearest-neighbour distances; strict ``<`` for the threshold and
     ``inf`` / 0 for an empty cloud, as DA3's ``evaluate_3d_reconstruction``. DA3 first
     voxel-downsamples both clouds (``down_sample``); subsample before calling if needed.
+    Distances beyond ``threshold`` are within 1 % of exact (`_nearest`), so Chamfer is too.
 
     Args:
         ref: (N, 3) reference points (A, or the truth).
@@ -405,8 +422,8 @@ def cloud_metrics(ref: np.ndarray, est: np.ndarray, threshold: float, *, workers
     if len(ref) == 0 or len(est) == 0:
         inf = float("inf")
         return CloudMetrics(inf, inf, inf, 0.0, 0.0, 0.0, float(threshold), len(ref), len(est))
-    d_est_to_ref, _ = cKDTree(ref).query(est, k=1, workers=workers)
-    d_ref_to_est, _ = cKDTree(est).query(ref, k=1, workers=workers)
+    d_est_to_ref = _nearest(cKDTree(ref), est, threshold, workers)
+    d_ref_to_est = _nearest(cKDTree(est), ref, threshold, workers)
     acc = float(np.mean(d_est_to_ref))
     comp = float(np.mean(d_ref_to_est))
     precision = float(np.mean(d_est_to_ref < threshold))

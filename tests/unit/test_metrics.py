@@ -278,6 +278,22 @@ def test_chamfer_and_f1_agree_with_a_brute_force_computation() -> None:
     assert 0 < m.precision < 1 and 0 < m.recall < 1
 
 
+def test_far_apart_clouds_keep_f1_exact_and_chamfer_within_one_percent() -> None:
+    """Points beyond the threshold get scipy's approximate search (fast where an exact one
+    visits most of the tree): F1 stays exact, Chamfer within `NEAREST_EPS` of brute force."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(600, 3)) * [1, 1, 0.01]
+    est = np.concatenate(
+        [ref[:200] + rng.normal(0, 0.01, (200, 3)), rng.normal(size=(400, 3)) * [1, 1, 0.01] + [0, 0, 5]]
+    )
+    d = np.linalg.norm(est[:, None] - ref[None], axis=-1)
+    e2r, r2e = d.min(1), d.min(0)
+    got = M.cloud_metrics(ref, est, 0.05)
+    assert got.precision == float(np.mean(e2r < 0.05)) and got.recall == float(np.mean(r2e < 0.05))
+    exact = (e2r.mean() + r2e.mean()) / 2
+    assert exact <= got.chamfer <= exact * (1 + M.NEAREST_EPS)
+
+
 def test_cloud_metrics_edge_cases() -> None:
     pts = np.zeros((5, 3))
     empty = M.cloud_metrics(pts, np.zeros((0, 3)), 0.1)
