@@ -140,8 +140,7 @@ def export_mesh(
 
 def features_budget(req: FeatureRequest, *args: Any, **kwargs: Any) -> float:
     """Seconds a feature-map job may run: the run budget's rule for its frames."""
-    settings = load_settings()
-    return settings.duration_base_s + settings.duration_per_frame_s * req.request.n_frames
+    return reconstruct_budget(req.request)
 
 
 @gpu(duration=features_budget)
@@ -158,8 +157,7 @@ def export_features(
 
 def chunk_budget(chunk: ChunkRequest, *args: Any, **kwargs: Any) -> float:
     """Seconds one chunk may run: the run budget's rule applied to the chunk's frames."""
-    settings = load_settings()
-    return settings.duration_base_s + settings.duration_per_frame_s * chunk.request.n_frames
+    return reconstruct_budget(chunk.request)
 
 
 @gpu(duration=chunk_budget)
