@@ -303,6 +303,26 @@ def export_done_text(status) -> str:
     return f"{what}, in {status.took()}." if status.took() else f"{what}."
 
 
+def file_download(where, label: str, path: Path, name: str, mime: str, key: str) -> None:
+    """A download button for a finished file, read only when clicked."""
+    where.download_button(
+        f"Download {label}",
+        data=lambda: path.read_bytes(),
+        file_name=f"{meta.run_id}-{name}",
+        mime=mime,
+        key=key,
+        width="stretch",
+        on_click="ignore",
+    )
+
+
+# kind -> (label, file name after the run id, MIME type, widget key) of single-file exports.
+SINGLE_FILE = {
+    "features": ("feature maps (NPZ)", features.FEATURES_FILENAME, "application/octet-stream", "ex_features_dl"),
+    "gs_ply": ("3DGS PLY", "gaussians.ply", "application/octet-stream", "ex_gs_ply_dl"),
+}
+
+
 def offer_download(kind: str, made: Path, where) -> None:
     """The download of a finished export (only when its job is done: never a half-written file)."""
     if kind == "colmap":
@@ -320,35 +340,11 @@ def offer_download(kind: str, made: Path, where) -> None:
         for fmt in ("glb", "ply", "obj", "views"):
             if fmt in files:
                 label = "per-view meshes (GLB)" if fmt == "views" else f"fused mesh ({fmt.upper()})"
-                where.download_button(
-                    f"Download {label}",
-                    data=lambda p=files[fmt]: p.read_bytes(),
-                    file_name=f"{meta.run_id}-mesh-{files[fmt].name}",
-                    mime="model/gltf-binary" if files[fmt].suffix == ".glb" else "application/octet-stream",
-                    key=f"ex_mesh_dl_{fmt}",
-                    width="stretch",
-                    on_click="ignore",
-                )
-    elif kind == "features":
-        where.download_button(
-            "Download feature maps (NPZ)",
-            data=lambda: made.read_bytes(),
-            file_name=f"{meta.run_id}-{features.FEATURES_FILENAME}",
-            mime="application/octet-stream",
-            key="ex_features_dl",
-            width="stretch",
-            on_click="ignore",
-        )
-    elif kind == "gs_ply":
-        where.download_button(
-            "Download 3DGS PLY",
-            data=lambda: made.read_bytes(),
-            file_name=f"{meta.run_id}-gaussians.ply",
-            mime="application/octet-stream",
-            key="ex_gs_ply_dl",
-            width="stretch",
-            on_click="ignore",
-        )
+                mime = "model/gltf-binary" if files[fmt].suffix == ".glb" else "application/octet-stream"
+                file_download(where, label, files[fmt], f"mesh-{files[fmt].name}", mime, f"ex_mesh_dl_{fmt}")
+    elif kind in SINGLE_FILE:
+        label, name, mime, key = SINGLE_FILE[kind]
+        file_download(where, label, made, name, mime, key)
     else:
         st.video(str(made))
         st.download_button(
