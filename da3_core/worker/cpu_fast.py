@@ -12,11 +12,13 @@ what each gave):
   output unread (the camera decoder gives the poses), and even with it only the last of its
   four pyramid levels is read. The lean head computes what is read: the same operations on
   the same inputs, so float32 is bit-identical.
-* ``head_chunk``: frames the head decodes at once (DA3: 8). Its activations at full
-  resolution are most of a run's peak memory; small chunks keep the peak flat in the frame
-  count. Its low-resolution stage features still go in DA3's chunks of 8. oneDNN's small
-  convolutions round differently with the batch size (about 1e-7 of the depth's scale), so
-  in float32, which must stay bit-identical to stock, DA3's 8 are kept (`for_precision`).
+* ``head_chunk``: frames the head's full-resolution tail (upsampling, output convolutions)
+  decodes at once (DA3: 8). Its activations are most of a run's peak memory; one frame at a
+  time keeps the peak flat in the frame count. Batch-independent: float32 bit-identical.
+* ``pyramid_chunk``: the same for the head's low-resolution pyramid (projections, fusion
+  blocks). oneDNN's small convolutions round differently with the batch size (about 1e-7
+  of the depth's scale), so float32, which must stay bit-identical to stock, keeps DA3's 8
+  there (`for_precision`); bfloat16 (never bit-identical) takes one frame at a time.
 * ``fast_rope``: DA3's 2D rotary embedding gathers its cos/sin tables per call (24 calls a
   forward for DA3-SMALL, the same positions each time) and splits, rotates and re-joins
   halves; here the tables are gathered once per forward with the rotation's signs folded in,
@@ -44,7 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own spelling
 
-STEPS: tuple[str, ...] = ("lean_head", "head_chunk", "fast_rope", "head_bf16", "channels_last")
+STEPS: tuple[str, ...] = ("lean_head", "head_chunk", "pyramid_chunk", "fast_rope", "head_bf16", "channels_last")
 DA3_HEAD_CHUNK = 8  # DA3's own frames per head chunk
 
 
@@ -54,6 +56,7 @@ class FastOptions:
 
     lean_head: bool = True
     head_chunk: int = 1
+    pyramid_chunk: int = 1
     fast_rope: bool = True
     head_bf16: bool = True
     channels_last: bool = True
@@ -65,14 +68,15 @@ class FastOptions:
         for step in steps:
             if step not in STEPS:
                 raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
-            changes[step] = 0 if step == "head_chunk" else False
+            changes[step] = 0 if step.endswith("_chunk") else False
         return dataclasses.replace(self, **changes)
 
 
 DEFAULT = FastOptions()
-# float32 keeps DA3's head chunks of 8: its low-resolution convolutions round differently
-# with the batch size (by ~1e-7), and float32 must stay bit-identical to stock.
-DEFAULT_FP32 = dataclasses.replace(DEFAULT, head_chunk=0)
+# float32 keeps DA3's chunks of 8 frames for the head's low-resolution pyramid: oneDNN's
+# small convolutions round differently with the batch size (by ~1e-7), and float32 must stay
+# bit-identical to stock. Its full-resolution tail is batch-independent.
+DEFAULT_FP32 = dataclasses.replace(DEFAULT, pyramid_chunk=0)
 
 
 def for_precision(precision: str) -> FastOptions:
@@ -81,7 +85,13 @@ def for_precision(precision: str) -> FastOptions:
 
 
 OFF = FastOptions(
-    lean_head=False, head_chunk=0, fast_rope=False, head_bf16=False, channels_last=False, attention="default"
+    lean_head=False,
+    head_chunk=0,
+    pyramid_chunk=0,
+    fast_rope=False,
+    head_bf16=False,
+    channels_last=False,
+    attention="default",
 )
 
 
@@ -177,23 +187,21 @@ def _dualdpt_forward(
     B, S, N, C = feats[0][0].shape
     flat = [feat[0].reshape(B * S, N, C) for feat in feats]
     parts: dict[str, list[torch.Tensor]] = {}
-    custom = opts.lean_head or bool(opts.head_chunk) or (opts.head_bf16 and state.bf16)
+    custom = opts.lean_head or bool(opts.head_chunk or opts.pyramid_chunk) or (opts.head_bf16 and state.bf16)
+    group_size = opts.pyramid_chunk or chunk_size
     # The low-resolution stage features go in DA3's own chunks (their 1x1 projections on
     # strided tokens round differently with the batch size); the full-resolution decoding,
     # where the memory is, in ours (batch-independent: bit-identical in float32).
-    for s0 in range(0, B * S, chunk_size):
-        group = [f[s0 : s0 + chunk_size] for f in flat]
+    for s0 in range(0, B * S, group_size):
+        group = [f[s0 : s0 + group_size] for f in flat]
         if not custom:  # DA3's own code
             for k, v in self._forward_impl(group, H, W, patch_start_idx).items():
                 parts.setdefault(k, []).append(v)
             continue
         resized = _stage_features(self, group, H, W, patch_start_idx, state)
         del group
-        for c0 in range(0, len(resized[0]), chunk):
-            out = _decode(self, [r[c0 : c0 + chunk] for r in resized], H, W, state)
-            for k, v in out.items():
-                parts.setdefault(k, []).append(v)
-            del out
+        for k, v in _decode(self, resized, H, W, state, chunk).items():
+            parts.setdefault(k, []).extend(v)
         del resized
     merged = {k: (v[0] if len(v) == 1 else torch.cat(v, dim=0)) for k, v in parts.items()}
     parts.clear()
@@ -230,9 +238,12 @@ def _stage_features(
     return resized
 
 
-def _decode(self: Any, resized: list[torch.Tensor], H: int, W: int, state: _Active) -> dict[str, torch.Tensor]:  # noqa: N803 - DA3's names
+def _decode(
+    self: Any, resized: list[torch.Tensor], H: int, W: int, state: _Active, chunk: int
+) -> dict[str, list[torch.Tensor]]:  # noqa: N803 - DA3's names
     """The rest of DualDPT._forward_impl, computing only what is read (``lean_head``),
-    optionally in bfloat16. The operations on what is computed are DA3's, in its order."""
+    optionally in bfloat16, with the full-resolution tail ``chunk`` frames at a time. The
+    operations on what is computed are DA3's, in its order. Returns each output's chunks."""
     lean = state.options.lean_head
     ph, pw = H // self.patch_size, W // self.patch_size
     with _half(state):
@@ -274,10 +285,33 @@ def _decode(self: Any, resized: list[torch.Tensor], H: int, W: int, state: _Acti
 
         h_out = int(ph * self.patch_size / self.down_ratio)
         w_out = int(pw * self.patch_size / self.down_ratio)
-        from depth_anything_3.model.utils.head_utils import custom_interpolate
+    result: dict[str, list[torch.Tensor]] = {}
+    last_aux = aux_list[-1] if aux_list else None
+    del aux_list
+    for c0 in range(0, out.shape[0], chunk):
+        for k, v in _tail(
+            self,
+            out[c0 : c0 + chunk],
+            None if last_aux is None else last_aux[c0 : c0 + chunk],
+            H,
+            W,
+            h_out,
+            w_out,
+            state,
+        ).items():
+            result.setdefault(k, []).append(v)
+    return result
 
+
+def _tail(
+    self: Any, out: torch.Tensor, last_aux: torch.Tensor | None, H: int, W: int, h_out: int, w_out: int, state: _Active
+) -> dict[str, torch.Tensor]:  # noqa: N803 - DA3's names
+    """DualDPT's full-resolution tail (upsampling, output convolutions, activations)."""
+    from depth_anything_3.model.utils.head_utils import custom_interpolate
+
+    s = self.scratch
+    with _half(state):
         fused = custom_interpolate(out, (h_out, w_out), mode="bilinear", align_corners=True)
-        del out
         if self.pos_embed:
             fused = self._add_pos_embed(fused, W, H)
         main_logits = s.output_conv2(fused)
@@ -288,9 +322,8 @@ def _decode(self: Any, resized: list[torch.Tensor], H: int, W: int, state: _Acti
         f"{self.head_main}_conf": self._apply_activation_single(fmap[..., -1], self.conf_activation),
     }
     del main_logits, fmap
-    if aux_list:
+    if last_aux is not None:
         with _half(state):
-            last_aux = aux_list[-1]
             if self.pos_embed:
                 last_aux = self._add_pos_embed(last_aux, W, H)
             last_logits = s.output_conv2_aux[-1](last_aux)
