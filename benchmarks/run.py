@@ -2,8 +2,8 @@
 
 Run: ``make bench`` (or ``.venv/bin/python -m benchmarks.run``). Each module under
 benchmarks/ named ``bench_*.py`` exposes ``run() -> dict[str, float]`` and ``GOALS``
-(name -> bound; a name containing ``speedup`` or ending in ``_mb_s`` (a rate) is "at
-least", any other name (``_ratio``, ``_s``, ``_ms``, ``_mb``, ``_pct``) is "at most").
+(name -> bound; a name containing ``speedup``, ending in ``_mb_s`` (a rate) or
+``_fraction``, or starting with ``cloud_frames`` is "at least", any other name (``_ratio``, ``_s``, ``_ms``, ``_mb``, ``_pct``) is "at most").
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ MODULES = (
     "bench_da3_options",
     "bench_hardening",
     "bench_stream",
+    "bench_cpu",
 )
 
 
@@ -52,7 +53,7 @@ def machine() -> dict[str, str | int]:
 def verdict(name: str, value: float, goal: float | None) -> str:
     if goal is None:
         return ""
-    at_least = "speedup" in name or name.endswith("_mb_s")
+    at_least = "speedup" in name or name.endswith(("_mb_s", "_fraction")) or name.startswith("cloud_frames")
     ok = value >= goal if at_least else value <= goal
     return ("ok" if ok else "MISSED") + (f" (goal >= {goal:g})" if at_least else f" (goal <= {goal:g})")
 
