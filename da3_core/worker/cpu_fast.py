@@ -29,6 +29,13 @@ what each gave):
   in bfloat16 too, its logits are cast back to float32 before the activations.
 * ``channels_last``: the head's feature maps in channels-last layout (oneDNN's native one:
   no reorders around each convolution). Applied with ``head_bf16``.
+* ``bf16_backbone``: under autocast the transformer's residual stream stays float32, so
+  every block casts it to bfloat16 for each matmul and back, and its norms, scales and
+  residual adds move float32 (about half the backbone's time went to casts and those
+  element-wise passes). Here the backbone runs as a bfloat16 copy of itself (made once per
+  loaded model, 2 bytes a weight) with no autocast: activations in bfloat16 end to end
+  (LayerNorm and the attention softmax accumulate in float32 inside their kernels); its
+  outputs go on in float32 as before.
 
 Attention: ``attention`` picks PyTorch's SDPA backend; measured on this project's machines
 the CPU flash kernel beats the math path and a blocked bf16 matmul attention at every shape
@@ -46,7 +53,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own spelling
 
-STEPS: tuple[str, ...] = ("lean_head", "head_chunk", "pyramid_chunk", "fast_rope", "head_bf16", "channels_last")
+STEPS: tuple[str, ...] = (
+    "lean_head",
+    "head_chunk",
+    "pyramid_chunk",
+    "fast_rope",
+    "head_bf16",
+    "channels_last",
+    "bf16_backbone",
+)
+BF16_ONLY: tuple[str, ...] = ("pyramid_chunk", "head_bf16", "channels_last", "bf16_backbone")
 DA3_HEAD_CHUNK = 8  # DA3's own frames per head chunk
 
 
@@ -60,6 +76,7 @@ class FastOptions:
     fast_rope: bool = True
     head_bf16: bool = True
     channels_last: bool = True
+    bf16_backbone: bool = True
     attention: str = "flash"
 
     def without(self, *steps: str) -> FastOptions:
@@ -91,6 +108,7 @@ OFF = FastOptions(
     fast_rope=False,
     head_bf16=False,
     channels_last=False,
+    bf16_backbone=False,
     attention="default",
 )
 
@@ -157,6 +175,10 @@ def install(model: Any) -> int:
     if head is not None and type(head).__name__ == "DualDPT":
         head.forward = types.MethodType(_dualdpt_forward, head)
         head._da3_stock_forward_impl = head._forward_impl
+        count += 1
+    backbone = getattr(net, "backbone", None)
+    if backbone is not None:
+        backbone.forward = types.MethodType(_backbone_forward, backbone)
         count += 1
     for module in net.modules():
         if type(module).__name__ == "RotaryPositionEmbedding2D":
@@ -270,36 +292,34 @@ def _decode(
             if self.aux_levels >= 2 and not lean:
                 aux_list.append(aux)
         del l2_rn
-        out = s.refinenet1(out, l1_rn)
-        if aux is not None:
-            aux = s.refinenet1_aux(aux, l1_rn)
-            aux_list.append(aux)
-        del l1_rn, aux
-        out = s.output_conv1(out)
-        # Only the last level's output is read (DA3 convolves every level's).
-        n_full = 1 + sum(self.aux_levels >= k for k in (2, 3, 4))
-        if lean:
-            aux_list = [s.output_conv1_aux[n_full - 1](a) for a in aux_list]
-        else:
-            aux_list = [s.output_conv1_aux[i](a) for i, a in enumerate(aux_list)]
-
         h_out = int(ph * self.patch_size / self.down_ratio)
         w_out = int(pw * self.patch_size / self.down_ratio)
+        n_full = 1 + sum(self.aux_levels >= k for k in (2, 3, 4))
+        if not lean:  # DA3's way: every level's output convolved, at the group's batch
+            out = s.output_conv1(s.refinenet1(out, l1_rn))
+            if aux is not None:
+                aux_list.append(s.refinenet1_aux(aux, l1_rn))
+            aux = None
+            aux_list = [s.output_conv1_aux[i](a) for i, a in enumerate(aux_list)]
+            aux_last = aux_list[-1] if aux_list else None
+            del aux_list
     result: dict[str, list[torch.Tensor]] = {}
-    last_aux = aux_list[-1] if aux_list else None
-    del aux_list
+    # From the last fusion block on (half the head's resolution and up) everything is
+    # batch-independent (measured: bit-identical frame by frame at process_res 112 to 1008),
+    # so it goes ``chunk`` frames at a time.
     for c0 in range(0, out.shape[0], chunk):
-        for k, v in _tail(
-            self,
-            out[c0 : c0 + chunk],
-            None if last_aux is None else last_aux[c0 : c0 + chunk],
-            H,
-            W,
-            h_out,
-            w_out,
-            state,
-        ).items():
+        part = slice(c0, c0 + chunk)
+        if lean:
+            with _half(state):
+                main = s.output_conv1(s.refinenet1(out[part], l1_rn[part]))
+                side = None
+                if aux is not None:  # only the last level is read: DA3 convolves every level's
+                    side = s.output_conv1_aux[n_full - 1](s.refinenet1_aux(aux[part], l1_rn[part]))
+        else:
+            main, side = out[part], None if aux_last is None else aux_last[part]
+        for k, v in _tail(self, main, side, H, W, h_out, w_out, state).items():
             result.setdefault(k, []).append(v)
+        del main, side
     return result
 
 
@@ -331,6 +351,39 @@ def _tail(
         result[self.head_aux] = self._apply_activation_single(fmap_last[..., :-1], "linear")
         result[f"{self.head_aux}_conf"] = self._apply_activation_single(fmap_last[..., -1], self.conf_activation)
     return result
+
+
+# --------------------------------------------------------------------------------------
+# The backbone in bfloat16
+# --------------------------------------------------------------------------------------
+
+
+def _to(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with every floating tensor in it (lists, tuples) converted to ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, dtype) for v in value)
+    return value
+
+
+def _backbone_forward(self: Any, x: torch.Tensor, **kwargs: Any) -> Any:
+    state = _ACTIVE
+    if state is None or not (state.bf16 and state.options.bf16_backbone):
+        return type(self).forward(self, x, **kwargs)
+    twin = self.__dict__.get("_da3_bf16_twin")
+    if twin is None:
+        import copy
+
+        # A bfloat16 copy, not registered as a submodule (nothing of it reaches state_dict);
+        # its blocks keep the cancel hooks and its rope module the patch (deepcopy rebinds).
+        twin = copy.deepcopy(self).to(torch.bfloat16)
+        del twin.forward  # the copy's own instance patch: its class's forward runs below
+        object.__setattr__(self, "_da3_bf16_twin", twin)
+    kwargs = {k: _to(v, torch.bfloat16) if k == "cam_token" else v for k, v in kwargs.items()}
+    with torch.autocast("cpu", enabled=False):
+        feats, aux = type(twin).forward(twin, x.to(torch.bfloat16), **kwargs)
+    return _to(feats, torch.float32), _to(aux, torch.float32)
 
 
 # --------------------------------------------------------------------------------------

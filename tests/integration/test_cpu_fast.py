@@ -36,6 +36,7 @@ STEPS_BF16 = {
     "fast_rope": {"fast_rope": True},
     "head_bf16": {"head_bf16": True},
     "head_bf16_channels_last": {"head_bf16": True, "channels_last": True},
+    "bf16_backbone": {"bf16_backbone": True},
     "bf16_defaults": "auto",
 }
 COMPARED = ("depth", "depth_conf", "extrinsics", "intrinsics")
@@ -56,6 +57,21 @@ def request_3():
 @pytest.fixture(scope="module")
 def stock32(fast_runner, workspace, request_3):
     return fast_runner.call(TASK, request_3, str(workspace / "demo-weights"), "fp32", None, duration=900)
+
+
+@pytest.fixture(scope="module")
+def request_first(request_3):
+    """The same views with the first as reference: under reduced precision a data-dependent
+    strategy may pick another view when two score within rounding (test_parity.py pins the
+    float32 choice); the bfloat16 comparisons here fix it up front."""
+    import dataclasses
+
+    return dataclasses.replace(request_3, ref_view_strategy="first")
+
+
+@pytest.fixture(scope="module")
+def stock32_first(fast_runner, workspace, request_first):
+    return fast_runner.call(TASK, request_first, str(workspace / "demo-weights"), "fp32", None, duration=900)
 
 
 @pytest.mark.parametrize("step", list(STEPS_FP32), ids=list(STEPS_FP32))
@@ -97,8 +113,11 @@ def test_small_pyramid_chunks_round_differently_in_float32(fast_runner, workspac
 
 
 @pytest.mark.parametrize("step", list(STEPS_BF16), ids=list(STEPS_BF16))
-def test_bfloat16_steps_within_tolerance(fast_runner, workspace, request_3, stock32, step):
-    ours = fast_runner.call(TASK, request_3, str(workspace / "demo-weights"), "bf16", STEPS_BF16[step], duration=900)
+def test_bfloat16_steps_within_tolerance(fast_runner, workspace, request_first, stock32_first, step):
+    stock32 = stock32_first
+    ours = fast_runner.call(
+        TASK, request_first, str(workspace / "demo-weights"), "bf16", STEPS_BF16[step], duration=900
+    )
     bounds = {"depth": LOOSE["bf16"]["depth"], "depth_conf": LOOSE["bf16"]["conf"]}
     bounds.update({k: LOOSE["bf16"][k] for k in ("extrinsics", "intrinsics")})
     diffs = {k: err(ours[k], stock32[k]) for k in COMPARED}
