@@ -109,7 +109,7 @@ def forward_figures(request: ReconstructRequest, demo_root: str, rounds: int = 4
     variants["ours"] = (precision, chosen)
     for step in cpu_fast.STEPS:
         off = chosen.without(step)
-        if off != chosen and (precision == "bf16" or step not in ("head_bf16", "channels_last")):
+        if off != chosen and (precision == "bf16" or step not in cpu_fast.BF16_ONLY):
             variants[f"without_{step}"] = (precision, off)
     ref = _forward(model, imgs, "fp32", None)
     errors: dict[str, float] = {}
