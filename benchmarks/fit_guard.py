@@ -53,7 +53,9 @@ GRIDS = {
     # (preset, frames, process_res)
     "quick": [("da3-small", n, 504) for n in (1, 4)],
     # DA3-SMALL alone (the Community Cloud preset), for --merge-presets after a change of the CPU path.
-    "cpu-small": [("da3-small", n, 504) for n in (1, 4, 8, 16, 32)] + [("da3-small", n, 1008) for n in (1, 4)],
+    "cpu-small": [("da3-small", n, 504) for n in (1, 4, 8, 16, 32)]
+    + [("da3-small", n, 1008) for n in (1, 4)]
+    + [("da3-small", 1, 2016)],
     "cpu": (
         [("da3-small", n, 504) for n in (1, 4, 8, 16, 32)]
         + [("da3-small", n, 1008) for n in (1, 4, 8)]

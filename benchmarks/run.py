@@ -32,6 +32,7 @@ MODULES = (
 
 
 def machine() -> dict[str, str | int]:
+    """The machine the figures come from: CPU name and the SIMD/matrix flags that matter."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -41,8 +42,11 @@ def machine() -> dict[str, str | int]:
     except OSError:
         pass
     mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    from benchmarks.cpu_tasks import cpu_flags
+
     return {
         "cpu": cpu,
+        "cpu_flags": " ".join(cpu_flags()),
         "cores": os.cpu_count() or 0,
         "memory_gb": mem_gb,
         "python": platform.python_version(),
@@ -87,7 +91,10 @@ def main(argv: list[str]) -> int:
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     width = max(len(k) for k in merged) if merged else 10
-    print(f"\nmachine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['memory_gb']} GB")
+    print(
+        f"\nmachine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['memory_gb']} GB,"
+        f" flags: {doc['machine'].get('cpu_flags', '?')}"
+    )
     print(f"{'metric':<{width}}  {'value':>12}  verdict")
     for key in sorted(merged):
         print(f"{key:<{width}}  {merged[key]:>12.4g}  {verdict(key, merged[key], doc['goals'].get(key))}")
