@@ -17,9 +17,13 @@ holds the result. The fit:
 * on a CPU, inference seconds are scaled by the share of the worker's threads' time actually
   used, so that other work on the machine does not inflate them.
 
-Usage: ``python -m benchmarks.fit_guard [--grid quick|cpu|cuda] [--out FILE] [--merge da3_core/runs/guard_model.json]``.
+Usage: ``python -m benchmarks.fit_guard [--grid quick|cpu|cpu-small|cuda] [--out FILE] [--merge da3_core/runs/guard_model.json]
+[--precisions fp32,bf16] [--merge-presets]``.
 ``--merge`` writes this device's part into the model file the app reads, keeping the other
-device's part. Prints one table row per point and the fit's largest errors.
+device's part; with ``--merge-presets`` only the memory lines of the measured presets are
+replaced (the rest of the device's part is kept). ``--precisions`` measures every point once
+per CPU precision (``DA3_CPU_PRECISION`` in the worker), so that the memory line covers
+both: the server cannot know which one a CPU worker will pick. Prints one table row per point and the fit's largest errors.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cpu_tasks import cpu_flags  # noqa: E402 - run as a script: the repo root joins sys.path first
+from benchmarks.run import machine as bench_machine  # noqa: E402 - run as a script: the repo root joins sys.path first
 from benchmarks.worker_tasks import reset_hwm, vm_kb  # noqa: E402 - run as a script: the repo root joins sys.path first
 from da3_core import presets  # noqa: E402 - run as a script: the repo root joins sys.path first
 from da3_core.contract import ModelSpec, ReconstructRequest  # noqa: E402 - run as a script: the repo root joins sys.path first
@@ -47,6 +53,10 @@ from da3_core.runs.guard import ktokens  # noqa: E402 - run as a script: the rep
 GRIDS = {
     # (preset, frames, process_res)
     "quick": [("da3-small", n, 504) for n in (1, 4)],
+    # DA3-SMALL alone (the Community Cloud preset), for --merge-presets after a change of the CPU path.
+    "cpu-small": [("da3-small", n, 504) for n in (1, 4, 8, 16, 32)]
+    + [("da3-small", n, 1008) for n in (1, 4)]
+    + [("da3-small", 1, 2016)],
     "cpu": (
         [("da3-small", n, 504) for n in (1, 4, 8, 16, 32)]
         + [("da3-small", n, 1008) for n in (1, 4, 8)]
@@ -99,15 +109,19 @@ def parent_cycle(req: ReconstructRequest, demo: str, runner, folder: Path) -> tu
     return m, max(0.0, growth)
 
 
-def measure(grid: str, demo: str, runner, out: Path | None = None) -> list[dict]:
-    """The grid's points; each is also written to ``out`` as it comes (a killed run keeps them)."""
+def measure(grid: str, demo: str, runner, out: Path | None = None, precisions: tuple[str, ...] = ("",)) -> list[dict]:
+    """The grid's points (each once per CPU precision in ``precisions``; "": the worker's
+    own choice); each is also written to ``out`` as it comes (a killed run keeps them)."""
     points: list[dict] = []
     built: set[str] = set()
+    combos = [(p, n, r, prec) for prec in precisions for (p, n, r) in GRIDS[grid]]
     print(
         f"{'preset':<12}{'frames':>7}{'res':>6}{'ktok':>8}{'infer s':>9}{'worker MB':>11}{'GPU MB':>9}{'parent+MB':>11}{'result MB':>11}",
         flush=True,
     )
-    for preset, n, res in GRIDS[grid]:
+    for preset, n, res, precision in combos:
+        if precision:
+            os.environ["DA3_CPU_PRECISION"] = precision  # the restarted worker inherits it
         if preset not in built:
             tasks.build_demo_weights.call(preset, demo, runner=runner)
             built.add(preset)
@@ -130,6 +144,8 @@ def measure(grid: str, demo: str, runner, out: Path | None = None) -> list[dict]
             continue
         k, q = ktokens(n, res, 640 / 480), n * ktokens(1, res, 640 / 480) ** 2
         m.update(preset=preset, frames=n, process_res=res, ktokens=k, q=q, parent_growth_mb=growth)
+        if precision:
+            m["cpu_precision"] = precision
         points.append(m)
         if out is not None:
             out.write_text(json.dumps({"points": points}, indent=1, default=float))
@@ -285,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "guard_points.json"))
     ap.add_argument("--merge", default="", help="model file to write this device's fit into")
     ap.add_argument(
+        "--merge-presets", action="store_true", help="with --merge: replace only the measured presets' memory lines"
+    )
+    ap.add_argument("--precisions", default="", help="CPU precisions to measure each point in, e.g. fp32,bf16")
+    ap.add_argument(
         "--fit-only", default="", help="fit the points of this file (written by an earlier run) instead of measuring"
     )
     args = ap.parse_args(argv)
@@ -293,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in data["points"]:
             p.setdefault("q", p["frames"] * ktokens(1, p["process_res"], 640 / 480) ** 2)
         machine = data.get("machine") or {"device": data["points"][0].get("device", "cpu")}
-        return write_fit(data["points"], machine, args.out, args.merge)
+        return write_fit(data["points"], machine, args.out, args.merge, args.merge_presets)
     from da3_core.runner import Runner
 
     demo = os.environ.get("DA3_FIT_DEMO_ROOT") or str(Path(tempfile.gettempdir()) / "da3-fit-demo-weights")
@@ -302,13 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         info = tasks.worker_info.call(runner=runner)
         device = str(info.get("device", "cpu"))
         t0 = time.perf_counter()
-        points = measure(args.grid, demo, runner, Path(args.out))
+        precisions = tuple(p for p in args.precisions.split(",") if p) or ("",)
+        points = measure(args.grid, demo, runner, Path(args.out), precisions)
         took = time.perf_counter() - t0
     finally:
         runner.close()
     machine = {
         "device": device,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": bench_machine()["cpu"],
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "gpu": info.get("cuda_device"),
         "torch": info.get("torch_version"),
@@ -316,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         "grid": args.grid,
         "seconds": round(took, 1),
     }
-    return write_fit(points, machine, args.out, args.merge)
+    return write_fit(points, machine, args.out, args.merge, args.merge_presets)
 
 
-def write_fit(points: list[dict], machine: dict, out: str, merge: str) -> int:
+def write_fit(points: list[dict], machine: dict, out: str, merge: str, presets_only: bool = False) -> int:
     device = machine["device"]
     model = fit(points, device)
     model["measured_on"] = machine
@@ -328,7 +351,13 @@ def write_fit(points: list[dict], machine: dict, out: str, merge: str) -> int:
     if merge:
         path = Path(merge)
         whole = json.loads(path.read_text()) if path.exists() else {}
-        whole[device] = model
+        if presets_only and device in whole:
+            for key in ("worker_mb", "gpu_mb"):
+                if key in model:
+                    whole[device].setdefault(key, {}).update(model[key])
+            whole[device].setdefault("memory_measured_on", {}).update({name: machine for name in model["worker_mb"]})
+        else:
+            whole[device] = model
         path.write_text(json.dumps(whole, indent=1) + "\n")
         print(f"wrote the {device} fit into {path}")
     return 0

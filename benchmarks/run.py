@@ -2,8 +2,8 @@
 
 Run: ``make bench`` (or ``.venv/bin/python -m benchmarks.run``). Each module under
 benchmarks/ named ``bench_*.py`` exposes ``run() -> dict[str, float]`` and ``GOALS``
-(name -> bound; a name containing ``speedup`` or ending in ``_mb_s`` (a rate) is "at
-least", any other name (``_ratio``, ``_s``, ``_ms``, ``_mb``, ``_pct``) is "at most").
+(name -> bound; a name containing ``speedup``, ending in ``_mb_s`` (a rate) or
+``_fraction``, or starting with ``cloud_frames`` is "at least", any other name (``_ratio``, ``_s``, ``_ms``, ``_mb``, ``_pct``) is "at most").
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ MODULES = (
     "bench_hardening",
     "bench_stream",
     "bench_evaluate",
+    "bench_cpu",
 )
 
 
 def machine() -> dict[str, str | int]:
+    """The machine the figures come from: CPU name and the SIMD/matrix flags that matter."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -41,8 +43,11 @@ def machine() -> dict[str, str | int]:
     except OSError:
         pass
     mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    from benchmarks.cpu_tasks import cpu_flags
+
     return {
         "cpu": cpu,
+        "cpu_flags": " ".join(cpu_flags()),
         "cores": os.cpu_count() or 0,
         "memory_gb": mem_gb,
         "python": platform.python_version(),
@@ -53,7 +58,7 @@ def machine() -> dict[str, str | int]:
 def verdict(name: str, value: float, goal: float | None) -> str:
     if goal is None:
         return ""
-    at_least = "speedup" in name or name.endswith("_mb_s")
+    at_least = "speedup" in name or name.endswith(("_mb_s", "_fraction")) or name.startswith("cloud_frames")
     ok = value >= goal if at_least else value <= goal
     return ("ok" if ok else "MISSED") + (f" (goal >= {goal:g})" if at_least else f" (goal <= {goal:g})")
 
@@ -87,7 +92,10 @@ def main(argv: list[str]) -> int:
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     width = max(len(k) for k in merged) if merged else 10
-    print(f"\nmachine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['memory_gb']} GB")
+    print(
+        f"\nmachine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['memory_gb']} GB,"
+        f" flags: {doc['machine'].get('cpu_flags', '?')}"
+    )
     print(f"{'metric':<{width}}  {'value':>12}  verdict")
     for key in sorted(merged):
         print(f"{key:<{width}}  {merged[key]:>12.4g}  {verdict(key, merged[key], doc['goals'].get(key))}")

@@ -70,6 +70,11 @@ def live() -> None:
             if state.get("cuda_device")
             else ""
         )
+        + (
+            f"\n- CPU precision: **{state['cpu_precision_auto']}** ({state.get('cpu_precision_reason', '')})"
+            if state.get("cpu_precision_auto") and info.get("device", "cpu") == "cpu"
+            else ""
+        )
         + f"\n- Peak worker memory: {state.get('peak_rss_mb', 0):,.0f} MB\n"
         f"- Workers started: {status.worker_starts} · calls ok: {status.calls_ok} · failed: {status.calls_failed}"
     )

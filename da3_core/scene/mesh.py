@@ -41,7 +41,7 @@ BLOCK = 8
 """Voxel blocks (BLOCK^3) are integrated only where some depth point lies in them or in a
 neighbouring block; BLOCK voxels must be >= the truncation."""
 GLB_FROM_WORLD = np.diag([1.0, -1.0, -1.0])
-"""As ``da3_core.export.GLB_FROM_WORLD`` (a 180 degree turn about x): glTF is y up, z backward."""
+"""As ``da3_core.scene.export.GLB_FROM_WORLD`` (a 180 degree turn about x): glTF is y up, z backward."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +90,7 @@ def _cam_to_world(extrinsics: np.ndarray | None) -> np.ndarray:
     m = np.eye(4)
     if extrinsics is not None:
         m[:3, :] = np.asarray(extrinsics, dtype=np.float64)[:3, :4]
-    return np.linalg.inv(m)  # general inverse, as da3_core.geometry
+    return np.linalg.inv(m)  # general inverse, as da3_core.scene.geometry
 
 
 def _valid(depth: np.ndarray) -> np.ndarray:

@@ -81,7 +81,7 @@ def unproject_view(depth: np.ndarray, intrinsics: np.ndarray, extrinsics: np.nda
     """World points (M, 3) float64 of the pixels of one view where ``mask`` is True.
 
     ``X_cam = depth[v, u] * K^-1 @ [u, v, 1]`` at integer (u, v), then the general inverse of
-    the world-to-camera ``[R|t]`` (as ``da3_core.geometry`` does; written here so this
+    the world-to-camera ``[R|t]`` (as ``da3_core.scene.geometry`` does; written here so this
     module depends only on ``da3_core.scene.align``).
     """
     v, u = np.nonzero(mask)

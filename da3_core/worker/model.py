@@ -401,6 +401,7 @@ def cache_state() -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),
         "cpu_precision_auto": resolve_cpu_precision("auto")[0],
+        "cpu_precision_reason": resolve_cpu_precision("auto")[1],
     }
     if torch.cuda.is_available():
         state["cuda_device"] = torch.cuda.get_device_name(0)

@@ -37,6 +37,7 @@ import torch
 from da3_core.contract import Gaussians, ModelUnavailableError, Reconstruction, ReconstructRequest
 from da3_core.presets import DEFAULT_FOV_DEG, PRESETS_BY_NAME
 from da3_core.runner.context import CancelledInWorker, report_progress
+from da3_core.worker import cpu_fast
 from da3_core.worker.model import configure_cpu_threads, get_model, resolve_cpu_precision, resolve_device
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def run_forward(
     intrinsics: torch.Tensor | None = None,
     use_ray_pose: bool = False,
     export_feat_layers: list[int] | None = None,
+    fast: cpu_fast.FastOptions | None | str = "auto",
 ) -> Any:
     """Run the network on ``imgs`` and return DA3's raw output (an addict ``Dict`` of tensors).
 
@@ -82,12 +84,23 @@ def run_forward(
             seeded with `RAY_POSE_SEED`, so the same inputs give the same poses.
         export_feat_layers: Backbone layers whose features DA3 puts in ``raw.aux``
             (``feat_layer_<k>``: (1, N, H/14, W/14, C)); none by default.
+        fast: On CPU, the steps of `da3_core.worker.cpu_fast` to take: ``"auto"`` (those of
+            `cpu_fast.for_precision`), a `cpu_fast.FastOptions`, or None (DA3's own network
+            code). Ignored elsewhere.
     """
     layers = list(export_feat_layers or [])
     rng = _seeded(device) if use_ray_pose else contextlib.nullcontext()
     with rng:
         if device == "cpu":
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_precision == "bf16"):
+            bf16 = cpu_precision == "bf16"
+            if isinstance(fast, str):
+                fast = cpu_fast.for_precision(cpu_precision)
+            need_aux = use_ray_pose or infer_gs or getattr(model.model, "cam_dec", None) is None
+            with (
+                cpu_fast.enabled(model, fast, bf16=bf16, need_aux=need_aux),
+                torch.inference_mode(),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+            ):
                 return model.model(imgs, extrinsics, intrinsics, layers, infer_gs, use_ray_pose, ref_view_strategy)
         return model.forward(imgs, extrinsics, intrinsics, layers, infer_gs, use_ray_pose, ref_view_strategy)
 
