@@ -178,15 +178,16 @@ def line_over(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 CHUNK = 8  # DA3's DPT heads decode frames in chunks of 8 (``chunk_size`` in depth_anything_3/model/dpt.py)
 
 
-def chunk_ktokens(p: dict) -> float:
+def chunk_ktokens(p: dict, head_frames: int = CHUNK) -> float:
     """ktokens of the largest chunk of frames the head decodes at once (equal frames here)."""
-    return p["ktokens"] / p["frames"] * min(p["frames"], CHUNK)
+    return p["ktokens"] / p["frames"] * min(p["frames"], head_frames)
 
 
-def fit_memory(points: list[dict], key: str) -> dict[str, dict[str, float]]:
+def fit_memory(points: list[dict], key: str, head_frames: int = CHUNK) -> dict[str, dict[str, float]]:
     """Per preset: the tightest ``a + b * ktokens + d * h`` over every measured point, h
     being the ktokens of the largest chunk of 8 frames. DA3's backbone holds every frame's
-    tokens (b); its DPT head decodes 8 frames at a time at full resolution (d), so memory
+    tokens (b); its DPT head decodes 8 frames at a time at full resolution (d) (``head_frames``:
+    1 where the worker's CPU forward decodes frame by frame, cpu_fast's ``head_chunk``), so memory
     climbs steeply over the first 8 frames and slowly after (DA3-SMALL at 504 on the CPU:
     1.3 GB for 1 frame, 2.5 GB for 8, 3.1 GB for 32), and 8 frames at 1008 need twice what
     32 at 504 do, with the same tokens. A preset never measured past 8 frames cannot tell b
@@ -204,13 +205,17 @@ def fit_memory(points: list[dict], key: str) -> dict[str, dict[str, float]]:
     pts = groups[ref]
     if any(p["frames"] > CHUNK for p in pts):
         _, b, d = envelope(
-            [np.ones(len(pts)), np.array([p["ktokens"] for p in pts]), np.array([chunk_ktokens(p) for p in pts])],
+            [
+                np.ones(len(pts)),
+                np.array([p["ktokens"] for p in pts]),
+                np.array([chunk_ktokens(p, head_frames) for p in pts]),
+            ],
             np.array([p[key] for p in pts]),
         )
         share_b = b / (b + d) if b + d > 0 else 0.0
     for preset, pts in groups.items():
         k = np.array([p["ktokens"] for p in pts])
-        h = np.array([chunk_ktokens(p) for p in pts])
+        h = np.array([chunk_ktokens(p, head_frames) for p in pts])
         y = np.array([p[key] for p in pts])
         if any(p["frames"] > CHUNK for p in pts):
             a, b, d = envelope([np.ones_like(k), k, h], y)
@@ -225,6 +230,7 @@ def fit_memory(points: list[dict], key: str) -> dict[str, dict[str, float]]:
             "points": len(pts),
             "ktokens_max": round(float(k.max()), 1),
             "max_over_estimate": round(float(over.max()), 3),
+            "head_frames": head_frames,
         }
     return out
 
@@ -268,10 +274,10 @@ def fit_time(points: list[dict]) -> dict[str, float]:
     }
 
 
-def fit(points: list[dict], device: str) -> dict:
+def fit(points: list[dict], device: str, head_frames: int = CHUNK) -> dict:
     ok = [p for p in points if "error" not in p]
     model = {
-        "worker_mb": fit_memory(ok, "rss_peak_mb"),
+        "worker_mb": fit_memory(ok, "rss_peak_mb", head_frames),
         "time": fit_time(ok),
         "parent_mb": dict(
             zip(
@@ -291,7 +297,7 @@ def fit(points: list[dict], device: str) -> dict:
         ),
     }
     if device == "cuda":
-        model["gpu_mb"] = fit_memory(ok, "cuda_peak_reserved_mb")
+        model["gpu_mb"] = fit_memory(ok, "cuda_peak_reserved_mb", head_frames)
     return model
 
 
@@ -307,13 +313,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--fit-only", default="", help="fit the points of this file (written by an earlier run) instead of measuring"
     )
+    ap.add_argument(
+        "--head-frames",
+        type=int,
+        default=CHUNK,
+        help="frames the worker's DPT head decodes at once: 8 (DA3), 1 for the CPU forward's head_chunk",
+    )
+    ap.add_argument("--only-presets", default="", help="with --fit-only: fit only these presets' points (comma list)")
     args = ap.parse_args(argv)
     if args.fit_only:
         data = json.loads(Path(args.fit_only).read_text())
-        for p in data["points"]:
+        only = {p for p in args.only_presets.split(",") if p}
+        points = [p for p in data["points"] if not only or p["preset"] in only]
+        for p in points:
             p.setdefault("q", p["frames"] * ktokens(1, p["process_res"], 640 / 480) ** 2)
-        machine = data.get("machine") or {"device": data["points"][0].get("device", "cpu")}
-        return write_fit(data["points"], machine, args.out, args.merge, args.merge_presets)
+        machine = data.get("machine") or {"device": points[0].get("device", "cpu")}
+        return write_fit(points, machine, args.out, args.merge, args.merge_presets, args.head_frames)
     from da3_core.runner import Runner
 
     demo = os.environ.get("DA3_FIT_DEMO_ROOT") or str(Path(tempfile.gettempdir()) / "da3-fit-demo-weights")
@@ -339,12 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         "grid": args.grid,
         "seconds": round(took, 1),
     }
-    return write_fit(points, machine, args.out, args.merge, args.merge_presets)
+    return write_fit(points, machine, args.out, args.merge, args.merge_presets, args.head_frames)
 
 
-def write_fit(points: list[dict], machine: dict, out: str, merge: str, presets_only: bool = False) -> int:
+def write_fit(
+    points: list[dict], machine: dict, out: str, merge: str, presets_only: bool = False, head_frames: int = CHUNK
+) -> int:
     device = machine["device"]
-    model = fit(points, device)
+    model = fit(points, device, head_frames)
     model["measured_on"] = machine
     Path(out).write_text(json.dumps({"machine": machine, "points": points, "fit": model}, indent=1, default=float))
     print(json.dumps(model, indent=1), flush=True)

@@ -110,18 +110,20 @@ def ktokens(n_frames: int, process_res: int, aspect: float = 4 / 3, method: str 
 
 
 def frame_ktokens(
-    sizes: Iterable[tuple[int, int]], process_res: int, method: str = "upper_bound_resize"
+    sizes: Iterable[tuple[int, int]], process_res: int, method: str = "upper_bound_resize", head_frames: int = CHUNK
 ) -> tuple[float, float, float, int]:
     """(ktokens, q, h, processed pixels) over frames of the given (width, height): q sums
     (ktokens per frame)^2 (DA3's per-frame attention, for time); h is the ktokens of the
-    largest chunk of `CHUNK` frames, which DA3's DPT head decodes at once (for memory)."""
+    largest chunk of ``head_frames`` frames, which the DPT head decodes at once (for memory):
+    `CHUNK` in DA3, 1 where our CPU forward decodes the head frame by frame
+    (``da3_core/worker/cpu_fast.py``, ``head_chunk``; the fitted line says which)."""
     per_frame = []
     pix = 0
     for w, h in sizes:
         pw, ph = processed_size(w, h, process_res, method)
         per_frame.append((pw // PATCH_SIZE) * (ph // PATCH_SIZE) / 1000)
         pix += pw * ph
-    chunk = sum(sorted(per_frame, reverse=True)[:CHUNK])
+    chunk = sum(sorted(per_frame, reverse=True)[:head_frames])
     return sum(per_frame), sum(t * t for t in per_frame), chunk, pix
 
 
@@ -144,12 +146,14 @@ def model() -> dict[str, Any]:
     return _MODEL
 
 
-def _memory_line(fits: dict[str, dict[str, float]], preset: Preset) -> tuple[float, float, float, str]:
-    """(a, b, d, what it is based on) for ``preset``; an unmeasured preset borrows the
-    nearest measured one in parameters, scaled by the parameter ratio."""
+def _memory_line(fits: dict[str, dict[str, float]], preset: Preset) -> tuple[float, float, float, int, str]:
+    """(a, b, d, head frames, what it is based on) for ``preset``; an unmeasured preset
+    borrows the nearest measured one in parameters, scaled by the parameter ratio, with DA3's
+    own head chunk (`CHUNK` frames: a borrowed line cannot know the worker's head decodes
+    fewer at once)."""
     if preset.name in fits:
         f = fits[preset.name]
-        return f["a_mb"], f["b_mb_per_ktoken"], f["d_mb_per_chunk_ktoken"], "measured"
+        return f["a_mb"], f["b_mb_per_ktoken"], f["d_mb_per_chunk_ktoken"], int(f.get("head_frames", CHUNK)), "measured"
     by_size = {name: gparams(p) for p in PRESETS for name in [p.name] if name in fits}
     if not by_size:
         raise KeyError("the guard model has no measured preset")
@@ -161,6 +165,7 @@ def _memory_line(fits: dict[str, dict[str, float]], preset: Preset) -> tuple[flo
         f["a_mb"] * max(1.0, ratio),
         f["b_mb_per_ktoken"] * grow,
         f["d_mb_per_chunk_ktoken"] * grow,
+        CHUNK,
         f"scaled from {near}",
     )
 
@@ -279,13 +284,14 @@ def estimate(
     fitted = fitted or model()
     process_res = snap_process_res(process_res, method)  # what DA3 runs at (the page sends it snapped)
     part = fitted.get("cuda" if device == "cuda" else "cpu") or fitted["cpu"]
-    k, q, h, pixels = frame_ktokens(sizes, process_res, method)
-    a, b, d, basis = _memory_line(part["worker_mb"], preset)
+    sizes = list(sizes)
+    a, b, d, head_frames, basis = _memory_line(part["worker_mb"], preset)
+    k, q, h, pixels = frame_ktokens(sizes, process_res, method, head_frames)
     worker = a + b * k + d * h
     gpu = None
     if device == "cuda" and "gpu_mb" in part:
-        ga, gb_, gd, _ = _memory_line(part["gpu_mb"], preset)
-        gpu = ga + gb_ * k + gd * h
+        ga, gb_, gd, g_frames, _ = _memory_line(part["gpu_mb"], preset)
+        gpu = ga + gb_ * k + gd * frame_ktokens(sizes, process_res, method, g_frames)[2]
     largest = max((w * h for w, h in (processed_size(fw, fh, process_res, method) for fw, fh in sizes)), default=0)
     pm = part["parent_mb"]
     parent = (

@@ -47,6 +47,20 @@ def test_the_model_never_under_estimates_a_measured_run(device):
     assert checked >= 8
 
 
+def test_the_head_term_counts_the_frames_the_head_decodes_at_once():
+    """h is the ktokens of the largest ``head_frames`` frames: 8 in DA3 (and for a borrowed
+    line), 1 where the fitted line says the CPU head goes frame by frame."""
+    sizes = [(640, 480)] * 4 + [(960, 960)]  # 504x378 and 504x504 at 504
+    per = [guard.frame_ktokens([s], 504)[0] for s in sizes]
+    assert guard.frame_ktokens(sizes, 504)[2] == pytest.approx(sum(per))
+    assert guard.frame_ktokens(sizes, 504, head_frames=1)[2] == pytest.approx(max(per)) and max(per) > min(per)
+    fits = {"da3-small": {"a_mb": 1.0, "b_mb_per_ktoken": 2.0, "d_mb_per_chunk_ktoken": 3.0, "head_frames": 1}}
+    assert guard._memory_line(fits, PRESETS_BY_NAME["da3-small"])[3] == 1
+    assert guard._memory_line(fits, PRESETS_BY_NAME["da3-base"])[3] == guard.CHUNK  # borrowed: DA3's own chunk
+    del fits["da3-small"]["head_frames"]
+    assert guard._memory_line(fits, PRESETS_BY_NAME["da3-small"])[3] == guard.CHUNK  # older model files
+
+
 def test_estimates_grow_with_frames_resolution_and_preset():
     def est(preset, n, res, device="cpu"):
         return guard.estimate(preset, [(640, 480)] * n, res, device, PLENTY, 1e9, model_loaded=True)
