@@ -24,7 +24,7 @@ import torch
 from da3_core.contract import FeatureMaps, FeatureRequest
 from da3_core.runner.context import CancelledInWorker, report_progress
 from da3_core.worker.model import configure_cpu_threads, get_model, resolve_cpu_precision, resolve_device
-from da3_core.worker.reconstruct import run_forward
+from da3_core.worker.reconstruct import run_forward, view_order
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,7 @@ def _feature_maps(req: FeatureRequest, demo_root: str, cpu_threads: int, cpu_pre
             f"FeatureRequest.layers {bad} of run {req.run_id or '?'}: {preset_name} has backbone layers 0..{n_blocks - 1}"
         )
     n = request.n_frames
-    order = list(range(n))
-    strategy = request.ref_view_strategy
-    if request.reference_view is not None:
-        order = [request.reference_view] + [i for i in range(n) if i != request.reference_view]
-        strategy = "first"
+    order, strategy = view_order(request)
     images = [request.images[i] for i in order]
     ext_in = None if request.extrinsics is None else np.array(request.extrinsics[order])
     ixt_in = None if request.intrinsics is None else np.array(request.intrinsics[order])

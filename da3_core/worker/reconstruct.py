@@ -114,6 +114,19 @@ def _seeded(device: str) -> Iterator[None]:
         yield
 
 
+def view_order(request: ReconstructRequest) -> tuple[list[int], str]:
+    """The order the frames go to DA3 in, and the reference-view strategy to tell it.
+
+    A forced reference view goes first and DA3 is told to take the first view. DA3's own
+    choice reorders the same way inside the backbone (reference first, the others in
+    order), so "view k forced" equals "strategy picked k".
+    """
+    n = request.n_frames
+    if request.reference_view is None:
+        return list(range(n)), request.ref_view_strategy
+    return [request.reference_view] + [i for i in range(n) if i != request.reference_view], "first"
+
+
 def reconstruct(
     request: ReconstructRequest, demo_root: str, cpu_threads: int = 0, cpu_precision: str = "auto"
 ) -> Reconstruction:
@@ -177,15 +190,8 @@ def _reconstruct(
     timings["load_model"] = time.perf_counter() - t
     preset = PRESETS_BY_NAME.get(preset_name)
 
-    # A forced reference view goes first and DA3 is told to take the first view. DA3's own
-    # choice reorders the same way inside the backbone (reference first, the others in
-    # order), so "view k forced" equals "strategy picked k".
     n = request.n_frames
-    order = list(range(n))
-    strategy = request.ref_view_strategy
-    if request.reference_view is not None:
-        order = [request.reference_view] + [i for i in range(n) if i != request.reference_view]
-        strategy = "first"
+    order, strategy = view_order(request)
     images = [request.images[i] for i in order]
     # Given cameras travel with their frames (a forced reference view puts its camera first:
     # DA3 normalises the poses to the first camera). They go back in input order with the rest.
