@@ -19,10 +19,12 @@ from typing import Any, cast
 import numpy as np
 import streamlit as st
 
+from da3_core import presets
 from da3_core.app import session
 from da3_core.app.text import md
 from da3_core.app.ui import PageContext, link, show_error
 from da3_core.app.view_state import keep, kept, kept_index
+from da3_core.contract import ModelSpec
 from da3_core.runs import compare, records
 from da3_core.scene import compare_figures
 
@@ -326,6 +328,7 @@ def evaluate_section(ctx: PageContext) -> None:
         "Its images", type=list(inputs.IMAGE_EXTENSIONS), accept_multiple_files=True, key="cmp_ev_imgs"
     )
     model, _preset = run_form.model_picker(ctx)
+    model_b = second_weights(model)
     cols = st.columns(2)
     res = [
         int(
@@ -340,18 +343,62 @@ def evaluate_section(ctx: PageContext) -> None:
         )
         for i in range(2)
     ]
-    ready = bool(cam_files and img_files and model is not None and res[0] != res[1])
-    if res[0] == res[1]:
-        st.caption("Pick two different process_res values.")
+    same = model_b is None or model_b == model
+    ready = bool(cam_files and img_files and model is not None and (res[0] != res[1] or not same))
+    if res[0] == res[1] and same:
+        st.caption("Pick two different weights or two different process_res values.")
     if st.button("Run both settings", key="cmp_ev_go", disabled=not ready) and model is not None:
-        _start_evaluation(ctx, cam_files or [], img_files or [], model, res, camera_files, camera_match, cameras)
+        models = [model, model_b or model]
+        _start_evaluation(ctx, cam_files or [], img_files or [], models, res, camera_files, camera_match, cameras)
     evaluations = read_evaluations(ctx.session_dir)
     if evaluations:
         _show_evaluation(ctx, evaluations[-1])
 
 
+def second_weights(model: ModelSpec | None) -> ModelSpec | None:
+    """Setting B's weights: another preset of the same kind (hub or demo) as setting A's, or
+    A's own (None when A is a local folder: there is nothing of the same kind to offer)."""
+    if model is None or model.kind == "local":
+        return None
+    current = presets.preset_for(model.ref)
+    if current is None:
+        return None
+    names = [current.name] + [p.name for p in presets.PRESETS if p.multi_view and p.name != current.name]
+    chosen = st.selectbox(
+        "Setting B: weights",
+        names,
+        format_func=lambda n: (
+            f"{presets.PRESETS_BY_NAME[n].label} (as setting A)"
+            if n == current.name
+            else presets.PRESETS_BY_NAME[n].label
+        ),
+        key="cmp_ev_model_b",
+        help="Setting A uses the weights chosen above; B may use another preset of the same kind "
+        "(untrained demo weights of another preset are built in the worker on first use).",
+    )
+    if chosen == current.name:
+        return model
+    other = presets.PRESETS_BY_NAME[chosen]
+    return ModelSpec(model.kind, other.name if model.kind == "demo" else other.hub_id)
+
+
+def setting_label(model: ModelSpec, res: int, both_models_same: bool) -> str:
+    """A setting's column title: its process_res, and its weights when the two differ."""
+    if both_models_same:
+        return f"process_res {res}"
+    preset = presets.preset_for(model.ref)
+    return f"{preset.label if preset else model.ref} · process_res {res}"
+
+
 def _start_evaluation(
-    ctx: PageContext, cam_files: list, img_files: list, model: Any, res: list[int], camera_files, camera_match, cameras
+    ctx: PageContext,
+    cam_files: list,
+    img_files: list,
+    models: list[ModelSpec],
+    res: list[int],
+    camera_files,
+    camera_match,
+    cameras,
 ) -> None:
     from da3_core.app.run_form import RunParams
     from da3_core.media import batches
@@ -376,7 +423,9 @@ def _start_evaluation(
         return
     images = [f.image for f in batch.frames]
     run_ids, labels = [], []
-    for r in res:
+    same = models[0] == models[1]
+    for model, r in zip(models, res):
+        label = setting_label(model, r, same)
         params = RunParams(
             process_res=r,
             process_res_method="upper_bound_resize",
@@ -388,15 +437,15 @@ def _start_evaluation(
         try:
             active = ctx.service.submit(ctx.session_dir, images, names, "upload", model, params)
         except RunRefused as exc:
-            st.error(md(f"Setting process_res {r} was refused: {exc}"))
+            st.error(md(f"Setting {label} was refused: {exc}"))
             continue
         except Exception as exc:  # noqa: BLE001 - said with its reason; the other run goes on
-            show_error(f"Setting process_res {r} could not be started: {type(exc).__name__}: {exc}")
+            show_error(f"Setting {label} could not be started: {type(exc).__name__}: {exc}")
             continue
         compare.save_reference(active.run_dir, match.extrinsics, match.intrinsics, names, match.source)
         session.watch(active)
         run_ids.append(active.run_id)
-        labels.append(f"process_res {r}")
+        labels.append(label)
     if run_ids:
         add_evaluation(
             ctx.session_dir,

@@ -1,7 +1,7 @@
-"""The Compare page in headless Chromium: two runs of a bundled example made with two settings
-(process_res 140 and 196, untrained demo weights), their numbers read off the page, the overlay
-toggle, the run scored against the example's ground truth, and a COLMAP folder evaluated at two
-settings in one table.
+"""The Compare page in headless Chromium: two runs of a bundled example made with two presets
+(untrained DA3 Small at process_res 140, DA3 Base at 196), their numbers read off the page, the
+overlay toggle, the run scored against the example's ground truth, and a COLMAP folder evaluated
+with two presets in one table.
 
 Same server and browser fixtures as `tests/e2e/test_browser.py` (one Streamlit server shared by
 tests/e2e/, the real worker running DA3 on CPU; the comparisons run in the run service's child
@@ -20,6 +20,7 @@ from tests.conftest import png_bytes
 from tests.e2e.test_browser import (
     MAIN,
     assert_clean,
+    choose_demo_preset,
     choose_demo_weights,
     heading,
     new_page,
@@ -68,13 +69,15 @@ def open_compare(page: Page, base: str, sid: str) -> None:
     expect(heading(page, "Compare")).to_be_visible()
 
 
-def test_compare_two_settings_and_score_against_the_truth(app_server, browser):
+def test_compare_two_presets_and_score_against_the_truth(app_server, browser):
     base, workspace = app_server.url, app_server.workspace
     ctx, page = new_page(browser)
     try:
         prepare_example_run(page, base, "room", "Living room", process_res=140)
         page.locator(".st-key-rc_run button").click()
         first = wait_done(page, workspace)
+        # Two presets: the second run on untrained DA3 Base weights (built in the worker on first use).
+        choose_demo_preset(page, "DA3 Base")
         set_process_res(page, 196)
         page.locator(".st-key-rc_run button").click()
         second = wait_done(page, workspace, exclude=(first,))
@@ -121,7 +124,7 @@ def test_compare_two_settings_and_score_against_the_truth(app_server, browser):
         ctx.close()
 
 
-def test_evaluate_a_colmap_folder_at_two_settings(app_server, browser, tmp_path):
+def test_evaluate_a_colmap_folder_with_two_presets(app_server, browser, tmp_path):
     base, workspace = app_server.url, app_server.workspace
     photos = []
     for seed, name in enumerate(NAMES, start=1):
@@ -149,6 +152,11 @@ def test_evaluate_a_colmap_folder_at_two_settings(app_server, browser, tmp_path)
         )
         expect(imgs_chips).to_have_count(3)
         choose_demo_weights(page)
+        # Setting B on another preset (two presets, two process_res values, one table).
+        weights_b = page.locator('.st-key-cmp_ev_model_b input[role="combobox"]')
+        weights_b.click()
+        page.get_by_role("option", name="DA3 Base", exact=True).click()
+        expect(weights_b).to_have_value("DA3 Base")
         for key, value in (("cmp_ev_res_a", 112), ("cmp_ev_res_b", 140)):
             box = page.locator(f".st-key-{key} input")
             box.fill(str(value))
@@ -159,11 +167,13 @@ def test_evaluate_a_colmap_folder_at_two_settings(app_server, browser, tmp_path)
         expect(imgs_chips).to_have_count(3)
         expect(go).to_be_enabled()
         go.click()
-        table = page.locator(f'{MAIN} [data-testid="stTable"] table').filter(has_text="process_res 140")
+        table = page.locator(f'{MAIN} [data-testid="stTable"] table').filter(has_text="DA3 Base · process_res 140")
         expect(table).to_be_visible(timeout=2 * COMPARE_TIMEOUT_MS)
         assert_clean(page, "evaluation table")
         header = [h.strip() for h in table.locator("thead th").all_inner_texts() if h.strip()]
-        assert header[-4:] == ["metric", "process_res 112", "process_res 140", "definition"], header
+        assert header[-4:] == ["metric", "DA3 Small · process_res 112", "DA3 Base · process_res 140", "definition"], (
+            header
+        )
         rows = {r[-4]: r[-3:-1] for r in table_rows(table)}
         assert set(rows) == {"rotation error (°)", "translation-direction error (°)", "AUC@3", "AUC@30",
                              "camera-centre RMSE (ATE)"}, rows  # fmt: skip
