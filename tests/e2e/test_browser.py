@@ -35,6 +35,9 @@ RUN_TIMEOUT_MS = 180_000
 SIDEBAR = '[data-testid="stSidebar"]'
 MAIN = '[data-testid="stMain"]'
 # The picker's key names the run it shows (sb_run_<run id>_<count>): match its prefix.
+# The Run button, never a stale copy: while a rerun moves it, Streamlit keeps the old element
+# (data-stale="true") beside the new one for a moment, and a plain selector then matches two.
+RUN_BUTTON = '.st-key-rc_run:not([data-stale="true"]) button'
 RUN_PICKER = f'{SIDEBAR} [class*="st-key-sb_run_"] input[role="combobox"]'
 DONE = re.compile(r"^Done: \d+ view\(s\) with .* \(run (run-[0-9]{8}-[0-9]{6}-[0-9a-f]+)\)\.$")
 SID = re.compile(r"[?&]s=([0-9a-f]{32})\b")
@@ -280,7 +283,7 @@ def prepare_example_run(page: Page, base: str, key: str, title: str, process_res
 
 def choose_example(page: Page, key: str, title: str, process_res: int | None = None) -> None:
     """On the Reconstruct page shown, pick a bundled example and demo weights; Run is then enabled."""
-    run_button = page.locator(".st-key-rc_run button")
+    run_button = page.locator(RUN_BUTTON)
     page_ready(page, "Reconstruct", run_button, f"Reconstruct ({key})")
     page.locator(".st-key-rc_source").get_by_text("Example scene", exact=True).click()
     example = page.locator('.st-key-rc_example input[role="combobox"]')
@@ -334,7 +337,7 @@ def test_full_flow(app_server, browser, tmp_path):
         page_ready(page, "Depth Anything 3 dashboard", page.get_by_text("How to start", exact=True), "Home")
         sid = session_id(page)
         nav(page, base, "Reconstruct")
-        run_button = page.locator(".st-key-rc_run button")
+        run_button = page.locator(RUN_BUTTON)
         page_ready(page, "Reconstruct", run_button, "Reconstruct")
         expect(run_button).to_be_disabled()  # nothing to run yet
 
@@ -500,7 +503,7 @@ def test_three_pages_at_once(app_server, browser):
         # Start the three runs back to back; each page shows its run's status.
         t_run = time.monotonic()
         for page in pages:
-            page.locator(".st-key-rc_run button").click()
+            page.locator(RUN_BUTTON).click()
         for page in pages:
             expect(RUN_STATUS(page).or_(page.get_by_text(DONE)).first).to_be_visible()
         # The second tab is closed while its run waits; its address is opened again below.
@@ -562,7 +565,7 @@ def test_newest_run_is_shown_after_widget_changes(app_server, browser):
         # show the bug: the model reload makes the reruns overlap as they did for the user).
         for preset in ("DA3 Small", "DA3 Base", "DA3 Small"):
             choose_demo_preset(page, preset)
-            page.locator(".st-key-rc_run button").click()
+            page.locator(RUN_BUTTON).click()
             run_ids.append(wait_done(page, workspace, exclude=tuple(run_ids)))
         assert len(set(run_ids)) == 3, run_ids
         newest = run_ids[-1]

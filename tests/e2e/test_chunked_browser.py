@@ -29,6 +29,7 @@ from tests.e2e.server import AppServer
 from tests.e2e.test_browser import (
     MAIN,
     PAGE_PATHS,
+    RUN_BUTTON,
     SIDEBAR,
     assert_clean,
     diagnose,
@@ -141,7 +142,7 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
     ctx, page = new_page(browser)
     try:
         open_url(page, base + "/Reconstruct")
-        run_button = page.locator(".st-key-rc_run button")
+        run_button = page.locator(RUN_BUTTON)
         page_ready(page, "Reconstruct", run_button, "Reconstruct")
         sid = session_id(page)
         expect(page.get_by_text("Preset to build untrained weights from")).to_be_visible()  # DA3_MODEL=demo:da3-small

@@ -19,6 +19,7 @@ from playwright.sync_api import Locator, Page, expect
 from tests.conftest import png_bytes
 from tests.e2e.test_browser import (
     MAIN,
+    RUN_BUTTON,
     assert_clean,
     choose_demo_preset,
     choose_demo_weights,
@@ -74,12 +75,12 @@ def test_compare_two_presets_and_score_against_the_truth(app_server, browser):
     ctx, page = new_page(browser)
     try:
         prepare_example_run(page, base, "room", "Living room", process_res=140)
-        page.locator(".st-key-rc_run button").click()
+        page.locator(RUN_BUTTON).click()
         first = wait_done(page, workspace)
         # Two presets: the second run on untrained DA3 Base weights (built in the worker on first use).
         choose_demo_preset(page, "DA3 Base")
         set_process_res(page, 196)
-        page.locator(".st-key-rc_run button").click()
+        page.locator(RUN_BUTTON).click()
         second = wait_done(page, workspace, exclude=(first,))
         sid = session_id(page)
 

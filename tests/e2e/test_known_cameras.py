@@ -20,6 +20,7 @@ from tests.conftest import png_bytes
 from tests.e2e.test_browser import (
     DONE,
     MAIN,
+    RUN_BUTTON,
     assert_clean,
     choose_demo_weights,
     new_page,
@@ -69,7 +70,7 @@ def test_known_cameras_upload_table_and_run(app_server, browser, tmp_path):
     ctx, page = new_page(browser)
     try:
         open_url(page, base + "/Reconstruct")
-        run_button = page.locator(".st-key-rc_run button")
+        run_button = page.locator(RUN_BUTTON)
         page_ready(page, "Reconstruct", run_button, "Reconstruct")
         sid = session_id(page)
         page.locator('.st-key-rc_files [data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(

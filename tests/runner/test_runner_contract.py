@@ -410,9 +410,14 @@ def test_abandoned_calls_are_cancelled(backend):
 # 11. The worker never outlives the server (killed, terminated, interrupted or exiting).
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT", "exit"])
 def test_worker_exits_when_parent_dies(how):
+    # The parent starts with the signal state a shell gives a server (SIGINT unblocked, Python's
+    # own handler), whatever this test process inherited: the full suite's fresh clones twice saw
+    # the parent ignore SIGINT here (never when the test ran alone).
     code = textwrap.dedent(
         f"""
-        import os, sys, time
+        import os, signal, sys, time
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT, signal.SIGTERM}})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from da3_core.runner import Runner
         r = Runner()
         print(r.call("tests.fake_tasks:worker_pid"), flush=True)
