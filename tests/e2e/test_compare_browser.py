@@ -16,7 +16,6 @@ import re
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.conftest import png_bytes
 from tests.e2e.test_browser import (
     MAIN,
     RUN_BUTTON,
@@ -32,7 +31,7 @@ from tests.e2e.test_browser import (
     shoot,
     wait_done,
 )
-from tests.e2e.test_known_cameras import NAMES, colmap_model
+from tests.e2e.test_known_cameras import write_colmap_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -127,14 +126,7 @@ def test_compare_two_presets_and_score_against_the_truth(app_server, browser):
 
 def test_evaluate_a_colmap_folder_with_two_presets(app_server, browser, tmp_path):
     base, workspace = app_server.url, app_server.workspace
-    photos = []
-    for seed, name in enumerate(NAMES, start=1):
-        path = tmp_path / name
-        path.write_bytes(png_bytes(seed))
-        photos.append(str(path))
-    cameras_txt, images_txt, _ = colmap_model()
-    (tmp_path / "cameras.txt").write_text(cameras_txt)
-    (tmp_path / "images.txt").write_text(images_txt)
+    photos, _ = write_colmap_folder(tmp_path)
     ctx, page = new_page(browser)
     try:
         open_url(page, base + "/Compare")
