@@ -26,6 +26,7 @@ from da3_core.contract import ModelSpec, ModelUnavailableError  # noqa: E402 - a
 from da3_core.presets import PRESETS_BY_NAME, preset_for, preset_name_in_folder  # noqa: E402 - after the DA3_LOG_LEVEL default
 from da3_core.runner.context import check_cancelled  # noqa: E402 - after the DA3_LOG_LEVEL default
 from da3_core.runner.inside import calls  # noqa: E402 - after the DA3_LOG_LEVEL default
+from da3_core.worker import da3_imports  # noqa: E402 - after the DA3_LOG_LEVEL default
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def get_model(spec: ModelSpec, device: str, demo_root: Path) -> tuple[Any, str]:
             return _MODEL_CACHE[key], _PRESET_OF[key]
         _evict_all()
         folder_or_id = _weights_location(spec, demo_root)
-        from depth_anything_3.api import DepthAnything3
+        DepthAnything3 = da3_imports.import_api().DepthAnything3  # noqa: N806 - DA3's class name
 
         load_kwargs: dict[str, Any] = {}
         if spec.kind == "hub" and not hub_reachable():
@@ -356,7 +357,7 @@ def ensure_demo_weights(preset: str, demo_root: Path) -> Path:
     folder = Path(demo_root) / preset
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return folder
-    from depth_anything_3.api import DepthAnything3
+    DepthAnything3 = da3_imports.import_api().DepthAnything3  # noqa: N806 - DA3's class name
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=folder.parent))
