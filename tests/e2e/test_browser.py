@@ -418,6 +418,21 @@ def test_full_flow(app_server, browser, tmp_path):
         assert viewer_points == n_full, (viewer_points, n_full, status)
         expect(frame.locator("#da3-viewer canvas")).to_be_visible()
         timings["webgl viewer"] = time.monotonic() - t_viewer
+        # Drawn on demand: over 30 animation frames of a still view nothing is drawn; a drag draws.
+        still = viewer.evaluate(
+            "el => new Promise(done => { const start = el.dataset.frames; let n = 0;"
+            " const tick = () => (++n < 30 ? requestAnimationFrame(tick) : done([start, el.dataset.frames]));"
+            " requestAnimationFrame(tick); })"
+        )
+        assert still[0] == still[1] and int(still[0]) >= 1, f"frames drawn while still: {still}"
+        canvas = frame.locator("#da3-viewer canvas")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2 + 20, steps=4)
+        page.mouse.up()
+        expect(viewer).not_to_have_attribute("data-frames", still[1])
         assert_clean(page, "Point cloud with the viewer")
         shoot(page, "04-point-cloud.png")
         shoot(page, "07-full-density-viewer.png", full=False, scroll_to=page.locator('[data-testid="stIFrame"]'))

@@ -50,8 +50,20 @@ export function mount(container, glbBase64, options = {}) {
   camera.add(headLight);
   scene.add(camera);
 
+  // Drawn only when something changed (the controls moved, damping still settling, a setter
+  // ran): a still view costs no CPU or battery (with software WebGL it kept a core busy).
+  let dirty = true;
+  const redraw = () => { dirty = true; };
+  controls.addEventListener('change', redraw);
   function render() { renderer.render(scene, camera); }
-  function animate() { requestAnimationFrame(animate); controls.update(); render(); }
+  function animate() {
+    requestAnimationFrame(animate);
+    const moved = controls.update();
+    if (!moved && !dirty) return;
+    dirty = false;
+    render();
+    container.dataset.frames = String(Number(container.dataset.frames || 0) + 1);
+  }
 
   function frame(object) {
     const box = new THREE.Box3().setFromObject(object);
@@ -67,9 +79,9 @@ export function mount(container, glbBase64, options = {}) {
   }
 
   const api = {
-    setPointSize(px) { pointMaterials.forEach((m) => { m.size = px; m.needsUpdate = true; }); },
-    setCamerasVisible(v) { cameraObjects.forEach((o) => { o.visible = v; }); },
-    resetView() { if (home) { camera.position.copy(home.position); controls.target.copy(home.target); controls.update(); } },
+    setPointSize(px) { pointMaterials.forEach((m) => { m.size = px; m.needsUpdate = true; }); redraw(); },
+    setCamerasVisible(v) { cameraObjects.forEach((o) => { o.visible = v; }); redraw(); },
+    resetView() { if (home) { camera.position.copy(home.position); controls.target.copy(home.target); controls.update(); redraw(); } },
     get pointCount() { return pointCount; },
   };
 
@@ -109,7 +121,7 @@ export function mount(container, glbBase64, options = {}) {
 
   window.addEventListener('resize', () => {
     const w = container.clientWidth, h = container.clientHeight;
-    camera.aspect = w / h; camera.updateProjectionMatrix(); renderer.setSize(w, h);
+    camera.aspect = w / h; camera.updateProjectionMatrix(); renderer.setSize(w, h); redraw();
   });
   return api;
 }
