@@ -2,13 +2,16 @@
 
 A server process (`SERVER`: the real `RunService`, runner, spawned worker and assembler
 child) runs inside a memory cgroup limited to 2,700 MB, made the way
-`tests/integration/test_memory_guard.py` makes it (its helpers are reused). There, 64 frames
-of 640x480 random texture at process_res 504 on DA3-SMALL demo weights (one call would need
-about twice the memory) go through `RunService.submit_chunked` with the guard choosing the
+`tests/integration/test_memory_guard.py` makes it (its helpers are reused). There, 32 frames
+of 640x480 random texture at process_res 504 on DA3-SMALL demo weights go through `RunService.submit_chunked` with the guard choosing the
 chunk size and overlap, and loop closure on. The run must end ``done`` with every frame,
 and nothing in the group may have been killed: the server exits 0 and the cgroup's OOM-kill
 counter stays at 0. The chunk size the guard chose, the group's peak and the time are printed
 (``pytest -s``).
+
+32 frames, not 64 as before: since the DPT head decodes one frame at a time on a CPU (issue
+19) the guard takes chunks of 18 in the cgroup, and one call of 32 frames would still need about
+3,500 MB (asserted below), so the run is chunked (3 chunks) at half the minute 64 cost.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from tests.integration.test_memory_guard import LIMIT_MB, make_cgroup, remove_cg
 
 pytestmark = pytest.mark.slow
 
-N_FRAMES = 64
+N_FRAMES = 32
 
 SERVER = r"""
 import json, sys, time
@@ -102,7 +105,7 @@ def counters(group: Path) -> dict[str, float | int | None]:
     return found
 
 
-def test_a_chunked_run_of_64_frames_at_504_fits_the_cloud_limit(tmp_path, workspace):
+def test_a_chunked_run_of_32_frames_at_504_fits_the_cloud_limit(tmp_path, workspace):
     group, procs = make_cgroup(f"da3-chunked-{os.getpid()}", LIMIT_MB)
     t0 = time.monotonic()
     try:
