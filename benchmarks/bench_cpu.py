@@ -23,6 +23,10 @@ Keys (goals in `GOALS`, chosen by the precision the worker picked):
   bit-identical); each step's parity is tested in tests/integration/test_cpu_fast.py.
 * ``cpu_attention_flash_vs_math_{local,global}_speedup``: SDPA's math path / its flash
   kernel at DA3-SMALL's two attention shapes (the attention step keeps flash).
+* ``cpu_inductor_freezing_speedup``: our forward eager / through ``torch.compile`` (inductor
+  with ``freezing``) in a fresh worker, alternating; ``cpu_inductor_compile_s``: the compile
+  (first call); ``cpu_inductor_depth_err``: compiled against eager. Measured, not shipped
+  (docs/CPU.md says why).
 * ``cpu_speedup_vs_stock``: stock ``DepthAnything3.inference()`` (its own CPU autocast, in a
   plain worker) / our reconstruction, alternating call by call (`bench_runner.stock_vs_ours`).
 * ``cpu_worker_peak_mb_4x504``: the worker's resident peak for that run in a fresh worker
@@ -125,6 +129,15 @@ def run(workspace: Path | None = None, rounds: int = 4) -> dict[str, float]:
         out.update(keys)
         speed = speed_figures(stock_vs_ours(runner, request, demo_root, rounds=3, both_precisions=False))
         out.update({k: v for k, v in speed.items() if not k.startswith("cpu_precision")})
+        runner.restart()  # dynamo's state stays out of the other figures' worker
+        ind = runner.call("benchmarks.cpu_tasks:inductor_figures", request, demo_root, duration=1800)
+        out["cpu_inductor_freezing_speedup"] = ind["eager_s"] / ind["compiled_s"]
+        out["cpu_inductor_compile_s"] = ind["compile_s"]
+        out["cpu_inductor_depth_err"] = ind["depth_err"]
+        rows.append(
+            f"inductor (freezing): eager {ind['eager_s']:.3f} s, compiled {ind['compiled_s']:.3f} s "
+            f"after a {ind['compile_s']:.0f} s compile; depth error {ind['depth_err']:.2g}"
+        )
         # Memory: fresh workers, as the guard's fit measures.
         runner.restart()
         runner.call("benchmarks.worker_tasks:measure_run", request, demo_root, duration=1800)

@@ -171,3 +171,46 @@ def capped_run(request: ReconstructRequest, demo_root: str, cap_mb: float) -> di
         return dict(measure_run(request, demo_root))
     finally:
         stop.set()
+
+
+def inductor_figures(request: ReconstructRequest, demo_root: str, rounds: int = 4) -> dict[str, Any]:
+    """In a fresh worker: our forward at the chosen precision, eager and through
+    ``torch.compile`` (inductor, ``freezing`` on: weights folded in as constants and prepacked
+    for oneDNN), alternating call by call (medians); the compile's seconds (first call); the
+    compiled forward's largest relative depth error against the eager one. Measured, not used
+    by the app (see docs/CPU.md)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from da3_core.worker import cpu_fast
+    from da3_core.worker.model import configure_cpu_threads, get_model, resolve_cpu_precision
+
+    precision, _ = resolve_cpu_precision("auto")
+    configure_cpu_threads(0)
+    model, _ = get_model(request.model, "cpu", Path(demo_root))
+    imgs = _inputs(model, request)
+    bf16 = precision == "bf16"
+    args = (imgs, None, None, [], False, False, "saddle_balanced")
+    inductor_config.freezing = True
+    out: dict[str, Any] = {"precision": precision}
+    with (
+        cpu_fast.enabled(model, cpu_fast.for_precision(precision), bf16=bf16, need_aux=False),
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+    ):
+        eager = model.model
+        ref = eager(*args)["depth"].float()
+        compiled = torch.compile(eager, dynamic=False)
+        t = time.perf_counter()
+        got = compiled(*args)["depth"].float()
+        out["compile_s"] = time.perf_counter() - t
+        out["depth_err"] = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(rounds):
+            for name, fn in (("eager", eager), ("compiled", compiled)):
+                t = time.perf_counter()
+                fn(*args)
+                times[name].append(time.perf_counter() - t)
+    out["eager_s"] = statistics.median(times["eager"])
+    out["compiled_s"] = statistics.median(times["compiled"])
+    return out
