@@ -13,6 +13,7 @@ brings the sign-in page back.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,11 @@ def test_two_users_sign_in_see_only_their_runs_and_the_runner_is_for_admins(sign
     try:
         sign_in(page, base, ALICE, f"?s={anon_sid}")
         assert f"s={anon_sid}" not in page.url
+        # The runner starts its worker from the page's script; the process may appear a moment
+        # after the page has drawn (the fresh clone's run of 45900c8 looked too early).
+        deadline = time.monotonic() + 30
+        while not server.children() and time.monotonic() < deadline:
+            time.sleep(0.05)  # no event tells of a new child process; polled, bounded
         assert server.children(), "the worker starts once someone has signed in"
         shoot(page, "signin-02-alice-home.png", docs=False, full=False)
         assert shown_run(page, base) == alice_run.run_id
