@@ -1,15 +1,15 @@
 """A chunked run in headless Chromium, as a new user does it: a 64-frame video, a run in
-chunks, a reload while it runs, the aligned frames so far on the Point cloud page, Cancel,
-Resume, Done, then every result page.
+chunks, a reload while it runs, Cancel, Resume, the aligned frames so far on the Point cloud
+page while it runs on, Done, then every result page.
 
 The server has the memory of Streamlit Community Cloud (``DA3_MEMORY_LIMIT_MB=2600``) and
 untrained demo weights as its default model (``DA3_MODEL=demo:da3-small``). 64 frames of
-160x120 at process_res 154 would fit in one DA3 call there (the page says so: the button
+160x120 at process_res 252 would fit in one DA3 call there (the page says so: the button
 reads "Run reconstruction"), so the run is made chunked the other way a user can: "always in
-chunks" under Parameters, chunks of 5 (with chunks of 8, a quiet machine finished the run
-before the test came back from Point cloud to cancel it). Loop closure is turned off: a
-panning video has no loop, and untrained weights would find false ones that cost a minute of
-loop chunks.
+chunks" under Parameters, chunks of 5. Chunks of 5 at 252 (not 8 at 154, as before) keep the
+run going for about 20 s after it is resumed on a quiet machine: the test visits Point cloud
+while it runs, and a faster run had ended first. Loop closure is turned off: a panning video
+has no loop, and untrained weights would find false ones that cost a minute of loop chunks.
 
 Same helpers as `tests/e2e/test_browser.py`: waits are on visible text and selectors, never
 fixed sleeps; screenshots go to ``test-artifacts/screenshots/chunked-*.png``.
@@ -47,7 +47,7 @@ from tests.e2e.test_browser import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-N_FRAMES, FPS, SIZE, CHUNK, RES = 64, 10, (160, 120), 5, 154
+N_FRAMES, FPS, SIZE, CHUNK, RES = 64, 10, (160, 120), 5, 252
 # The chunked run's status line (ChunkedRun.status_line), e.g. "Running chunk 3 of 13 · 13 of 64 frames ready · ETA 40 s · 20 s".
 CHUNK_STATUS = re.compile(
     r"^(Running chunk (\d+) of (\d+) · (\d+) of (\d+) frames ready|Queued \(position \d+\) · \d+ frames in \d+ chunks)"
@@ -165,7 +165,7 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
             )
         ).to_be_visible()
         set_process_res(page, RES)
-        # 64 small frames at 154 fit in one call under 2.6 GB: the guard would not chunk them by itself.
+        # 64 small frames at 252 fit in one call under 2.6 GB: the guard would not chunk them by itself.
         expect(
             page.get_by_text(
                 re.compile(
@@ -210,22 +210,11 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
         assert session_id(page) == sid
         assert_clean(page, "Reconstruct after a reload mid-run")
 
-        # Once the first chunk is aligned, Point cloud shows the frames so far. The page is left
-        # as soon as it says so: its 3D figure, drawn again as each chunk lands, is the heaviest
-        # thing the browser does here and would slow the run it watches.
+        # Cancel as soon as the first chunk is aligned, while chunks are left (here, on the page
+        # that shows the run: a visit elsewhere first let a fast run finish before the click).
         expect(page.locator(MAIN).get_by_text(FRAMES_READY)).to_be_visible(timeout=180_000)
         timings["first frames"] = time.monotonic() - t_run
-        go(page, base, "Point cloud", extra_clicks)
-        so_far = page.locator(MAIN).get_by_text(ALIGNED_SO_FAR)
-        page_ready(page, "Point cloud", so_far, "Point cloud mid-run")
-        run_id = ALIGNED_SO_FAR.match(so_far.first.inner_text()).group(1)
-        assert run_meta(workspace, sid, run_id)["status"] == "pending"
-        shoot(page, "chunked-02-point-cloud-so-far.png", docs=False, full=False)
-
-        # Back to Reconstruct, and cancel while chunks are left.
-        go(page, base, "Reconstruct", extra_clicks)
         status = chunk_status(page)
-        expect(status).to_be_visible()
         m = CHUNK_STATUS.match(status.inner_text())
         assert m and m.group(2) and int(m.group(2)) < n_chunks, (
             f"too late to cancel: {status.inner_text()}\n{diagnose(page, workspace)}"
@@ -235,7 +224,8 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
         cancelled = page.locator(MAIN).get_by_text(CANCELLED)
         expect(cancelled).to_be_visible()
         cm = CANCELLED.match(cancelled.inner_text())
-        assert cm.group(1) == run_id and int(cm.group(3)) == n_chunks and 1 <= int(cm.group(2)) < n_chunks, cm.group(0)
+        run_id = cm.group(1)
+        assert int(cm.group(3)) == n_chunks and 1 <= int(cm.group(2)) < n_chunks, cm.group(0)
         resume = page.locator(f".st-key-rc_resume_{run_id}").get_by_role("button", name="Resume")
         expect(resume).to_be_visible()
         meta = run_meta(workspace, sid, run_id)
@@ -244,9 +234,21 @@ def test_chunked_video_run_reload_cancel_resume(chunk_server, browser, tmp_path)
         shoot(page, "chunked-03-cancelled.png", docs=False, full=False)
         timings["until cancel"] = time.monotonic() - t_run
 
-        # Resume: it runs on from the saved chunks to Done.
+        # Resume: it runs on from the saved chunks. While it runs, Point cloud shows the frames
+        # so far. The page is left as soon as it says so: its 3D figure, drawn again as each
+        # chunk lands, is the heaviest thing the browser does here and would slow the run it watches.
         t_resume = time.monotonic()
         resume.click()
+        expect(page.locator(MAIN).get_by_text(FRAMES_READY)).to_be_visible()
+        go(page, base, "Point cloud", extra_clicks)
+        so_far = page.locator(MAIN).get_by_text(ALIGNED_SO_FAR)
+        page_ready(page, "Point cloud", so_far, "Point cloud mid-run")
+        assert ALIGNED_SO_FAR.match(so_far.first.inner_text()).group(1) == run_id
+        assert run_meta(workspace, sid, run_id)["status"] == "pending"
+        shoot(page, "chunked-02-point-cloud-so-far.png", docs=False, full=False)
+
+        # Back to Reconstruct: the resumed run to Done.
+        go(page, base, "Reconstruct", extra_clicks)
         expect(chunk_status(page).or_(page.get_by_text(re.compile(r"^Done: "))).first).to_be_visible()
         done_id = wait_done(page, workspace)
         timings["resumed run"] = time.monotonic() - t_resume
