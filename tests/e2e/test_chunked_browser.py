@@ -101,9 +101,9 @@ def choose_option(page, key: str, label: str) -> None:
         box.click()
         try:
             expect(option).to_be_visible(timeout=5_000)
-        except AssertionError:
+            option.click(timeout=5_000)  # a rerun may close the list under the pointer: try again
+        except (AssertionError, PlaywrightTimeoutError):
             continue
-        option.click()
         break
     expect(box).to_have_value(label)
 
