@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import png_bytes
 from tests.e2e.conftest import DOCS_SCREENSHOTS, SCREENSHOTS
@@ -264,6 +265,21 @@ def choose_demo_preset(page: Page, label: str) -> None:
         demo.click()
         page.get_by_role("option", name=re.compile(rf"^{re.escape(label)} · ")).click()
     expect(demo).to_have_value(re.compile(rf"^{re.escape(label)} · "))
+
+
+def choose_option(page: Page, key: str, label: str) -> None:
+    """Pick ``label`` in the selectbox ``key``; the list is opened again if a rerun closed it."""
+    box = page.locator(f'.st-key-{key} input[role="combobox"]')
+    option = page.get_by_role("option", name=label, exact=True)
+    for _ in range(5):
+        box.click()
+        try:
+            expect(option).to_be_visible(timeout=5_000)
+            option.click(timeout=5_000)  # a rerun may close the list under the pointer: try again
+        except (AssertionError, PlaywrightTimeoutError):
+            continue
+        break
+    expect(box).to_have_value(label)
 
 
 def set_process_res(page: Page, value: int) -> None:

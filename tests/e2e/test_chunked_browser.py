@@ -34,6 +34,7 @@ from tests.e2e.test_browser import (
     RUN_BUTTON,
     SIDEBAR,
     assert_clean,
+    choose_option,
     diagnose,
     nav,
     new_page,
@@ -91,21 +92,6 @@ def chunk_server(tmp_path_factory):
     finally:
         survivors = server.stop()
         assert not survivors, f"worker(s) outlived the server: {survivors}\n{server.log_tail()}"
-
-
-def choose_option(page, key: str, label: str) -> None:
-    """Pick ``label`` in the selectbox ``key``; the list is opened again if a rerun closed it."""
-    box = page.locator(f'.st-key-{key} input[role="combobox"]')
-    option = page.get_by_role("option", name=label, exact=True)
-    for _ in range(5):
-        box.click()
-        try:
-            expect(option).to_be_visible(timeout=5_000)
-            option.click(timeout=5_000)  # a rerun may close the list under the pointer: try again
-        except (AssertionError, PlaywrightTimeoutError):
-            continue
-        break
-    expect(box).to_have_value(label)
 
 
 def go(page, base: str, title: str, clicks: list[str]) -> None:

@@ -22,6 +22,7 @@ from tests.e2e.test_browser import (
     assert_clean,
     choose_demo_preset,
     choose_demo_weights,
+    choose_option,
     heading,
     new_page,
     open_url,
@@ -146,10 +147,7 @@ def test_evaluate_a_colmap_folder_with_two_presets(app_server, browser, tmp_path
         expect(imgs_chips).to_have_count(3)
         choose_demo_weights(page)
         # Setting B on another preset (two presets, two process_res values, one table).
-        weights_b = page.locator('.st-key-cmp_ev_model_b input[role="combobox"]')
-        weights_b.click()
-        page.get_by_role("option", name="DA3 Base", exact=True).click()
-        expect(weights_b).to_have_value("DA3 Base")
+        choose_option(page, "cmp_ev_model_b", "DA3 Base")
         for key, value in (("cmp_ev_res_a", 112), ("cmp_ev_res_b", 140)):
             box = page.locator(f".st-key-{key} input")
             box.fill(str(value))
